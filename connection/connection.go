@@ -1,0 +1,73 @@
+// Package connection holds what Sluice knows about one client connection:
+// addresses, HELO, TLS, the authenticated user, the relay flag and the
+// connection's notes. Every hook that runs for the connection sees the same
+// *Connection.
+package connection
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"net/netip"
+	"time"
+
+	"github.com/sluice-mta/sluice/hooks/notes"
+)
+
+// Connection is one client connection. The server owns it; plugins read it
+// and may set Relay and Notes. Fields are only written from the
+// connection's own goroutine, so plugins need no locking.
+type Connection struct {
+	// ID names the connection in logs and in the Received header.
+	ID string
+	// Listener is the name of the [[listener]] that accepted the connection.
+	Listener string
+	// Hostname is the name this server announces on that listener.
+	Hostname string
+	// Local and Remote are the two ends of the TCP connection.
+	Local, Remote netip.AddrPort
+	// RemoteHost is the client's reverse DNS name when a plugin looked it up.
+	RemoteHost string
+	// Helo is the argument of the latest HELO or EHLO; ESMTP is true after EHLO.
+	Helo  string
+	ESMTP bool
+	// TLS is the TLS state once STARTTLS or implicit TLS completed; nil before.
+	TLS *tls.ConnectionState
+	// AuthUser is the authenticated identity after a successful AUTH.
+	AuthUser string
+	// Relay marks a client allowed to send to any domain (qpsmtpd's
+	// relay_client). The relay plugin and AUTH set it.
+	Relay bool
+	// Started is when the connection was accepted.
+	Started time.Time
+	// Messages counts the messages accepted on this connection.
+	Messages int
+	// Notes is shared by every plugin of the chain for this connection.
+	Notes notes.Notes
+}
+
+// New returns a Connection with a fresh ID.
+func New(listener, hostname string, local, remote netip.AddrPort) *Connection {
+	return &Connection{
+		ID:       NewID(),
+		Listener: listener,
+		Hostname: hostname,
+		Local:    local,
+		Remote:   remote,
+		Started:  time.Now(),
+	}
+}
+
+// RemoteIP is the client's IP address, unmapped (an IPv4 client on a dual
+// stack socket shows as 192.0.2.1, not ::ffff:192.0.2.1).
+func (c *Connection) RemoteIP() netip.Addr { return c.Remote.Addr().Unmap() }
+
+var idEncoding = base32.NewEncoding("0123456789ABCDEFGHJKMNPQRSTVWXYZ").WithPadding(base32.NoPadding)
+
+// NewID returns a random 16-character identifier, safe in file names and
+// headers. Connection and transaction ids and queue ids use it.
+func NewID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}

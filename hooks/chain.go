@@ -1,0 +1,342 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+// DefaultTimeout bounds one hook's run through the whole chain.
+const DefaultTimeout = 30 * time.Second
+
+// Instance is one configured plugin: its instance name (the config key) and
+// the value its constructor returned.
+type Instance struct {
+	Name   string
+	Plugin any
+}
+
+// Options tune a Chain.
+type Options struct {
+	// Timeout bounds each hook's run through the chain; the plugins' ctx
+	// carries it. Zero means DefaultTimeout.
+	Timeout time.Duration
+	// Logger receives plugin errors, panics and timeouts. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+type entry[P any] struct {
+	name string
+	p    P
+}
+
+// Chain is a listener's ordered plugin list, split per hook when it is
+// built. Plugins run in config order until one returns something other than
+// Declined. A Chain is immutable and safe for concurrent use; a reload builds
+// a new one.
+type Chain struct {
+	timeout time.Duration
+	log     *slog.Logger
+
+	connect        []entry[Connect]
+	helo           []entry[Helo]
+	ehlo           []entry[Ehlo]
+	mailPre        []entry[MailPre]
+	mail           []entry[Mail]
+	rcptPre        []entry[RcptPre]
+	rcpt           []entry[Rcpt]
+	data           []entry[Data]
+	dataHeadersEnd []entry[DataHeadersEnd]
+	receivedLine   []entry[ReceivedLine]
+	dataPost       []entry[DataPost]
+	queuePre       []entry[QueuePre]
+	queue          []entry[Queue]
+	queuePost      []entry[QueuePost]
+	reset          []entry[Reset]
+	disconnect     []entry[Disconnect]
+	vrfy           []entry[Vrfy]
+	noop           []entry[Noop]
+	help           []entry[Help]
+	quit           []entry[Quit]
+	unrecognized   []entry[Unrecognized]
+	denyObservers  []entry[DenyObserver]
+	okObservers    []entry[OKObserver]
+	closers        []entry[io.Closer]
+	names          []string
+	maxSize        int64
+}
+
+func add[P any](list *[]entry[P], name string, p any) bool {
+	if v, ok := p.(P); ok {
+		*list = append(*list, entry[P]{name, v})
+		return true
+	}
+	return false
+}
+
+// NewChain builds a chain from plugin instances in execution order. A plugin
+// that implements no hook is an error.
+func NewChain(instances []Instance, opts Options) (*Chain, error) {
+	ch := &Chain{timeout: opts.Timeout, log: opts.Logger}
+	if ch.timeout <= 0 {
+		ch.timeout = DefaultTimeout
+	}
+	if ch.log == nil {
+		ch.log = slog.Default()
+	}
+	for _, in := range instances {
+		p, n := in.Plugin, in.Name
+		hooked := add(&ch.connect, n, p)
+		hooked = add(&ch.helo, n, p) || hooked
+		hooked = add(&ch.ehlo, n, p) || hooked
+		hooked = add(&ch.mailPre, n, p) || hooked
+		hooked = add(&ch.mail, n, p) || hooked
+		hooked = add(&ch.rcptPre, n, p) || hooked
+		hooked = add(&ch.rcpt, n, p) || hooked
+		hooked = add(&ch.data, n, p) || hooked
+		hooked = add(&ch.dataHeadersEnd, n, p) || hooked
+		hooked = add(&ch.receivedLine, n, p) || hooked
+		hooked = add(&ch.dataPost, n, p) || hooked
+		hooked = add(&ch.queuePre, n, p) || hooked
+		hooked = add(&ch.queue, n, p) || hooked
+		hooked = add(&ch.queuePost, n, p) || hooked
+		hooked = add(&ch.reset, n, p) || hooked
+		hooked = add(&ch.disconnect, n, p) || hooked
+		hooked = add(&ch.vrfy, n, p) || hooked
+		hooked = add(&ch.noop, n, p) || hooked
+		hooked = add(&ch.help, n, p) || hooked
+		hooked = add(&ch.quit, n, p) || hooked
+		hooked = add(&ch.unrecognized, n, p) || hooked
+		hooked = add(&ch.denyObservers, n, p) || hooked
+		hooked = add(&ch.okObservers, n, p) || hooked
+		if !hooked {
+			return nil, fmt.Errorf("plugin %q (%T) implements no hook", n, p)
+		}
+		add(&ch.closers, n, p)
+		if l, ok := p.(SizeLimiter); ok {
+			if m := l.MaxMessageBytes(); m > 0 && (ch.maxSize == 0 || m < ch.maxSize) {
+				ch.maxSize = m
+			}
+		}
+		ch.names = append(ch.names, n)
+	}
+	return ch, nil
+}
+
+// Plugins returns the instance names in execution order.
+func (ch *Chain) Plugins() []string { return ch.names }
+
+// MaxMessageBytes returns the smallest size cap of the chain's
+// SizeLimiter plugins, or 0 when none caps it.
+func (ch *Chain) MaxMessageBytes() int64 { return ch.maxSize }
+
+// HasQueue reports whether some plugin takes messages at the queue hook.
+func (ch *Chain) HasQueue() bool { return len(ch.queue) > 0 }
+
+// Close runs the io.Closer of every plugin that has one, once the chain is
+// no longer used (after a reload or at shutdown).
+func (ch *Chain) Close() error {
+	var errs []error
+	for _, e := range ch.closers {
+		if err := e.p.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("plugin %s: close: %w", e.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// run calls each plugin of list in order until one does not decline,
+// under the chain's deadline, and tells the observers. It returns the
+// deciding plugin's Decision, or a Decision with a Declined result when all
+// declined.
+func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, list []entry[P], call func(context.Context, P) Result) Decision {
+	if len(list) == 0 {
+		return Decision{Hook: hook}
+	}
+	ctx, cancel := context.WithTimeout(ctx, ch.timeout)
+	defer cancel()
+	for _, e := range list {
+		r := callOne(ch, ctx, hook, c, e, call)
+		if r.Code == Declined {
+			continue
+		}
+		d := Decision{Hook: hook, Plugin: e.name, Result: r}
+		ch.observe(ctx, c, d)
+		return d
+	}
+	return Decision{Hook: hook}
+}
+
+// runAll calls every plugin of list, for hooks whose results do not count
+// (queue_post, reset_transaction, disconnect, the observers).
+func runAll[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, list []entry[P], call func(context.Context, P)) {
+	if len(list) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, ch.timeout)
+	defer cancel()
+	for _, e := range list {
+		callOne(ch, ctx, hook, c, e, func(ctx context.Context, p P) Result {
+			call(ctx, p)
+			return Result{}
+		})
+	}
+}
+
+// callOne runs one plugin and fails closed: a panic, an error with a
+// non-rejecting code or a blown deadline becomes DenySoft, logged with the
+// plugin's name (and the stack for a panic).
+func callOne[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, e entry[P], call func(context.Context, P) Result) (r Result) {
+	defer func() {
+		if v := recover(); v != nil {
+			ch.logFailure(c, hook, e.name, "plugin panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			r = Result{Code: DenySoft, Err: fmt.Errorf("plugin %s panicked in %s: %v", e.name, hook, v)}
+		}
+	}()
+	r = call(ctx, e.p)
+	if err := ctx.Err(); err != nil && !r.Code.Rejects() {
+		ch.logFailure(c, hook, e.name, "plugin outlived its deadline", "timeout", ch.timeout.String())
+		return Result{Code: DenySoft, Err: fmt.Errorf("plugin %s: %s hook: %w", e.name, hook, err)}
+	}
+	if r.Err != nil {
+		ch.logFailure(c, hook, e.name, "plugin error", "code", r.Code.String(), "err", r.Err.Error())
+		if !r.Code.Rejects() {
+			r = Result{Code: DenySoft, Err: r.Err}
+		}
+	}
+	return r
+}
+
+func (ch *Chain) logFailure(c *connection.Connection, hook, plugin, msg string, args ...any) {
+	attrs := []any{"hook", hook, "plugin", plugin}
+	if c != nil {
+		attrs = append(attrs, "conn", c.ID, "remote", c.Remote.String())
+	}
+	ch.log.Error(msg, append(attrs, args...)...)
+}
+
+func (ch *Chain) observe(ctx context.Context, c *connection.Connection, d Decision) {
+	switch {
+	case d.Result.Code.Rejects():
+		runAll(ch, ctx, HookDeny, c, ch.denyObservers, func(ctx context.Context, p DenyObserver) { p.Denied(ctx, c, d) })
+	case d.Result.Code == OK:
+		runAll(ch, ctx, HookOK, c, ch.okObservers, func(ctx context.Context, p OKObserver) { p.Accepted(ctx, c, d) })
+	}
+}
+
+// Connect runs the connect hook.
+func (ch *Chain) Connect(ctx context.Context, c *connection.Connection) Decision {
+	return run(ch, ctx, HookConnect, c, ch.connect, func(ctx context.Context, p Connect) Result { return p.Connect(ctx, c) })
+}
+
+// Helo runs the helo hook.
+func (ch *Chain) Helo(ctx context.Context, c *connection.Connection, host string) Decision {
+	return run(ch, ctx, HookHelo, c, ch.helo, func(ctx context.Context, p Helo) Result { return p.Helo(ctx, c, host) })
+}
+
+// Ehlo runs the ehlo hook.
+func (ch *Chain) Ehlo(ctx context.Context, c *connection.Connection, host string) Decision {
+	return run(ch, ctx, HookEhlo, c, ch.ehlo, func(ctx context.Context, p Ehlo) Result { return p.Ehlo(ctx, c, host) })
+}
+
+// MailPre runs the mail_pre hook; plugins may rewrite *from.
+func (ch *Chain) MailPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from *string) Decision {
+	return run(ch, ctx, HookMailPre, c, ch.mailPre, func(ctx context.Context, p MailPre) Result { return p.MailPre(ctx, c, tx, from) })
+}
+
+// Mail runs the mail hook.
+func (ch *Chain) Mail(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from string) Decision {
+	return run(ch, ctx, HookMail, c, ch.mail, func(ctx context.Context, p Mail) Result { return p.Mail(ctx, c, tx, from) })
+}
+
+// RcptPre runs the rcpt_pre hook; plugins may rewrite *rcpt.
+func (ch *Chain) RcptPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt *string) Decision {
+	return run(ch, ctx, HookRcptPre, c, ch.rcptPre, func(ctx context.Context, p RcptPre) Result { return p.RcptPre(ctx, c, tx, rcpt) })
+}
+
+// Rcpt runs the rcpt hook.
+func (ch *Chain) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) Decision {
+	return run(ch, ctx, HookRcpt, c, ch.rcpt, func(ctx context.Context, p Rcpt) Result { return p.Rcpt(ctx, c, tx, rcpt) })
+}
+
+// Data runs the data hook.
+func (ch *Chain) Data(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
+	return run(ch, ctx, HookData, c, ch.data, func(ctx context.Context, p Data) Result { return p.Data(ctx, c, tx) })
+}
+
+// DataHeadersEnd runs the data_headers_end hook.
+func (ch *Chain) DataHeadersEnd(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
+	return run(ch, ctx, HookDataHeadersEnd, c, ch.dataHeadersEnd, func(ctx context.Context, p DataHeadersEnd) Result { return p.DataHeadersEnd(ctx, c, tx) })
+}
+
+// ReceivedLine runs the received_line hook; plugins may replace *line.
+func (ch *Chain) ReceivedLine(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, line *string) Decision {
+	return run(ch, ctx, HookReceivedLine, c, ch.receivedLine, func(ctx context.Context, p ReceivedLine) Result {
+		return p.ReceivedLine(ctx, c, tx, line)
+	})
+}
+
+// DataPost runs the data_post hook.
+func (ch *Chain) DataPost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
+	return run(ch, ctx, HookDataPost, c, ch.dataPost, func(ctx context.Context, p DataPost) Result { return p.DataPost(ctx, c, tx) })
+}
+
+// QueuePre runs the queue_pre hook.
+func (ch *Chain) QueuePre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
+	return run(ch, ctx, HookQueuePre, c, ch.queuePre, func(ctx context.Context, p QueuePre) Result { return p.QueuePre(ctx, c, tx) })
+}
+
+// Queue runs the queue hook.
+func (ch *Chain) Queue(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
+	return run(ch, ctx, HookQueue, c, ch.queue, func(ctx context.Context, p Queue) Result { return p.Queue(ctx, c, tx) })
+}
+
+// QueuePost runs every queue_post plugin.
+func (ch *Chain) QueuePost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) {
+	runAll(ch, ctx, HookQueuePost, c, ch.queuePost, func(ctx context.Context, p QueuePost) { p.QueuePost(ctx, c, tx) })
+}
+
+// Reset runs every reset_transaction plugin.
+func (ch *Chain) Reset(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) {
+	runAll(ch, ctx, HookReset, c, ch.reset, func(ctx context.Context, p Reset) { p.Reset(ctx, c, tx) })
+}
+
+// Disconnect runs every disconnect plugin.
+func (ch *Chain) Disconnect(ctx context.Context, c *connection.Connection) {
+	runAll(ch, ctx, HookDisconnect, c, ch.disconnect, func(ctx context.Context, p Disconnect) { p.Disconnect(ctx, c) })
+}
+
+// Vrfy runs the vrfy hook.
+func (ch *Chain) Vrfy(ctx context.Context, c *connection.Connection, addr string) Decision {
+	return run(ch, ctx, HookVrfy, c, ch.vrfy, func(ctx context.Context, p Vrfy) Result { return p.Vrfy(ctx, c, addr) })
+}
+
+// Noop runs the noop hook.
+func (ch *Chain) Noop(ctx context.Context, c *connection.Connection) Decision {
+	return run(ch, ctx, HookNoop, c, ch.noop, func(ctx context.Context, p Noop) Result { return p.Noop(ctx, c) })
+}
+
+// Help runs the help hook.
+func (ch *Chain) Help(ctx context.Context, c *connection.Connection, topic string) Decision {
+	return run(ch, ctx, HookHelp, c, ch.help, func(ctx context.Context, p Help) Result { return p.Help(ctx, c, topic) })
+}
+
+// Quit runs the quit hook.
+func (ch *Chain) Quit(ctx context.Context, c *connection.Connection) Decision {
+	return run(ch, ctx, HookQuit, c, ch.quit, func(ctx context.Context, p Quit) Result { return p.Quit(ctx, c) })
+}
+
+// Unrecognized runs the unrecognized_command hook.
+func (ch *Chain) Unrecognized(ctx context.Context, c *connection.Connection, cmd, arg string) Decision {
+	return run(ch, ctx, HookUnrecognized, c, ch.unrecognized, func(ctx context.Context, p Unrecognized) Result {
+		return p.Unrecognized(ctx, c, cmd, arg)
+	})
+}

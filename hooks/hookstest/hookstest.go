@@ -1,0 +1,229 @@
+// Package hookstest is the plugin author's test kit, as net/http/httptest is
+// to net/http: it drives SMTP sessions through a chain of plugins in
+// process, with no socket, and lets a test assert the replies, the notes,
+// the header and what was queued.
+//
+//	p := hookstest.Build(t, "rcptok", `domains = ["example.test"]`)
+//	h := hookstest.New(t, hookstest.Plugin("rcptok", p), hookstest.Queue())
+//	s := h.Connect("192.0.2.1")
+//	hookstest.Expect(t, s.Helo("client.example"), 250)
+//	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
+//	hookstest.Expect(t, s.Rcpt("bob@elsewhere.test"), 550)
+//
+// The replies are exactly what the server would send: hookstest runs the
+// same state machine (server.Session) as a real connection.
+package hookstest
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/config"
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+// Build constructs the registered plugin name from a TOML snippet of its
+// settings (the body of its [plugins.NAME] table), failing the test on an
+// error. Import the plugin's package (or cmd/smtpd's plugin list) so it is
+// registered.
+func Build(t testing.TB, name, settings string) any {
+	t.Helper()
+	p, err := BuildErr(name, settings)
+	if err != nil {
+		t.Fatalf("hookstest.Build(%q): %v", name, err)
+	}
+	return p
+}
+
+// BuildErr is Build returning the error, to test that bad settings are
+// refused.
+func BuildErr(name, settings string) (any, error) {
+	reg, ok := hooks.Lookup(name)
+	if !ok {
+		return nil, &unknownPlugin{name}
+	}
+	return reg.New(func(v any) error { return config.DecodeString(settings, v) })
+}
+
+type unknownPlugin struct{ name string }
+
+func (e *unknownPlugin) Error() string {
+	return "no plugin registered as " + e.name + ": import its package"
+}
+
+// Plugin names a plugin value for New.
+func Plugin(name string, p any) hooks.Instance { return hooks.Instance{Name: name, Plugin: p} }
+
+// Message is one message a Queue plugin took.
+type Message struct {
+	QueueID    string
+	Sender     string
+	Recipients []string
+	// Data is the message as it would be queued, Received header included.
+	Data []byte
+	// Notes are the transaction's notes, copied when it was queued.
+	Notes map[string]any
+}
+
+// QueueRecorder is a queue plugin that keeps every message in memory; use
+// it as the last plugin of a test chain.
+type QueueRecorder struct {
+	mu   sync.Mutex
+	msgs []Message
+}
+
+// Queue returns the instance of a fresh QueueRecorder, named "queue".
+func Queue() hooks.Instance { return hooks.Instance{Name: "queue", Plugin: &QueueRecorder{}} }
+
+// Queue implements hooks.Queue.
+func (q *QueueRecorder) Queue(_ context.Context, _ *connection.Connection, tx *transaction.Transaction) hooks.Result {
+	var b bytes.Buffer
+	if _, err := tx.WriteTo(&b); err != nil {
+		return hooks.Fail(err)
+	}
+	notes := map[string]any{}
+	for _, k := range tx.Notes.Keys() {
+		notes[k] = tx.Notes.Value(k)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.msgs = append(q.msgs, Message{QueueID: tx.ID, Sender: tx.Sender, Recipients: append([]string(nil), tx.Recipients...), Data: b.Bytes(), Notes: notes})
+	return hooks.Accept("")
+}
+
+// Messages returns what was queued so far.
+func (q *QueueRecorder) Messages() []Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]Message(nil), q.msgs...)
+}
+
+// Harness is a chain under test.
+type Harness struct {
+	t      testing.TB
+	Chain  *hooks.Chain
+	Limits server.Limits
+	// Hostname is the name the "server" announces. Default mx.example.test.
+	Hostname string
+	// Now is the clock for Received headers. Default: a fixed time.
+	Now   func() time.Time
+	queue *QueueRecorder
+}
+
+// New builds a chain from the instances, in order. A QueueRecorder among
+// them is what Queued reports.
+func New(t testing.TB, plugins ...hooks.Instance) *Harness {
+	t.Helper()
+	ch, err := hooks.NewChain(plugins, hooks.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("hookstest.New: %v", err)
+	}
+	t.Cleanup(func() { ch.Close() })
+	h := &Harness{t: t, Chain: ch, Hostname: "mx.example.test",
+		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }}
+	for _, in := range plugins {
+		if q, ok := in.Plugin.(*QueueRecorder); ok {
+			h.queue = q
+		}
+	}
+	return h
+}
+
+// Queued returns the messages the harness's QueueRecorder took.
+func (h *Harness) Queued() []Message {
+	if h.queue == nil {
+		h.t.Fatalf("hookstest: the chain has no hookstest.Queue()")
+	}
+	return h.queue.Messages()
+}
+
+// Session is one simulated connection.
+type Session struct {
+	*server.Session
+	t testing.TB
+}
+
+// Connect opens a session from remote (an IP, or IP:port) and runs the
+// connect hook; the greeting is in Greeting.
+func (h *Harness) Connect(remote string) *Session {
+	h.t.Helper()
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		ip, err2 := netip.ParseAddr(remote)
+		if err2 != nil {
+			h.t.Fatalf("hookstest.Connect(%q): not an IP or IP:port", remote)
+		}
+		ap = netip.AddrPortFrom(ip, 40000)
+	}
+	c := connection.New("test", h.Hostname, netip.MustParseAddrPort("127.0.0.1:25"), ap)
+	s := &Session{Session: server.NewSession(context.Background(), c, server.SessionConfig{
+		Chain: h.Chain, Limits: h.Limits, SpoolDir: h.t.TempDir(), Now: h.Now,
+	}), t: h.t}
+	h.t.Cleanup(s.Close)
+	return s
+}
+
+// Greeting runs the connect hook and returns the greeting reply.
+func (s *Session) Greeting() hooks.Reply { return s.Session.Connect() }
+
+// Helo sends EHLO.
+func (s *Session) Helo(host string) hooks.Reply { return s.Session.Helo(host, true) }
+
+// Mail sends MAIL FROM:<from>.
+func (s *Session) Mail(from string) hooks.Reply {
+	return s.Session.Mail(from, transaction.MailParams{})
+}
+
+// Data sends DATA and, when it gets 354, the message (use "\r\n" line
+// endings; no final dot); it returns the last reply.
+func (s *Session) Data(msg string) hooks.Reply {
+	rep := s.Session.Data()
+	if rep.Code != 354 {
+		return rep
+	}
+	rep = s.Session.Message(strings.NewReader(msg))
+	s.Session.Reset() // the end of DATA ends the transaction, as on the wire
+	return rep
+}
+
+// Send runs a whole transaction (EHLO when needed, MAIL, each RCPT, DATA)
+// and returns the first reply that is not positive, or the final one.
+func (s *Session) Send(from string, to []string, msg string) hooks.Reply {
+	if s.Conn().Helo == "" {
+		if rep := s.Helo("client.example.test"); !rep.Positive() {
+			return rep
+		}
+	}
+	if rep := s.Mail(from); !rep.Positive() {
+		return rep
+	}
+	for _, r := range to {
+		if rep := s.Rcpt(r); !rep.Positive() {
+			s.Reset()
+			return rep
+		}
+	}
+	return s.Data(msg)
+}
+
+// Expect fails the test unless rep has the given code; with text, the reply
+// must also contain it.
+func Expect(t testing.TB, rep hooks.Reply, code int, text ...string) {
+	t.Helper()
+	if rep.Code != code {
+		t.Fatalf("reply %q: want code %d", rep.String(), code)
+	}
+	for _, want := range text {
+		if !strings.Contains(rep.String(), want) {
+			t.Fatalf("reply %q: want it to contain %q", rep.String(), want)
+		}
+	}
+}

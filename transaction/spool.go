@@ -1,0 +1,101 @@
+package transaction
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// DefaultSpoolMemory is how many bytes of a message body stay in memory
+// before the spool moves to a temporary file.
+const DefaultSpoolMemory = 256 << 10
+
+// Spool holds a message body while it is received: in memory up to a
+// threshold, then in an unlinked temporary file, so a large message is never
+// held whole in memory and a crash or a vanished client leaves no file
+// behind. Write it once, then read it any number of times with Reader.
+type Spool struct {
+	dir       string
+	threshold int64
+	mem       bytes.Buffer
+	file      *os.File
+	size      int64
+}
+
+// NewSpool returns a spool that keeps up to threshold bytes in memory and
+// then writes to a temporary file in dir ("" means os.TempDir()).
+func NewSpool(dir string, threshold int64) *Spool {
+	if threshold < 0 {
+		threshold = 0
+	}
+	return &Spool{dir: dir, threshold: threshold}
+}
+
+// Write appends p to the spool.
+func (s *Spool) Write(p []byte) (int, error) {
+	if s.file == nil && int64(s.mem.Len()+len(p)) > s.threshold {
+		if err := s.toFile(); err != nil {
+			return 0, err
+		}
+	}
+	var n int
+	var err error
+	if s.file != nil {
+		n, err = s.file.Write(p)
+	} else {
+		n, err = s.mem.Write(p)
+	}
+	s.size += int64(n)
+	return n, err
+}
+
+func (s *Spool) toFile() error {
+	f, err := os.CreateTemp(s.dir, "spool-*")
+	if err != nil {
+		return fmt.Errorf("spool: create a temporary file in %q: %w", s.dir, err)
+	}
+	// Unlinked at once: the data lives as long as the descriptor, and
+	// nothing is left behind if the process dies.
+	os.Remove(f.Name())
+	if _, err := f.Write(s.mem.Bytes()); err != nil {
+		f.Close()
+		return fmt.Errorf("spool: write to the temporary file: %w", err)
+	}
+	s.mem = bytes.Buffer{}
+	s.file = f
+	return nil
+}
+
+// Size returns the number of bytes written.
+func (s *Spool) Size() int64 { return s.size }
+
+// InMemory reports whether the spool has not yet moved to a file.
+func (s *Spool) InMemory() bool { return s.file == nil }
+
+// Reader returns a reader over everything written so far. Readers are
+// independent; each starts at the beginning.
+func (s *Spool) Reader() io.Reader {
+	if s.file != nil {
+		return io.NewSectionReader(s.file, 0, s.size)
+	}
+	return bytes.NewReader(s.mem.Bytes())
+}
+
+// Close releases the memory or the temporary file. The spool is empty and
+// usable again afterwards.
+func (s *Spool) Close() error {
+	var err error
+	if s.file != nil {
+		err = s.file.Close()
+		s.file = nil
+	}
+	s.mem = bytes.Buffer{}
+	s.size = 0
+	return err
+}
+
+// ErrHeaderTooLong is returned by ReadMessage when the header section is
+// longer than the limit it was given.
+var ErrHeaderTooLong = errors.New("message header section too long")

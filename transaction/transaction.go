@@ -1,0 +1,155 @@
+// Package transaction holds one mail transaction: the envelope (sender and
+// recipients), the message header parsed once, the body spool, and the
+// transaction's notes. A transaction starts at MAIL and ends at the end of
+// DATA, RSET, a new EHLO or the end of the connection.
+package transaction
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks/notes"
+)
+
+// MailParams are the ESMTP parameters of the MAIL command that Sluice
+// understands.
+type MailParams struct {
+	// Size is the SIZE= the client declared, 0 when absent.
+	Size int64
+	// Body is "7BIT", "8BITMIME" or "".
+	Body string
+	// UTF8 is true when the client asked for SMTPUTF8.
+	UTF8 bool
+	// Auth is the AUTH= parameter, "" when absent.
+	Auth string
+}
+
+// Transaction is one message on its way through the chain.
+type Transaction struct {
+	// ID names the transaction in logs; it becomes the queue id.
+	ID string
+	// Sender is the reverse-path without angle brackets; "" is the null
+	// sender of bounces.
+	Sender string
+	// Params are the MAIL command's parameters.
+	Params MailParams
+	// Recipients are the accepted forward-paths, in order.
+	Recipients []string
+	// Header is the message header, available from data_headers_end on.
+	// Plugins may add, change and remove fields; the queue writes it.
+	Header Header
+	// Body is the spooled message body (after the empty line).
+	Body *Spool
+	// Size is the number of message bytes received (header and body).
+	Size int64
+	// QueueID is what the queue called the message once it accepted it.
+	QueueID string
+	// Started is when MAIL was accepted.
+	Started time.Time
+	// Notes is shared by every plugin for this transaction and cleared when
+	// it ends.
+	Notes notes.Notes
+}
+
+// New returns an empty transaction whose body spools to dir once it grows
+// past spoolMemory bytes.
+func New(dir string, spoolMemory int64) *Transaction {
+	return &Transaction{
+		ID:      connection.NewID(),
+		Body:    NewSpool(dir, spoolMemory),
+		Started: time.Now(),
+	}
+}
+
+// Message returns a reader over the whole message as it will be queued:
+// the (possibly modified) header, the empty line, then the body.
+func (t *Transaction) Message() io.Reader {
+	return io.MultiReader(bytes.NewReader(t.Header.Bytes()), t.Body.Reader())
+}
+
+// WriteTo writes the message as Message returns it.
+func (t *Transaction) WriteTo(w io.Writer) (int64, error) {
+	n, err := t.Header.WriteTo(w)
+	if err != nil {
+		return n, err
+	}
+	m, err := io.Copy(w, t.Body.Reader())
+	return n + m, err
+}
+
+// MessageSize returns the size in bytes of what WriteTo writes.
+func (t *Transaction) MessageSize() int64 {
+	var n int64
+	for _, f := range t.Header.fields {
+		n += int64(len(f.Raw))
+	}
+	return n + int64(len(t.Header.sep)) + t.Body.Size()
+}
+
+// Close releases the body spool. The server calls it when the transaction
+// ends.
+func (t *Transaction) Close() error {
+	if t.Body == nil {
+		return nil
+	}
+	return t.Body.Close()
+}
+
+// ReadHeader reads the header section of a message from r, up to and
+// including the empty line that ends it, and parses it into t.Header. The
+// body stays unread in r. A line that is neither a field nor a continuation
+// ends the header without an empty line (it then starts the body: pass it
+// on with Pending). maxBytes bounds the header section.
+func (t *Transaction) ReadHeader(r *bufio.Reader, maxBytes int64) (pending []byte, err error) {
+	var total int64
+	for {
+		line, err := readLine(r, maxBytes-total)
+		total += int64(len(line))
+		if err == io.EOF && len(line) == 0 {
+			return nil, nil
+		}
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
+		switch {
+		case isBlankLine(line):
+			t.Header.sep = line
+			return nil, nil
+		case isContinuation(line) && len(t.Header.fields) > 0:
+			last := &t.Header.fields[len(t.Header.fields)-1]
+			last.Raw = append(last.Raw, line...)
+		default:
+			name := fieldName(line)
+			if name == "" {
+				// Not a header: the message has no header section end
+				// marker; this line belongs to the body.
+				return line, nil
+			}
+			t.Header.fields = append(t.Header.fields, Field{Name: name, Raw: line})
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+	}
+}
+
+// readLine reads one line including its "\n" (or up to EOF), refusing to
+// read more than max bytes.
+func readLine(r *bufio.Reader, max int64) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if int64(len(line)+len(chunk)) > max {
+			return nil, ErrHeaderTooLong
+		}
+		line = append(line, chunk...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		return line, err
+	}
+}
