@@ -70,8 +70,11 @@ type Listener struct {
 	// MaxConnectionsPerIP caps concurrent connections from one IP; 0 means 20.
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
 	// MaxErrors closes the connection (421) after this many refused or
-	// unknown commands; 0 means 10.
+	// unknown commands; 0 means 20.
 	MaxErrors int `toml:"max_errors"`
+	// BareNewline is "reject" (default: 554 5.5.2 and close) or
+	// "normalize" (bare CR and LF become CRLF) for bare line ends in DATA.
+	BareNewline string `toml:"bare_newline"`
 }
 
 // Duration is a time.Duration written as a string in the file ("30s").
@@ -156,6 +159,11 @@ func (c *Config) check() error {
 		}
 		if l.Hostname == "" {
 			l.Hostname = c.Hostname
+		}
+		switch l.BareNewline {
+		case "", "reject", "normalize":
+		default:
+			return fmt.Errorf("%s: bare_newline = %q: want \"reject\" or \"normalize\"", where, l.BareNewline)
 		}
 		if l.MaxMessageSize < 0 || l.MaxRecipients < 0 || l.MaxHeaderSize < 0 || l.MaxLineLength < 0 {
 			return fmt.Errorf("%s: limits must not be negative", where)

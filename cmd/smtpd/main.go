@@ -1,0 +1,209 @@
+// Command smtpd is Sluice's SMTP server.
+//
+//	smtpd [-config FILE]          serve (default config: /etc/sluice/smtpd.toml)
+//	smtpd check [-config FILE]    validate the configuration, build every plugin, exit
+//	smtpd plugins                 list the compiled-in plugins and their hooks
+//	smtpd version                 print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluice-mta/sluice/config"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "check":
+		return check(args, stdout, stderr)
+	case "plugins":
+		return listPlugins(stdout)
+	case "version":
+		fmt.Fprintf(stdout, "smtpd (Sluice) %s\n", version)
+		return 0
+	case "help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "smtpd: unknown command %q\n", cmd)
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `usage:
+  smtpd [-config FILE]          serve mail (default config %s)
+  smtpd check [-config FILE]    validate the configuration and build every plugin
+  smtpd plugins                 list the compiled-in plugins and the hooks each implements
+  smtpd version                 print the version
+`, config.DefaultPath)
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", config.DefaultPath, "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "smtpd %s: unexpected argument %q\n", name, fs.Arg(0))
+		return "", false
+	}
+	return *path, true
+}
+
+func check(args []string, stdout, stderr io.Writer) int {
+	path, ok := configFlag("check", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, err := config.Load(path)
+	if err == nil {
+		_, err = build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd check: %v\n", err)
+		return 1
+	}
+	for _, l := range cfg.Listeners {
+		fmt.Fprintf(stdout, "listener %s on %s: %s\n", l.Name, l.Address, strings.Join(l.Plugins, ", "))
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", path)
+	return 0
+}
+
+func listPlugins(stdout io.Writer) int {
+	for _, r := range hooks.Registered() {
+		fmt.Fprintf(stdout, "%-14s %s\n", r.Name, strings.Join(r.Hooks, " "))
+	}
+	return 0
+}
+
+// build turns the configuration into a server configuration: every plugin
+// built once, one chain per listener.
+func build(cfg *config.Config, log *slog.Logger) (server.Config, error) {
+	plugins, err := cfg.Build()
+	if err != nil {
+		return server.Config{}, err
+	}
+	sc := server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log}
+	for _, l := range cfg.Listeners {
+		var ins []hooks.Instance
+		for _, name := range l.Plugins {
+			ins = append(ins, hooks.Instance{Name: name, Plugin: plugins[name]})
+		}
+		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, Logger: log.With("listener", l.Name)})
+		if err != nil {
+			return server.Config{}, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
+		}
+		if !ch.HasQueue() {
+			log.Warn("listener has no queue plugin: every message will get 451", "listener", l.Name)
+		}
+		sc.Listeners = append(sc.Listeners, server.ListenerConfig{
+			Name: l.Name, Address: l.Address, Hostname: l.Hostname, Chain: ch,
+			Limits: server.Limits{
+				MaxMessageBytes: l.MaxMessageSize, MaxRecipients: l.MaxRecipients, MaxHeaderBytes: l.MaxHeaderSize,
+			},
+			ReadTimeout: l.ReadTimeout.Duration, WriteTimeout: l.WriteTimeout.Duration,
+			MaxLineLength: l.MaxLineLength, MaxConnections: l.MaxConnections,
+			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors,
+			BareNewline: server.BareNewline(l.BareNewline),
+		})
+	}
+	return sc, nil
+}
+
+func newLogger(level string, w io.Writer) *slog.Logger {
+	var lv slog.Level
+	switch level {
+	case "debug":
+		lv = slog.LevelDebug
+	case "warn":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+}
+
+func serve(args []string, stderr io.Writer) int {
+	path, ok := configFlag("serve", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	log := newLogger(cfg.LogLevel, stderr)
+	slog.SetDefault(log)
+	sc, err := build(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	srv, err := server.New(sc)
+	if err == nil {
+		err = srv.Listen()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	log.Info("Sluice started", "version", version, "config", path)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			fmt.Fprintf(stderr, "smtpd: %v\n", err)
+			return 1
+		}
+		return 0
+	case sig := <-sigs:
+		timeout := cfg.ShutdownTimeout.Duration
+		if timeout <= 0 {
+			timeout = 30 * time.Second
+		}
+		log.Info("stopping: no new connections; waiting for transactions in progress", "signal", sig.String(), "timeout", timeout.String())
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Warn(err.Error())
+		}
+		log.Info("stopped")
+		return 0
+	}
+}

@@ -1,0 +1,77 @@
+package server
+
+import (
+	"io"
+	"net"
+
+	"github.com/emersion/go-smtp"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+// backend is the go-smtp Backend: it hands go-smtp an adapter over the
+// connection's Session. It is the only code that implements go-smtp's
+// server interfaces.
+type backend struct{}
+
+func (backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	g, ok := c.Conn().(*guard)
+	if !ok {
+		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Internal error"}
+	}
+	return &adapter{g: g}, nil
+}
+
+// adapter turns go-smtp's Session calls into Session calls and their
+// replies back into go-smtp's errors. Positive replies return nil (go-smtp
+// then records the command as done) and the guard words the reply.
+type adapter struct{ g *guard }
+
+func (a *adapter) answer(rep hooks.Reply) error {
+	if rep.Close {
+		a.g.closeAfterReply = true
+	}
+	if rep.Positive() {
+		a.g.override = &rep
+		return nil
+	}
+	return &smtp.SMTPError{Code: rep.Code, EnhancedCode: smtp.EnhancedCode(enhanced(rep)), Message: rep.Msg}
+}
+
+// enhanced returns the reply's enhanced code, or go-smtp's "none" marker.
+func enhanced(rep hooks.Reply) [3]int {
+	if rep.Enhanced == [3]int{} {
+		return [3]int(smtp.NoEnhancedCode)
+	}
+	return rep.Enhanced
+}
+
+func (a *adapter) Reset()        { a.g.sess.Reset() }
+func (a *adapter) Logout() error { return nil } // the guard's Close ends the Session
+
+func (a *adapter) Mail(from string, opts *smtp.MailOptions) error {
+	var p transaction.MailParams
+	if opts != nil {
+		p = transaction.MailParams{Size: opts.Size, Body: string(opts.Body), UTF8: opts.UTF8}
+		if opts.Auth != nil {
+			p.Auth = *opts.Auth
+		}
+	}
+	return a.answer(a.g.sess.Mail(from, p))
+}
+
+func (a *adapter) Rcpt(to string, _ *smtp.RcptOptions) error {
+	return a.answer(a.g.sess.Rcpt(to))
+}
+
+func (a *adapter) Data(r io.Reader) error {
+	rep := a.g.sess.Message(r)
+	if rep.Close {
+		// Close now: go-smtp would otherwise read the rest of the message.
+		a.g.send(rep)
+		return &smtp.SMTPError{Code: rep.Code, EnhancedCode: smtp.EnhancedCode(enhanced(rep)), Message: rep.Msg}
+	}
+	return a.answer(rep)
+}
+
+var _ net.Conn = (*guard)(nil)

@@ -1,0 +1,520 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-mta/sluice/hooks"
+)
+
+// BareNewline is the policy for a bare LF or bare CR inside DATA, as
+// Postfix's smtpd_forbid_bare_newline.
+type BareNewline string
+
+const (
+	// BareNewlineReject answers 554 5.5.2 and closes the connection;
+	// nothing is queued.
+	BareNewlineReject BareNewline = "reject"
+	// BareNewlineNormalize turns every bare LF and bare CR into CRLF, so the
+	// queue only ever sees CRLF lines.
+	BareNewlineNormalize BareNewline = "normalize"
+)
+
+// guard sits between the client's socket and go-smtp. It reads the client's
+// bytes one command line at a time and sees every reply go-smtp writes, so
+// it is where Sluice adds what go-smtp has no seam for: the connect hook
+// before the greeting; helo, ehlo, vrfy, noop, help, quit and
+// unrecognized_command hooks; STARTTLS done by Sluice (nothing pipelined
+// before the handshake survives it); strict line endings in commands and in
+// DATA; line length, idle time and error limits; and the rewriting of
+// go-smtp's reply texts into Sluice's.
+//
+// go-smtp only ever sees complete lines that the guard let through, one per
+// Read, so when it asks for more input it has answered everything before.
+type guard struct {
+	transport net.Conn // the TCP connection, or TLS over it
+	br        *bufio.Reader
+	l         *listener
+	sess      *Session
+	log       *slog.Logger
+
+	// pending is the rest of the line handed to go-smtp.
+	pending         []byte
+	dataMode        bool
+	atLineStart     bool
+	pendingCR       bool
+	lastCmd         string
+	override        *hooks.Reply // replaces go-smtp's next final reply
+	closeAfterReply bool
+	wbuf            []byte   // a reply line go-smtp has not finished
+	multi           [][]byte // the lines of a multi-line reply so far
+	greeted         bool
+	errors          int
+	closed          atomic.Bool
+	busy            atomic.Bool // in a transaction: shutdown waits for it
+	closeOnce       sync.Once
+	cancel          context.CancelFunc // ends the connection's context
+}
+
+var errClosed = errors.New("connection closed by the server")
+
+func newGuard(conn net.Conn, l *listener, sess *Session, log *slog.Logger) *guard {
+	return &guard{transport: conn, br: bufio.NewReaderSize(conn, 64<<10), l: l, sess: sess, log: log, atLineStart: true}
+}
+
+// LocalAddr, RemoteAddr and the deadline setters pass through: go-smtp
+// uses them.
+func (g *guard) LocalAddr() net.Addr                { return g.transport.LocalAddr() }
+func (g *guard) RemoteAddr() net.Addr               { return g.transport.RemoteAddr() }
+func (g *guard) SetDeadline(t time.Time) error      { return g.transport.SetDeadline(t) }
+func (g *guard) SetReadDeadline(t time.Time) error  { return g.transport.SetReadDeadline(t) }
+func (g *guard) SetWriteDeadline(t time.Time) error { return g.transport.SetWriteDeadline(t) }
+
+// Close closes the connection once and ends the session (reset_transaction
+// and disconnect hooks run here, whoever closed).
+func (g *guard) Close() error {
+	var err error
+	g.closeOnce.Do(func() {
+		g.closed.Store(true)
+		err = g.transport.Close()
+		g.sess.Close()
+		if g.cancel != nil {
+			g.cancel()
+		}
+		g.l.forget(g)
+		g.log.Info("disconnect")
+	})
+	return err
+}
+
+// send writes a reply of Sluice's own, bypassing go-smtp, and closes the
+// connection when the reply says so.
+func (g *guard) send(rep hooks.Reply) {
+	g.countError(rep.Code)
+	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
+	g.writeRaw([]byte(rep.String() + "\r\n"))
+	if rep.Close {
+		g.Close()
+	}
+}
+
+func (g *guard) writeRaw(b []byte) error {
+	if g.closed.Load() {
+		return errClosed
+	}
+	if d := g.l.cfg.WriteTimeout; d > 0 {
+		g.transport.SetWriteDeadline(time.Now().Add(d))
+	}
+	_, err := g.transport.Write(b)
+	return err
+}
+
+// countError closes the connection (421) after too many refused commands.
+func (g *guard) countError(code int) {
+	if code < 400 {
+		return
+	}
+	g.errors++
+	if max := g.l.cfg.MaxErrors; max > 0 && g.errors > max && !g.closed.Load() {
+		g.log.Warn("too many errors; closing", "errors", g.errors)
+		g.writeRaw([]byte("421 4.7.0 Too many errors; closing connection\r\n"))
+		g.Close()
+	}
+}
+
+// Read hands go-smtp the next line the guard lets through.
+func (g *guard) Read(p []byte) (int, error) {
+	for len(g.pending) == 0 {
+		if g.closed.Load() {
+			return 0, io.EOF
+		}
+		var err error
+		if g.dataMode {
+			err = g.readData()
+		} else {
+			err = g.readCommand()
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, g.pending)
+	g.pending = g.pending[n:]
+	return n, nil
+}
+
+// readLine reads one line of at most max bytes (0: no limit) and refreshes
+// the idle deadline first.
+func (g *guard) fill() {
+	if d := g.l.cfg.ReadTimeout; d > 0 {
+		g.transport.SetReadDeadline(time.Now().Add(d))
+	}
+}
+
+// readFailed answers a read error: 421 on a timeout, nothing when the
+// client went away; the connection is closed either way.
+func (g *guard) readFailed(err error, during string) error {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		if g.l.shuttingDown() && !g.busy.Load() {
+			g.writeRaw([]byte("421 4.3.2 Service shutting down; try again later\r\n"))
+		} else {
+			g.log.Info("timeout", "during", during)
+			g.writeRaw([]byte("421 4.4.2 Timeout " + during + "; closing connection\r\n"))
+		}
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	default:
+		g.log.Info("read error", "during", during, "err", err)
+	}
+	g.Close()
+	if during == "reading the message" {
+		return fmt.Errorf("client connection failed %s: %w", during, err)
+	}
+	return io.EOF
+}
+
+func (g *guard) readCommand() error {
+	if g.l.shuttingDown() {
+		g.writeRaw([]byte("421 4.3.2 Service shutting down; try again later\r\n"))
+		g.Close()
+		return io.EOF
+	}
+	g.fill()
+	line, err := g.br.ReadSlice('\n')
+	max := g.l.cfg.MaxLineLength
+	if errors.Is(err, bufio.ErrBufferFull) || len(line) > max {
+		g.log.Warn("command line too long; closing", "max", max)
+		g.send(hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: fmt.Sprintf("Line too long (limit %d bytes); closing connection", max), Close: true})
+		return io.EOF
+	}
+	if err != nil {
+		return g.readFailed(err, "waiting for a command")
+	}
+	if !bytes.HasSuffix(line, []byte("\r\n")) || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
+		g.send(hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: commands must end with CRLF, with no bare CR or LF"})
+		return nil
+	}
+	text := string(line[:len(line)-2])
+	verb, arg, _ := strings.Cut(text, " ")
+	verb = strings.ToUpper(verb)
+	arg = strings.TrimSpace(arg)
+	return g.command(verb, arg, line)
+}
+
+// command runs one command line: the guard answers some itself, and lets
+// the rest through to go-smtp.
+func (g *guard) command(verb, arg string, line []byte) error {
+	switch verb {
+	case "HELO", "EHLO":
+		if arg == "" {
+			g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "Syntax: " + verb + " hostname"})
+			return nil
+		}
+		rep := g.sess.Helo(arg, verb == "EHLO")
+		if !rep.Positive() {
+			g.send(rep)
+			return nil
+		}
+		g.override = &rep
+	case "MAIL":
+		if g.sess.Conn().Helo == "" {
+			g.send(hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Send EHLO or HELO first"})
+			return nil
+		}
+	case "RCPT", "RSET":
+	case "DATA":
+		if arg != "" {
+			g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "DATA takes no argument"})
+			return nil
+		}
+		rep := g.sess.Data()
+		if rep.Code != 354 {
+			g.send(rep)
+			return nil
+		}
+		g.override = &rep
+	case "BDAT":
+		// CHUNKING is not advertised: the chunk that follows cannot be told
+		// from commands, so the only safe answer is to close.
+		g.send(hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "BDAT is not supported (CHUNKING was not offered); closing connection", Close: true})
+		return io.EOF
+	case "STARTTLS":
+		return g.startTLS(arg)
+	case "AUTH":
+		// Passed to go-smtp, which answers 502 until an auth plugin exists.
+	case "NOOP":
+		g.send(g.sess.Noop())
+		return nil
+	case "VRFY":
+		g.send(g.sess.Vrfy(arg))
+		return nil
+	case "HELP":
+		g.send(g.sess.Help(arg))
+		return nil
+	case "QUIT":
+		g.send(g.sess.Quit())
+		return io.EOF
+	default:
+		if verb == "" {
+			g.send(hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: empty command"})
+			return nil
+		}
+		g.send(g.sess.Unrecognized(verb, arg))
+		return nil
+	}
+	g.lastCmd = verb
+	g.pending = append(g.pending[:0], line...)
+	return nil
+}
+
+func (g *guard) startTLS(arg string) error {
+	switch {
+	case arg != "":
+		g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "STARTTLS takes no argument"})
+		return nil
+	case g.l.cfg.TLS == nil:
+		g.send(hooks.Reply{Code: 502, Enhanced: [3]int{5, 5, 1}, Msg: "STARTTLS not available"})
+		return nil
+	case g.sess.Conn().TLS != nil:
+		g.send(hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "TLS already active"})
+		return nil
+	}
+	// Anything the client pipelined after STARTTLS was sent in plaintext
+	// and must not run inside the TLS session (CVE-2011-0411 class).
+	if n := g.br.Buffered(); n > 0 {
+		g.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
+		g.send(hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "Commands pipelined after STARTTLS; closing connection", Close: true})
+		return io.EOF
+	}
+	if err := g.writeRaw([]byte("220 2.0.0 Ready to start TLS\r\n")); err != nil {
+		g.Close()
+		return io.EOF
+	}
+	// Never go on in plaintext after a failed handshake: handshake closes.
+	if err := g.handshake(tls.Server(g.transport, g.l.cfg.TLS)); err != nil {
+		return io.EOF
+	}
+	// RFC 3207 4.2: forget everything learnt before TLS.
+	g.sess.Reset()
+	c := g.sess.Conn()
+	c.Helo, c.ESMTP = "", false
+	return nil
+}
+
+// handshake runs the TLS handshake on tc and makes it the transport; on
+// failure it closes the connection.
+func (g *guard) handshake(tc *tls.Conn) error {
+	if d := g.l.cfg.ReadTimeout; d > 0 {
+		tc.SetDeadline(time.Now().Add(d))
+	}
+	if err := tc.Handshake(); err != nil {
+		g.log.Info("TLS handshake failed; closing", "err", err)
+		g.Close()
+		return err
+	}
+	tc.SetDeadline(time.Time{})
+	g.transport = tc
+	g.br = bufio.NewReaderSize(tc, 64<<10)
+	st := tc.ConnectionState()
+	g.sess.Conn().TLS = &st
+	g.log.Info("TLS started", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
+	return nil
+}
+
+// readData passes the message through, line by line, until the line
+// holding only ".": it enforces the bare CR / bare LF policy, so that only
+// CRLF.CRLF ever ends a message.
+func (g *guard) readData() error {
+	g.fill()
+	chunk, err := g.br.ReadSlice('\n')
+	if len(chunk) == 0 && err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			err = nil
+		} else {
+			return g.readFailed(err, "reading the message")
+		}
+	}
+	complete := len(chunk) > 0 && chunk[len(chunk)-1] == '\n'
+	if err != nil && !errors.Is(err, bufio.ErrBufferFull) && !complete {
+		return g.readFailed(err, "reading the message")
+	}
+	if g.atLineStart && string(chunk) == ".\r\n" {
+		g.dataMode = false
+		g.pending = append(g.pending[:0], chunk...)
+		return nil
+	}
+	bare := g.hasBareNewline(chunk, complete)
+	if bare && g.l.cfg.BareNewline != BareNewlineNormalize {
+		g.log.Warn("bare CR or LF in DATA; closing", "policy", "reject")
+		g.send(hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 2}, Msg: "Message contains a bare CR or LF: lines must end with CRLF; closing connection", Close: true})
+		return errors.New("bare CR or LF in the message")
+	}
+	if bare {
+		chunk = normalize(chunk, g.atLineStart)
+	}
+	g.pending = append(g.pending[:0], chunk...)
+	g.atLineStart = complete
+	return nil
+}
+
+// hasBareNewline reports a CR not followed by LF or an LF not preceded by
+// CR in chunk, remembering a CR that ends an incomplete chunk.
+func (g *guard) hasBareNewline(chunk []byte, complete bool) bool {
+	prevCR := g.pendingCR
+	g.pendingCR = false
+	for i, b := range chunk {
+		switch {
+		case prevCR && b != '\n':
+			return true
+		case b == '\n' && !prevCR:
+			return true
+		}
+		prevCR = b == '\r'
+		if prevCR && i == len(chunk)-1 && !complete {
+			g.pendingCR = true
+		}
+	}
+	return false
+}
+
+// normalize rewrites bare CR and bare LF to CRLF. A line that becomes "."
+// alone is dot-stuffed so it can never end the message.
+func normalize(chunk []byte, atLineStart bool) []byte {
+	var out []byte
+	for i := 0; i < len(chunk); i++ {
+		switch b := chunk[i]; {
+		case b == '\r' && i+1 < len(chunk) && chunk[i+1] == '\n':
+			out = append(out, '\r', '\n')
+			i++
+		case b == '\r' && i+1 == len(chunk):
+			out = append(out, '\r') // its LF may come in the next chunk
+		case b == '\r', b == '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, b)
+		}
+	}
+	if atLineStart && string(out) == ".\r\n" {
+		out = []byte("..\r\n")
+	}
+	return out
+}
+
+// Write takes go-smtp's replies, line by line: it turns the first into the
+// connect hook's greeting, rewrites the replies Sluice words itself, and
+// switches to DATA mode after 354.
+func (g *guard) Write(p []byte) (int, error) {
+	if g.closed.Load() {
+		return 0, errClosed
+	}
+	g.wbuf = append(g.wbuf, p...)
+	for {
+		i := bytes.Index(g.wbuf, []byte("\r\n"))
+		if i < 0 {
+			break
+		}
+		line := append([]byte(nil), g.wbuf[:i+2]...)
+		g.wbuf = g.wbuf[i+2:]
+		if err := g.replyLine(line); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (g *guard) replyLine(line []byte) error {
+	if len(line) >= 4 && line[3] == '-' {
+		g.multi = append(g.multi, line)
+		return nil
+	}
+	lines := append(g.multi, line)
+	g.multi = nil
+	code, _ := strconv.Atoi(string(line[:min(3, len(line))]))
+
+	if !g.greeted {
+		g.greeted = true
+		if tc, ok := g.transport.(*tls.Conn); ok {
+			if err := g.handshake(tc); err != nil {
+				return errClosed
+			}
+		}
+		rep := g.sess.Connect()
+		g.send(rep)
+		if rep.Close {
+			return errClosed
+		}
+		return nil
+	}
+	out := lines
+	switch {
+	case g.lastCmd == "EHLO" && code == 250:
+		out = g.ehloReply(lines)
+	case g.override != nil:
+		rep := *g.override
+		if code/100 == rep.Code/100 || (rep.Code == 354 && code == 354) {
+			out = [][]byte{[]byte(rep.String() + "\r\n")}
+		}
+	}
+	g.override = nil
+	if code == 354 {
+		g.dataMode, g.atLineStart, g.pendingCR = true, true, false
+	}
+	g.countError(code)
+	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
+	if err := g.writeRaw(bytes.Join(out, nil)); err != nil {
+		return err
+	}
+	if g.closeAfterReply {
+		g.closeAfterReply = false
+		g.Close()
+		return errClosed
+	}
+	return nil
+}
+
+// ehloReply rewrites go-smtp's EHLO reply: Sluice's greeting line, SIZE
+// with the limit in force, STARTTLS when TLS is configured and not yet
+// active, no CHUNKING (BDAT is refused).
+func (g *guard) ehloReply(lines [][]byte) [][]byte {
+	rep := g.override
+	g.override = nil
+	first := g.sess.Conn().Hostname
+	if rep != nil {
+		first = rep.Msg
+	}
+	caps := []string{first}
+	for _, l := range lines[1:] {
+		c := strings.TrimSpace(string(l[4:]))
+		switch {
+		case c == "CHUNKING", strings.HasPrefix(c, "SIZE"), c == "STARTTLS":
+		default:
+			caps = append(caps, c)
+		}
+	}
+	caps = append(caps, fmt.Sprintf("SIZE %d", g.sess.MaxMessageBytes()))
+	if g.l.cfg.TLS != nil && g.sess.Conn().TLS == nil {
+		caps = append(caps, "STARTTLS")
+	}
+	out := make([][]byte, len(caps))
+	for i, c := range caps {
+		sep := "-"
+		if i == len(caps)-1 {
+			sep = " "
+		}
+		out[i] = []byte("250" + sep + c + "\r\n")
+	}
+	return out
+}

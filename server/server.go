@@ -1,0 +1,361 @@
+// Package server is Sluice's SMTP engine, embeddable in other Go programs:
+// listeners with their own plugin chains, the go-smtp adapter, the guard
+// that closes go-smtp's gaps, limits, reload and graceful shutdown.
+//
+//	srv, err := server.New(server.Config{SpoolDir: "var/spool", Listeners: []server.ListenerConfig{{
+//		Name: "mx", Address: "127.0.0.1:2525", Hostname: "mx.example.test", Chain: chain,
+//	}}})
+//	err = srv.Listen()
+//	go srv.Serve()
+//	...
+//	srv.Shutdown(ctx)
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+)
+
+// ListenerConfig is one listening address with its own policy.
+type ListenerConfig struct {
+	Name     string
+	Address  string
+	Hostname string
+	Chain    *hooks.Chain
+	Limits   Limits
+	// ReadTimeout is the idle time allowed between two reads from the
+	// client, refreshed on every read. Default 5 minutes (RFC 5321 4.5.3.2).
+	ReadTimeout time.Duration
+	// WriteTimeout bounds each reply. Default 1 minute.
+	WriteTimeout time.Duration
+	// MaxLineLength caps a command line, CRLF included. Default 2048.
+	MaxLineLength int
+	// MaxConnections and MaxConnectionsPerIP cap concurrent connections;
+	// the next client gets 421 4.7.0 at the banner. Defaults 1000 and 20.
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	// MaxErrors closes the connection with 421 after this many refused
+	// commands. Default 20.
+	MaxErrors int
+	// BareNewline is the policy for bare CR or LF inside DATA. Default reject.
+	BareNewline BareNewline
+	// TLS enables STARTTLS (or implicit TLS with ImplicitTLS).
+	TLS         *tls.Config
+	ImplicitTLS bool
+}
+
+func (c *ListenerConfig) setDefaults() {
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 5 * time.Minute
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = time.Minute
+	}
+	if c.MaxLineLength <= 0 {
+		c.MaxLineLength = 2048
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 1000
+	}
+	if c.MaxConnectionsPerIP <= 0 {
+		c.MaxConnectionsPerIP = 20
+	}
+	if c.MaxErrors <= 0 {
+		c.MaxErrors = 20
+	}
+	if c.BareNewline == "" {
+		c.BareNewline = BareNewlineReject
+	}
+	c.Limits = c.Limits.withDefaults()
+}
+
+// Config is the whole server.
+type Config struct {
+	Listeners []ListenerConfig
+	// SpoolDir holds the temporary files of large messages being received.
+	SpoolDir string
+	Logger   *slog.Logger
+}
+
+// Server serves every listener of a Config.
+type Server struct {
+	log       *slog.Logger
+	spoolDir  string
+	listeners []*listener
+	ctx       context.Context
+	cancel    context.CancelFunc
+	stopping  atomic.Bool
+	wg        sync.WaitGroup
+}
+
+// New checks the configuration and prepares the spool directory. Nothing
+// listens until Listen.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.SpoolDir == "" {
+		cfg.SpoolDir = os.TempDir()
+	}
+	if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create the spool directory: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel}
+	for _, lc := range cfg.Listeners {
+		if lc.Chain == nil {
+			cancel()
+			return nil, fmt.Errorf("listener %q has no chain", lc.Name)
+		}
+		lc.setDefaults()
+		l := &listener{srv: s, cfg: lc, conns: map[*guard]struct{}{}, perIP: map[netip.Addr]int{},
+			log: s.log.With("listener", lc.Name)}
+		l.chain.Store(lc.Chain)
+		s.listeners = append(s.listeners, l)
+	}
+	return s, nil
+}
+
+// Listen binds every listener's address. An address already in use is an
+// error that names the listener.
+func (s *Server) Listen() error {
+	for _, l := range s.listeners {
+		ln, err := net.Listen("tcp", l.cfg.Address)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listener %q: %w", l.cfg.Name, err)
+		}
+		l.ln = ln
+	}
+	return nil
+}
+
+// Addr returns the bound address of the named listener, or nil.
+func (s *Server) Addr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.cfg.Name == name && l.ln != nil {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Serve serves every listener until Shutdown; it returns nil then.
+func (s *Server) Serve() error {
+	errs := make(chan error, len(s.listeners))
+	for _, l := range s.listeners {
+		if l.ln == nil {
+			return fmt.Errorf("listener %q: call Listen before Serve", l.cfg.Name)
+		}
+		ss := smtp.NewServer(backend{})
+		ss.Domain = l.cfg.Hostname
+		ss.MaxLineLength = 0   // the guard enforces line limits
+		ss.MaxMessageBytes = 0 // the Session enforces the size while reading
+		ss.AllowInsecureAuth = true
+		ss.EnableSMTPUTF8 = true
+		ss.ErrorLog = slogPrinter{l.log}
+		l.smtp = ss
+		l.log.Info("listening", "address", l.ln.Addr().String(), "plugins", l.chain.Load().Plugins())
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			err := ss.Serve(l)
+			if s.stopping.Load() {
+				err = nil
+			}
+			errs <- err
+		}()
+	}
+	for range s.listeners {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Reload swaps the chains of the named listeners. Connections in progress
+// keep the chain they started with.
+func (s *Server) Reload(chains map[string]*hooks.Chain) {
+	for _, l := range s.listeners {
+		if ch, ok := chains[l.cfg.Name]; ok {
+			l.chain.Store(ch)
+		}
+	}
+}
+
+// Shutdown stops accepting, closes idle connections with 421, lets
+// transactions in progress finish until ctx ends, then closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopping.Store(true)
+	s.closeListeners()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n := 0
+		for _, l := range s.listeners {
+			n += l.wakeIdle()
+		}
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			for _, l := range s.listeners {
+				l.closeAll()
+			}
+			s.cancel()
+			s.wg.Wait()
+			return fmt.Errorf("shutdown: %d connections still busy at the deadline were closed", n)
+		case <-tick.C:
+		}
+	}
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		if l.ln != nil {
+			l.ln.Close()
+		}
+	}
+}
+
+// listener is a net.Listener wrapper: it applies the connection caps and
+// hands go-smtp guarded connections.
+type listener struct {
+	srv   *Server
+	cfg   ListenerConfig
+	log   *slog.Logger
+	chain atomic.Pointer[hooks.Chain]
+	ln    net.Listener
+	smtp  *smtp.Server
+
+	mu    sync.Mutex
+	conns map[*guard]struct{}
+	perIP map[netip.Addr]int
+}
+
+func (l *listener) shuttingDown() bool { return l.srv.stopping.Load() }
+
+// Accept returns the next connection that is within the caps, wrapped in a
+// guard; clients over a cap get 421 and are closed here.
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			if l.shuttingDown() {
+				return nil, net.ErrClosed
+			}
+			return nil, err
+		}
+		remote := addrPort(raw.RemoteAddr())
+		ip := remote.Addr().Unmap()
+		l.mu.Lock()
+		total, fromIP := len(l.conns), l.perIP[ip]
+		over := total >= l.cfg.MaxConnections || fromIP >= l.cfg.MaxConnectionsPerIP
+		if !over {
+			l.perIP[ip]++
+		}
+		l.mu.Unlock()
+		if over {
+			l.log.Warn("connection refused: too many connections", "remote", remote.String(), "total", total, "from_ip", fromIP)
+			go refuse(raw)
+			continue
+		}
+		transport := raw
+		if l.cfg.ImplicitTLS && l.cfg.TLS != nil {
+			transport = tls.Server(raw, l.cfg.TLS)
+		}
+		c := connection.New(l.cfg.Name, l.cfg.Hostname, addrPort(raw.LocalAddr()), remote)
+		ctx, cancel := context.WithCancel(l.srv.ctx)
+		log := l.log.With("conn", c.ID)
+		sess := NewSession(ctx, c, SessionConfig{Chain: l.chain.Load(), Limits: l.cfg.Limits, SpoolDir: l.srv.spoolDir, Logger: l.log})
+		g := newGuard(transport, l, sess, log)
+		g.cancel = cancel
+		l.mu.Lock()
+		l.conns[g] = struct{}{}
+		l.mu.Unlock()
+		log.Info("connect", "remote", remote.String())
+		return g, nil
+	}
+}
+
+func refuse(c net.Conn) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write([]byte("421 4.7.0 Too many connections; try again later\r\n"))
+	c.Close()
+}
+
+// forget drops a closed connection from the counts.
+func (l *listener) forget(g *guard) {
+	ip := g.sess.Conn().RemoteIP()
+	l.mu.Lock()
+	if _, ok := l.conns[g]; ok {
+		delete(l.conns, g)
+		if l.perIP[ip]--; l.perIP[ip] <= 0 {
+			delete(l.perIP, ip)
+		}
+	}
+	l.mu.Unlock()
+}
+
+// wakeIdle interrupts the reads of idle connections (they answer 421 and
+// close) and returns how many connections are left.
+func (l *listener) wakeIdle() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for g := range l.conns {
+		if !g.busy.Load() {
+			g.transport.SetReadDeadline(time.Now())
+		}
+	}
+	return len(l.conns)
+}
+
+func (l *listener) closeAll() {
+	l.mu.Lock()
+	gs := make([]*guard, 0, len(l.conns))
+	for g := range l.conns {
+		gs = append(gs, g)
+	}
+	l.mu.Unlock()
+	for _, g := range gs {
+		g.Close()
+	}
+}
+
+func (l *listener) Close() error   { return l.ln.Close() }
+func (l *listener) Addr() net.Addr { return l.ln.Addr() }
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// slogPrinter lets go-smtp's error log go to slog.
+type slogPrinter struct{ log *slog.Logger }
+
+func (p slogPrinter) Printf(format string, v ...any) { p.log.Warn(fmt.Sprintf(format, v...)) }
+func (p slogPrinter) Println(v ...any)               { p.log.Warn(fmt.Sprint(v...)) }
+
+var _ net.Listener = (*listener)(nil)
+var _ = errors.New
