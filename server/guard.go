@@ -102,12 +102,13 @@ func (g *guard) Close() error {
 // send writes a reply of Sluice's own, bypassing go-smtp, and closes the
 // connection when the reply says so.
 func (g *guard) send(rep hooks.Reply) {
-	g.countError(rep.Code)
 	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
 	g.writeRaw([]byte(rep.String() + "\r\n"))
 	if rep.Close {
 		g.Close()
+		return
 	}
+	g.countError(rep.Code)
 }
 
 func (g *guard) writeRaw(b []byte) error {
@@ -472,7 +473,6 @@ func (g *guard) replyLine(line []byte) error {
 	if code == 354 {
 		g.dataMode, g.atLineStart, g.pendingCR = true, true, false
 	}
-	g.countError(code)
 	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
 	if err := g.writeRaw(bytes.Join(out, nil)); err != nil {
 		return err
@@ -482,6 +482,7 @@ func (g *guard) replyLine(line []byte) error {
 		g.Close()
 		return errClosed
 	}
+	g.countError(code)
 	return nil
 }
 

@@ -1,0 +1,321 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/hookstest"
+	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+// acceptRcpt accepts every recipient.
+type acceptRcpt struct{}
+
+func (acceptRcpt) Rcpt(context.Context, *connection.Connection, *transaction.Transaction, string) hooks.Result {
+	return hooks.Accept("")
+}
+
+type testServer struct {
+	addr  string
+	queue *hookstest.QueueRecorder
+	srv   *server.Server
+}
+
+func start(t *testing.T, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
+	t.Helper()
+	q := &hookstest.QueueRecorder{}
+	plugins = append(plugins, hooks.Instance{Name: "rcpt", Plugin: acceptRcpt{}}, hooks.Instance{Name: "queue", Plugin: q})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ch, err := hooks.NewChain(plugins, hooks.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc := server.ListenerConfig{Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch}
+	if mutate != nil {
+		mutate(&lc)
+	}
+	srv, err := server.New(server.Config{Listeners: []server.ListenerConfig{lc}, SpoolDir: t.TempDir(), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return &testServer{addr: srv.Addr("mx").String(), queue: q, srv: srv}
+}
+
+// client is a raw SMTP client: it writes exact bytes and reads replies.
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dial(t *testing.T, addr string) *client {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return &client{t: t, conn: c, r: bufio.NewReader(c)}
+}
+
+// reply reads one whole reply and returns its lines joined by "\n".
+func (c *client) reply() string {
+	c.t.Helper()
+	var lines []string
+	for {
+		l, err := c.r.ReadString('\n')
+		if err != nil {
+			if len(lines) == 0 {
+				return "EOF"
+			}
+			c.t.Fatalf("reading reply: %v (so far %q)", err, lines)
+		}
+		lines = append(lines, strings.TrimRight(l, "\r\n"))
+		if len(l) < 4 || l[3] != '-' {
+			return strings.Join(lines, "\n")
+		}
+	}
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, s); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// expect sends cmd (CRLF added) and checks the reply starts with want.
+func (c *client) expect(cmd, want string) string {
+	c.t.Helper()
+	if cmd != "" {
+		c.send(cmd + "\r\n")
+	}
+	got := c.reply()
+	if !strings.HasPrefix(got, want) {
+		c.t.Fatalf("after %q: got %q, want prefix %q", cmd, got, want)
+	}
+	return got
+}
+
+// closed checks the server closed the connection.
+func (c *client) closed() {
+	c.t.Helper()
+	if got := c.reply(); got != "EOF" {
+		c.t.Fatalf("want the connection closed, got %q", got)
+	}
+}
+
+func TestDeliveryThroughTheWire(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 mx.example.test ESMTP")
+	ehlo := c.expect("EHLO client.example", "250-mx.example.test Hello client.example")
+	if strings.Contains(ehlo, "CHUNKING") || !strings.Contains(ehlo, "SIZE 26214400") || !strings.Contains(ehlo, "PIPELINING") {
+		t.Fatalf("EHLO capabilities: %q", ehlo)
+	}
+	c.expect("MAIL FROM:<alice@example.org>", "250 2.1.0")
+	c.expect("RCPT TO:<bob@example.test>", "250 2.1.5")
+	c.expect("DATA", "354 ")
+	c.send("Subject: hi\r\n\r\nline one\r\n..dot\r\n.\r\n")
+	got := c.expect("", "250 2.0.0 Ok: queued as ")
+	c.expect("QUIT", "221 2.0.0")
+	c.closed()
+
+	msgs := ts.queue.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("queued %d messages, want 1", len(msgs))
+	}
+	m := msgs[0]
+	if !strings.HasSuffix(got, m.QueueID) {
+		t.Fatalf("reply %q does not name queue id %q", got, m.QueueID)
+	}
+	if m.Sender != "alice@example.org" || len(m.Recipients) != 1 || m.Recipients[0] != "bob@example.test" {
+		t.Fatalf("envelope: %+v", m)
+	}
+	data := string(m.Data)
+	if !strings.HasPrefix(data, "Received: from client.example ([127.0.0.1])\r\n\tby mx.example.test (Sluice) with ESMTP id "+m.QueueID) {
+		t.Fatalf("Received header: %q", data)
+	}
+	if !strings.HasSuffix(data, "\r\nSubject: hi\r\n\r\nline one\r\n.dot\r\n") {
+		t.Fatalf("message body: %q", data)
+	}
+}
+
+func TestPipelinedTransactions(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.send("EHLO a.example\r\nMAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n")
+	c.expect("", "250-")
+	c.expect("", "250 2.1.0")
+	c.expect("", "250 2.1.5")
+	c.expect("", "354")
+	c.send("Subject: 1\r\n\r\none\r\n.\r\nMAIL FROM:<c@a.example>\r\nRCPT TO:<d@b.example>\r\nDATA\r\n")
+	c.expect("", "250 2.0.0 Ok: queued")
+	c.expect("", "250 2.1.0")
+	c.expect("", "250 2.1.5")
+	c.expect("", "354")
+	c.send("Subject: 2\r\n\r\ntwo\r\n.\r\nQUIT\r\n")
+	c.expect("", "250 2.0.0 Ok: queued")
+	c.expect("", "221")
+	if n := len(ts.queue.Messages()); n != 2 {
+		t.Fatalf("queued %d, want 2", n)
+	}
+}
+
+func TestBareLFInDataIsRejectedAndNothingQueued(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("RCPT TO:<b@b.example>", "250")
+	c.expect("DATA", "354")
+	// The SMTP smuggling shape: "\n.\n" followed by a second message.
+	c.send("Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@a.example>\r\nRCPT TO:<victim@b.example>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n")
+	c.expect("", "554 5.5.2")
+	c.closed()
+	if n := len(ts.queue.Messages()); n != 0 {
+		t.Fatalf("queued %d messages, want none", n)
+	}
+}
+
+func TestBareLFNormalizeNeverEndsTheMessage(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) { l.BareNewline = server.BareNewlineNormalize })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("RCPT TO:<b@b.example>", "250")
+	c.expect("DATA", "354")
+	c.send("Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@a.example>\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued")
+	msgs := ts.queue.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("queued %d, want 1", len(msgs))
+	}
+	if !strings.HasSuffix(string(msgs[0].Data), "\r\nSubject: x\r\n\r\nbody\r\n.\r\nMAIL FROM:<evil@a.example>\r\n") {
+		t.Fatalf("normalized message: %q", msgs[0].Data)
+	}
+}
+
+func TestGuardAnswersCommandsGoSMTPDoesNotSurface(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("NOOP", "250 2.0.0 OK")
+	c.expect("VRFY bob", "252 2.5.0")
+	c.expect("HELP", "214 ")
+	c.expect("XYZZY plugh", "500 5.5.1 Unrecognized command")
+	c.expect("MAIL FROM:<a@a.example>", "503 5.5.1 Send EHLO")
+	c.expect("BDAT 10 LAST", "554 5.5.1")
+	c.closed()
+}
+
+func TestLongCommandLineClosesWithBoundedRead(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	go io.WriteString(c.conn, strings.Repeat("A", 1<<20)) // no LF at all
+	c.expect("", "500 5.5.2 Line too long")
+	c.closed()
+}
+
+func TestTooManyErrorsCloses(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) { l.MaxErrors = 3 })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	for i := 0; i < 3; i++ {
+		c.expect("BOGUS", "500")
+	}
+	c.expect("BOGUS", "500")
+	c.expect("", "421 4.7.0 Too many errors")
+	c.closed()
+}
+
+func TestIdleTimeoutAnswers421(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) { l.ReadTimeout = 200 * time.Millisecond })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("", "421 4.4.2 Timeout")
+	c.closed()
+}
+
+func TestConnectHookDenyAnswers554AndCloses(t *testing.T) {
+	deny := connectFunc(func() hooks.Result { return hooks.Reject("go away") })
+	ts := start(t, nil, hooks.Instance{Name: "deny", Plugin: deny})
+	c := dial(t, ts.addr)
+	c.expect("", "554 5.7.1 go away")
+	c.closed()
+}
+
+type connectFunc func() hooks.Result
+
+func (f connectFunc) Connect(context.Context, *connection.Connection) hooks.Result { return f() }
+
+func TestStartTLSWithPipelinedCommandIsRefused(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	ehlo := c.expect("EHLO a.example", "250")
+	if !strings.Contains(ehlo, "STARTTLS") {
+		t.Fatalf("STARTTLS not offered: %q", ehlo)
+	}
+	c.send("STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
+	c.expect("", "554 5.5.1")
+	c.closed()
+	if n := len(ts.queue.Messages()); n != 0 {
+		t.Fatal("something was queued")
+	}
+}
+
+func TestStartTLSResetsTheSession(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("STARTTLS", "220 2.0.0")
+	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.expect("MAIL FROM:<a@a.example>", "503 5.5.1 Send EHLO")
+	ehlo := c.expect("EHLO a.example", "250")
+	if strings.Contains(ehlo, "STARTTLS") {
+		t.Fatalf("STARTTLS offered again inside TLS: %q", ehlo)
+	}
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("RCPT TO:<b@b.example>", "250")
+	c.expect("DATA", "354")
+	c.send("Subject: tls\r\n\r\nsecret\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued")
+	msgs := ts.queue.Messages()
+	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "with ESMTPS id") {
+		t.Fatalf("queued: %q", msgs)
+	}
+}
