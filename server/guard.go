@@ -66,6 +66,8 @@ type guard struct {
 	busy            atomic.Bool // in a transaction: shutdown waits for it
 	closeOnce       sync.Once
 	cancel          context.CancelFunc // ends the connection's context
+	dataStart       time.Time          // when the 354 went out
+	dataBytes       int64              // message bytes read since then
 }
 
 var errClosed = errors.New("connection closed by the server")
@@ -156,12 +158,23 @@ func (g *guard) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// readLine reads one line of at most max bytes (0: no limit) and refreshes
-// the idle deadline first.
+// fill sets the deadline for the next read from the client: the idle
+// timeout, refreshed on every read.
+//
+// Inside DATA the deadline also enforces the minimum data rate: the client
+// may take MinDataRateGrace plus one second per MinDataRate bytes it has
+// sent, so a slow-drip client cannot hold a connection for ever while an
+// honest slow one is never cut off mid-message by a fixed deadline.
 func (g *guard) fill() {
-	if d := g.l.cfg.ReadTimeout; d > 0 {
-		g.transport.SetReadDeadline(time.Now().Add(d))
+	now := time.Now()
+	deadline := now.Add(g.l.cfg.ReadTimeout)
+	if g.dataMode && g.l.cfg.MinDataRate > 0 {
+		allowed := g.l.cfg.MinDataRateGrace + time.Duration(float64(g.dataBytes)/float64(g.l.cfg.MinDataRate)*float64(time.Second))
+		if rate := g.dataStart.Add(allowed); rate.Before(deadline) {
+			deadline = rate
+		}
 	}
+	g.transport.SetReadDeadline(deadline)
 }
 
 // readFailed answers a read error: 421 on a timeout, nothing when the
@@ -243,6 +256,15 @@ func (g *guard) command(verb, arg string, line []byte) error {
 		}
 		rep := g.sess.Data()
 		if rep.Code != 354 {
+			if g.br.Buffered() > 0 {
+				// The client sent its message without waiting for 354
+				// (RFC 2920 forbids it): the body would run as commands.
+				g.log.Warn("message pipelined after a refused DATA; closing", "reply", rep.String())
+				rep.Msg += "; message sent without waiting for 354, closing connection"
+				rep.Close = true
+				g.send(rep)
+				return io.EOF
+			}
 			g.send(rep)
 			return nil
 		}
@@ -368,6 +390,7 @@ func (g *guard) readData() error {
 	}
 	g.pending = append(g.pending[:0], chunk...)
 	g.atLineStart = complete
+	g.dataBytes += int64(len(chunk))
 	return nil
 }
 
@@ -472,6 +495,7 @@ func (g *guard) replyLine(line []byte) error {
 	g.override = nil
 	if code == 354 {
 		g.dataMode, g.atLineStart, g.pendingCR = true, true, false
+		g.dataStart, g.dataBytes = time.Now(), 0
 	}
 	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
 	if err := g.writeRaw(bytes.Join(out, nil)); err != nil {

@@ -41,6 +41,12 @@ type ListenerConfig struct {
 	ReadTimeout time.Duration
 	// WriteTimeout bounds each reply. Default 1 minute.
 	WriteTimeout time.Duration
+	// MinDataRate is the slowest a message may arrive, in bytes per second,
+	// after MinDataRateGrace; a slower client gets 421 and is closed.
+	// Defaults 500 B/s (Postfix's smtpd_min_data_rate) and 60 seconds;
+	// a negative MinDataRate turns the check off.
+	MinDataRate      int64
+	MinDataRateGrace time.Duration
 	// MaxLineLength caps a command line, CRLF included. Default 2048.
 	MaxLineLength int
 	// MaxConnections and MaxConnectionsPerIP cap concurrent connections;
@@ -63,6 +69,12 @@ func (c *ListenerConfig) setDefaults() {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = time.Minute
+	}
+	if c.MinDataRate == 0 {
+		c.MinDataRate = 500
+	}
+	if c.MinDataRateGrace <= 0 {
+		c.MinDataRateGrace = time.Minute
 	}
 	if c.MaxLineLength <= 0 {
 		c.MaxLineLength = 2048

@@ -319,3 +319,37 @@ func TestStartTLSResetsTheSession(t *testing.T) {
 		t.Fatalf("queued: %q", msgs)
 	}
 }
+
+func TestBodyPipelinedAfterRefusedDataNeverRunsAsCommands(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	// No recipient: DATA is refused, and the body that follows must not be
+	// read as the commands it contains.
+	c.send("DATA\r\nMAIL FROM:<evil@a.example>\r\nRCPT TO:<x@b.example>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n")
+	c.expect("", "554 5.5.1 No valid recipients; message sent without waiting for 354, closing connection")
+	c.closed()
+	if n := len(ts.queue.Messages()); n != 0 {
+		t.Fatalf("queued %d", n)
+	}
+}
+
+func TestStalledDataGets421AndTheRestIsNeverParsed(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) {
+		l.MinDataRate, l.MinDataRateGrace = 1000, 300*time.Millisecond
+	})
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("RCPT TO:<b@b.example>", "250")
+	c.expect("DATA", "354")
+	c.send("Subject: slow\r\n\r\n")
+	c.expect("", "421 4.4.2 Timeout reading the message")
+	c.closed()
+	if n := len(ts.queue.Messages()); n != 0 {
+		t.Fatalf("queued %d", n)
+	}
+}

