@@ -49,6 +49,7 @@ type Chain struct {
 	connect        []entry[Connect]
 	helo           []entry[Helo]
 	ehlo           []entry[Ehlo]
+	auth           []entry[Auth]
 	mailPre        []entry[MailPre]
 	mail           []entry[Mail]
 	rcptPre        []entry[RcptPre]
@@ -97,6 +98,7 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 		hooked := add(&ch.connect, n, p)
 		hooked = add(&ch.helo, n, p) || hooked
 		hooked = add(&ch.ehlo, n, p) || hooked
+		hooked = add(&ch.auth, n, p) || hooked
 		hooked = add(&ch.mailPre, n, p) || hooked
 		hooked = add(&ch.mail, n, p) || hooked
 		hooked = add(&ch.rcptPre, n, p) || hooked
@@ -161,6 +163,7 @@ func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Conne
 	if len(list) == 0 {
 		return Decision{Hook: hook}
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, ch.timeout)
 	defer cancel()
 	for _, e := range list {
@@ -169,7 +172,9 @@ func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Conne
 			continue
 		}
 		d := Decision{Hook: hook, Plugin: e.name, Result: r}
-		ch.observe(ctx, c, d)
+		// The observers get their own deadline: the deciding plugin may
+		// have spent this hook's (a timeout is a DenySoft to report).
+		ch.observe(parent, c, d)
 		return d
 	}
 	return Decision{Hook: hook}
@@ -192,8 +197,9 @@ func runAll[P any](ch *Chain, ctx context.Context, hook string, c *connection.Co
 }
 
 // callOne runs one plugin and fails closed: a panic, an error with a
-// non-rejecting code or a blown deadline becomes DenySoft, logged with the
-// plugin's name (and the stack for a panic).
+// non-rejecting code, a code that is not one of the constants or a blown
+// deadline becomes DenySoft, logged with the plugin's name (and the stack
+// for a panic).
 func callOne[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, e entry[P], call func(context.Context, P) Result) (r Result) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -202,6 +208,11 @@ func callOne[P any](ch *Chain, ctx context.Context, hook string, c *connection.C
 		}
 	}()
 	r = call(ctx, e.p)
+	if r.Code < Declined || r.Code > Done {
+		err := fmt.Errorf("plugin %s: %s hook: invalid code %v", e.name, hook, r.Code)
+		ch.logFailure(c, hook, e.name, "plugin returned an invalid code", "err", err.Error())
+		return Result{Code: DenySoft, Err: err}
+	}
 	if err := ctx.Err(); err != nil && !r.Code.Rejects() {
 		ch.logFailure(c, hook, e.name, "plugin outlived its deadline", "timeout", ch.timeout.String())
 		return Result{Code: DenySoft, Err: fmt.Errorf("plugin %s: %s hook: %w", e.name, hook, err)}
@@ -246,6 +257,14 @@ func (ch *Chain) Helo(ctx context.Context, c *connection.Connection, host string
 func (ch *Chain) Ehlo(ctx context.Context, c *connection.Connection, host string) Decision {
 	return run(ch, ctx, HookEhlo, c, ch.ehlo, func(ctx context.Context, p Ehlo) Result { return p.Ehlo(ctx, c, host) })
 }
+
+// Auth runs the auth hook.
+func (ch *Chain) Auth(ctx context.Context, c *connection.Connection, mech, user, password string) Decision {
+	return run(ch, ctx, HookAuth, c, ch.auth, func(ctx context.Context, p Auth) Result { return p.Auth(ctx, c, mech, user, password) })
+}
+
+// HasAuth reports whether some plugin checks credentials at the auth hook.
+func (ch *Chain) HasAuth() bool { return len(ch.auth) > 0 }
 
 // MailPre runs the mail_pre hook; plugins may rewrite *from.
 func (ch *Chain) MailPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from *string) Decision {

@@ -13,6 +13,7 @@ const (
 	HookConnect        = "connect"
 	HookHelo           = "helo"
 	HookEhlo           = "ehlo"
+	HookAuth           = "auth"
 	HookMailPre        = "mail_pre"
 	HookMail           = "mail"
 	HookRcptPre        = "rcpt_pre"
@@ -48,6 +49,15 @@ type Helo interface {
 // Ehlo runs at EHLO with the client's argument; c.Helo is already set.
 type Ehlo interface {
 	Ehlo(ctx context.Context, c *connection.Connection, host string) Result
+}
+
+// Auth runs at AUTH once the client has sent its credentials (mechanisms
+// PLAIN and LOGIN), over TLS unless the listener allows plaintext. The first
+// OK authenticates: the server then sets c.AuthUser and c.Relay. Deny
+// answers 535 5.7.8, DenySoft 454 4.7.0 (a backend is down), and when every
+// plugin declines the answer is 535 5.7.8. Never log or note the password.
+type Auth interface {
+	Auth(ctx context.Context, c *connection.Connection, mech, user, password string) Result
 }
 
 // MailPre runs at MAIL before the mail hook; the plugin may rewrite *from
@@ -172,6 +182,8 @@ func HooksOf(p any) []string {
 	add(ok, HookHelo)
 	_, ok = p.(Ehlo)
 	add(ok, HookEhlo)
+	_, ok = p.(Auth)
+	add(ok, HookAuth)
 	_, ok = p.(MailPre)
 	add(ok, HookMailPre)
 	_, ok = p.(Mail)

@@ -53,6 +53,14 @@ var table = map[string]replies{
 	},
 	HookHelo: heloReplies,
 	HookEhlo: heloReplies,
+	HookAuth: {
+		declined:           Reply{535, [3]int{5, 7, 8}, "Authentication credentials invalid", false},
+		ok:                 Reply{235, [3]int{2, 7, 0}, "Authentication successful", false},
+		deny:               Reply{535, [3]int{5, 7, 8}, "Authentication credentials invalid", false},
+		denySoft:           Reply{454, [3]int{4, 7, 0}, "Temporary authentication failure", false},
+		denyDisconnect:     Reply{535, [3]int{5, 7, 8}, "Authentication credentials invalid", true},
+		denySoftDisconnect: Reply{421, [3]int{4, 7, 0}, "Temporary authentication failure", true},
+	},
 	HookMailPre: {
 		deny:               Reply{550, [3]int{5, 7, 1}, "Sender rejected", false},
 		denySoft:           Reply{450, [3]int{4, 7, 1}, "Sender temporarily rejected", false},
@@ -173,8 +181,10 @@ var heloReplies = replies{
 
 // ReplyFor returns the reply a hook's result gives the client: the hook's
 // default for the code, with the plugin's message and enhanced code when it
-// set them. Done answers like OK. For hooks with no reply of their own
-// (queue_post, reset_transaction, disconnect) it returns a zero Reply.
+// set them (an enhanced code only where the default has one, its class
+// forced to the reply's). Done answers like OK. For hooks with no reply of
+// their own (queue_post, reset_transaction, disconnect) it returns a zero
+// Reply.
 func ReplyFor(hook string, r Result) Reply {
 	t, ok := table[hook]
 	if !ok {
@@ -203,7 +213,9 @@ func ReplyFor(hook string, r Result) Reply {
 	if r.Msg != "" {
 		rep.Msg = sanitize(r.Msg)
 	}
-	if r.Enhanced != [3]int{} && rep.Code >= 200 && rep.Code != 354 {
+	// Replies without an enhanced code keep none: RFC 2034 leaves it off
+	// the greeting, the HELO/EHLO answer and 354.
+	if r.Enhanced != [3]int{} && rep.Enhanced != [3]int{} {
 		rep.Enhanced = r.Enhanced
 		rep.Enhanced[0] = rep.Code / 100 // keep the class consistent with the reply
 	}
