@@ -1,0 +1,153 @@
+package maxrcpt_test
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/sluice-mta/sluice/config"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/hookstest"
+	"github.com/sluice-mta/sluice/plugins/maxrcpt"
+	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+)
+
+func newHarness(t *testing.T, settings string) *hookstest.Harness {
+	return hookstest.New(t,
+		hookstest.Plugin("maxrcpt", hookstest.Build(t, "maxrcpt", settings)),
+		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
+		hookstest.Queue())
+}
+
+func TestCap(t *testing.T) {
+	for _, tt := range []struct {
+		settings string
+		max      int
+		refusal  string
+	}{
+		// The hooks reply table answers 450 for DenySoft at RCPT; RFC 5321
+		// wants 452 for "too many recipients" (see the README).
+		{`max = 3`, 3, "450 4.5.3 Too many recipients"},
+		{"max = 3\naction = \"defer\"", 3, "450 4.5.3 Too many recipients"},
+		{"max = 1\naction = \"reject\"", 1, "550 5.5.3 Too many recipients"},
+	} {
+		h := newHarness(t, tt.settings)
+		s := h.Connect("192.0.2.1")
+		hookstest.Expect(t, s.Helo("client.example"), 250)
+		hookstest.Expect(t, s.Mail("alice@example.org"), 250)
+		for i := range tt.max {
+			if got := s.Rcpt(fmt.Sprintf("r%d@example.test", i)).String(); got != "250 2.1.5 Recipient OK" {
+				t.Fatalf("%s: recipient %d: %q; want 250", tt.settings, i+1, got)
+			}
+		}
+		for i := range 2 {
+			if got := s.Rcpt("over@example.test").String(); got != tt.refusal {
+				t.Errorf("%s: recipient %d: %q; want %q", tt.settings, tt.max+1+i, got, tt.refusal)
+			}
+		}
+		// A recipient maxrcpt refused is not added.
+		if got := len(s.Transaction().Recipients); got != tt.max {
+			t.Errorf("%s: %d recipients in the transaction; want %d", tt.settings, got, tt.max)
+		}
+		hookstest.Expect(t, s.Data("Subject: x\r\n\r\nbody\r\n"), 250)
+		q := h.Queued()
+		if len(q) != 1 || len(q[0].Recipients) != tt.max {
+			t.Fatalf("%s: queued %+v", tt.settings, q)
+		}
+		if got := q[0].Notes[maxrcpt.NoteRefused]; got != 2 {
+			t.Errorf("%s: note %s = %v; want 2", tt.settings, maxrcpt.NoteRefused, got)
+		}
+	}
+}
+
+// TestPerTransaction: the count starts again with each transaction.
+func TestPerTransaction(t *testing.T) {
+	h := newHarness(t, `max = 2`)
+	s := h.Connect("192.0.2.1")
+	rcpts := []string{"a@example.test", "b@example.test"}
+	for range 3 {
+		hookstest.Expect(t, s.Send("alice@example.org", rcpts, "Subject: x\r\n\r\nbody\r\n"), 250)
+	}
+	if got := s.Send("alice@example.org", append(rcpts, "c@example.test"), "Subject: x\r\n\r\nbody\r\n").String(); got != "450 4.5.3 Too many recipients" {
+		t.Errorf("third recipient: %q", got)
+	}
+	if q := h.Queued(); len(q) != 3 {
+		t.Errorf("queued %d messages; want 3", len(q))
+	}
+	for _, m := range h.Queued() {
+		if _, ok := m.Notes[maxrcpt.NoteRefused]; ok {
+			t.Errorf("note %s set on a transaction under the cap", maxrcpt.NoteRefused)
+		}
+	}
+}
+
+// TestDefault: the default cap is 100, the same as the server's own
+// max_recipients default, which answers 452 before the hooks run: a max
+// above the listener's limit has no effect.
+func TestDefault(t *testing.T) {
+	h := newHarness(t, ``)
+	h.Limits.MaxRecipients = 1000
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Helo("client.example"), 250)
+	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
+	for i := range 100 {
+		hookstest.Expect(t, s.Rcpt(fmt.Sprintf("r%d@example.test", i)), 250)
+	}
+	if got := s.Rcpt("over@example.test").String(); got != "450 4.5.3 Too many recipients" {
+		t.Errorf("recipient 101: %q", got)
+	}
+
+	// With the listener's default limit (100) the server refuses first.
+	h = newHarness(t, `max = 200`)
+	s = h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Helo("client.example"), 250)
+	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
+	for i := range 100 {
+		hookstest.Expect(t, s.Rcpt(fmt.Sprintf("r%d@example.test", i)), 250)
+	}
+	if got := s.Rcpt("over@example.test").String(); got != "452 4.5.3 Too many recipients" {
+		t.Errorf("recipient 101 under the listener's limit: %q", got)
+	}
+}
+
+func TestBadSettings(t *testing.T) {
+	for _, tt := range []struct{ settings, want string }{
+		{`max = 0`, `max = 0: want at least 1`},
+		{`max = -5`, `max = -5: want at least 1`},
+		{`max = "ten"`, `incompatible types`},
+		{`action = "drop"`, `action = "drop": want "defer" or "reject"`},
+		{`action = "Defer"`, `action = "Defer": want "defer" or "reject"`},
+		{`limit = 5`, `unknown key "limit"`},
+	} {
+		_, err := hookstest.BuildErr("maxrcpt", tt.settings)
+		if err == nil {
+			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
+		}
+	}
+}
+
+// TestReadmeExample builds the plugin from the TOML example in README.md.
+func TestReadmeExample(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
+	if m == nil {
+		t.Fatal("README.md has no ```toml example")
+	}
+	c, err := config.Parse("README.md", string(m[1]))
+	if err != nil {
+		t.Fatalf("README example: %v", err)
+	}
+	reg, _ := hooks.Lookup("maxrcpt")
+	if _, err := reg.New(c.Decoder("maxrcpt")); err != nil {
+		t.Fatalf("README example: %v", err)
+	}
+}

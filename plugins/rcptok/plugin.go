@@ -1,0 +1,240 @@
+// Package rcptok is the open-relay guard: it accepts a recipient whose
+// domain is one of the local domains, or any recipient of a relay client,
+// and refuses the rest with "relaying denied". It is qpsmtpd's rcpt_ok and
+// Haraka's rcpt_to.in_host_list.
+//
+// The local domains come from the domains setting and from a qmail-style
+// rcpthosts file. An entry "example.com" matches that domain; an entry
+// ".example.com" matches every subdomain of example.com (not example.com
+// itself), as in qmail's rcpthosts.
+//
+// rcptok answers OK for the recipients it accepts, which ends the rcpt
+// hook: plugins that may refuse a local recipient (maxrcpt, a spam trap
+// list) must come before it in the listener's plugin list.
+package rcptok
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+func init() { hooks.Register("rcptok", New) }
+
+// Settings are the keys of a [plugins.rcptok] table.
+type Settings struct {
+	// Domains are the local domains, inline. ".example.com" matches every
+	// subdomain of example.com.
+	Domains []string `toml:"domains"`
+	// Rcpthosts is the path of a qmail-style rcpthosts file: one domain a
+	// line, '#' starts a comment. It is read once, when the plugin is built
+	// (at start and at each reload).
+	Rcpthosts string `toml:"rcpthosts"`
+	// RelayClientsOK accepts any recipient from a client whose
+	// connection has Relay set (by the relay plugin or by AUTH). Default
+	// true.
+	RelayClientsOK bool `toml:"relay_clients_ok"`
+}
+
+// NoteRelayed is the transaction note set to true when a recipient outside
+// the local domains was accepted because the client may relay: the message
+// is (at least partly) outbound.
+const NoteRelayed = "rcptok.relayed"
+
+// Plugin is an rcptok instance. It is read-only after New and safe for
+// concurrent use.
+type Plugin struct {
+	// exact holds the domains that match as written ("example.com",
+	// "[192.0.2.1]"), suffixes the wildcard entries with their leading dot
+	// (".example.com").
+	exact    map[string]bool
+	suffixes map[string]bool
+	relayOK  bool
+}
+
+var _ hooks.Rcpt = (*Plugin)(nil)
+
+// New builds an rcptok instance from its settings.
+func New(decode hooks.Decoder) (*Plugin, error) {
+	s := Settings{RelayClientsOK: true}
+	if err := decode(&s); err != nil {
+		return nil, err
+	}
+	p := &Plugin{exact: map[string]bool{}, suffixes: map[string]bool{}, relayOK: s.RelayClientsOK}
+	for _, d := range s.Domains {
+		if err := p.add(d); err != nil {
+			return nil, fmt.Errorf("domains: %w", err)
+		}
+	}
+	if s.Rcpthosts != "" {
+		if err := p.readRcpthosts(s.Rcpthosts); err != nil {
+			return nil, err
+		}
+	}
+	if len(p.exact)+len(p.suffixes) == 0 && !p.relayOK {
+		return nil, fmt.Errorf("domains and rcpthosts are both empty and relay_clients_ok is false: rcptok would refuse every recipient; list the local domains")
+	}
+	return p, nil
+}
+
+// readRcpthosts adds the domains of a qmail rcpthosts file.
+func (p *Plugin) readRcpthosts(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("rcpthosts: cannot read the file: %w", err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		if err := p.add(line); err != nil {
+			return fmt.Errorf("rcpthosts: %s:%d: %w", path, n, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("rcpthosts: %s: %w", path, err)
+	}
+	return nil
+}
+
+// add checks one domain entry and stores it.
+func (p *Plugin) add(entry string) error {
+	d := strings.TrimSpace(entry)
+	switch {
+	case d == "" || d == ".":
+		return fmt.Errorf("%q is not a domain", entry)
+	case strings.HasPrefix(d, "*."):
+		return fmt.Errorf("%q: write %q to match every subdomain", entry, d[1:])
+	case strings.ContainsAny(d, "@ \t*!%,;<>\"\\/"):
+		return fmt.Errorf("%q is not a domain: want a name like \"example.com\", \".example.com\" or a literal like \"[192.0.2.1]\"", entry)
+	case strings.HasPrefix(d, "["):
+		lit, ok := normalizeLiteral(d)
+		if !ok {
+			return fmt.Errorf("%q is not an address literal: want \"[192.0.2.1]\" or \"[IPv6:2001:db8::1]\"", entry)
+		}
+		p.exact[lit] = true
+		return nil
+	}
+	d = normalizeDomain(d)
+	if d == "" || d == "." || strings.HasSuffix(d, ".") || strings.Contains(d, "..") || strings.ContainsAny(d, "[]:") {
+		return fmt.Errorf("%q is not a domain", entry)
+	}
+	if strings.HasPrefix(d, ".") {
+		p.suffixes[d] = true
+	} else {
+		p.exact[d] = true
+	}
+	return nil
+}
+
+// Rcpt accepts local recipients and the recipients of relay clients, and
+// refuses everything else with 550 5.7.1 "relaying denied".
+func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
+	rcpt = strings.TrimSuffix(strings.TrimPrefix(rcpt, "<"), ">")
+
+	// RFC 5321 4.5.1: <Postmaster>, without a domain, must be accepted.
+	if strings.EqualFold(rcpt, "postmaster") {
+		return hooks.Accept("")
+	}
+
+	local, domain, hasAt := cutLast(rcpt, "@")
+	if hasAt && local != "" && !strings.ContainsAny(local, "%!@") && p.isLocal(domain) {
+		return hooks.Accept("")
+	}
+
+	// Everything below would be relaying (or is a relay trick: a
+	// percent-hack "user%other@local", a bang path "other!user@local" or a
+	// source route "@relay:user@local"): only relay clients get it.
+	if p.relayOK && c.Relay {
+		notes.Set(&tx.Notes, NoteRelayed, true)
+		return hooks.Accept("")
+	}
+	return denied
+}
+
+var denied = hooks.Result{Code: hooks.Deny, Msg: "relaying denied", Enhanced: [3]int{5, 7, 1}}
+
+// isLocal reports whether domain (as written in an address) is a local
+// domain.
+func (p *Plugin) isLocal(domain string) bool {
+	if strings.HasPrefix(domain, "[") {
+		lit, ok := normalizeLiteral(domain)
+		return ok && p.exact[lit]
+	}
+	d := normalizeDomain(domain)
+	if d == "" || strings.HasPrefix(d, ".") {
+		return false
+	}
+	if p.exact[d] {
+		return true
+	}
+	// "a.b.example.com" matches ".b.example.com" and ".example.com" and
+	// ".com", as qmail's addrallowed does.
+	for i := strings.IndexByte(d, '.'); i >= 0; {
+		if p.suffixes[d[i:]] {
+			return true
+		}
+		j := strings.IndexByte(d[i+1:], '.')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
+}
+
+// normalizeDomain lowercases a domain and drops the trailing dot of a fully
+// qualified name.
+func normalizeDomain(d string) string {
+	return strings.ToLower(strings.TrimSuffix(d, "."))
+}
+
+// normalizeLiteral returns the canonical form of an address literal:
+// "[192.0.2.1]" or "[ipv6:2001:db8::1]"; ok is false when it is not one.
+func normalizeLiteral(lit string) (string, bool) {
+	inner, ok := strings.CutPrefix(lit, "[")
+	if !ok {
+		return "", false
+	}
+	if inner, ok = strings.CutSuffix(inner, "]"); !ok {
+		return "", false
+	}
+	if v6, ok := cutPrefixFold(inner, "ipv6:"); ok {
+		a, err := netip.ParseAddr(v6)
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return "", false
+		}
+		return "[ipv6:" + a.String() + "]", true
+	}
+	a, err := netip.ParseAddr(inner)
+	if err != nil || !a.Is4() {
+		return "", false
+	}
+	return "[" + a.String() + "]", true
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+// cutLast splits s around the last sep.
+func cutLast(s, sep string) (before, after string, found bool) {
+	if i := strings.LastIndex(s, sep); i >= 0 {
+		return s[:i], s[i+len(sep):], true
+	}
+	return s, "", false
+}
