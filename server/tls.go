@@ -1,0 +1,119 @@
+package server
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// CertPair names a certificate chain file and its private key file (PEM).
+type CertPair struct {
+	Cert string
+	Key  string
+}
+
+// Certificates holds a listener's certificates, picked by SNI, and reloads
+// them from disk on demand (SIGHUP) without a restart.
+type Certificates struct {
+	pairs []CertPair
+	self  string // hostname of a generated self-signed certificate, or ""
+	certs atomic.Pointer[[]tls.Certificate]
+}
+
+// LoadCertificates reads every pair. The first pair is the default when no
+// SNI name matches.
+func LoadCertificates(pairs []CertPair) (*Certificates, error) {
+	if len(pairs) == 0 {
+		return nil, errors.New("no certificate: give at least one cert/key pair")
+	}
+	c := &Certificates{pairs: pairs}
+	if err := c.Reload(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// SelfSigned returns a throwaway self-signed certificate for hostname, made
+// in memory at start: for local testing only, clients cannot verify it.
+func SelfSigned(hostname string) (*Certificates, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: hostname, Organization: []string{"Sluice self-signed, for testing only"}},
+		DNSNames:     []string{hostname},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	c := &Certificates{self: hostname}
+	certs := []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}
+	c.certs.Store(&certs)
+	return c, nil
+}
+
+// Reload reads the files again. On error the certificates in use stay.
+func (c *Certificates) Reload() error {
+	if c.self != "" {
+		return nil
+	}
+	var certs []tls.Certificate
+	for _, p := range c.pairs {
+		cert, err := tls.LoadX509KeyPair(p.Cert, p.Key)
+		if err != nil {
+			return fmt.Errorf("load certificate %s with key %s: %w", p.Cert, p.Key, err)
+		}
+		certs = append(certs, cert)
+	}
+	c.certs.Store(&certs)
+	return nil
+}
+
+// SelfSignedFor returns the hostname a self-signed certificate was made
+// for, or "" for certificates from files.
+func (c *Certificates) SelfSignedFor() string { return c.self }
+
+// get picks the certificate for the client's SNI name.
+func (c *Certificates) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	certs := *c.certs.Load()
+	if hello.ServerName != "" {
+		for i := range certs {
+			if certs[i].Leaf != nil && certs[i].Leaf.VerifyHostname(hello.ServerName) == nil {
+				return &certs[i], nil
+			}
+		}
+	}
+	return &certs[0], nil
+}
+
+// TLSConfig returns a server configuration using these certificates with
+// the given minimum version ("1.2" or "1.3"; "" means 1.2).
+func (c *Certificates) TLSConfig(minVersion string) (*tls.Config, error) {
+	v := uint16(tls.VersionTLS12)
+	switch strings.TrimPrefix(minVersion, "TLS") {
+	case "", "1.2":
+	case "1.3":
+		v = tls.VersionTLS13
+	default:
+		return nil, fmt.Errorf("tls_min_version %q: want \"1.2\" or \"1.3\"", minVersion)
+	}
+	return &tls.Config{GetCertificate: c.get, MinVersion: v}, nil
+}
