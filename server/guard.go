@@ -66,6 +66,7 @@ type guard struct {
 	busy            atomic.Bool // in a transaction: shutdown waits for it
 	closeOnce       sync.Once
 	cancel          context.CancelFunc // ends the connection's context
+	saslMode        bool               // the next line answers a 334 challenge
 	dataStart       time.Time          // when the 354 went out
 	dataBytes       int64              // message bytes read since then
 }
@@ -221,6 +222,12 @@ func (g *guard) readCommand() error {
 		g.send(hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: commands must end with CRLF, with no bare CR or LF"})
 		return nil
 	}
+	if g.saslMode {
+		// A SASL response to go-smtp's 334, not a command.
+		g.saslMode = false
+		g.pending = append(g.pending[:0], line...)
+		return nil
+	}
 	text := string(line[:len(line)-2])
 	verb, arg, _ := strings.Cut(text, " ")
 	verb = strings.ToUpper(verb)
@@ -244,8 +251,16 @@ func (g *guard) command(verb, arg string, line []byte) error {
 		}
 		g.override = &rep
 	case "MAIL":
-		if g.sess.Conn().Helo == "" {
+		c := g.sess.Conn()
+		switch {
+		case c.Helo == "":
 			g.send(hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Send EHLO or HELO first"})
+			return nil
+		case g.l.cfg.RequireTLS && c.TLS == nil:
+			g.send(hooks.Reply{Code: 530, Enhanced: [3]int{5, 7, 0}, Msg: "Must issue a STARTTLS command first"})
+			return nil
+		case g.l.cfg.RequireAuth && c.AuthUser == "":
+			g.send(hooks.Reply{Code: 530, Enhanced: [3]int{5, 7, 0}, Msg: "Authentication required"})
 			return nil
 		}
 	case "RCPT", "RSET":
@@ -277,7 +292,15 @@ func (g *guard) command(verb, arg string, line []byte) error {
 	case "STARTTLS":
 		return g.startTLS(arg)
 	case "AUTH":
-		// Passed to go-smtp, which answers 502 until an auth plugin exists.
+		switch {
+		case !g.sess.cfg.Chain.HasAuth():
+			g.send(hooks.Reply{Code: 502, Enhanced: [3]int{5, 5, 1}, Msg: "AUTH not available on this port"})
+			return nil
+		case !g.authOffered():
+			g.send(hooks.Reply{Code: 538, Enhanced: [3]int{5, 7, 11}, Msg: "Encryption required for authentication: use STARTTLS first"})
+			return nil
+		}
+		// go-smtp runs the SASL exchange and calls the adapter's Auth.
 	case "NOOP":
 		g.send(g.sess.Noop())
 		return nil
@@ -308,7 +331,7 @@ func (g *guard) startTLS(arg string) error {
 	case arg != "":
 		g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "STARTTLS takes no argument"})
 		return nil
-	case g.l.cfg.TLS == nil:
+	case g.l.cfg.TLS == nil || g.l.cfg.ImplicitTLS:
 		g.send(hooks.Reply{Code: 502, Enhanced: [3]int{5, 5, 1}, Msg: "STARTTLS not available"})
 		return nil
 	case g.sess.Conn().TLS != nil:
@@ -493,6 +516,7 @@ func (g *guard) replyLine(line []byte) error {
 		}
 	}
 	g.override = nil
+	g.saslMode = code == 334
 	if code == 354 {
 		g.dataMode, g.atLineStart, g.pendingCR = true, true, false
 		g.dataStart, g.dataBytes = time.Now(), 0
@@ -508,6 +532,17 @@ func (g *guard) replyLine(line []byte) error {
 	}
 	g.countError(code)
 	return nil
+}
+
+// authOffered reports whether AUTH may be used on this connection now: an
+// auth plugin exists, and the connection is encrypted or the listener allows
+// plaintext AUTH from loopback.
+func (g *guard) authOffered() bool {
+	c := g.sess.Conn()
+	if !g.sess.cfg.Chain.HasAuth() {
+		return false
+	}
+	return c.TLS != nil || (g.l.cfg.AuthPlaintextLoopback && c.RemoteIP().IsLoopback())
 }
 
 // ehloReply rewrites go-smtp's EHLO reply: Sluice's greeting line, SIZE
@@ -530,7 +565,7 @@ func (g *guard) ehloReply(lines [][]byte) [][]byte {
 		}
 	}
 	caps = append(caps, fmt.Sprintf("SIZE %d", g.sess.MaxMessageBytes()))
-	if g.l.cfg.TLS != nil && g.sess.Conn().TLS == nil {
+	if g.l.cfg.TLS != nil && !g.l.cfg.ImplicitTLS && g.sess.Conn().TLS == nil {
 		caps = append(caps, "STARTTLS")
 	}
 	out := make([][]byte, len(caps))

@@ -61,6 +61,15 @@ type ListenerConfig struct {
 	// TLS enables STARTTLS (or implicit TLS with ImplicitTLS).
 	TLS         *tls.Config
 	ImplicitTLS bool
+	// RequireTLS refuses MAIL before STARTTLS with 530 5.7.0.
+	RequireTLS bool
+	// RequireAuth refuses MAIL before a successful AUTH with 530 5.7.0.
+	RequireAuth bool
+	// AuthPlaintextLoopback allows AUTH without TLS from loopback clients
+	// (for local testing); elsewhere AUTH needs TLS.
+	AuthPlaintextLoopback bool
+	// ReceivedAuthUser names the authenticated user in Received headers.
+	ReceivedAuthUser bool
 }
 
 func (c *ListenerConfig) setDefaults() {
@@ -100,6 +109,9 @@ type Config struct {
 	// SpoolDir holds the temporary files of large messages being received.
 	SpoolDir string
 	Logger   *slog.Logger
+	// AuthLimiter counts failed AUTH attempts across every listener; nil
+	// means the defaults (5 failures per IP or user in 15 minutes).
+	AuthLimiter *AuthLimiter
 }
 
 // Server serves every listener of a Config.
@@ -111,6 +123,8 @@ type Server struct {
 	cancel    context.CancelFunc
 	stopping  atomic.Bool
 	wg        sync.WaitGroup
+
+	authLimiter *AuthLimiter
 }
 
 // New checks the configuration and prepares the spool directory. Nothing
@@ -126,7 +140,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("create the spool directory: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel}
+	if cfg.AuthLimiter == nil {
+		cfg.AuthLimiter = &AuthLimiter{}
+	}
+	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, authLimiter: cfg.AuthLimiter}
 	for _, lc := range cfg.Listeners {
 		if lc.Chain == nil {
 			cancel()
@@ -297,7 +314,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		c := connection.New(l.cfg.Name, l.cfg.Hostname, addrPort(raw.LocalAddr()), remote)
 		ctx, cancel := context.WithCancel(l.srv.ctx)
 		log := l.log.With("conn", c.ID)
-		sess := NewSession(ctx, c, SessionConfig{Chain: l.chain.Load(), Limits: l.cfg.Limits, SpoolDir: l.srv.spoolDir, Logger: l.log})
+		sess := NewSession(ctx, c, SessionConfig{
+			Chain: l.chain.Load(), Limits: l.cfg.Limits, SpoolDir: l.srv.spoolDir, Logger: l.log, ReceivedAuthUser: l.cfg.ReceivedAuthUser,
+		})
 		g := newGuard(transport, l, sess, log)
 		g.cancel = cancel
 		l.mu.Lock()

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,9 @@ type SessionConfig struct {
 	// Now returns the current time (for the Received header); nil means
 	// time.Now.
 	Now func() time.Time
+	// ReceivedAuthUser puts the authenticated user name in the Received
+	// header; otherwise it only says that the client authenticated.
+	ReceivedAuthUser bool
 }
 
 // Session is the SMTP state machine of one connection, without a socket:
@@ -138,6 +142,17 @@ func (s *Session) Helo(host string, esmtp bool) hooks.Reply {
 		s.conn.Helo, s.conn.ESMTP = "", false
 	} else if d.Result.Msg == "" {
 		rep.Msg = s.conn.Hostname + " Hello " + host
+	}
+	return rep
+}
+
+// Auth checks credentials through the auth hook. On success (235) the
+// connection is authenticated: c.AuthUser is set and the client may relay.
+// The password is never logged.
+func (s *Session) Auth(mech, user, password string) hooks.Reply {
+	rep := s.reply(s.cfg.Chain.Auth(s.ctx, s.conn, mech, user, password))
+	if rep.Code == 235 {
+		s.conn.AuthUser, s.conn.Relay = user, true
 	}
 	return rep
 }
@@ -348,7 +363,18 @@ func (s *Session) spoolFailure(err error) hooks.Reply {
 func (s *Session) receivedLine(tx *transaction.Transaction) string {
 	c := s.conn
 	var b strings.Builder
-	fmt.Fprintf(&b, "from %s ([%s])\r\n\tby %s (Sluice) with %s id %s", orUnknown(c.Helo), c.RemoteIP(), c.Hostname, withProtocol(c), tx.ID)
+	fmt.Fprintf(&b, "from %s ([%s])", orUnknown(c.Helo), c.RemoteIP())
+	if c.TLS != nil {
+		fmt.Fprintf(&b, "\r\n\t(using %s with cipher %s)", strings.Replace(tls.VersionName(c.TLS.Version), "TLS ", "TLSv", 1), tls.CipherSuiteName(c.TLS.CipherSuite))
+	}
+	if c.AuthUser != "" {
+		if s.cfg.ReceivedAuthUser {
+			fmt.Fprintf(&b, "\r\n\t(authenticated as %s)", c.AuthUser)
+		} else {
+			b.WriteString("\r\n\t(authenticated)")
+		}
+	}
+	fmt.Fprintf(&b, "\r\n\tby %s (Sluice) with %s id %s", c.Hostname, withProtocol(c), tx.ID)
 	if len(tx.Recipients) == 1 {
 		fmt.Fprintf(&b, "\r\n\tfor <%s>", tx.Recipients[0])
 	}
