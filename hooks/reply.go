@@ -210,6 +210,9 @@ func ReplyFor(hook string, r Result) Reply {
 		// rcpt_pre, data_headers_end, data_post, queue_pre).
 		return Reply{}
 	}
+	if r.Reply >= 200 && r.Reply <= 599 && r.Reply/100 == rep.Code/100 && rep.Code != 354 {
+		rep.Code = r.Reply
+	}
 	if r.Msg != "" {
 		rep.Msg = sanitize(r.Msg)
 	}

@@ -51,6 +51,11 @@ type Result struct {
 	// Enhanced is the RFC 3463 status code ({5, 7, 1}); zero keeps the
 	// hook's default.
 	Enhanced [3]int
+	// Reply replaces the hook's default SMTP reply code when it is of the
+	// same class: a DenySoft at rcpt may answer 452 (too many recipients)
+	// instead of 450, a Deny at mail 552 instead of 550. Zero keeps the
+	// default; a code of another class is ignored.
+	Reply int
 	// Err is logged with the plugin's name and never shown to the client.
 	// A non-nil Err with Declined or OK fails closed: the chain turns it into
 	// DenySoft.

@@ -17,6 +17,7 @@ package hookstest
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
@@ -114,20 +115,24 @@ type Harness struct {
 	// Hostname is the name the "server" announces. Default mx.example.test.
 	Hostname string
 	// Now is the clock for Received headers. Default: a fixed time.
-	Now   func() time.Time
-	queue *QueueRecorder
+	Now func() time.Time
+	// Logger receives the session's and the chain's logs. Default: the
+	// test's log (shown with -v or when the test fails).
+	Logger *slog.Logger
+	queue  *QueueRecorder
 }
 
 // New builds a chain from the instances, in order. A QueueRecorder among
 // them is what Queued reports.
 func New(t testing.TB, plugins ...hooks.Instance) *Harness {
 	t.Helper()
-	ch, err := hooks.NewChain(plugins, hooks.Options{Timeout: 5 * time.Second})
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	ch, err := hooks.NewChain(plugins, hooks.Options{Timeout: 5 * time.Second, Logger: log})
 	if err != nil {
 		t.Fatalf("hookstest.New: %v", err)
 	}
 	t.Cleanup(func() { ch.Close() })
-	h := &Harness{t: t, Chain: ch, Hostname: "mx.example.test",
+	h := &Harness{t: t, Chain: ch, Hostname: "mx.example.test", Logger: log,
 		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }}
 	for _, in := range plugins {
 		if q, ok := in.Plugin.(*QueueRecorder); ok {
@@ -135,6 +140,14 @@ func New(t testing.TB, plugins ...hooks.Instance) *Harness {
 		}
 	}
 	return h
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 // Queued returns the messages the harness's QueueRecorder took.
@@ -148,11 +161,13 @@ func (h *Harness) Queued() []Message {
 // Session is one simulated connection.
 type Session struct {
 	*server.Session
-	t testing.TB
+	t        testing.TB
+	greeting hooks.Reply
 }
 
 // Connect opens a session from remote (an IP, or IP:port) and runs the
-// connect hook; the greeting is in Greeting.
+// connect hook, as a real connection does before its greeting; Greeting
+// returns that reply.
 func (h *Harness) Connect(remote string) *Session {
 	h.t.Helper()
 	ap, err := netip.ParseAddrPort(remote)
@@ -165,14 +180,15 @@ func (h *Harness) Connect(remote string) *Session {
 	}
 	c := connection.New("test", h.Hostname, netip.MustParseAddrPort("127.0.0.1:25"), ap)
 	s := &Session{Session: server.NewSession(context.Background(), c, server.SessionConfig{
-		Chain: h.Chain, Limits: h.Limits, SpoolDir: h.t.TempDir(), Now: h.Now,
+		Chain: h.Chain, Limits: h.Limits, SpoolDir: h.t.TempDir(), Now: h.Now, Logger: h.Logger,
 	}), t: h.t}
+	s.greeting = s.Session.Connect()
 	h.t.Cleanup(s.Close)
 	return s
 }
 
-// Greeting runs the connect hook and returns the greeting reply.
-func (s *Session) Greeting() hooks.Reply { return s.Session.Connect() }
+// Greeting returns the reply the connect hook gave at Connect.
+func (s *Session) Greeting() hooks.Reply { return s.greeting }
 
 // Helo sends EHLO.
 func (s *Session) Helo(host string) hooks.Reply { return s.Session.Helo(host, true) }

@@ -29,9 +29,9 @@ func TestCap(t *testing.T) {
 	}{
 		// The hooks reply table answers 450 for DenySoft at RCPT; RFC 5321
 		// wants 452 for "too many recipients" (see the README).
-		{`max = 3`, 3, "450 4.5.3 Too many recipients"},
-		{"max = 3\naction = \"defer\"", 3, "450 4.5.3 Too many recipients"},
-		{"max = 1\naction = \"reject\"", 1, "550 5.5.3 Too many recipients"},
+		{`max = 3`, 3, "452 4.5.3 Too many recipients"},
+		{"max = 3\naction = \"defer\"", 3, "452 4.5.3 Too many recipients"},
+		{"max = 1\naction = \"reject\"", 1, "552 5.5.3 Too many recipients"},
 	} {
 		h := newHarness(t, tt.settings)
 		s := h.Connect("192.0.2.1")
@@ -70,7 +70,7 @@ func TestPerTransaction(t *testing.T) {
 	for range 3 {
 		hookstest.Expect(t, s.Send("alice@example.org", rcpts, "Subject: x\r\n\r\nbody\r\n"), 250)
 	}
-	if got := s.Send("alice@example.org", append(rcpts, "c@example.test"), "Subject: x\r\n\r\nbody\r\n").String(); got != "450 4.5.3 Too many recipients" {
+	if got := s.Send("alice@example.org", append(rcpts, "c@example.test"), "Subject: x\r\n\r\nbody\r\n").String(); got != "452 4.5.3 Too many recipients" {
 		t.Errorf("third recipient: %q", got)
 	}
 	if q := h.Queued(); len(q) != 3 {
@@ -95,7 +95,7 @@ func TestDefault(t *testing.T) {
 	for i := range 100 {
 		hookstest.Expect(t, s.Rcpt(fmt.Sprintf("r%d@example.test", i)), 250)
 	}
-	if got := s.Rcpt("over@example.test").String(); got != "450 4.5.3 Too many recipients" {
+	if got := s.Rcpt("over@example.test").String(); got != "452 4.5.3 Too many recipients" {
 		t.Errorf("recipient 101: %q", got)
 	}
 

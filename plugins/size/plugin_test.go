@@ -151,7 +151,7 @@ func TestDeclaredSize(t *testing.T) {
 		{1024, "250 2.1.0 Sender OK"},
 		// The mail hook's Deny reply is 550 in hooks' table; RFC 1870
 		// wants 552 here (see the README).
-		{1025, "550 5.3.4 Message size exceeds fixed maximum message size"},
+		{1025, "552 5.3.4 Message size exceeds fixed maximum message size"},
 	} {
 		tx := transaction.New(t.TempDir(), 0)
 		tx.Params.Size = tt.size

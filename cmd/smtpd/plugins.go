@@ -1,0 +1,16 @@
+package main
+
+// The compiled-in plugins: this list is the one place a plugin is added to
+// smtpd. Each package registers itself under its folder name at init.
+// `smtpd plugins` prints them with the hooks each implements.
+import (
+	_ "github.com/sluice-mta/sluice/plugins/example"
+	_ "github.com/sluice-mta/sluice/plugins/loop"
+	_ "github.com/sluice-mta/sluice/plugins/maildir"
+	_ "github.com/sluice-mta/sluice/plugins/maxrcpt"
+	_ "github.com/sluice-mta/sluice/plugins/qmailqueue"
+	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+	_ "github.com/sluice-mta/sluice/plugins/relay"
+	_ "github.com/sluice-mta/sluice/plugins/size"
+	_ "github.com/sluice-mta/sluice/plugins/smtpforward"
+)
