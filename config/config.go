@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +35,12 @@ type Config struct {
 	// ShutdownTimeout is how long SIGTERM waits for transactions in
 	// progress. Default 30s.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// AuthMaxFailures failed AUTH attempts per client IP or user name
+	// within AuthFailureWindow lock it out (535 after AuthFailureDelay, then
+	// the connection closes). Defaults 5, "15m", "2s".
+	AuthMaxFailures   int      `toml:"auth_max_failures"`
+	AuthFailureWindow Duration `toml:"auth_failure_window"`
+	AuthFailureDelay  Duration `toml:"auth_failure_delay"`
 	// Listeners are the [[listener]] blocks.
 	Listeners []Listener `toml:"listener"`
 	// Plugins are the [plugins.NAME] tables, decoded by the plugins.
@@ -75,7 +82,40 @@ type Listener struct {
 	// BareNewline is "reject" (default: 554 5.5.2 and close) or
 	// "normalize" (bare CR and LF become CRLF) for bare line ends in DATA.
 	BareNewline string `toml:"bare_newline"`
+	// MinDataRate is the slowest a message may arrive, in bytes per
+	// second, after MinDataRateGrace. Defaults 500 and "60s"; -1 disables.
+	MinDataRate      int64    `toml:"min_data_rate"`
+	MinDataRateGrace Duration `toml:"min_data_rate_grace"`
+
+	// TLSCertificates are certificate/key pairs (PEM files); the client's
+	// SNI name picks one, the first is the default. Reloaded on SIGHUP.
+	TLSCertificates []CertPair `toml:"tls_certificates"`
+	// TLSSelfSigned makes a throwaway self-signed certificate at start, for
+	// local testing only (clients cannot verify it).
+	TLSSelfSigned bool `toml:"tls_self_signed"`
+	// TLSMinVersion is "1.2" (default) or "1.3".
+	TLSMinVersion string `toml:"tls_min_version"`
+	// StartTLS is "offer" (default when a certificate is set), "require"
+	// (MAIL and AUTH refused before STARTTLS with 530 5.7.0) or "none".
+	StartTLS string `toml:"starttls"`
+	// ImplicitTLS serves TLS from the first byte (port 465, "submissions").
+	ImplicitTLS bool `toml:"implicit_tls"`
+	// RequireAuth refuses MAIL before a successful AUTH (530 5.7.0).
+	RequireAuth bool `toml:"require_auth"`
+	// AuthPlaintextLoopback allows AUTH without TLS from loopback clients.
+	AuthPlaintextLoopback bool `toml:"auth_plaintext_loopback"`
+	// ReceivedAuthUser names the authenticated user in Received headers.
+	ReceivedAuthUser bool `toml:"received_auth_user"`
 }
+
+// CertPair is one certificate chain file and its key file.
+type CertPair struct {
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+}
+
+// HasTLS reports whether the listener has a certificate.
+func (l *Listener) HasTLS() bool { return len(l.TLSCertificates) > 0 || l.TLSSelfSigned }
 
 // Duration is a time.Duration written as a string in the file ("30s").
 type Duration struct{ time.Duration }
@@ -134,7 +174,7 @@ func (c *Config) check() error {
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("%s: log_level = %q: want debug, info, warn or error", c.path, c.LogLevel)
+		return fmt.Errorf("%s: log_level = %q: want debug, info, warn or error", c.at(c.lineOf(toml.Key{"log_level"})), c.LogLevel)
 	}
 	if len(c.Listeners) == 0 {
 		return fmt.Errorf("%s: no [[listener]]: add one with name, address and plugins", c.path)
@@ -142,11 +182,12 @@ func (c *Config) check() error {
 	seen := map[string]bool{}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
-		where := fmt.Sprintf("%s: listener %d", c.path, i+1)
+		at := c.at(c.lineOfArrayTable("listener", i))
+		where := fmt.Sprintf("%s: listener %d", at, i+1)
 		if l.Name == "" {
 			return fmt.Errorf("%s: name is missing", where)
 		}
-		where = fmt.Sprintf("%s: listener %q", c.path, l.Name)
+		where = fmt.Sprintf("%s: listener %q", at, l.Name)
 		if seen[l.Name] {
 			return fmt.Errorf("%s: the name is used twice", where)
 		}
@@ -157,8 +198,28 @@ func (c *Config) check() error {
 		if len(l.Plugins) == 0 {
 			return fmt.Errorf("%s: plugins is empty: without a queue plugin no mail can be accepted", where)
 		}
+		listed := map[string]bool{}
+		for _, p := range l.Plugins {
+			if listed[p] {
+				return fmt.Errorf("%s: plugin %q is listed twice: it would run twice", where, p)
+			}
+			listed[p] = true
+		}
 		if l.Hostname == "" {
 			l.Hostname = c.Hostname
+		}
+		switch l.StartTLS {
+		case "", "offer", "require", "none":
+		default:
+			return fmt.Errorf("%s: starttls = %q: want \"offer\", \"require\" or \"none\"", where, l.StartTLS)
+		}
+		if !l.HasTLS() && (l.StartTLS == "offer" || l.StartTLS == "require" || l.ImplicitTLS) {
+			return fmt.Errorf("%s: starttls or implicit_tls needs a certificate: set tls_certificates (or tls_self_signed = true for local testing)", where)
+		}
+		for _, p := range l.TLSCertificates {
+			if p.Cert == "" || p.Key == "" {
+				return fmt.Errorf("%s: each tls_certificates entry needs cert and key", where)
+			}
 		}
 		switch l.BareNewline {
 		case "", "reject", "normalize":
@@ -172,20 +233,61 @@ func (c *Config) check() error {
 	return nil
 }
 
+// fileError is an error that names the file and the line.
+type fileError struct {
+	path string
+	line int
+	msg  string
+}
+
+func (e *fileError) Error() string {
+	if e.line > 0 {
+		return fmt.Sprintf("%s:%d: %s", e.path, e.line, e.msg)
+	}
+	return fmt.Sprintf("%s: %s", e.path, e.msg)
+}
+
+// at is "path:line", or the path alone when the line is unknown (0).
+func (c *Config) at(line int) string {
+	if line > 0 {
+		return fmt.Sprintf("%s:%d", c.path, line)
+	}
+	return c.path
+}
+
 // unknownKeys reports keys the decoder did not use, except those skip
-// accepts.
+// accepts: one error per key, or one per table when a whole table is
+// unknown.
 func (c *Config) unknownKeys(skip func(toml.Key) bool) error {
-	var msgs []string
+	var errs []error
+	var tables []string
 	for _, k := range c.md.Undecoded() {
 		if skip(k) {
 			continue
 		}
-		msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %q", c.path, c.lineOf(k), k.String()))
+		name := k.String()
+		if slicesContainsPrefix(tables, name) {
+			continue // inside a table already reported
+		}
+		if t := c.md.Type(k...); t == "Hash" || t == "ArrayHash" {
+			tables = append(tables, name)
+			if line := c.lineOfTable(name); line > 0 {
+				errs = append(errs, &fileError{c.path, line, fmt.Sprintf("unknown table [%s]", name)})
+				continue
+			}
+		}
+		errs = append(errs, &fileError{c.path, c.lineOf(k), fmt.Sprintf("unknown key %q", name)})
 	}
-	if len(msgs) > 0 {
-		return errors.New(strings.Join(msgs, "\n"))
+	return errors.Join(errs...)
+}
+
+func slicesContainsPrefix(tables []string, key string) bool {
+	for _, t := range tables {
+		if strings.HasPrefix(key, t+".") {
+			return true
+		}
 	}
-	return nil
+	return false
 }
 
 // lineOf finds the line that defines key (the decoder does not report
@@ -200,26 +302,41 @@ func (c *Config) lineOf(k toml.Key) int {
 		table = strings.Join(k[:len(k)-1], ".")
 	}
 	keyRe := regexp.MustCompile(`^\s*"?` + last + `"?\s*=`)
-	headerRe := regexp.MustCompile(`^\s*\[\[?\s*([^\]]+?)\s*\]\]?`)
 	current := ""
 	for i, line := range strings.Split(c.text, "\n") {
 		if m := headerRe.FindStringSubmatch(line); m != nil {
 			current = m[1]
 			continue
 		}
-		if keyRe.MatchString(line) && (table == "" || tableMatches(current, table)) {
+		if !keyRe.MatchString(line) {
+			continue
+		}
+		// A top-level key comes before the first table header.
+		if (table == "" && current == "") || (table != "" && tableMatches(current, table)) {
 			return i + 1
 		}
 	}
 	return 0
 }
 
-// lineOfTable finds the line of a [table] header. 0 when not found.
+var headerRe = regexp.MustCompile(`^\s*\[\[?\s*([^\]]+?)\s*\]\]?`)
+
+// lineOfTable finds the line of a [table] or [[table]] header. 0 when not
+// found.
 func (c *Config) lineOfTable(table string) int {
-	re := regexp.MustCompile(`^\s*\[\s*` + regexp.QuoteMeta(table) + `\s*\]`)
+	return c.lineOfArrayTable(table, 0)
+}
+
+// lineOfArrayTable finds the line of the n-th (from 0) header of table. 0
+// when not found.
+func (c *Config) lineOfArrayTable(table string, n int) int {
+	re := regexp.MustCompile(`^\s*\[\[?\s*` + regexp.QuoteMeta(table) + `\s*\]`)
 	for i, line := range strings.Split(c.text, "\n") {
 		if re.MatchString(line) {
-			return i + 1
+			if n == 0 {
+				return i + 1
+			}
+			n--
 		}
 	}
 	return 0
@@ -229,12 +346,30 @@ func tableMatches(header, table string) bool {
 	return header == table || strings.HasPrefix(table, header+".") || strings.TrimSuffix(header, ".") == table
 }
 
+// decodeErrRe matches the errors the TOML decoder returns for a value of
+// the wrong type, which carry their position only in their text.
+var decodeErrRe = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
+
+// wrap turns a TOML error into "path:line: key: message".
 func (c *Config) wrap(err error) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
-		return fmt.Errorf("%s:%d: %s", c.path, pe.Position.Line, pe.Message)
+		msg := pe.Message
+		if pe.LastKey != "" && pe.Position.Line == c.lineOfKeyString(pe.LastKey) {
+			msg = pe.LastKey + ": " + msg
+		}
+		return &fileError{c.path, pe.Position.Line, msg}
+	}
+	if m := decodeErrRe.FindStringSubmatch(err.Error()); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return &fileError{c.path, line, m[2] + ": " + m[3]}
 	}
 	return fmt.Errorf("%s: %w", c.path, err)
+}
+
+// lineOfKeyString is lineOf for a dotted key as the decoder reports it.
+func (c *Config) lineOfKeyString(key string) int {
+	return c.lineOf(toml.Key(strings.Split(key, ".")))
 }
 
 // PluginFor returns the compiled-in plugin name behind an instance name:
@@ -261,13 +396,18 @@ func (c *Config) Decoder(instance string) hooks.Decoder {
 			return nil // no table: the plugin's defaults
 		}
 		if err := c.md.PrimitiveDecode(p, v); err != nil {
-			return fmt.Errorf("[plugins.%s]: %w", instance, c.wrap(err))
+			return c.wrap(err)
 		}
-		return c.unknownKeys(func(k toml.Key) bool {
-			mine := len(k) >= 3 && k[0] == "plugins" && k[1] == instance
-			return !mine || (len(k) == 3 && k[2] == "use")
-		})
+		return c.unknownIn(instance)
 	}
+}
+
+// unknownIn reports the keys of instance's table that were not decoded.
+func (c *Config) unknownIn(instance string) error {
+	return c.unknownKeys(func(k toml.Key) bool {
+		mine := len(k) >= 3 && k[0] == "plugins" && k[1] == instance
+		return !mine || (len(k) == 3 && k[2] == "use")
+	})
 }
 
 // Build constructs every plugin instance the listeners name, once each,
@@ -275,7 +415,7 @@ func (c *Config) Decoder(instance string) hooks.Decoder {
 // unused [plugins.X] table is an error.
 func (c *Config) Build() (map[string]any, error) {
 	built := map[string]any{}
-	for _, l := range c.Listeners {
+	for i, l := range c.Listeners {
 		for _, name := range l.Plugins {
 			if _, done := built[name]; done {
 				continue
@@ -283,11 +423,27 @@ func (c *Config) Build() (map[string]any, error) {
 			pname := c.PluginFor(name)
 			reg, ok := hooks.Lookup(pname)
 			if !ok {
-				return nil, fmt.Errorf("%s: listener %q: unknown plugin %q (`smtpd plugins` lists the compiled-in ones)", c.path, l.Name, pname)
+				if pname != name {
+					return nil, fmt.Errorf("%s: [plugins.%s] (listener %q): use = %q: unknown plugin %q (`smtpd plugins` lists the compiled-in ones)",
+						c.at(c.lineOfTable("plugins."+name)), name, l.Name, pname, pname)
+				}
+				return nil, fmt.Errorf("%s: listener %q: unknown plugin %q (`smtpd plugins` lists the compiled-in ones)",
+					c.at(c.lineOfArrayTable("listener", i)), l.Name, pname)
 			}
 			p, err := reg.New(c.Decoder(name))
+			if err == nil {
+				// Keys a plugin that never called decode left behind.
+				err = c.unknownIn(name)
+			}
 			if err != nil {
-				return nil, fmt.Errorf("%s: plugin %q: %w", c.path, name, err)
+				var fe *fileError
+				switch {
+				case errors.As(err, &fe) && strings.HasPrefix(err.Error(), c.path+":"):
+					return nil, err // names the file, the line and the key
+				case errors.As(err, &fe):
+					return nil, fmt.Errorf("plugin %q: %w", name, err)
+				}
+				return nil, fmt.Errorf("%s: plugin %q: %w", c.at(c.lineOfTable("plugins."+name)), name, err)
 			}
 			built[name] = p
 		}
@@ -303,13 +459,11 @@ func (c *Config) Build() (map[string]any, error) {
 // DecodeString decodes TOML text into v, rejecting unknown keys. Tests and
 // hooks/hookstest use it to build a plugin from a snippet.
 func DecodeString(text string, v any) error {
+	c := &Config{path: "settings", text: text}
 	md, err := toml.Decode(text, v)
 	if err != nil {
-		c := &Config{path: "settings"}
 		return c.wrap(err)
 	}
-	if und := md.Undecoded(); len(und) > 0 {
-		return fmt.Errorf("unknown key %q", und[0].String())
-	}
-	return nil
+	c.md = md
+	return c.unknownKeys(func(toml.Key) bool { return false })
 }

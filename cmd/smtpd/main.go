@@ -107,14 +107,27 @@ func listPlugins(stdout io.Writer) int {
 	return 0
 }
 
+// built is a configuration turned into what the server runs.
+type built struct {
+	server server.Config
+	chains map[string]*hooks.Chain
+	certs  []*server.Certificates
+}
+
 // build turns the configuration into a server configuration: every plugin
-// built once, one chain per listener.
-func build(cfg *config.Config, log *slog.Logger) (server.Config, error) {
+// built once, one chain per listener, the TLS certificates loaded.
+func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 	plugins, err := cfg.Build()
 	if err != nil {
-		return server.Config{}, err
+		return nil, err
 	}
-	sc := server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log}
+	b := &built{chains: map[string]*hooks.Chain{}}
+	b.server = server.Config{
+		SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log,
+		AuthLimiter: &server.AuthLimiter{
+			MaxFailures: cfg.AuthMaxFailures, Window: cfg.AuthFailureWindow.Duration, Delay: cfg.AuthFailureDelay.Duration,
+		},
+	}
 	for _, l := range cfg.Listeners {
 		var ins []hooks.Instance
 		for _, name := range l.Plugins {
@@ -122,23 +135,56 @@ func build(cfg *config.Config, log *slog.Logger) (server.Config, error) {
 		}
 		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, Logger: log.With("listener", l.Name)})
 		if err != nil {
-			return server.Config{}, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
+			return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
 		}
 		if !ch.HasQueue() {
 			log.Warn("listener has no queue plugin: every message will get 451", "listener", l.Name)
 		}
-		sc.Listeners = append(sc.Listeners, server.ListenerConfig{
+		if l.RequireAuth && !ch.HasAuth() {
+			return nil, fmt.Errorf("%s: listener %q: require_auth is set but no plugin in its list checks passwords (add authfile, checkpassword or dovecotauth)", cfg.Path(), l.Name)
+		}
+		b.chains[l.Name] = ch
+		lc := server.ListenerConfig{
 			Name: l.Name, Address: l.Address, Hostname: l.Hostname, Chain: ch,
 			Limits: server.Limits{
 				MaxMessageBytes: l.MaxMessageSize, MaxRecipients: l.MaxRecipients, MaxHeaderBytes: l.MaxHeaderSize,
 			},
 			ReadTimeout: l.ReadTimeout.Duration, WriteTimeout: l.WriteTimeout.Duration,
+			MinDataRate: l.MinDataRate, MinDataRateGrace: l.MinDataRateGrace.Duration,
 			MaxLineLength: l.MaxLineLength, MaxConnections: l.MaxConnections,
 			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors,
-			BareNewline: server.BareNewline(l.BareNewline),
-		})
+			BareNewline:      server.BareNewline(l.BareNewline),
+			RequireAuth:      l.RequireAuth,
+			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
+		}
+		if l.HasTLS() && l.StartTLS != "none" || l.ImplicitTLS {
+			certs, err := loadCertificates(l, log)
+			if err != nil {
+				return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
+			}
+			if lc.TLS, err = certs.TLSConfig(l.TLSMinVersion); err != nil {
+				return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
+			}
+			b.certs = append(b.certs, certs)
+			lc.ImplicitTLS = l.ImplicitTLS
+			lc.RequireTLS = l.StartTLS == "require"
+		}
+		b.server.Listeners = append(b.server.Listeners, lc)
 	}
-	return sc, nil
+	return b, nil
+}
+
+func loadCertificates(l config.Listener, log *slog.Logger) (*server.Certificates, error) {
+	if len(l.TLSCertificates) == 0 {
+		log.Warn("listener uses a throwaway SELF-SIGNED certificate: for local testing only, clients cannot verify it",
+			"listener", l.Name, "hostname", l.Hostname)
+		return server.SelfSigned(l.Hostname)
+	}
+	pairs := make([]server.CertPair, len(l.TLSCertificates))
+	for i, p := range l.TLSCertificates {
+		pairs[i] = server.CertPair{Cert: p.Cert, Key: p.Key}
+	}
+	return server.LoadCertificates(pairs)
 }
 
 func newLogger(level string, w io.Writer) *slog.Logger {
@@ -166,12 +212,12 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.LogLevel, stderr)
 	slog.SetDefault(log)
-	sc, err := build(cfg, log)
+	b, err := build(cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpd: %v\n", err)
 		return 1
 	}
-	srv, err := server.New(sc)
+	srv, err := server.New(b.server)
 	if err == nil {
 		err = srv.Listen()
 	}
@@ -182,28 +228,88 @@ func serve(args []string, stderr io.Writer) int {
 	log.Info("Sluice started", "version", version, "config", path)
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			fmt.Fprintf(stderr, "smtpd: %v\n", err)
-			return 1
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				fmt.Fprintf(stderr, "smtpd: %v\n", err)
+				return 1
+			}
+			return 0
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				b = reload(path, cfg, b, srv, log)
+				continue
+			}
+			timeout := cfg.ShutdownTimeout.Duration
+			if timeout <= 0 {
+				timeout = 30 * time.Second
+			}
+			log.Info("stopping: no new connections; waiting for transactions in progress", "signal", sig.String(), "timeout", timeout.String())
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				log.Warn(err.Error())
+			}
+			for _, ch := range b.chains {
+				ch.Close()
+			}
+			log.Info("stopped")
+			return 0
 		}
-		return 0
-	case sig := <-sigs:
-		timeout := cfg.ShutdownTimeout.Duration
-		if timeout <= 0 {
-			timeout = 30 * time.Second
-		}
-		log.Info("stopping: no new connections; waiting for transactions in progress", "signal", sig.String(), "timeout", timeout.String())
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			log.Warn(err.Error())
-		}
-		log.Info("stopped")
-		return 0
 	}
+}
+
+// reload re-reads the configuration on SIGHUP: it builds every new chain
+// and reloads the certificates first, and swaps the chains only if all of
+// that worked; otherwise the running configuration stays. Listener
+// addresses and TLS settings other than the certificate files need a
+// restart. Connections in progress finish with the chain they started
+// with; the old chains' plugins are closed after shutdown_timeout.
+func reload(path string, old *config.Config, cur *built, srv *server.Server, log *slog.Logger) *built {
+	log.Info("SIGHUP: reloading", "config", path)
+	for _, c := range cur.certs {
+		if err := c.Reload(); err != nil {
+			log.Error("reload: keeping the certificates in use", "err", err)
+		}
+	}
+	cfg, err := config.Load(path)
+	var next *built
+	if err == nil {
+		next, err = build(cfg, log)
+	}
+	if err != nil {
+		log.Error("reload failed: keeping the running configuration", "err", err)
+		return cur
+	}
+	for _, l := range cfg.Listeners {
+		if _, ok := cur.chains[l.Name]; !ok {
+			log.Warn("reload: a new listener needs a restart", "listener", l.Name)
+		}
+	}
+	retired := map[string]*hooks.Chain{}
+	for name, ch := range cur.chains {
+		if _, ok := next.chains[name]; ok {
+			retired[name] = ch
+		} else {
+			log.Warn("reload: removing a listener needs a restart; it keeps its chain", "listener", name)
+			next.chains[name] = ch
+		}
+	}
+	srv.Reload(next.chains)
+	delay := old.ShutdownTimeout.Duration
+	if delay <= 0 {
+		delay = 30 * time.Second
+	}
+	time.AfterFunc(delay, func() {
+		for _, ch := range retired {
+			ch.Close()
+		}
+	})
+	next.certs = cur.certs // the running listeners keep their certificate stores
+	log.Info("reloaded", "listeners", len(next.chains))
+	return next
 }
