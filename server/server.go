@@ -88,6 +88,9 @@ func (c *ListenerConfig) setDefaults() {
 	if c.MaxLineLength <= 0 {
 		c.MaxLineLength = 2048
 	}
+	if c.MaxLineLength > readBufferSize {
+		c.MaxLineLength = readBufferSize
+	}
 	if c.MaxConnections <= 0 {
 		c.MaxConnections = 1000
 	}
