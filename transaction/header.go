@@ -30,7 +30,9 @@ func (f Field) Value() string {
 type Header struct {
 	fields []Field
 	// sep is the empty line that ended the header ("\r\n"), or nil when the
-	// message had no body.
+	// message had no body. When a line that is no header field ended the
+	// header, sep is an empty line of the same ending that Sluice adds, so
+	// that the next reader sees the header end where the plugins saw it.
 	sep []byte
 }
 
@@ -81,6 +83,11 @@ func (h *Header) Prepend(name, value string) {
 
 // Add appends a field at the end of the header.
 func (h *Header) Add(name, value string) {
+	if n := len(h.fields); n > 0 && !bytes.HasSuffix(h.fields[n-1].Raw, []byte{'\n'}) {
+		// The message ended inside its last field: end that line first so
+		// the new field does not run into it.
+		h.fields[n-1].Raw = append(h.fields[n-1].Raw, '\r', '\n')
+	}
 	h.fields = append(h.fields, newField(name, value))
 }
 
@@ -113,6 +120,8 @@ func deleteFields(fields []Field, from int, name string) []Field {
 // newField builds a field from name and value. Line breaks in value are
 // kept only as folds (CRLF followed by white space); a bare line break
 // becomes a fold so a plugin can never inject a new field or end the header.
+// Empty and blank lines are dropped: some readers take a blank line for the
+// end of the header.
 func newField(name, value string) Field {
 	value = strings.ReplaceAll(value, "\r\n", "\n")
 	value = strings.ReplaceAll(value, "\r", "\n")
@@ -122,8 +131,11 @@ func newField(name, value string) Field {
 	b.WriteString(": ")
 	for i, l := range lines {
 		if i > 0 {
+			if strings.TrimLeft(l, " \t") == "" {
+				continue
+			}
 			b.WriteString("\r\n")
-			if l == "" || (l[0] != ' ' && l[0] != '\t') {
+			if l[0] != ' ' && l[0] != '\t' {
 				b.WriteString("\t")
 			}
 		}
@@ -159,18 +171,23 @@ func (h *Header) Bytes() []byte {
 }
 
 // fieldName returns the name of a header line, or "" when line does not
-// start a header field (RFC 5322: printable ASCII but ':' then ':').
+// start a header field (RFC 5322: printable ASCII but ':' then ':', with
+// the obsolete white space before the ':' that readers still accept).
 func fieldName(line []byte) string {
 	i := bytes.IndexByte(line, ':')
 	if i <= 0 {
 		return ""
 	}
-	for _, c := range line[:i] {
+	name := bytes.TrimRight(line[:i], " \t")
+	if len(name) == 0 {
+		return ""
+	}
+	for _, c := range name {
 		if c <= ' ' || c >= 127 {
 			return ""
 		}
 	}
-	return string(line[:i])
+	return string(name)
 }
 
 func isBlankLine(line []byte) bool {

@@ -96,6 +96,6 @@ func (s *Spool) Close() error {
 	return err
 }
 
-// ErrHeaderTooLong is returned by ReadMessage when the header section is
+// ErrHeaderTooLong is returned by ReadHeader when the header section is
 // longer than the limit it was given.
 var ErrHeaderTooLong = errors.New("message header section too long")

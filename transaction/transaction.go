@@ -102,8 +102,11 @@ func (t *Transaction) Close() error {
 // ReadHeader reads the header section of a message from r, up to and
 // including the empty line that ends it, and parses it into t.Header. The
 // body stays unread in r. A line that is neither a field nor a continuation
-// ends the header without an empty line (it then starts the body: pass it
-// on with Pending). maxBytes bounds the header section.
+// ends the header without an empty line: it is returned as pending, the
+// first line of the body, to be written to t.Body before the rest of r, and
+// the header gets the empty line the message lacked (so an indented first
+// line cannot become part of a field added later). maxBytes bounds the
+// header section (ErrHeaderTooLong).
 func (t *Transaction) ReadHeader(r *bufio.Reader, maxBytes int64) (pending []byte, err error) {
 	var total int64
 	for {
@@ -127,6 +130,10 @@ func (t *Transaction) ReadHeader(r *bufio.Reader, maxBytes int64) (pending []byt
 			if name == "" {
 				// Not a header: the message has no header section end
 				// marker; this line belongs to the body.
+				t.Header.sep = []byte("\r\n")
+				if bytes.HasSuffix(line, []byte("\n")) && !bytes.HasSuffix(line, []byte("\r\n")) {
+					t.Header.sep = []byte("\n")
+				}
 				return line, nil
 			}
 			t.Header.fields = append(t.Header.fields, Field{Name: name, Raw: line})

@@ -1,0 +1,337 @@
+package config_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/config"
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+// testPlugin is a tiny plugin with a few typed settings.
+type testPlugin struct {
+	Zones   []string `toml:"zones"`
+	Reject  bool     `toml:"reject"`
+	Timeout int      `toml:"timeout"`
+}
+
+func (*testPlugin) Rcpt(context.Context, *connection.Connection, *transaction.Transaction, string) hooks.Result {
+	return hooks.Result{}
+}
+
+// lazyPlugin never decodes its table.
+type lazyPlugin struct{}
+
+func (*lazyPlugin) Noop(context.Context, *connection.Connection) hooks.Result { return hooks.Result{} }
+
+func init() {
+	hooks.Register("configtestplugin", func(decode hooks.Decoder) (*testPlugin, error) {
+		p := &testPlugin{Timeout: 5}
+		if err := decode(p); err != nil {
+			return nil, err
+		}
+		if p.Timeout <= 0 {
+			return nil, errors.New("timeout: must be positive")
+		}
+		return p, nil
+	})
+	hooks.Register("configtestlazy", func(hooks.Decoder) (*lazyPlugin, error) { return &lazyPlugin{}, nil })
+}
+
+const valid = `# Sluice test configuration
+hostname = "mx.example.test"
+data_dir = "/var/lib/sluice"
+log_level = "debug"
+hook_timeout = "10s"
+
+[[listener]]
+name    = "mx"
+address = "127.0.0.1:2525"
+plugins = ["strict", "configtestplugin"]
+max_message_size = 1048576
+read_timeout = "2m"
+
+[[listener]]
+name     = "submission"
+address  = "127.0.0.1:2587"
+hostname = "smtp.example.test"
+plugins  = ["lenient", "configtestplugin"]
+
+[plugins.strict]
+use    = "configtestplugin"
+zones  = ["zen.example.net", "bl.example.org"]
+reject = true
+
+[plugins.lenient]
+use     = "configtestplugin"
+zones   = ["zen.example.net"]
+timeout = 30
+`
+
+func parse(t *testing.T, text string) *config.Config {
+	t.Helper()
+	c, err := config.Parse("smtpd.toml", text)
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return c
+}
+
+func TestValidConfig(t *testing.T) {
+	c := parse(t, valid)
+	if c.Hostname != "mx.example.test" || c.DataDir != "/var/lib/sluice" || c.LogLevel != "debug" || c.HookTimeout.Duration != 10*time.Second {
+		t.Fatalf("top level: %+v", c)
+	}
+	if len(c.Listeners) != 2 {
+		t.Fatalf("listeners: %d", len(c.Listeners))
+	}
+	mx, sub := c.Listeners[0], c.Listeners[1]
+	if mx.Name != "mx" || mx.Address != "127.0.0.1:2525" || mx.MaxMessageSize != 1<<20 || mx.ReadTimeout.Duration != 2*time.Minute {
+		t.Fatalf("mx: %+v", mx)
+	}
+	if !slices.Equal(mx.Plugins, []string{"strict", "configtestplugin"}) {
+		t.Fatalf("mx plugins (config order): %v", mx.Plugins)
+	}
+	if mx.Hostname != "mx.example.test" || sub.Hostname != "smtp.example.test" {
+		t.Fatalf("hostnames: mx %q (inherits), submission %q (own)", mx.Hostname, sub.Hostname)
+	}
+	for inst, want := range map[string]string{"strict": "configtestplugin", "lenient": "configtestplugin", "configtestplugin": "configtestplugin"} {
+		if got := c.PluginFor(inst); got != want {
+			t.Errorf("PluginFor(%q) = %q, want %q", inst, got, want)
+		}
+	}
+	built, err := c.Build()
+	if err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	if len(built) != 3 {
+		t.Fatalf("built %d instances, want 3 (strict, lenient, configtestplugin once)", len(built))
+	}
+	strict, lenient, plain := built["strict"].(*testPlugin), built["lenient"].(*testPlugin), built["configtestplugin"].(*testPlugin)
+	if strict == lenient || strict == nil || lenient == nil || plain == nil {
+		t.Fatalf("instances: %v %v %v", strict, lenient, plain)
+	}
+	if !slices.Equal(strict.Zones, []string{"zen.example.net", "bl.example.org"}) || !strict.Reject || strict.Timeout != 5 {
+		t.Fatalf("strict = %+v", strict)
+	}
+	if !slices.Equal(lenient.Zones, []string{"zen.example.net"}) || lenient.Reject || lenient.Timeout != 30 {
+		t.Fatalf("lenient = %+v", lenient)
+	}
+	if plain.Zones != nil || plain.Timeout != 5 {
+		t.Fatalf("an instance with no table gets the defaults: %+v", plain)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c := parse(t, "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n")
+	if c.DataDir != "./var" || c.Hostname == "" || c.Listeners[0].Hostname != c.Hostname {
+		t.Fatalf("defaults: data_dir %q hostname %q listener hostname %q", c.DataDir, c.Hostname, c.Listeners[0].Hostname)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "smtpd.toml")
+	if err := os.WriteFile(path, []byte(valid), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path)
+	if err != nil || c.Path() != path {
+		t.Fatalf("Load = %v, %v", c, err)
+	}
+	if _, err := config.Load(path + ".missing"); err == nil {
+		t.Fatal("Load of a missing file succeeded")
+	}
+	// Errors name the file that was loaded.
+	os.WriteFile(path, []byte("bogus = 1\n"+valid), 0o600)
+	if _, err := config.Load(path); err == nil || !strings.Contains(err.Error(), path+":1: unknown key") {
+		t.Fatalf("Load error = %v", err)
+	}
+}
+
+// lineOf returns the 1-based line of the first line of text containing s.
+func lineOf(t *testing.T, text, s string) int {
+	t.Helper()
+	for i, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			return i + 1
+		}
+	}
+	t.Fatalf("%q not in the text", s)
+	return 0
+}
+
+// insert puts line into valid right after the line containing after.
+func insert(after, line string) string {
+	i := strings.Index(valid, after)
+	j := i + strings.Index(valid[i:], "\n") + 1
+	return valid[:j] + line + "\n" + valid[j:]
+}
+
+// loadErr parses and builds text, returning the first error.
+func loadErr(text string) error {
+	c, err := config.Parse("smtpd.toml", text)
+	if err != nil {
+		return err
+	}
+	_, err = c.Build()
+	return err
+}
+
+func wantErr(t *testing.T, err error, patterns ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want one matching %q", patterns)
+	}
+	for _, p := range patterns {
+		if !regexp.MustCompile(p).MatchString(err.Error()) {
+			t.Fatalf("error %q does not match %q", err, p)
+		}
+	}
+}
+
+func TestUnknownKeys(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		line string // the line the error must name
+		want []string
+	}{
+		{"top level", insert("log_level", `hostnmae = "typo"`), `hostnmae =`, []string{`unknown key "hostnmae"`}},
+		{"top level, a typo of a known key", strings.Replace(valid, "hook_timeout", "hook_timout", 1), `hook_timout`, []string{`unknown key "hook_timout"`}},
+		{"listener", insert("max_message_size", `max_rcpts = 5`), `max_rcpts`, []string{`unknown key "listener.max_rcpts"`}},
+		{"second listener", insert(`hostname = "smtp.example.test"`, `adress = "x"`), `adress`, []string{`"listener.adress"`}},
+		{"plugin table", insert(`reject = true`, `rejekt = false`), `rejekt`, []string{`unknown key "plugins.strict.rejekt"`}},
+		{"second instance of the same plugin", insert(`timeout = 30`, `zone = "x"`), `zone = "x"`, []string{`"plugins.lenient.zone"`}},
+		{"unknown table", valid + "\n[limits]\nmax = 1\n", `[limits]`, []string{`unknown table \[limits\]`}},
+		{"plugin sub-table", valid + "\n[plugins.strict.extra]\nx = 1\n", `[plugins.strict.extra]`, []string{`unknown table \[plugins.strict.extra\]`}},
+		{"plugin that never decodes", insert(`max_message_size`, "") + "\n[plugins.configtestlazy]\nsetting = 1\n",
+			`setting = 1`, []string{`unknown key "plugins.configtestlazy.setting"`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			text := tc.text
+			if tc.name == "plugin that never decodes" {
+				text = strings.Replace(text, `plugins = ["strict", "configtestplugin"]`, `plugins = ["strict", "configtestplugin", "configtestlazy"]`, 1)
+			}
+			err := loadErr(text)
+			line := lineOf(t, text, tc.line)
+			wantErr(t, err, append([]string{`^smtpd\.toml:` + itoa(line) + `: `}, tc.want...)...)
+			if strings.Count(err.Error(), "\n") > 0 {
+				t.Fatalf("one mistake, several errors: %q", err)
+			}
+			if strings.Count(err.Error(), "smtpd.toml") != 1 {
+				t.Fatalf("the file is named more than once: %q", err)
+			}
+		})
+	}
+}
+
+func TestSeveralUnknownKeysAreAllReported(t *testing.T) {
+	text := insert("log_level", "a1 = 1\na2 = 2")
+	err := loadErr(text)
+	wantErr(t, err, `smtpd\.toml:`+itoa(lineOf(t, text, "a1 ="))+`: unknown key "a1"`, `smtpd\.toml:`+itoa(lineOf(t, text, "a2 ="))+`: unknown key "a2"`)
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestWrongTypes(t *testing.T) {
+	tests := []struct {
+		name, text, line string
+		want             []string
+	}{
+		{"string for an int in a listener", strings.Replace(valid, "max_message_size = 1048576", `max_message_size = "1M"`, 1),
+			`max_message_size =`, []string{`max_message_size`, `string`, `integer`}},
+		{"string for an int in a plugin", strings.Replace(valid, "timeout = 30", `timeout = "30"`, 1),
+			`timeout = "30"`, []string{`plugins.lenient.timeout`, `string`, `integer`}},
+		{"string for a bool in a plugin", strings.Replace(valid, `reject = true`, `reject = "yes"`, 1),
+			`reject = "yes"`, []string{`plugins.strict.reject`, `string`, `bool`}},
+		{"bad duration", strings.Replace(valid, `read_timeout = "2m"`, `read_timeout = "2 minutes"`, 1),
+			`read_timeout`, []string{`read_timeout`, `"2 minutes" is not a duration`}},
+		{"number for a duration", strings.Replace(valid, `hook_timeout = "10s"`, `hook_timeout = 10`, 1),
+			`hook_timeout`, []string{`hook_timeout`, `not a duration`}},
+		{"syntax error", strings.Replace(valid, `name    = "mx"`, `name    = "mx`, 1),
+			`name    = "mx`, []string{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := loadErr(tc.text)
+			wantErr(t, err, append([]string{`^smtpd\.toml:` + itoa(lineOf(t, tc.text, tc.line)) + `: `}, tc.want...)...)
+			if strings.Count(err.Error(), "smtpd.toml") != 1 || strings.Contains(err.Error(), "toml: line") {
+				t.Fatalf("unclear error: %q", err)
+			}
+		})
+	}
+}
+
+func TestBuildErrors(t *testing.T) {
+	tests := []struct {
+		name, text string
+		want       []string
+	}{
+		{"unregistered plugin", strings.Replace(valid, `plugins  = ["lenient", "configtestplugin"]`, `plugins  = ["lenient", "nosuchplugin"]`, 1),
+			[]string{`^smtpd\.toml:` + itoa(lineOf(t, valid, `name     = "submission"`)-1) + `: listener "submission"`, `unknown plugin "nosuchplugin"`}},
+		{"use names an unregistered plugin", strings.Replace(valid, `use     = "configtestplugin"`, `use     = "nosuchplugin"`, 1),
+			[]string{`smtpd\.toml:` + itoa(lineOf(t, valid, `[plugins.lenient]`)), `\[plugins.lenient\]`, `use = "nosuchplugin"`, `unknown plugin "nosuchplugin"`}},
+		{"unused table", valid + "\n[plugins.spare]\nuse = \"configtestplugin\"\n",
+			[]string{`smtpd\.toml:` + itoa(strings.Count(valid, "\n")+2) + `: \[plugins.spare\] is not used by any listener`}},
+		{"constructor refuses a setting", strings.Replace(valid, "timeout = 30", "timeout = -1", 1),
+			[]string{`smtpd\.toml:` + itoa(lineOf(t, valid, `[plugins.lenient]`)) + `: `, `plugin "lenient"`, `timeout: must be positive`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := config.Parse("smtpd.toml", tc.text)
+			if err != nil {
+				t.Fatalf("Parse: %v (the mistake is only found by Build)", err)
+			}
+			_, err = c.Build()
+			wantErr(t, err, tc.want...)
+		})
+	}
+}
+
+func TestCheckErrors(t *testing.T) {
+	listener := func(body string) string { return "[[listener]]\n" + body }
+	tests := []struct {
+		name, text string
+		want       []string
+	}{
+		{"no listener", `hostname = "x"`, []string{`no \[\[listener\]\]`}},
+		{"missing name", listener("address = \":25\"\nplugins = [\"configtestplugin\"]\n"), []string{`^smtpd\.toml:1: listener 1: name is missing`}},
+		{"missing address", "hostname = \"x\"\n" + listener("name = \"mx\"\nplugins = [\"configtestplugin\"]\n"), []string{`^smtpd\.toml:2: listener "mx": address is missing`}},
+		{"missing plugins", listener("name = \"mx\"\naddress = \":25\"\n"), []string{`^smtpd\.toml:1: listener "mx": plugins is empty`}},
+		{"empty plugins", listener("name = \"mx\"\naddress = \":25\"\nplugins = []\n"), []string{`listener "mx": plugins is empty`}},
+		{"same name twice", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n") + listener("name = \"mx\"\naddress = \":26\"\nplugins = [\"configtestplugin\"]\n"),
+			[]string{`^smtpd\.toml:5: listener "mx": the name is used twice`}},
+		{"plugin listed twice", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\", \"configtestplugin\"]\n"),
+			[]string{`listener "mx": plugin "configtestplugin" is listed twice`}},
+		{"negative limit", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nmax_recipients = -1\n"), []string{`listener "mx": limits must not be negative`}},
+		{"bad log level", "log_level = \"loud\"\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"), []string{`log_level = "loud"`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse("smtpd.toml", tc.text)
+			wantErr(t, err, tc.want...)
+		})
+	}
+}
+
+func TestDecodeString(t *testing.T) {
+	var p testPlugin
+	if err := config.DecodeString("zones = [\"a\"]\nreject = true\n", &p); err != nil || !p.Reject || len(p.Zones) != 1 {
+		t.Fatalf("DecodeString = %v, %+v", err, p)
+	}
+	err := config.DecodeString("zones = [\"a\"]\nrejekt = true\n", &p)
+	wantErr(t, err, `settings:2: unknown key "rejekt"`)
+	err = config.DecodeString("timeout = \"x\"\n", &p)
+	wantErr(t, err, `settings:1: `, `timeout`, `string`)
+}

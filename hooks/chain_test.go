@@ -1,0 +1,684 @@
+package hooks_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+// calls records which plugins ran, in order.
+type calls struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (c *calls) add(name string) {
+	c.mu.Lock()
+	c.names = append(c.names, name)
+	c.mu.Unlock()
+}
+
+func (c *calls) get() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.names)
+}
+
+// rcptPlugin answers the rcpt hook with fn's result and records the call.
+type rcptPlugin struct {
+	name string
+	log  *calls
+	fn   func(ctx context.Context) hooks.Result
+}
+
+func (p *rcptPlugin) Rcpt(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
+	if p.log != nil {
+		p.log.add(p.name)
+	}
+	return p.fn(ctx)
+}
+
+func answer(r hooks.Result) func(context.Context) hooks.Result {
+	return func(context.Context) hooks.Result { return r }
+}
+
+func rcpt(name string, log *calls, r hooks.Result) hooks.Instance {
+	return hooks.Instance{Name: name, Plugin: &rcptPlugin{name: name, log: log, fn: answer(r)}}
+}
+
+func newConn() *connection.Connection {
+	return connection.New("test", "mx.example.test",
+		netip.MustParseAddrPort("127.0.0.1:25"), netip.MustParseAddrPort("192.0.2.1:40000"))
+}
+
+func newChain(t testing.TB, opts hooks.Options, instances ...hooks.Instance) *hooks.Chain {
+	t.Helper()
+	ch, err := hooks.NewChain(instances, opts)
+	if err != nil {
+		t.Fatalf("NewChain: %v", err)
+	}
+	return ch
+}
+
+// bufLogger returns a logger writing text records to the returned buffer.
+func bufLogger() (*slog.Logger, *syncBuffer) {
+	var b syncBuffer
+	return slog.New(slog.NewTextHandler(&b, nil)), &b
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runRcpt(ch *hooks.Chain) hooks.Decision {
+	return ch.Rcpt(context.Background(), newConn(), transaction.New("", 0), "bob@example.test")
+}
+
+func TestDispatchOrderFirstNonDeclinedWins(t *testing.T) {
+	var log calls
+	ch := newChain(t, hooks.Options{},
+		rcpt("first", &log, hooks.Result{}),
+		rcpt("second", &log, hooks.Reject("no such user")),
+		rcpt("third", &log, hooks.Accept("")),
+	)
+	d := runRcpt(ch)
+	if got := log.get(); !slices.Equal(got, []string{"first", "second"}) {
+		t.Fatalf("plugins called = %v, want [first second] (config order, stop at the first decision)", got)
+	}
+	if d.Plugin != "second" || d.Hook != hooks.HookRcpt || d.Result.Code != hooks.Deny {
+		t.Fatalf("decision = %+v, want second's Deny at rcpt", d)
+	}
+	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "550 5.7.1 no such user" {
+		t.Fatalf("reply = %q", rep)
+	}
+	if got := ch.Plugins(); !slices.Equal(got, []string{"first", "second", "third"}) {
+		t.Fatalf("Plugins() = %v", got)
+	}
+}
+
+func TestDispatchOrderIsConfigOrder(t *testing.T) {
+	// The same plugins in the other order: the other one decides.
+	var log calls
+	ch := newChain(t, hooks.Options{},
+		rcpt("third", &log, hooks.Accept("")),
+		rcpt("second", &log, hooks.Reject("no such user")),
+	)
+	d := runRcpt(ch)
+	if d.Plugin != "third" || d.Result.Code != hooks.OK {
+		t.Fatalf("decision = %+v, want third's OK", d)
+	}
+	if got := log.get(); !slices.Equal(got, []string{"third"}) {
+		t.Fatalf("plugins called = %v, want [third]", got)
+	}
+}
+
+func TestAllDeclinedDefaults(t *testing.T) {
+	var log calls
+	ch := newChain(t, hooks.Options{}, rcpt("a", &log, hooks.Result{}), rcpt("b", &log, hooks.Result{}))
+	d := runRcpt(ch)
+	if got := log.get(); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("plugins called = %v, want every one", got)
+	}
+	if d.Result.Code != hooks.Declined || d.Plugin != "" || d.Hook != hooks.HookRcpt {
+		t.Fatalf("decision = %+v, want Declined at rcpt with no plugin", d)
+	}
+	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "450 4.7.1 No plugin decided if relaying is allowed" {
+		t.Fatalf("rcpt default = %q", rep)
+	}
+	// A hook nobody implements declines too.
+	if d := ch.Queue(context.Background(), newConn(), transaction.New("", 0)); d.Result.Code != hooks.Declined || d.Hook != hooks.HookQueue {
+		t.Fatalf("queue with no plugin = %+v", d)
+	}
+	if ch.HasQueue() || ch.HasAuth() {
+		t.Fatal("HasQueue or HasAuth with no such plugin")
+	}
+	if all := newChain(t, hooks.Options{}, hooks.Instance{Name: "all", Plugin: &everyHook{}}); !all.HasQueue() || !all.HasAuth() {
+		t.Fatal("HasQueue or HasAuth false with a plugin for it")
+	}
+}
+
+func TestPanicFailsClosed(t *testing.T) {
+	logger, buf := bufLogger()
+	var log calls
+	ch := newChain(t, hooks.Options{Logger: logger},
+		hooks.Instance{Name: "boom", Plugin: &rcptPlugin{name: "boom", log: &log, fn: func(context.Context) hooks.Result {
+			var m map[string]int
+			m["x"] = 1 // nil map write
+			return hooks.Result{}
+		}}},
+		rcpt("after", &log, hooks.Accept("")),
+	)
+	d := runRcpt(ch)
+	if d.Result.Code != hooks.DenySoft || d.Plugin != "boom" {
+		t.Fatalf("decision = %+v, want boom's DenySoft", d)
+	}
+	if d.Result.Err == nil || !strings.Contains(d.Result.Err.Error(), "boom") {
+		t.Fatalf("Err = %v, want it to name the plugin", d.Result.Err)
+	}
+	if got := log.get(); !slices.Equal(got, []string{"boom"}) {
+		t.Fatalf("plugins called = %v: the one after a panic must not run", got)
+	}
+	out := buf.String()
+	for _, want := range []string{"panicked", "plugin=boom", "hook=rcpt", "assignment to entry in nil map"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log %q lacks %q", out, want)
+		}
+	}
+	rep := hooks.ReplyFor(d.Hook, d.Result)
+	if rep.Code != 450 || strings.Contains(rep.Msg, "nil map") {
+		t.Fatalf("reply = %q: want 450 and no internal detail", rep)
+	}
+}
+
+func TestErrFailsClosed(t *testing.T) {
+	secret := errors.New("dial tcp 10.0.0.7:53: connection refused")
+	for _, code := range []hooks.Code{hooks.Declined, hooks.OK, hooks.Done} {
+		t.Run(code.String(), func(t *testing.T) {
+			logger, buf := bufLogger()
+			var log calls
+			ch := newChain(t, hooks.Options{Logger: logger},
+				rcpt("flaky", &log, hooks.Result{Code: code, Err: secret}),
+				rcpt("after", &log, hooks.Accept("")),
+			)
+			d := runRcpt(ch)
+			if d.Result.Code != hooks.DenySoft || d.Plugin != "flaky" {
+				t.Fatalf("decision = %+v, want flaky's DenySoft", d)
+			}
+			if got := log.get(); !slices.Equal(got, []string{"flaky"}) {
+				t.Fatalf("plugins called = %v", got)
+			}
+			if !errors.Is(d.Result.Err, secret) {
+				t.Fatalf("Err = %v, want the plugin's error", d.Result.Err)
+			}
+			if out := buf.String(); !strings.Contains(out, "plugin=flaky") || !strings.Contains(out, "connection refused") {
+				t.Fatalf("log %q lacks the plugin or its error", out)
+			}
+			if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "450 4.7.1 Recipient temporarily rejected" {
+				t.Fatalf("reply = %q: the error's text must not reach the client", rep)
+			}
+		})
+	}
+	// A rejecting code keeps its code and message; Err is only logged.
+	logger, buf := bufLogger()
+	ch := newChain(t, hooks.Options{Logger: logger}, rcpt("x", nil, hooks.Result{Code: hooks.Deny, Msg: "listed", Err: secret}))
+	d := runRcpt(ch)
+	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "550 5.7.1 listed" {
+		t.Fatalf("Deny with Err: reply = %q", rep)
+	}
+	if !strings.Contains(buf.String(), "connection refused") {
+		t.Fatal("Deny with Err: the error was not logged")
+	}
+}
+
+func TestFailHelper(t *testing.T) {
+	ch := newChain(t, hooks.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		rcpt("x", nil, hooks.Fail(errors.New("db down"))))
+	d := runRcpt(ch)
+	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "450 4.7.1 Recipient temporarily rejected" {
+		t.Fatalf("Fail: reply = %q", rep)
+	}
+}
+
+func TestInvalidCodeFailsClosed(t *testing.T) {
+	// A code outside the constants would otherwise fall through to the
+	// hook's default, which accepts at mail.
+	logger, buf := bufLogger()
+	mailer := mailFunc(func() hooks.Result { return hooks.Result{Code: hooks.Code(42)} })
+	ch := newChain(t, hooks.Options{Logger: logger}, hooks.Instance{Name: "odd", Plugin: mailer})
+	d := ch.Mail(context.Background(), newConn(), transaction.New("", 0), "a@example.org")
+	if d.Result.Code != hooks.DenySoft {
+		t.Fatalf("Code(42) at mail = %+v, want DenySoft", d)
+	}
+	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.Code != 450 {
+		t.Fatalf("reply = %q, want 450", rep)
+	}
+	if !strings.Contains(buf.String(), "plugin=odd") {
+		t.Fatalf("log %q does not name the plugin", buf.String())
+	}
+}
+
+type mailFunc func() hooks.Result
+
+func (f mailFunc) Mail(context.Context, *connection.Connection, *transaction.Transaction, string) hooks.Result {
+	return f()
+}
+
+func TestDeadlineFailsClosed(t *testing.T) {
+	logger, buf := bufLogger()
+	var log calls
+	obs := &observer{}
+	ch := newChain(t, hooks.Options{Timeout: 20 * time.Millisecond, Logger: logger},
+		hooks.Instance{Name: "slow", Plugin: &rcptPlugin{name: "slow", log: &log, fn: func(ctx context.Context) hooks.Result {
+			<-ctx.Done()
+			return hooks.Result{} // declines, too late
+		}}},
+		rcpt("after", &log, hooks.Accept("")),
+		hooks.Instance{Name: "obs", Plugin: obs},
+	)
+	start := time.Now()
+	d := runRcpt(ch)
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Fatalf("the chain waited %v: the deadline was not applied", elapsed)
+	}
+	if d.Result.Code != hooks.DenySoft || d.Plugin != "slow" {
+		t.Fatalf("decision = %+v, want slow's DenySoft", d)
+	}
+	if !errors.Is(d.Result.Err, context.DeadlineExceeded) {
+		t.Fatalf("Err = %v, want DeadlineExceeded", d.Result.Err)
+	}
+	if got := log.get(); !slices.Equal(got, []string{"slow"}) {
+		t.Fatalf("plugins called = %v", got)
+	}
+	if out := buf.String(); !strings.Contains(out, "deadline") || !strings.Contains(out, "plugin=slow") {
+		t.Fatalf("log %q lacks the timeout or the plugin", out)
+	}
+	// The deny observer hears of it with a live context of its own, and is
+	// not blamed for the slow plugin's timeout.
+	got := obs.get()
+	if len(got) != 1 || got[0].kind != "deny" || got[0].d.Plugin != "slow" {
+		t.Fatalf("observer saw %+v, want one deny by slow", got)
+	}
+	if got[0].ctxErr != nil {
+		t.Fatalf("observer's ctx was already done (%v)", got[0].ctxErr)
+	}
+	if strings.Contains(buf.String(), "plugin=obs") {
+		t.Fatalf("the observer was logged as failing: %s", buf.String())
+	}
+}
+
+// observer records what the deny and ok observers are told.
+type observer struct {
+	mu   sync.Mutex
+	seen []observed
+}
+
+type observed struct {
+	kind   string
+	d      hooks.Decision
+	ctxErr error
+}
+
+func (o *observer) Denied(ctx context.Context, _ *connection.Connection, d hooks.Decision) {
+	o.mu.Lock()
+	o.seen = append(o.seen, observed{"deny", d, ctx.Err()})
+	o.mu.Unlock()
+}
+
+func (o *observer) Accepted(ctx context.Context, _ *connection.Connection, d hooks.Decision) {
+	o.mu.Lock()
+	o.seen = append(o.seen, observed{"ok", d, ctx.Err()})
+	o.mu.Unlock()
+}
+
+func (o *observer) get() []observed {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.seen)
+}
+
+func TestObservers(t *testing.T) {
+	obs := &observer{}
+	var mailCode hooks.Code
+	ch := newChain(t, hooks.Options{},
+		hooks.Instance{Name: "obs", Plugin: obs},
+		hooks.Instance{Name: "policy", Plugin: mailFunc(func() hooks.Result { return hooks.Result{Code: mailCode, Msg: "m"} })},
+	)
+	ctx, c, tx := context.Background(), newConn(), transaction.New("", 0)
+	for _, code := range []hooks.Code{hooks.Declined, hooks.OK, hooks.Deny, hooks.DenySoft, hooks.DenyDisconnect, hooks.DenySoftDisconnect, hooks.Done} {
+		mailCode = code
+		ch.Mail(ctx, c, tx, "a@example.org")
+	}
+	got := obs.get()
+	want := []struct {
+		kind string
+		code hooks.Code
+	}{{"ok", hooks.OK}, {"deny", hooks.Deny}, {"deny", hooks.DenySoft}, {"deny", hooks.DenyDisconnect}, {"deny", hooks.DenySoftDisconnect}}
+	if len(got) != len(want) {
+		t.Fatalf("observer saw %d decisions (%+v), want %d: Declined and Done are not reported", len(got), got, len(want))
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.kind != w.kind || g.d.Result.Code != w.code || g.d.Plugin != "policy" || g.d.Hook != hooks.HookMail || g.d.Result.Msg != "m" {
+			t.Errorf("observed[%d] = %s %+v, want %s by policy at mail with %v", i, g.kind, g.d, w.kind, w.code)
+		}
+	}
+}
+
+func TestObserverPanicDoesNotChangeTheOutcome(t *testing.T) {
+	logger, buf := bufLogger()
+	ch := newChain(t, hooks.Options{Logger: logger},
+		hooks.Instance{Name: "badobs", Plugin: panicObserver{}},
+		rcpt("policy", nil, hooks.Reject("no")),
+	)
+	d := runRcpt(ch)
+	if d.Result.Code != hooks.Deny || d.Plugin != "policy" {
+		t.Fatalf("decision = %+v, want policy's Deny", d)
+	}
+	if !strings.Contains(buf.String(), "plugin=badobs") {
+		t.Fatalf("the observer's panic was not logged: %s", buf.String())
+	}
+}
+
+type panicObserver struct{}
+
+func (panicObserver) Denied(context.Context, *connection.Connection, hooks.Decision) { panic("oops") }
+
+func TestNewChainRejectsAPluginWithNoHook(t *testing.T) {
+	_, err := hooks.NewChain([]hooks.Instance{rcpt("ok", nil, hooks.Result{}), {Name: "lazy", Plugin: &struct{ X int }{}}}, hooks.Options{})
+	if err == nil || !strings.Contains(err.Error(), `"lazy"`) || !strings.Contains(err.Error(), "no hook") {
+		t.Fatalf("NewChain error = %v, want one naming lazy", err)
+	}
+	// io.Closer and SizeLimiter alone are not hooks.
+	_, err = hooks.NewChain([]hooks.Instance{{Name: "closer", Plugin: &closer{}}}, hooks.Options{})
+	if err == nil {
+		t.Fatal("a plugin that only closes was accepted")
+	}
+}
+
+type closer struct {
+	name   string
+	closed *[]string
+	err    error
+}
+
+func (c *closer) Close() error {
+	if c.closed != nil {
+		*c.closed = append(*c.closed, c.name)
+	}
+	return c.err
+}
+
+type closingRcpt struct {
+	rcptPlugin
+	closer
+}
+
+type sizeRcpt struct {
+	rcptPlugin
+	max int64
+}
+
+func (s *sizeRcpt) MaxMessageBytes() int64 { return s.max }
+
+func TestMaxMessageBytesIsTheSmallest(t *testing.T) {
+	decline := rcptPlugin{fn: answer(hooks.Result{})}
+	for _, tc := range []struct {
+		caps []int64
+		want int64
+	}{
+		{nil, 0},
+		{[]int64{0}, 0},
+		{[]int64{5000, 1000, 3000}, 1000},
+		{[]int64{0, 2000, 0}, 2000},
+		{[]int64{1000, 0, 2000}, 1000},
+	} {
+		var ins []hooks.Instance
+		for i, m := range tc.caps {
+			ins = append(ins, hooks.Instance{Name: string(rune('a' + i)), Plugin: &sizeRcpt{decline, m}})
+		}
+		ins = append(ins, hooks.Instance{Name: "plain", Plugin: &rcptPlugin{fn: answer(hooks.Result{})}})
+		if got := newChain(t, hooks.Options{}, ins...).MaxMessageBytes(); got != tc.want {
+			t.Errorf("caps %v: MaxMessageBytes = %d, want %d", tc.caps, got, tc.want)
+		}
+	}
+}
+
+func TestCloseRunsClosers(t *testing.T) {
+	var closed []string
+	decline := rcptPlugin{fn: answer(hooks.Result{})}
+	ch := newChain(t, hooks.Options{},
+		hooks.Instance{Name: "a", Plugin: &closingRcpt{decline, closer{name: "a", closed: &closed}}},
+		hooks.Instance{Name: "plain", Plugin: &rcptPlugin{fn: answer(hooks.Result{})}},
+		hooks.Instance{Name: "b", Plugin: &closingRcpt{decline, closer{name: "b", closed: &closed, err: errors.New("flush failed")}}},
+		hooks.Instance{Name: "c", Plugin: &closingRcpt{decline, closer{name: "c", closed: &closed}}},
+	)
+	err := ch.Close()
+	if !slices.Equal(closed, []string{"a", "b", "c"}) {
+		t.Fatalf("closed = %v, want [a b c]: every Closer, in order, despite b's error", closed)
+	}
+	if err == nil || !strings.Contains(err.Error(), "plugin b") || !strings.Contains(err.Error(), "flush failed") {
+		t.Fatalf("Close error = %v, want b's error with its name", err)
+	}
+}
+
+// everyHook implements every hook and records which ran and what it got.
+type everyHook struct {
+	calls
+	result hooks.Result
+}
+
+func (p *everyHook) rec(name string) hooks.Result { p.add(name); return p.result }
+
+func (p *everyHook) Connect(context.Context, *connection.Connection) hooks.Result {
+	return p.rec(hooks.HookConnect)
+}
+func (p *everyHook) Helo(_ context.Context, _ *connection.Connection, h string) hooks.Result {
+	return p.rec(hooks.HookHelo + " " + h)
+}
+func (p *everyHook) Ehlo(_ context.Context, _ *connection.Connection, h string) hooks.Result {
+	return p.rec(hooks.HookEhlo + " " + h)
+}
+func (p *everyHook) Auth(_ context.Context, _ *connection.Connection, mech, user, _ string) hooks.Result {
+	return p.rec(hooks.HookAuth + " " + mech + " " + user)
+}
+func (p *everyHook) MailPre(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, from *string) hooks.Result {
+	*from = "rewritten@example.org"
+	return p.rec(hooks.HookMailPre)
+}
+func (p *everyHook) Mail(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, from string) hooks.Result {
+	return p.rec(hooks.HookMail + " " + from)
+}
+func (p *everyHook) RcptPre(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to *string) hooks.Result {
+	*to = "rewritten@example.test"
+	return p.rec(hooks.HookRcptPre)
+}
+func (p *everyHook) Rcpt(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to string) hooks.Result {
+	return p.rec(hooks.HookRcpt + " " + to)
+}
+func (p *everyHook) Data(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
+	return p.rec(hooks.HookData)
+}
+func (p *everyHook) DataHeadersEnd(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
+	return p.rec(hooks.HookDataHeadersEnd)
+}
+func (p *everyHook) ReceivedLine(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, line *string) hooks.Result {
+	*line = "custom"
+	return p.rec(hooks.HookReceivedLine)
+}
+func (p *everyHook) DataPost(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
+	return p.rec(hooks.HookDataPost)
+}
+func (p *everyHook) QueuePre(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
+	return p.rec(hooks.HookQueuePre)
+}
+func (p *everyHook) Queue(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
+	return p.rec(hooks.HookQueue)
+}
+func (p *everyHook) QueuePost(context.Context, *connection.Connection, *transaction.Transaction) {
+	p.rec(hooks.HookQueuePost)
+}
+func (p *everyHook) Reset(context.Context, *connection.Connection, *transaction.Transaction) {
+	p.rec(hooks.HookReset)
+}
+func (p *everyHook) Disconnect(context.Context, *connection.Connection) { p.rec(hooks.HookDisconnect) }
+func (p *everyHook) Vrfy(_ context.Context, _ *connection.Connection, a string) hooks.Result {
+	return p.rec(hooks.HookVrfy + " " + a)
+}
+func (p *everyHook) Noop(context.Context, *connection.Connection) hooks.Result {
+	return p.rec(hooks.HookNoop)
+}
+func (p *everyHook) Help(_ context.Context, _ *connection.Connection, topic string) hooks.Result {
+	return p.rec(hooks.HookHelp + " " + topic)
+}
+func (p *everyHook) Quit(context.Context, *connection.Connection) hooks.Result {
+	return p.rec(hooks.HookQuit)
+}
+func (p *everyHook) Unrecognized(_ context.Context, _ *connection.Connection, cmd, arg string) hooks.Result {
+	return p.rec(hooks.HookUnrecognized + " " + cmd + " " + arg)
+}
+func (p *everyHook) Denied(_ context.Context, _ *connection.Connection, d hooks.Decision) {
+	p.rec(hooks.HookDeny + " " + d.Hook)
+}
+func (p *everyHook) Accepted(_ context.Context, _ *connection.Connection, d hooks.Decision) {
+	p.rec(hooks.HookOK + " " + d.Hook)
+}
+
+func TestEveryChainMethodCallsItsHook(t *testing.T) {
+	p := &everyHook{result: hooks.Result{Code: hooks.Done, Msg: "taken"}}
+	ch := newChain(t, hooks.Options{}, hooks.Instance{Name: "all", Plugin: p})
+	ctx, c, tx := context.Background(), newConn(), transaction.New("", 0)
+	from, to, line := "a@example.org", "b@example.test", "default"
+	decisions := []hooks.Decision{
+		ch.Connect(ctx, c),
+		ch.Helo(ctx, c, "h1"),
+		ch.Ehlo(ctx, c, "h2"),
+		ch.Auth(ctx, c, "PLAIN", "alice", "secret"),
+		ch.MailPre(ctx, c, tx, &from),
+		ch.Mail(ctx, c, tx, from),
+		ch.RcptPre(ctx, c, tx, &to),
+		ch.Rcpt(ctx, c, tx, to),
+		ch.Data(ctx, c, tx),
+		ch.DataHeadersEnd(ctx, c, tx),
+		ch.ReceivedLine(ctx, c, tx, &line),
+		ch.DataPost(ctx, c, tx),
+		ch.QueuePre(ctx, c, tx),
+		ch.Queue(ctx, c, tx),
+		ch.Vrfy(ctx, c, "postmaster"),
+		ch.Noop(ctx, c),
+		ch.Help(ctx, c, "mail"),
+		ch.Quit(ctx, c),
+		ch.Unrecognized(ctx, c, "XFOO", "bar"),
+	}
+	ch.QueuePost(ctx, c, tx)
+	ch.Reset(ctx, c, tx)
+	ch.Disconnect(ctx, c)
+
+	wantHooks := []string{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
+		hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd, hooks.HookReceivedLine,
+		hooks.HookDataPost, hooks.HookQueuePre, hooks.HookQueue, hooks.HookVrfy, hooks.HookNoop, hooks.HookHelp,
+		hooks.HookQuit, hooks.HookUnrecognized}
+	for i, d := range decisions {
+		if d.Hook != wantHooks[i] || d.Plugin != "all" || d.Result.Code != hooks.Done || d.Result.Msg != "taken" {
+			t.Errorf("decision %d = %+v, want all's Done at %s", i, d, wantHooks[i])
+		}
+	}
+	want := []string{"connect", "helo h1", "ehlo h2", "auth PLAIN alice", "mail_pre", "mail rewritten@example.org", "rcpt_pre",
+		"rcpt rewritten@example.test", "data", "data_headers_end", "received_line", "data_post", "queue_pre",
+		"queue", "vrfy postmaster", "noop", "help mail", "quit", "unrecognized_command XFOO bar",
+		"queue_post", "reset_transaction", "disconnect"}
+	if got := p.get(); !slices.Equal(got, want) {
+		t.Fatalf("hooks called:\n got %q\nwant %q", got, want)
+	}
+	if line != "custom" {
+		t.Fatalf("received_line did not let the plugin set the line: %q", line)
+	}
+
+	// OK decisions reach the ok observer, with the hook's name.
+	p2 := &everyHook{result: hooks.Accept("")}
+	ch2 := newChain(t, hooks.Options{}, hooks.Instance{Name: "all", Plugin: p2})
+	ch2.Rcpt(ctx, c, tx, to)
+	ch2.Reset(ctx, c, tx) // results of reset are not decisions: nothing observed
+	if got := p2.get(); !slices.Equal(got, []string{"rcpt " + to, "ok rcpt", "reset_transaction"}) {
+		t.Fatalf("with OK: calls = %q", got)
+	}
+}
+
+func TestRunAllHooksCallEveryPlugin(t *testing.T) {
+	// reset_transaction and disconnect run every plugin, even after a panic.
+	logger, buf := bufLogger()
+	a := &everyHook{}
+	ch := newChain(t, hooks.Options{Logger: logger},
+		hooks.Instance{Name: "a", Plugin: a},
+		hooks.Instance{Name: "bad", Plugin: panicDisconnect{}},
+		hooks.Instance{Name: "b", Plugin: &everyHook{}},
+	)
+	ctx, c := context.Background(), newConn()
+	ch.Disconnect(ctx, c)
+	ch.Reset(ctx, c, transaction.New("", 0))
+	if got := a.get(); !slices.Equal(got, []string{"disconnect", "reset_transaction"}) {
+		t.Fatalf("a: %q", got)
+	}
+	b := ch.Plugins()
+	if !slices.Equal(b, []string{"a", "bad", "b"}) {
+		t.Fatalf("Plugins = %v", b)
+	}
+	if !strings.Contains(buf.String(), "plugin=bad") {
+		t.Fatalf("the disconnect panic was not logged: %s", buf.String())
+	}
+}
+
+type panicDisconnect struct{}
+
+func (panicDisconnect) Disconnect(context.Context, *connection.Connection) { panic("bye") }
+
+func TestRunAllContinuesAfterAPanic(t *testing.T) {
+	var log calls
+	ch := newChain(t, hooks.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		hooks.Instance{Name: "bad", Plugin: panicDisconnect{}},
+		hooks.Instance{Name: "after", Plugin: disconnectFunc(func() { log.add("after") })},
+	)
+	ch.Disconnect(context.Background(), newConn())
+	if got := log.get(); !slices.Equal(got, []string{"after"}) {
+		t.Fatalf("after a panicking disconnect plugin, the next one ran: %v", got)
+	}
+}
+
+type disconnectFunc func()
+
+func (f disconnectFunc) Disconnect(context.Context, *connection.Connection) { f() }
+
+func TestChainIsSafeForConcurrentUse(t *testing.T) {
+	var n sync.WaitGroup
+	ch := newChain(t, hooks.Options{}, rcpt("a", nil, hooks.Result{}), rcpt("b", nil, hooks.Accept("")))
+	for range 8 {
+		n.Go(func() {
+			for range 100 {
+				if d := runRcpt(ch); d.Result.Code != hooks.OK {
+					t.Errorf("decision = %+v", d)
+					return
+				}
+			}
+		})
+	}
+	n.Wait()
+}
+
+func BenchmarkChainRcptDeclined(b *testing.B) {
+	var ins []hooks.Instance
+	for i := range 10 {
+		ins = append(ins, hooks.Instance{Name: "p" + string(rune('0'+i)), Plugin: &rcptPlugin{fn: answer(hooks.Result{})}})
+	}
+	ch := newChain(b, hooks.Options{}, ins...)
+	ctx, c, tx := context.Background(), newConn(), transaction.New("", 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := ch.Rcpt(ctx, c, tx, "bob@example.test"); d.Result.Code != hooks.Declined {
+			b.Fatal(d)
+		}
+	}
+}
