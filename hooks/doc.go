@@ -41,7 +41,7 @@
 // reply's, and is ignored on replies that carry none (the greeting, the
 // HELO/EHLO answer, 354). Reply replaces the reply code within its class (a
 // DenySoft at rcpt may answer 452 rather than 450); a code of another class
-// is ignored. Err is logged with the plugin's name and never shown to the
+// is ignored, and so is any change to 220, 221, 235 and 354. Err is logged with the plugin's name and never shown to the
 // client: never put an internal error's text in Msg.
 //
 // The chain fails closed. A plugin that panics, that returns an Err with a

@@ -210,7 +210,7 @@ func ReplyFor(hook string, r Result) Reply {
 		// rcpt_pre, data_headers_end, data_post, queue_pre).
 		return Reply{}
 	}
-	if r.Reply >= 200 && r.Reply <= 599 && r.Reply/100 == rep.Code/100 && rep.Code != 354 {
+	if r.Reply >= 200 && r.Reply <= 599 && r.Reply/100 == rep.Code/100 && !fixedCode(rep.Code) {
 		rep.Code = r.Reply
 	}
 	if r.Msg != "" {
@@ -223,6 +223,14 @@ func ReplyFor(hook string, r Result) Reply {
 		rep.Enhanced[0] = rep.Code / 100 // keep the class consistent with the reply
 	}
 	return rep
+}
+
+// fixedCode reports a reply code whose number the protocol itself gives
+// meaning to, which Result.Reply may not change: the greeting (220), QUIT's
+// answer (221), AUTH's success (235: the server authenticates on it) and
+// DATA's go-ahead (354).
+func fixedCode(code int) bool {
+	return code == 220 || code == 221 || code == 235 || code == 354
 }
 
 // sanitize keeps a plugin's message on one line: CR and LF would let it

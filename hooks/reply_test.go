@@ -191,6 +191,12 @@ func TestReplyForPluginMessageAndEnhanced(t *testing.T) {
 		{hooks.HookRcpt, hooks.Result{Code: hooks.DenySoft, Reply: 550}, "450 4.7.1 Recipient temporarily rejected"},
 		{hooks.HookRcpt, hooks.Result{Code: hooks.Deny, Reply: 999}, "550 5.7.1 Recipient rejected"},
 		{hooks.HookData, hooks.Result{Code: hooks.OK, Reply: 350}, "354 End data with <CR><LF>.<CR><LF>"},
+		{hooks.HookRcpt, hooks.Result{Code: hooks.OK, Reply: 251, Msg: "User not local; will forward"}, "251 2.1.5 User not local; will forward"},
+		// Codes the protocol fixes stay: the server authenticates on 235.
+		{hooks.HookAuth, hooks.Result{Code: hooks.OK, Reply: 250}, "235 2.7.0 Authentication successful"},
+		{hooks.HookAuth, hooks.Result{Code: hooks.Deny, Reply: 534, Msg: "mechanism too weak"}, "534 5.7.8 mechanism too weak"},
+		{hooks.HookConnect, hooks.Result{Code: hooks.OK, Reply: 250}, "220 ESMTP Sluice ready"},
+		{hooks.HookQuit, hooks.Result{Code: hooks.OK, Reply: 250}, "221 2.0.0 Bye"},
 		// Only the message: the default enhanced code stays.
 		{hooks.HookRcpt, hooks.Reject("mailbox full"), "550 5.7.1 mailbox full"},
 		{hooks.HookRcpt, hooks.Defer("try later"), "450 4.7.1 try later"},

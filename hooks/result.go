@@ -54,7 +54,8 @@ type Result struct {
 	// Reply replaces the hook's default SMTP reply code when it is of the
 	// same class: a DenySoft at rcpt may answer 452 (too many recipients)
 	// instead of 450, a Deny at mail 552 instead of 550. Zero keeps the
-	// default; a code of another class is ignored.
+	// default; a code of another class is ignored, and so is any change to
+	// 220, 221, 235 and 354, whose numbers the protocol fixes.
 	Reply int
 	// Err is logged with the plugin's name and never shown to the client.
 	// A non-nil Err with Declined or OK fails closed: the chain turns it into
