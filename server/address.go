@@ -1,0 +1,570 @@
+package server
+
+// A strict parser for the arguments of MAIL and RCPT (RFC 5321 4.1.2 and
+// 4.1.1.11, RFC 6531 for SMTPUTF8). go-smtp's own address parser is too
+// permissive for a front-end that hands addresses to plugins and queues:
+// it lets NUL, CR and 8-bit bytes through, accepts several '@', and strips
+// the quotes of a quoted local part. Everything here is a hand-written,
+// single-pass scanner over the argument: linear time, no regexps, no
+// allocation beyond the results.
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// MailArg is a parsed MAIL FROM argument.
+type MailArg struct {
+	Sender string // reverse-path without brackets; "" for the null sender <>
+	Size   int64  // SIZE=, 0 when absent
+	Body   string // "7BIT", "8BITMIME" or ""
+	UTF8   bool   // SMTPUTF8 given
+	Auth   string // AUTH= value (xtext-decoded), "" when absent
+}
+
+// RcptArg is a parsed RCPT TO argument.
+type RcptArg struct {
+	Rcpt string // forward-path without brackets, source route removed; "Postmaster" for <Postmaster>
+}
+
+// AddrError is a refusal with the reply to give: Code 501/553/555,
+// Enhanced, Msg.
+type AddrError struct {
+	Code     int
+	Enhanced [3]int
+	Msg      string
+}
+
+// Error formats the refusal as the reply line would read (without CRLF).
+func (e *AddrError) Error() string {
+	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.Enhanced[0], e.Enhanced[1], e.Enhanced[2], e.Msg)
+}
+
+// Limits of RFC 5321 4.5.3.1.
+const (
+	addrMaxLocal  = 64  // local part, octets
+	addrMaxDomain = 255 // domain, octets
+	addrMaxPath   = 256 // path including the angle brackets
+	addrMaxLabel  = 63  // one domain label
+	addrMaxSize   = 19  // digits of a SIZE value (int64)
+	addrMaxEcho   = 32  // octets of a parameter keyword echoed in a reply
+	addrMaxAuth   = 256 // decoded AUTH= value: a mailbox or "<>"
+)
+
+func addrErr(code, class, subject, detail int, msg string) *AddrError {
+	return &AddrError{Code: code, Enhanced: [3]int{class, subject, detail}, Msg: msg}
+}
+
+func addrBad(msg string) *AddrError { return addrErr(553, 5, 1, 3, msg) }
+
+func addrParamErr(msg string) *AddrError { return addrErr(501, 5, 5, 4, msg) }
+
+func addrUnsupported(key string) *AddrError {
+	return addrErr(555, 5, 5, 4, "Unsupported parameter "+addrEcho(key))
+}
+
+// addrEcho upper-cases a (syntactically valid, so ASCII) keyword for a reply
+// and bounds its length.
+func addrEcho(key string) string {
+	if len(key) > addrMaxEcho {
+		key = key[:addrMaxEcho]
+	}
+	return strings.ToUpper(key)
+}
+
+// ParseMailArg parses what follows "MAIL " (e.g.
+// "FROM:<a@b.example> SIZE=100 BODY=8BITMIME").
+func ParseMailArg(arg string) (MailArg, error) {
+	var m MailArg
+	path, rest, err := addrSplit(arg, "FROM:", "Syntax: MAIL FROM:<address>")
+	if err != nil {
+		return m, err
+	}
+	params := addrTokens(rest)
+	// SMTPUTF8 on this very command is what permits 8-bit anywhere in it;
+	// a malformed SMTPUTF8 (with a value) is refused below with the other
+	// parameters, so a success never rests on it.
+	for _, p := range params {
+		if addrEqualFold(p.key, "SMTPUTF8") {
+			m.UTF8 = true
+		}
+	}
+	if err := addr8bit(arg, m.UTF8); err != nil {
+		return MailArg{}, err
+	}
+	if path != "" { // "<>" is the null reverse-path
+		addr, _, err := addrParsePath(path, m.UTF8, false)
+		if err != nil {
+			return MailArg{}, err
+		}
+		m.Sender = addr
+	}
+
+	var seenSize, seenBody, seenUTF8, seenAuth bool
+	for _, p := range params {
+		if err := addrCheckParam(p, m.UTF8); err != nil {
+			return MailArg{}, err
+		}
+		var seen *bool
+		switch strings.ToUpper(p.key) {
+		case "SIZE":
+			seen = &seenSize
+			if !p.hasValue || len(p.value) > addrMaxSize || !addrDigits(p.value) {
+				return MailArg{}, addrParamErr("Bad SIZE value")
+			}
+			n, err := strconv.ParseInt(p.value, 10, 64)
+			if err != nil {
+				return MailArg{}, addrParamErr("Bad SIZE value")
+			}
+			m.Size = n
+		case "BODY":
+			seen = &seenBody
+			switch {
+			case !p.hasValue:
+				return MailArg{}, addrParamErr("BODY requires a value")
+			case addrEqualFold(p.value, "7BIT"):
+				m.Body = "7BIT"
+			case addrEqualFold(p.value, "8BITMIME"):
+				m.Body = "8BITMIME"
+			default:
+				return MailArg{}, addrErr(555, 5, 5, 4, "Unsupported BODY value")
+			}
+		case "SMTPUTF8":
+			seen = &seenUTF8
+			if p.hasValue {
+				return MailArg{}, addrParamErr("SMTPUTF8 takes no value")
+			}
+		case "AUTH":
+			seen = &seenAuth
+			v, ok := addrXtext(p.value, m.UTF8)
+			if !p.hasValue || !ok {
+				return MailArg{}, addrParamErr("Bad AUTH value")
+			}
+			m.Auth = v
+		default:
+			return MailArg{}, addrUnsupported(p.key)
+		}
+		if *seen {
+			return MailArg{}, addrParamErr("Duplicate parameter " + addrEcho(p.key))
+		}
+		*seen = true
+	}
+	return m, nil
+}
+
+// ParseRcptArg parses what follows "RCPT " (e.g. "TO:<b@c.example>"); utf8
+// is whether the transaction's MAIL had SMTPUTF8; strictRouting refuses %
+// and ! in the local part (for clients that are neither authenticated nor
+// relay clients).
+func ParseRcptArg(arg string, utf8, strictRouting bool) (RcptArg, error) {
+	path, rest, err := addrSplit(arg, "TO:", "Syntax: RCPT TO:<address>")
+	if err != nil {
+		return RcptArg{}, err
+	}
+	params := addrTokens(rest)
+	if err := addr8bit(arg, utf8); err != nil {
+		return RcptArg{}, err
+	}
+	if path == "" {
+		return RcptArg{}, addrBad("Bad address syntax: empty recipient")
+	}
+	addr, local, err := addrParsePath(path, utf8, true)
+	if err != nil {
+		return RcptArg{}, err
+	}
+	if strictRouting && strings.ContainsAny(local, "%!") {
+		return RcptArg{}, addrErr(553, 5, 7, 1, "Source routing with % or ! is not accepted")
+	}
+	// DSN (NOTIFY, ORCPT) is not offered, and nothing else defines RCPT
+	// parameters that Sluice supports.
+	for _, p := range params {
+		if err := addrCheckParam(p, utf8); err != nil {
+			return RcptArg{}, err
+		}
+		return RcptArg{}, addrUnsupported(p.key)
+	}
+	return RcptArg{Rcpt: addr}, nil
+}
+
+// addrSplit refuses control bytes, checks the verb's keyword ("FROM:",
+// "TO:", any case, one optional space after the colon) and splits the rest
+// into the path between the angle brackets and what follows the closing
+// bracket (empty or starting with a space).
+func addrSplit(arg, keyword, usage string) (path, rest string, err error) {
+	for i := 0; i < len(arg); i++ {
+		if c := arg[i]; c < 0x20 || c == 0x7f {
+			return "", "", addrErr(501, 5, 5, 2, "Control characters are not allowed")
+		}
+	}
+	if len(arg) < len(keyword) || !addrEqualFold(arg[:len(keyword)], keyword) {
+		return "", "", addrErr(501, 5, 5, 2, usage)
+	}
+	s := arg[len(keyword):]
+	if strings.HasPrefix(s, " ") {
+		s = s[1:]
+	}
+	if !strings.HasPrefix(s, "<") {
+		return "", "", addrErr(501, 5, 5, 2, usage)
+	}
+	// The path ends at the first '>' outside a quoted string: qtextSMTP
+	// includes '>'.
+	end, quoted := -1, false
+scan:
+	for i := 1; i < len(s); i++ {
+		switch c := s[i]; {
+		case quoted && c == '\\':
+			i++
+		case c == '"':
+			quoted = !quoted
+		case !quoted && c == '>':
+			end = i
+			break scan
+		}
+	}
+	if end < 0 {
+		return "", "", addrErr(501, 5, 5, 2, usage)
+	}
+	path, rest = s[1:end], s[end+1:]
+	if rest != "" && rest[0] != ' ' {
+		return "", "", addrErr(501, 5, 5, 2, usage)
+	}
+	return path, rest, nil
+}
+
+// addr8bit enforces RFC 6531: bytes >= 0x80 only with SMTPUTF8, and then
+// only as valid UTF-8 with no C1 control characters.
+func addr8bit(arg string, allow bool) error {
+	i := 0
+	for i < len(arg) && arg[i] < 0x80 {
+		i++
+	}
+	if i == len(arg) {
+		return nil
+	}
+	if !allow {
+		return addrErr(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8")
+	}
+	if !utf8.ValidString(arg) {
+		return addrErr(553, 5, 6, 7, "Non-ASCII address must be valid UTF-8")
+	}
+	for _, r := range arg[i:] {
+		if r >= 0x80 && r <= 0x9f {
+			return addrErr(501, 5, 5, 2, "Control characters are not allowed")
+		}
+	}
+	return nil
+}
+
+// addrParsePath parses a non-empty path (between the brackets): an optional
+// source route, which it drops, and a Mailbox. It returns the mailbox as
+// given and its local part. With rcpt, a bare "Postmaster" (any case) is
+// accepted and returned as "Postmaster".
+func addrParsePath(path string, allow8, rcpt bool) (addr, local string, err error) {
+	if len(path)+2 > addrMaxPath {
+		return "", "", addrErr(501, 5, 1, 3, "Address too long")
+	}
+	mbox := path
+	if path[0] == '@' {
+		// A-d-l = At-domain *( "," At-domain ) ":"; domains hold no ':'.
+		colon := strings.IndexByte(path, ':')
+		if colon < 0 {
+			return "", "", addrBad("Bad address syntax: bad source route")
+		}
+		for _, hop := range strings.Split(path[:colon], ",") {
+			if len(hop) < 2 || hop[0] != '@' || !addrDomainOK(hop[1:], allow8) {
+				return "", "", addrBad("Bad address syntax: bad source route")
+			}
+		}
+		mbox = path[colon+1:]
+		if mbox == "" {
+			return "", "", addrBad("Bad address syntax")
+		}
+	}
+
+	var n int
+	var ok, quotedAt bool
+	if mbox[0] == '"' {
+		n, quotedAt, ok = addrQuoted(mbox, allow8)
+	} else {
+		n, ok = addrDotString(mbox, allow8)
+	}
+	if !ok {
+		return "", "", addrBad("Bad address syntax")
+	}
+	local = mbox[:n]
+	if n == len(mbox) { // no domain
+		if rcpt && len(mbox) == len(path) && addrEqualFold(local, "Postmaster") {
+			return "Postmaster", "Postmaster", nil
+		}
+		return "", "", addrBad("Bad address syntax: domain required")
+	}
+	if len(local) > addrMaxLocal {
+		return "", "", addrErr(501, 5, 1, 3, "Address too long")
+	}
+	if mbox[n] != '@' {
+		return "", "", addrBad("Bad address syntax")
+	}
+	domain := mbox[n+1:]
+	if len(domain) > addrMaxDomain {
+		return "", "", addrErr(501, 5, 1, 3, "Address too long")
+	}
+	if domain == "" {
+		return "", "", addrBad("Bad address syntax: domain required")
+	}
+	if domain[0] == '[' {
+		ok = addrLiteralOK(domain)
+	} else {
+		ok = addrDomainOK(domain, allow8)
+	}
+	if !ok {
+		return "", "", addrBad("Bad address syntax")
+	}
+	if quotedAt {
+		// "relay@elsewhere"@here is a relay trick once the quotes are
+		// lost somewhere downstream.
+		return "", "", addrBad("Bad address syntax: @ in quoted local part")
+	}
+	return mbox, local, nil
+}
+
+// addrDotString scans a Dot-string at the start of s and returns its
+// length; ok is false for an empty atom (leading, trailing or double dot).
+func addrDotString(s string, allow8 bool) (n int, ok bool) {
+	for {
+		start := n
+		for n < len(s) && addrAtext(s[n], allow8) {
+			n++
+		}
+		if n == start {
+			return n, false
+		}
+		if n < len(s) && s[n] == '.' {
+			n++
+			continue
+		}
+		return n, true
+	}
+}
+
+// addrQuoted scans a Quoted-string at the start of s (s[0] == '"') and
+// returns its length including both quotes, and whether it holds an '@'
+// (literal or quoted-pair). An empty quoted string is refused: the grammar
+// allows it but no mailbox should be named "".
+func addrQuoted(s string, allow8 bool) (n int, hasAt, ok bool) {
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"':
+			return i + 1, hasAt, i > 1
+		case c == '\\': // quoted-pairSMTP = %d92 %d32-126
+			if i+1 >= len(s) || s[i+1] < 0x20 || s[i+1] > 0x7e {
+				return 0, false, false
+			}
+			i++
+			hasAt = hasAt || s[i] == '@'
+		case c >= 0x20 && c <= 0x7e: // qtextSMTP: %d32-33 / %d35-91 / %d93-126
+			hasAt = hasAt || c == '@'
+		case c >= 0x80 && allow8: // RFC 6531 UTF8-non-ascii
+		default:
+			return 0, false, false
+		}
+	}
+	return 0, false, false // unterminated
+}
+
+// addrAtext reports whether c is atext (RFC 5322), or part of a UTF-8
+// sequence when allow8.
+func addrAtext(c byte, allow8 bool) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	case c >= 0x80:
+		return allow8
+	}
+	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
+}
+
+// addrDomainOK reports whether d is a Domain: dot-separated labels of
+// letters, digits and inner hyphens (plus UTF-8 with allow8), each 1 to 63
+// octets.
+func addrDomainOK(d string, allow8 bool) bool {
+	if d == "" || len(d) > addrMaxDomain {
+		return false
+	}
+	for label := range strings.SplitSeq(d, ".") {
+		if label == "" || len(label) > addrMaxLabel || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			switch {
+			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-':
+			case c >= 0x80 && allow8:
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// addrLiteralOK reports whether d is "[IPv4]" or "[IPv6:addr]" (no zone).
+// General address literals (other tags) are refused.
+func addrLiteralOK(d string) bool {
+	if len(d) < 2 || d[0] != '[' || d[len(d)-1] != ']' {
+		return false
+	}
+	lit := d[1 : len(d)-1]
+	if len(lit) >= 5 && addrEqualFold(lit[:5], "IPv6:") {
+		a, err := netip.ParseAddr(lit[5:])
+		return err == nil && a.Is6() && a.Zone() == ""
+	}
+	a, err := netip.ParseAddr(lit)
+	return err == nil && a.Is4()
+}
+
+// addrParam is one ESMTP parameter: KEY or KEY=VALUE.
+type addrParam struct {
+	key, value string
+	hasValue   bool
+}
+
+// addrTokens splits what follows the closing bracket into parameters
+// separated by one or more spaces. It does not check their syntax.
+func addrTokens(rest string) []addrParam {
+	var ps []addrParam
+	for tok := range strings.SplitSeq(rest, " ") {
+		if tok == "" {
+			continue
+		}
+		key, value, has := strings.Cut(tok, "=")
+		ps = append(ps, addrParam{key: key, value: value, hasValue: has})
+	}
+	return ps
+}
+
+// addrCheckParam checks a parameter's syntax (RFC 5321 4.1.2):
+// esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"),
+// esmtp-value = 1*(%d33-60 / %d62-126), plus UTF-8 under SMTPUTF8.
+func addrCheckParam(p addrParam, allow8 bool) error {
+	if p.key == "" || p.key[0] == '-' {
+		return addrParamErr("Bad parameter syntax")
+	}
+	for i := 0; i < len(p.key); i++ {
+		c := p.key[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+			return addrParamErr("Bad parameter syntax")
+		}
+	}
+	if !p.hasValue {
+		return nil
+	}
+	if p.value == "" {
+		return addrParamErr("Bad parameter syntax")
+	}
+	for i := 0; i < len(p.value); i++ {
+		c := p.value[i]
+		if !(c >= 33 && c <= 126 && c != '=' || c >= 0x80 && allow8) {
+			return addrParamErr("Bad parameter syntax")
+		}
+	}
+	return nil
+}
+
+// addrXtext decodes xtext (RFC 3461 4): "!" to "~" except "+" and "=", and
+// "+" followed by two hexadecimal digits (either case is accepted). The
+// decoded value must hold no control character, 8-bit only as valid UTF-8
+// under SMTPUTF8, and at most addrMaxAuth octets.
+func addrXtext(v string, allow8 bool) (string, bool) {
+	if v == "" {
+		return "", false
+	}
+	if strings.IndexByte(v, '+') < 0 {
+		for i := 0; i < len(v); i++ {
+			if c := v[i]; c < 33 || c > 126 || c == '=' {
+				return "", false
+			}
+		}
+		return v, len(v) <= addrMaxAuth
+	}
+	var b strings.Builder
+	b.Grow(len(v))
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '+':
+			if i+2 >= len(v) {
+				return "", false
+			}
+			hi, ok1 := addrHex(v[i+1])
+			lo, ok2 := addrHex(v[i+2])
+			if !ok1 || !ok2 {
+				return "", false
+			}
+			c = hi<<4 | lo
+			if c < 0x20 || c == 0x7f {
+				return "", false
+			}
+			i += 2
+		case c < 33 || c > 126 || c == '=':
+			return "", false
+		}
+		b.WriteByte(c)
+	}
+	s := b.String()
+	if len(s) > addrMaxAuth {
+		return "", false
+	}
+	if err := addr8bit(s, allow8); err != nil {
+		return "", false
+	}
+	return s, true
+}
+
+func addrHex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+func addrDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// addrEqualFold is strings.EqualFold for ASCII only: no Unicode folding
+// (the Kelvin sign is not a K here).
+func addrEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
