@@ -8,8 +8,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -412,9 +414,38 @@ func (c *Config) unknownIn(instance string) error {
 
 // Build constructs every plugin instance the listeners name, once each,
 // and returns them by instance name. An unknown plugin, a bad setting or an
-// unused [plugins.X] table is an error.
+// unused [plugins.X] table is an error; then the instances already built
+// are closed (those that are io.Closers), so a failed reload leaks nothing.
 func (c *Config) Build() (map[string]any, error) {
+	listed := map[string]bool{}
+	for _, l := range c.Listeners {
+		for _, name := range l.Plugins {
+			listed[name] = true
+		}
+	}
+	unused := []string{}
+	for name := range c.Plugins {
+		if !listed[name] {
+			unused = append(unused, name)
+		}
+	}
+	if len(unused) > 0 {
+		sort.Strings(unused)
+		name := unused[0]
+		return nil, fmt.Errorf("%s: [plugins.%s] is not used by any listener: add it to a plugins list or remove it", c.at(c.lineOfTable("plugins."+name)), name)
+	}
+
 	built := map[string]any{}
+	complete := false
+	defer func() {
+		if !complete {
+			for _, p := range built {
+				if cl, ok := p.(io.Closer); ok {
+					cl.Close()
+				}
+			}
+		}
+	}()
 	for i, l := range c.Listeners {
 		for _, name := range l.Plugins {
 			if _, done := built[name]; done {
@@ -432,6 +463,7 @@ func (c *Config) Build() (map[string]any, error) {
 			}
 			p, err := reg.New(c.Decoder(name))
 			if err == nil {
+				built[name] = p
 				// Keys a plugin that never called decode left behind.
 				err = c.unknownIn(name)
 			}
@@ -445,14 +477,9 @@ func (c *Config) Build() (map[string]any, error) {
 				}
 				return nil, fmt.Errorf("%s: plugin %q: %w", c.at(c.lineOfTable("plugins."+name)), name, err)
 			}
-			built[name] = p
 		}
 	}
-	for name := range c.Plugins {
-		if _, used := built[name]; !used {
-			return nil, fmt.Errorf("%s:%d: [plugins.%s] is not used by any listener: add it to a plugins list or remove it", c.path, c.lineOfTable("plugins."+name), name)
-		}
-	}
+	complete = true
 	return built, nil
 }
 

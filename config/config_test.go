@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +35,25 @@ type lazyPlugin struct{}
 
 func (*lazyPlugin) Noop(context.Context, *connection.Connection) hooks.Result { return hooks.Result{} }
 
+// closerPlugin counts the instances built and closed.
+type closerPlugin struct{}
+
+var closerOpen atomic.Int32
+
+func (*closerPlugin) Noop(context.Context, *connection.Connection) hooks.Result {
+	return hooks.Result{}
+}
+func (*closerPlugin) Close() error { closerOpen.Add(-1); return nil }
+
 func init() {
+	hooks.Register("configtestcloser", func(decode hooks.Decoder) (*closerPlugin, error) {
+		var cfg struct{}
+		if err := decode(&cfg); err != nil {
+			return nil, err
+		}
+		closerOpen.Add(1)
+		return &closerPlugin{}, nil
+	})
 	hooks.Register("configtestplugin", func(decode hooks.Decoder) (*testPlugin, error) {
 		p := &testPlugin{Timeout: 5}
 		if err := decode(p); err != nil {
@@ -334,4 +353,44 @@ func TestDecodeString(t *testing.T) {
 	wantErr(t, err, `settings:2: unknown key "rejekt"`)
 	err = config.DecodeString("timeout = \"x\"\n", &p)
 	wantErr(t, err, `settings:1: `, `timeout`, `string`)
+}
+
+func TestFailedBuildClosesWhatItBuilt(t *testing.T) {
+	for _, tc := range []struct{ name, plugins, tables string }{
+		{"unknown plugin after it", `["c1", "nosuchplugin"]`, ""},
+		{"bad setting after it", `["c1", "configtestplugin"]`, "[plugins.configtestplugin]\ntimeout = -1\n"},
+		{"unknown key in its own table", `["c1"]`, "[plugins.c1]\nuse = \"configtestcloser\"\nbogus = 1\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text := "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = " + tc.plugins + "\n" + tc.tables
+			if !strings.Contains(tc.tables, "[plugins.c1]") {
+				text += "[plugins.c1]\nuse = \"configtestcloser\"\n"
+			}
+			before := closerOpen.Load()
+			c := parse(t, text)
+			if _, err := c.Build(); err == nil {
+				t.Fatal("Build succeeded")
+			}
+			if open := closerOpen.Load() - before; open != 0 {
+				t.Fatalf("%d instances left open after a failed Build", open)
+			}
+		})
+	}
+	// A successful Build leaves them open for the chains.
+	before := closerOpen.Load()
+	built, err := parse(t, "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestcloser\"]\n").Build()
+	if err != nil || closerOpen.Load()-before != 1 {
+		t.Fatalf("Build = %v, %v; open %d", built, err, closerOpen.Load()-before)
+	}
+	built["configtestcloser"].(*closerPlugin).Close()
+}
+
+func TestUnusedTableIsRefusedBeforeAnythingIsBuilt(t *testing.T) {
+	before := closerOpen.Load()
+	text := "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestcloser\"]\n[plugins.b]\nx = 1\n[plugins.a]\ny = 2\n"
+	_, err := parse(t, text).Build()
+	wantErr(t, err, `^smtpd\.toml:7: \[plugins\.a\] is not used`)
+	if closerOpen.Load() != before {
+		t.Fatal("a plugin was built for a configuration that has an unused table")
+	}
 }
