@@ -6,7 +6,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/sluice-mta/sluice/hooks"
-	"github.com/sluice-mta/sluice/transaction"
 )
 
 // backend is the go-smtp Backend: it hands go-smtp an adapter over the
@@ -49,20 +48,10 @@ func enhanced(rep hooks.Reply) [3]int {
 func (a *adapter) Reset()        { a.g.sess.Reset() }
 func (a *adapter) Logout() error { return nil } // the guard's Close ends the Session
 
-func (a *adapter) Mail(from string, opts *smtp.MailOptions) error {
-	var p transaction.MailParams
-	if opts != nil {
-		p = transaction.MailParams{Size: opts.Size, Body: string(opts.Body), UTF8: opts.UTF8}
-		if opts.Auth != nil {
-			p.Auth = *opts.Auth
-		}
-	}
-	return a.answer(a.g.sess.Mail(from, p))
-}
-
-func (a *adapter) Rcpt(to string, _ *smtp.RcptOptions) error {
-	return a.answer(a.g.sess.Rcpt(to))
-}
+// Mail and Rcpt only keep go-smtp's state in step: the guard parsed the
+// command strictly and ran the hooks before go-smtp saw it.
+func (a *adapter) Mail(string, *smtp.MailOptions) error { return nil }
+func (a *adapter) Rcpt(string, *smtp.RcptOptions) error { return nil }
 
 func (a *adapter) Data(r io.Reader) error {
 	rep := a.g.sess.Message(r)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/transaction"
 )
 
 // BareNewline is the policy for a bare LF or bare CR inside DATA, as
@@ -268,7 +269,35 @@ func (g *guard) command(verb, arg string, line []byte) error {
 			g.send(hooks.Reply{Code: 530, Enhanced: [3]int{5, 7, 0}, Msg: "Authentication required"})
 			return nil
 		}
-	case "RCPT", "RSET":
+		m, err := ParseMailArg(arg)
+		if err != nil {
+			g.send(addrReply(err))
+			return nil
+		}
+		params := transaction.MailParams{Size: m.Size, Body: m.Body, UTF8: m.UTF8, Auth: m.Auth}
+		if !g.decided(g.sess.Mail(m.Sender, params)) {
+			return nil
+		}
+		// Sluice parsed and decided; go-smtp only records that MAIL was
+		// given, from a line its parser cannot misread.
+		line = []byte("MAIL FROM:<>\r\n")
+	case "RCPT":
+		c := g.sess.Conn()
+		tx := g.sess.Transaction()
+		if tx == nil {
+			g.send(hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Need MAIL before RCPT"})
+			return nil
+		}
+		r, err := ParseRcptArg(arg, tx.Params.UTF8, !c.Relay && c.AuthUser == "")
+		if err != nil {
+			g.send(addrReply(err))
+			return nil
+		}
+		if !g.decided(g.sess.Rcpt(r.Rcpt)) {
+			return nil
+		}
+		line = []byte("RCPT TO:<recipient@sluice.invalid>\r\n")
+	case "RSET":
 	case "DATA":
 		if arg != "" {
 			g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "DATA takes no argument"})
@@ -329,6 +358,29 @@ func (g *guard) command(verb, arg string, line []byte) error {
 	g.lastCmd = verb
 	g.pending = append(g.pending[:0], line...)
 	return nil
+}
+
+// decided sends a refusal and returns false, or keeps a positive reply to
+// word go-smtp's and returns true.
+func (g *guard) decided(rep hooks.Reply) bool {
+	if !rep.Positive() {
+		g.send(rep)
+		return false
+	}
+	if rep.Close {
+		g.closeAfterReply = true
+	}
+	g.override = &rep
+	return true
+}
+
+// addrReply turns a parser refusal into its reply.
+func addrReply(err error) hooks.Reply {
+	var ae *AddrError
+	if errors.As(err, &ae) {
+		return hooks.Reply{Code: ae.Code, Enhanced: ae.Enhanced, Msg: ae.Msg}
+	}
+	return hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error"}
 }
 
 func (g *guard) startTLS(arg string) error {
@@ -522,6 +574,9 @@ func (g *guard) replyLine(line []byte) error {
 	}
 	g.override = nil
 	g.saslMode = code == 334
+	if g.lastCmd == "MAIL" && code >= 400 {
+		g.sess.Reset() // go-smtp refused what Sluice accepted: stay in step
+	}
 	if code == 354 {
 		g.dataMode, g.atLineStart, g.pendingCR = true, true, false
 		g.dataStart, g.dataBytes = time.Now(), 0

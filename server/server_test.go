@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -352,4 +353,44 @@ func TestStalledDataGets421AndTheRestIsNeverParsed(t *testing.T) {
 	if n := len(ts.queue.Messages()); n != 0 {
 		t.Fatalf("queued %d", n)
 	}
+}
+
+func TestAddressesAreParsedStrictlyBeforeAnyHook(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a\x00Tv@evil.example>", "501 5.5.2")
+	c.expect("MAIL FROM:<alice@example.org> RET=FULL", "555 5.5.4")
+	c.expect("MAIL FROM:<alice@example.org> SIZE=100", "250 2.1.0")
+	c.expect("RCPT TO:<a\x00Tv@evil.example\x00Tx@mx.example.test>", "501 5.5.2")
+	c.expect(`RCPT TO:<"relay@evil.test"@example.test>`, "553 5.1.3")
+	c.expect("RCPT TO:<victim%evil.test@example.test>", "553 5.7.1")
+	c.expect("RCPT TO:<j\xc3\xb6rg@example.test>", "553 5.6.7")
+	c.expect("RCPT TO:<@relay.example:bob@example.test>", "250 2.1.5")
+	c.expect("RCPT TO:<Postmaster>", "250 2.1.5")
+	c.expect("DATA", "354")
+	c.send("Subject: x\r\n\r\nx\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued")
+	m := ts.queue.Messages()[0]
+	if strings.Join(m.Recipients, ",") != "bob@example.test,Postmaster" {
+		t.Fatalf("recipients %q: want the source route stripped and Postmaster kept", m.Recipients)
+	}
+}
+
+func TestTheHundredAndFirstRecipientGets452(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<alice@example.org>", "250")
+	var b strings.Builder
+	for i := 0; i < 101; i++ {
+		fmt.Fprintf(&b, "RCPT TO:<r%d@example.test>\r\n", i)
+	}
+	c.send(b.String())
+	for i := 0; i < 100; i++ {
+		c.expect("", "250 2.1.5")
+	}
+	c.expect("", "452 4.5.3 Too many recipients")
 }
