@@ -1,0 +1,134 @@
+package qmailqueue_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/hookstest"
+	_ "github.com/sluice-mta/sluice/plugins/qmailqueue"
+	"github.com/sluice-mta/sluice/queue/queuetest"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+var qqcheck string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "qmailqueue-test-")
+	if err == nil {
+		qqcheck, err = queuetest.BuildQQCheck(dir)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type acceptAll struct{}
+
+func (acceptAll) Rcpt(context.Context, *connection.Connection, *transaction.Transaction, string) hooks.Result {
+	return hooks.Accept("")
+}
+
+const body = "Subject: hi\r\n\r\nbody\r\n"
+
+// send runs one transaction through acceptAll and qmailqueue with the
+// given settings and returns the reply and what qqcheck received.
+func send(t *testing.T, settings string, env map[string]string) (hooks.Reply, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	t.Setenv("QMAILQUEUE", "")
+	t.Setenv("QQCHECK_MESSAGE", filepath.Join(dir, "message"))
+	t.Setenv("QQCHECK_ENVELOPE", filepath.Join(dir, "envelope"))
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	p := hookstest.Build(t, "qmailqueue", settings)
+	h := hookstest.New(t, hookstest.Plugin("accept", acceptAll{}), hookstest.Plugin("qmailqueue", p))
+	rep := h.Connect("192.0.2.1").Send("a@example.org", []string{"b@example.test", "c@example.test"}, body)
+	msg, _ := os.ReadFile(filepath.Join(dir, "message"))
+	envelope, _ := os.ReadFile(filepath.Join(dir, "envelope"))
+	return rep, string(msg), string(envelope)
+}
+
+func TestAcceptedMessage(t *testing.T) {
+	for _, tc := range []struct{ settings, eol string }{
+		{"", "\n"}, // the default: qmail's LF
+		{`line_endings = "crlf"`, "\r\n"},
+	} {
+		rep, msg, envelope := send(t, `path = "`+qqcheck+`"`+"\n"+tc.settings, nil)
+		hookstest.Expect(t, rep, 250, "queued as")
+		if envelope != "Fa@example.org\x00Tb@example.test\x00Tc@example.test\x00\x00" {
+			t.Errorf("envelope %q", envelope)
+		}
+		id := strings.TrimPrefix(rep.Msg, "Ok: queued as ")
+		want := "Received: from client.example.test ([192.0.2.1])\r\n\tby mx.example.test (Sluice) with ESMTP id " + id +
+			"; Fri, 02 Jan 2026 03:04:05 +0000\r\n" + body
+		if want = strings.ReplaceAll(want, "\r\n", tc.eol); msg != want {
+			t.Errorf("%s: qmail-queue got\n%q\nwant\n%q", tc.settings, msg, want)
+		}
+	}
+}
+
+func TestQMAILQUEUEOverridesPath(t *testing.T) {
+	p := hookstest.Build(t, "qmailqueue", `path = "/nonexistent/qmail-queue"`)
+	t.Setenv("QMAILQUEUE", qqcheck)
+	t.Setenv("QQCHECK_MESSAGE", "")
+	t.Setenv("QQCHECK_ENVELOPE", "")
+	h := hookstest.New(t, hookstest.Plugin("accept", acceptAll{}), hookstest.Plugin("qmailqueue", p))
+	hookstest.Expect(t, h.Connect("192.0.2.1").Send("a@example.org", []string{"b@example.test"}, body), 250, "queued as")
+}
+
+func TestReplies(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		settings string
+		env      map[string]string
+		code     int
+		text     string
+	}{
+		// Permanent failures answer 554, as qmail-smtpd does.
+		{"exit 11", "", map[string]string{"QQCHECK_EXIT": "11"}, 554, "5.1.3 qmail-queue: address too long (#5.1.3)"},
+		{"exit 31", "", map[string]string{"QQCHECK_EXIT": "31"}, 554, "5.3.0 qmail-queue: mail server permanently refuses"},
+		{"exit 53", "", map[string]string{"QQCHECK_EXIT": "53"}, 451, "4.3.0 qmail-queue: write error or disk full (#4.3.0)"},
+		{"exit 81", "", map[string]string{"QQCHECK_EXIT": "81"}, 451, "qmail-queue: internal bug (#4.3.0)"},
+		{"exit 91", "", map[string]string{"QQCHECK_EXIT": "91"}, 451, "qmail-queue: envelope format error (#4.3.0)"},
+		{"killed", "", map[string]string{"QQCHECK_SIGNAL": "1"}, 451, "qmail-queue: crashed"},
+		{"hung", `timeout = "1s"`, map[string]string{"QQCHECK_HANG": "1"}, 451, "qmail-queue: timeout (#4.3.0)"},
+		{"exit 82", "", map[string]string{"QQCHECK_EXIT": "82", "QQCHECK_FD6": "DSorry, no mailbox here by that name (#5.1.1)"}, 554, "5.1.1 Sorry, no mailbox here by that name (#5.1.1)"},
+		{"exit 88", "", map[string]string{"QQCHECK_EXIT": "88", "QQCHECK_STDERR": "Zvirus scanner busy (#4.3.0)"}, 451, "virus scanner busy (#4.3.0)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep, _, _ := send(t, `path = "`+qqcheck+`"`+"\n"+tc.settings, tc.env)
+			t.Logf("reply: %s", rep)
+			hookstest.Expect(t, rep, tc.code, tc.text)
+		})
+	}
+}
+
+func TestSettings(t *testing.T) {
+	for _, tc := range []struct{ settings, wantErr string }{
+		{`path = "qmail-queue"`, "path"},
+		{`path = ""`, "path"},
+		{`timeout = "soon"`, "timeout"},
+		{`timeout = "-1s"`, "timeout"},
+		{`timeout = 5`, "timeout"},
+		{`pth = "/x"`, "pth"},
+		{`line_endings = "cr"`, "line_endings"},
+	} {
+		if _, err := hookstest.BuildErr("qmailqueue", tc.settings); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("settings %s: error %v, want one naming %q", tc.settings, err, tc.wantErr)
+		}
+	}
+	if _, err := hookstest.BuildErr("qmailqueue", ""); err != nil {
+		t.Errorf("default settings: %v", err)
+	}
+}

@@ -1,0 +1,140 @@
+// Package smtpforward is the smtpforward queue plugin: it relays each
+// accepted message to a downstream SMTP or LMTP server (a content filter,
+// a mailbox server, the real MTA) and answers the client with the
+// downstream's verdict.
+package smtpforward
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/queue"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+func init() { hooks.Register("smtpforward", New) }
+
+// DefaultHost is the downstream used when the host setting is absent.
+const DefaultHost = "127.0.0.1:10025"
+
+// NoteRemoteID is the transaction note that holds the downstream's own
+// queue id, when its reply named one.
+const NoteRemoteID = "smtpforward.remote_id"
+
+// Settings are the plugin's [plugins.smtpforward] table.
+type Settings struct {
+	// Host is the downstream, "host:port" or "unix:/path/to/socket".
+	Host string `toml:"host"`
+	// LMTP speaks LMTP instead of SMTP.
+	LMTP bool `toml:"lmtp"`
+	// Helo is the name sent in EHLO or LHLO. Default: this machine's name.
+	Helo string `toml:"helo"`
+	// StartTLS is "off", "opportunistic" or "required".
+	StartTLS string `toml:"starttls"`
+	// ConnectTimeout bounds the connect and each command's reply ("30s").
+	ConnectTimeout string `toml:"connect_timeout"`
+	// DataTimeout bounds sending the message and the final reply ("5m").
+	DataTimeout string `toml:"data_timeout"`
+}
+
+// Plugin is a configured smtpforward instance.
+type Plugin struct {
+	fw *queue.Forwarder
+}
+
+var _ hooks.Queue = (*Plugin)(nil)
+
+// New builds the plugin from its settings; a bad setting is an error that
+// names it.
+func New(decode hooks.Decoder) (*Plugin, error) {
+	s := Settings{Host: DefaultHost, StartTLS: "off"}
+	if err := decode(&s); err != nil {
+		return nil, err
+	}
+	fw, err := s.forwarder()
+	if err != nil {
+		return nil, err
+	}
+	return &Plugin{fw: fw}, nil
+}
+
+func (s Settings) forwarder() (*queue.Forwarder, error) {
+	fw := &queue.Forwarder{Addr: s.Host, LMTP: s.LMTP}
+	var err error
+	if fw.StartTLS, err = queue.ParseTLSMode(s.StartTLS); err != nil {
+		return nil, fmt.Errorf("starttls = %w", err)
+	}
+	if err := checkHost(s.Host, fw.StartTLS); err != nil {
+		return nil, err
+	}
+	if fw.Helo, err = heloName(s.Helo); err != nil {
+		return nil, err
+	}
+	if fw.ConnectTimeout, err = queue.ParseTimeout("connect_timeout", s.ConnectTimeout, queue.DefaultConnectTimeout); err != nil {
+		return nil, err
+	}
+	if fw.DataTimeout, err = queue.ParseTimeout("data_timeout", s.DataTimeout, queue.DefaultDataTimeout); err != nil {
+		return nil, err
+	}
+	return fw, nil
+}
+
+// checkHost validates the host setting: host:port with a numeric port, or
+// unix: and an absolute socket path (without STARTTLS).
+func checkHost(host string, mode queue.TLSMode) error {
+	network, addr := queue.Network(host)
+	if network == "unix" {
+		if !filepath.IsAbs(addr) {
+			return fmt.Errorf("host = %q: want \"unix:\" followed by the socket's absolute path", host)
+		}
+		if mode != queue.TLSOff {
+			return fmt.Errorf("host = %q: starttls must be \"off\" for a unix socket", host)
+		}
+		return nil
+	}
+	h, port, err := net.SplitHostPort(addr)
+	if err != nil || h == "" {
+		return fmt.Errorf("host = %q: want \"host:port\" (e.g. %q) or \"unix:/path/to/socket\"", host, DefaultHost)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("host = %q: the port must be a number from 1 to 65535", host)
+	}
+	return nil
+}
+
+// heloName returns the EHLO name: the setting, or this machine's name.
+func heloName(helo string) (string, error) {
+	if helo == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" || strings.ContainsAny(h, " \t\r\n") {
+			h = "localhost"
+		}
+		return h, nil
+	}
+	if len(helo) > 255 || strings.IndexFunc(helo, func(r rune) bool { return r <= ' ' || r >= 127 }) >= 0 {
+		return "", fmt.Errorf("helo = %q: want a host name without spaces or control characters", helo)
+	}
+	return helo, nil
+}
+
+// Queue implements hooks.Queue: the message counts as queued (250) only
+// when the downstream accepted it for every recipient; a downstream 5xx
+// refuses it permanently, anything else defers it (451).
+func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transaction.Transaction) hooks.Result {
+	rc, err := p.fw.Forward(ctx, tx)
+	if err != nil {
+		return queue.Result(err)
+	}
+	if rc.RemoteID != "" {
+		tx.Notes.Set(NoteRemoteID, rc.RemoteID)
+	}
+	tx.QueueID = rc.ID
+	return hooks.Result{Code: hooks.OK}
+}
