@@ -16,6 +16,9 @@ import (
 // DefaultTimeout bounds one hook's run through the whole chain.
 const DefaultTimeout = 30 * time.Second
 
+// DefaultQueueTimeout bounds the queue hook's run.
+const DefaultQueueTimeout = 10 * time.Minute
+
 // Instance is one configured plugin: its instance name (the config key) and
 // the value its constructor returned.
 type Instance struct {
@@ -28,6 +31,10 @@ type Options struct {
 	// Timeout bounds each hook's run through the chain; the plugins' ctx
 	// carries it. Zero means DefaultTimeout.
 	Timeout time.Duration
+	// QueueTimeout bounds the queue hook, which hands the whole message to
+	// a queue (RFC 5321 4.5.3.2.6 gives the client 10 minutes for the reply
+	// to the final dot). Zero means DefaultQueueTimeout.
+	QueueTimeout time.Duration
 	// Logger receives plugin errors, panics and timeouts. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -43,8 +50,9 @@ type entry[P any] struct {
 // Declined. A Chain is immutable and safe for concurrent use; a reload builds
 // a new one.
 type Chain struct {
-	timeout time.Duration
-	log     *slog.Logger
+	timeout      time.Duration
+	queueTimeout time.Duration
+	log          *slog.Logger
 
 	connect        []entry[Connect]
 	helo           []entry[Helo]
@@ -89,6 +97,10 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 	ch := &Chain{timeout: opts.Timeout, log: opts.Logger}
 	if ch.timeout <= 0 {
 		ch.timeout = DefaultTimeout
+	}
+	ch.queueTimeout = opts.QueueTimeout
+	if ch.queueTimeout <= 0 {
+		ch.queueTimeout = DefaultQueueTimeout
 	}
 	if ch.log == nil {
 		ch.log = slog.Default()
@@ -164,7 +176,7 @@ func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Conne
 		return Decision{Hook: hook}
 	}
 	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, ch.timeout)
+	ctx, cancel := context.WithTimeout(ctx, ch.deadline(hook))
 	defer cancel()
 	for _, e := range list {
 		r := callOne(ch, ctx, hook, c, e, call)
@@ -178,6 +190,14 @@ func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Conne
 		return d
 	}
 	return Decision{Hook: hook}
+}
+
+// deadline is how long hook may take through the chain.
+func (ch *Chain) deadline(hook string) time.Duration {
+	if hook == HookQueue {
+		return ch.queueTimeout
+	}
+	return ch.timeout
 }
 
 // runAll calls every plugin of list, for hooks whose results do not count
@@ -214,24 +234,31 @@ func callOne[P any](ch *Chain, ctx context.Context, hook string, c *connection.C
 		return Result{Code: DenySoft, Err: err}
 	}
 	if err := ctx.Err(); err != nil && !r.Code.Rejects() {
-		ch.logFailure(c, hook, e.name, "plugin outlived its deadline", "timeout", ch.timeout.String())
+		ch.logFailure(c, hook, e.name, "plugin outlived its deadline", "timeout", ch.deadline(hook).String())
 		return Result{Code: DenySoft, Err: fmt.Errorf("plugin %s: %s hook: %w", e.name, hook, err)}
 	}
 	if r.Err != nil {
-		ch.logFailure(c, hook, e.name, "plugin error", "code", r.Code.String(), "err", r.Err.Error())
 		if !r.Code.Rejects() {
-			r = Result{Code: DenySoft, Err: r.Err}
+			ch.logFailure(c, hook, e.name, "plugin error", "code", r.Code.String(), "err", r.Err.Error())
+			return Result{Code: DenySoft, Err: r.Err}
 		}
+		// A refusal that explains itself (a downstream said "user unknown"):
+		// worth a line, not an alarm.
+		ch.logAt(slog.LevelWarn, c, hook, e.name, "plugin refused", "code", r.Code.String(), "err", r.Err.Error())
 	}
 	return r
 }
 
 func (ch *Chain) logFailure(c *connection.Connection, hook, plugin, msg string, args ...any) {
+	ch.logAt(slog.LevelError, c, hook, plugin, msg, args...)
+}
+
+func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook, plugin, msg string, args ...any) {
 	attrs := []any{"hook", hook, "plugin", plugin}
 	if c != nil {
 		attrs = append(attrs, "conn", c.ID, "remote", c.Remote.String())
 	}
-	ch.log.Error(msg, append(attrs, args...)...)
+	ch.log.Log(context.Background(), level, msg, append(attrs, args...)...)
 }
 
 func (ch *Chain) observe(ctx context.Context, c *connection.Connection, d Decision) {

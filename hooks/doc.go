@@ -254,10 +254,11 @@
 // whose queue plugins all decline defers every message.
 //
 //	Declined            451 4.3.0 Queuing declined or disabled; try again later
-//	OK, Done            250 2.0.0 Ok: queued
-//	Deny                552 5.3.0 Message refused by the queue
+//	OK                  250 2.0.0 Ok: queued
+//	Done                250 2.0.0 with Msg or "Ok: accepted by PLUGIN"; not queued
+//	Deny                554 5.3.0 Message refused by the queue
 //	DenySoft            451 4.3.0 Queueing failed; try again later
-//	DenyDisconnect      552 5.3.0 Message refused by the queue (closes)
+//	DenyDisconnect      554 5.3.0 Message refused by the queue (closes)
 //	DenySoftDisconnect  421 4.3.0 Queueing failed; try again later (closes)
 //
 // # The queue_post hook

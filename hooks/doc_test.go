@@ -24,7 +24,7 @@ func TestDocTablesMatchReplies(t *testing.T) {
 		codes[name] = c
 	}
 	// Replies the server builds itself rather than ReplyFor.
-	serverMade := map[string]bool{hooks.HookDataPost + " Done": true, hooks.HookQueuePre + " Done": true}
+	serverMade := map[string]bool{hooks.HookDataPost + " Done": true, hooks.HookQueuePre + " Done": true, hooks.HookQueue + " Done": true}
 
 	heading := regexp.MustCompile(`^// # The (\S+)(?: and (\S+))? hooks?$`)
 	row := regexp.MustCompile(`^//\t(\w+(?:, \w+)*)\s{2,}(.+)$`)

@@ -123,9 +123,9 @@ var table = map[string]replies{
 	HookQueue: {
 		declined:           Reply{451, [3]int{4, 3, 0}, "Queuing declined or disabled; try again later", false},
 		ok:                 Reply{250, [3]int{2, 0, 0}, "Ok: queued", false},
-		deny:               Reply{552, [3]int{5, 3, 0}, "Message refused by the queue", false},
+		deny:               Reply{554, [3]int{5, 3, 0}, "Message refused by the queue", false},
 		denySoft:           Reply{451, [3]int{4, 3, 0}, "Queueing failed; try again later", false},
-		denyDisconnect:     Reply{552, [3]int{5, 3, 0}, "Message refused by the queue", true},
+		denyDisconnect:     Reply{554, [3]int{5, 3, 0}, "Message refused by the queue", true},
 		denySoftDisconnect: Reply{421, [3]int{4, 3, 0}, "Queueing failed; try again later", true},
 	},
 	HookVrfy: {

@@ -63,9 +63,9 @@ func TestReplyForEveryCode(t *testing.T) {
 		hooks.HookQueue: {
 			D:   {"451 4.3.0 Queuing declined or disabled; try again later", false},
 			OK:  {"250 2.0.0 Ok: queued", false},
-			Dn:  {"552 5.3.0 Message refused by the queue", false},
+			Dn:  {"554 5.3.0 Message refused by the queue", false},
 			DS:  {"451 4.3.0 Queueing failed; try again later", false},
-			DD:  {"552 5.3.0 Message refused by the queue", true},
+			DD:  {"554 5.3.0 Message refused by the queue", true},
 			DSD: {"421 4.3.0 Queueing failed; try again later", true},
 		},
 		hooks.HookVrfy: {

@@ -47,13 +47,13 @@ func (a *adapter) verify(mech, user, password string) error {
 		return a.lockout()
 	}
 	rep := g.sess.Auth(mech, user, password)
-	if rep.Code == 235 {
+	if g.sess.Authenticated() {
 		g.log.Info("AUTH succeeded", "mech", mech, "user", user)
 		g.override = &rep
 		return nil
 	}
 	g.log.Warn("AUTH failed", "mech", mech, "ip", ip.String(), "user", user, "reply", rep.String())
-	if rep.Code == 535 && lim.Fail(ip, user) {
+	if rep.Code/100 == 5 && lim.Fail(ip, user) {
 		return a.lockout()
 	}
 	if rep.Close {

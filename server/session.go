@@ -150,12 +150,16 @@ func (s *Session) Helo(host string, esmtp bool) hooks.Reply {
 // connection is authenticated: c.AuthUser is set and the client may relay.
 // The password is never logged.
 func (s *Session) Auth(mech, user, password string) hooks.Reply {
-	rep := s.reply(s.cfg.Chain.Auth(s.ctx, s.conn, mech, user, password))
-	if rep.Code == 235 {
+	d := s.cfg.Chain.Auth(s.ctx, s.conn, mech, user, password)
+	rep := s.reply(d)
+	if d.Result.Code == hooks.OK || d.Result.Code == hooks.Done {
 		s.conn.AuthUser, s.conn.Relay = user, true
 	}
 	return rep
 }
+
+// Authenticated reports whether the last Auth succeeded.
+func (s *Session) Authenticated() bool { return s.conn.AuthUser != "" }
 
 // Mail handles MAIL FROM: mail_pre, then mail. from is the reverse-path
 // without angle brackets.
@@ -251,6 +255,7 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 	if tx == nil {
 		return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Need MAIL command"}
 	}
+	defer s.Reset() // the end of DATA ends the transaction, whatever the reply
 	limited := &sizeLimit{r: r, max: s.MaxMessageBytes()}
 	br := bufio.NewReaderSize(limited, 32<<10)
 
@@ -260,7 +265,9 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 	}
 	if rep := s.reply(s.cfg.Chain.DataHeadersEnd(s.ctx, s.conn, tx)); rep.Code != 0 {
 		if !rep.Close {
-			if _, err := io.Copy(io.Discard, br); err != nil {
+			// Drain what is left; past the size limit the rest is go-smtp's
+			// to discard, and the plugin's reply stands.
+			if _, err := io.Copy(io.Discard, br); err != nil && !errors.Is(err, errTooBig) {
 				return s.readFailure(err)
 			}
 		}
@@ -298,6 +305,9 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 	}
 	d := s.cfg.Chain.Queue(s.ctx, s.conn, tx)
 	rep := s.reply(d)
+	if d.Result.Code == hooks.Done {
+		return s.notQueued(d, rep)
+	}
 	if d.Result.Code != hooks.OK {
 		if d.Result.Code == hooks.Declined {
 			s.log.Warn("no queue plugin took the message; check the listener's plugin list", "tx", tx.ID)

@@ -176,8 +176,11 @@ path = "`+qq+`"
 			if want := "Falice@example.org\x00Tbob@example.test\x00Tcarol@example.test\x00\x00"; string(env) != want {
 				t.Fatalf("envelope %q, want %q", env, want)
 			}
+			// qmail stores LF line endings: the plugin converts, as
+			// qmail-smtpd does.
 			msg, _ := os.ReadFile(msgFile)
-			if !bytes.HasSuffix(msg, []byte(message)) || !bytes.HasPrefix(msg, []byte("Received: ")) {
+			lf := strings.ReplaceAll(message, "\r\n", "\n")
+			if !bytes.HasSuffix(msg, []byte("\n"+lf)) || !bytes.HasPrefix(msg, []byte("Received: ")) || bytes.Contains(msg, []byte("\r")) {
 				t.Fatalf("message given to qmail-queue: %q", msg)
 			}
 		})

@@ -128,3 +128,34 @@ path = "./var/mail"
 	out.expect("MAIL FROM:<alice@example.test>", "250")
 	out.expect("RCPT TO:<someone@elsewhere.test>", "250 ")
 }
+
+func TestSIGHUPReloadsThePolicyAndKeepsABrokenConfigOut(t *testing.T) {
+	s := startSmtpd(t, mxConfig(""))
+	c := rawDial(t, s.Addr("mx"))
+	c.expect("", "220 ")
+	c.expect("EHLO client.example", "250")
+	c.expect("MAIL FROM:<alice@example.org>", "250")
+	c.expect("RCPT TO:<bob@other.test>", "550 5.7.1")
+
+	cfgPath := filepath.Join(s.dir, "smtpd.toml")
+	writeFile(t, s.dir, "smtpd.toml", strings.Replace(mxConfig(""), `domains = ["example.test"]`, `domains = ["example.test", "other.test"]`, 1))
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	s.waitLog("msg=reloaded")
+	// A connection in progress keeps its chain; a new one gets the new policy.
+	c.expect("RCPT TO:<bob@other.test>", "550 5.7.1")
+	n := rawDial(t, s.Addr("mx"))
+	n.expect("", "220 ")
+	n.expect("EHLO client.example", "250")
+	n.expect("MAIL FROM:<alice@example.org>", "250")
+	n.expect("RCPT TO:<bob@other.test>", "250")
+
+	writeFile(t, s.dir, "smtpd.toml", "this is not toml =")
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	s.waitLog("reload failed: keeping the running configuration")
+	n2 := rawDial(t, s.Addr("mx"))
+	n2.expect("", "220 ")
+	n2.expect("EHLO client.example", "250")
+	n2.expect("MAIL FROM:<alice@example.org>", "250")
+	n2.expect("RCPT TO:<bob@other.test>", "250")
+	_ = cfgPath
+}

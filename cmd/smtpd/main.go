@@ -109,9 +109,33 @@ func listPlugins(stdout io.Writer) int {
 
 // built is a configuration turned into what the server runs.
 type built struct {
-	server server.Config
-	chains map[string]*hooks.Chain
-	certs  []*server.Certificates
+	server  server.Config
+	chains  map[string]*hooks.Chain
+	plugins map[string]any // every instance once, even when shared by listeners
+	certs   []*server.Certificates
+}
+
+func sameListeners(a, b map[string]*hooks.Chain) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for name := range a {
+		if _, ok := b[name]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// close runs each plugin instance's Close once.
+func (b *built) close(log *slog.Logger) {
+	for name, p := range b.plugins {
+		if c, ok := p.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				log.Warn("closing a plugin failed", "plugin", name, "err", err)
+			}
+		}
+	}
 }
 
 // build turns the configuration into a server configuration: every plugin
@@ -121,7 +145,13 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &built{chains: map[string]*hooks.Chain{}}
+	b := &built{chains: map[string]*hooks.Chain{}, plugins: plugins}
+	ok := false
+	defer func() {
+		if !ok {
+			b.close(log)
+		}
+	}()
 	b.server = server.Config{
 		SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log,
 		AuthLimiter: &server.AuthLimiter{
@@ -171,6 +201,7 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 		}
 		b.server.Listeners = append(b.server.Listeners, lc)
 	}
+	ok = true
 	return b, nil
 }
 
@@ -254,9 +285,7 @@ func serve(args []string, stderr io.Writer) int {
 			if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				log.Warn(err.Error())
 			}
-			for _, ch := range b.chains {
-				ch.Close()
-			}
+			b.close(log)
 			log.Info("stopped")
 			return 0
 		}
@@ -265,9 +294,9 @@ func serve(args []string, stderr io.Writer) int {
 
 // reload re-reads the configuration on SIGHUP: it builds every new chain
 // and reloads the certificates first, and swaps the chains only if all of
-// that worked; otherwise the running configuration stays. Listener
-// addresses and TLS settings other than the certificate files need a
-// restart. Connections in progress finish with the chain they started
+// that worked; otherwise the running configuration stays. Adding or
+// removing listeners, addresses and TLS settings other than the
+// certificate files need a restart. Connections in progress finish with the chain they started
 // with; the old chains' plugins are closed after shutdown_timeout.
 func reload(path string, old *config.Config, cur *built, srv *server.Server, log *slog.Logger) *built {
 	log.Info("SIGHUP: reloading", "config", path)
@@ -285,30 +314,18 @@ func reload(path string, old *config.Config, cur *built, srv *server.Server, log
 		log.Error("reload failed: keeping the running configuration", "err", err)
 		return cur
 	}
-	for _, l := range cfg.Listeners {
-		if _, ok := cur.chains[l.Name]; !ok {
-			log.Warn("reload: a new listener needs a restart", "listener", l.Name)
-		}
-	}
-	retired := map[string]*hooks.Chain{}
-	for name, ch := range cur.chains {
-		if _, ok := next.chains[name]; ok {
-			retired[name] = ch
-		} else {
-			log.Warn("reload: removing a listener needs a restart; it keeps its chain", "listener", name)
-			next.chains[name] = ch
-		}
+	if !sameListeners(cur.chains, next.chains) {
+		next.close(log)
+		log.Error("reload refused: listeners were added or removed; restart smtpd for that")
+		return cur
 	}
 	srv.Reload(next.chains)
 	delay := old.ShutdownTimeout.Duration
 	if delay <= 0 {
 		delay = 30 * time.Second
 	}
-	time.AfterFunc(delay, func() {
-		for _, ch := range retired {
-			ch.Close()
-		}
-	})
+	retired := cur
+	time.AfterFunc(delay, func() { retired.close(log) })
 	next.certs = cur.certs // the running listeners keep their certificate stores
 	log.Info("reloaded", "listeners", len(next.chains))
 	return next

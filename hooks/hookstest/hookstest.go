@@ -161,9 +161,14 @@ func (h *Harness) Queued() []Message {
 // Session is one simulated connection.
 type Session struct {
 	*server.Session
-	t        testing.TB
-	greeting hooks.Reply
+	t         testing.TB
+	greeting  hooks.Reply
+	closeOnce sync.Once
 }
+
+// Close ends the session (reset_transaction and disconnect run), once;
+// Connect also registers it with t.Cleanup.
+func (s *Session) Close() { s.closeOnce.Do(s.Session.Close) }
 
 // Connect opens a session from remote (an IP, or IP:port) and runs the
 // connect hook, as a real connection does before its greeting; Greeting
