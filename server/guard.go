@@ -68,6 +68,7 @@ type guard struct {
 	closeOnce       sync.Once
 	cancel          context.CancelFunc // ends the connection's context
 	saslMode        bool               // the next line answers a 334 challenge
+	junk            int                // NOOP, VRFY, HELP and RSET since the last message
 	dataStart       time.Time          // when the 354 went out
 	dataBytes       int64              // message bytes read since then
 }
@@ -298,6 +299,10 @@ func (g *guard) command(verb, arg string, line []byte) error {
 		}
 		line = []byte("RCPT TO:<recipient@sluice.invalid>\r\n")
 	case "RSET":
+		if g.junk++; g.junk > g.l.cfg.MaxJunkCommands {
+			g.send(hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true})
+			return io.EOF
+		}
 	case "DATA":
 		if arg != "" {
 			g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "DATA takes no argument"})
@@ -335,14 +340,20 @@ func (g *guard) command(verb, arg string, line []byte) error {
 			return nil
 		}
 		// go-smtp runs the SASL exchange and calls the adapter's Auth.
-	case "NOOP":
-		g.send(g.sess.Noop())
-		return nil
-	case "VRFY":
-		g.send(g.sess.Vrfy(arg))
-		return nil
-	case "HELP":
-		g.send(g.sess.Help(arg))
+	case "NOOP", "VRFY", "HELP":
+		if g.junk++; g.junk > g.l.cfg.MaxJunkCommands {
+			g.log.Warn("too many NOOP/VRFY/HELP/RSET without a message; closing", "count", g.junk)
+			g.send(hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true})
+			return io.EOF
+		}
+		switch verb {
+		case "NOOP":
+			g.send(g.sess.Noop())
+		case "VRFY":
+			g.send(g.sess.Vrfy(arg))
+		default:
+			g.send(g.sess.Help(arg))
+		}
 		return nil
 	case "QUIT":
 		g.send(g.sess.Quit())
@@ -574,6 +585,9 @@ func (g *guard) replyLine(line []byte) error {
 	}
 	g.override = nil
 	g.saslMode = code == 334
+	if g.lastCmd == "DATA" && code/100 == 2 {
+		g.junk = 0 // a message went through: the client is doing real work
+	}
 	if g.lastCmd == "MAIL" && code >= 400 {
 		g.sess.Reset() // go-smtp refused what Sluice accepted: stay in step
 	}

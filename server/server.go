@@ -56,6 +56,10 @@ type ListenerConfig struct {
 	// MaxErrors closes the connection with 421 after this many refused
 	// commands. Default 20.
 	MaxErrors int
+	// MaxJunkCommands closes the connection with 421 after this many NOOP,
+	// VRFY, HELP and RSET commands without a message accepted in between
+	// (Postfix's smtpd_junk_command_limit). Default 100.
+	MaxJunkCommands int
 	// BareNewline is the policy for bare CR or LF inside DATA. Default reject.
 	BareNewline BareNewline
 	// TLS enables STARTTLS (or implicit TLS with ImplicitTLS).
@@ -99,6 +103,9 @@ func (c *ListenerConfig) setDefaults() {
 	}
 	if c.MaxErrors <= 0 {
 		c.MaxErrors = 20
+	}
+	if c.MaxJunkCommands <= 0 {
+		c.MaxJunkCommands = 100
 	}
 	if c.BareNewline == "" {
 		c.BareNewline = BareNewlineReject

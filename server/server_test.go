@@ -394,3 +394,14 @@ func TestTheHundredAndFirstRecipientGets452(t *testing.T) {
 	}
 	c.expect("", "452 4.5.3 Too many recipients")
 }
+
+func TestNoopFloodIsCut(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) { l.MaxJunkCommands = 5 })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	for i := 0; i < 5; i++ {
+		c.expect("NOOP", "250")
+	}
+	c.expect("NOOP", "421 4.7.0 Too many commands")
+	c.closed()
+}
