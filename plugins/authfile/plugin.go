@@ -1,0 +1,230 @@
+// Package authfile checks AUTH credentials against a password file of
+// hashed passwords: one "user:hash" a line, the hash bcrypt ($2a$, $2b$,
+// $2y$) or argon2id ($argon2id$v=19$m=65536,t=3,p=4$<salt>$<key>). It is
+// qpsmtpd's auth_flat_file and Haraka's auth/flat_file, with hashes
+// instead of clear-text passwords. `smtpd passwd` writes the file with
+// SetPassword.
+//
+// An unknown user declines (another auth plugin may know it; when every
+// plugin declines the client gets 535), a known user with a wrong password
+// is denied (535 5.7.8), the right password is OK (235). Unknown users cost
+// a hash comparison too, so response times do not tell which users exist.
+//
+// The file is read when the plugin is built and read again, at an AUTH, when
+// its modification time, size or identity changed (looked at no more than
+// once a second); a new file that does not parse is logged and the old
+// content kept.
+package authfile
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+)
+
+func init() { hooks.Register("authfile", New) }
+
+// Settings are the keys of a [plugins.authfile] table.
+type Settings struct {
+	// Path is the password file. Required; it must exist and parse when
+	// the plugin is built.
+	Path string `toml:"path"`
+}
+
+// recheckEvery is how often, at most, an AUTH looks at the file's mtime.
+const recheckEvery = time.Second
+
+// maxLine bounds one line of the password file.
+const maxLine = 64 * 1024
+
+// Plugin is an authfile instance, safe for concurrent use.
+type Plugin struct {
+	path string
+	log  *slog.Logger
+	now  func() time.Time
+	// sem bounds the hash comparisons running at once: an argon2id check
+	// takes 64 MiB, and a burst of AUTHs must not take the memory of the
+	// machine.
+	sem chan struct{}
+
+	mu      sync.Mutex // guards the fields below
+	db      *db        // replaced whole on reload, never modified
+	stat    fs.FileInfo
+	checked time.Time
+	failed  fs.FileInfo // the last file that did not parse, logged once
+	statErr bool        // a failed stat was logged
+}
+
+// db is one parsed password file.
+type db struct {
+	users map[string]verifier
+	// dummy is compared against for unknown users, so that they cost as
+	// much as known ones; nil for an empty file.
+	dummy verifier
+}
+
+var _ hooks.Auth = (*Plugin)(nil)
+
+// New builds an authfile instance: it reads and checks the password file.
+func New(decode hooks.Decoder) (*Plugin, error) {
+	var s Settings
+	if err := decode(&s); err != nil {
+		return nil, err
+	}
+	if s.Path == "" {
+		return nil, errors.New("path: required: the password file (`smtpd passwd` creates it)")
+	}
+	p := &Plugin{path: s.Path, log: slog.Default(), now: time.Now, sem: make(chan struct{}, runtime.GOMAXPROCS(0))}
+	d, info, err := load(s.Path)
+	if err != nil {
+		return nil, fmt.Errorf("path: %w", err)
+	}
+	p.db, p.stat, p.checked = d, info, p.now()
+	return p, nil
+}
+
+// load reads and parses the file at path.
+func load(path string) (*db, fs.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !info.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(f); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	d, err := parseFile(path, b.Bytes())
+	return d, info, err
+}
+
+// splitEntry splits a "user:hash" line; ok is false for a blank or comment
+// line. Surrounding white space (and a CR) is ignored.
+func splitEntry(line string) (user, hash string, ok bool) {
+	line = strings.TrimSpace(line)
+	if line == "" || strings.HasPrefix(line, "#") {
+		return "", "", false
+	}
+	user, hash, _ = strings.Cut(line, ":")
+	return strings.TrimSpace(user), strings.TrimSpace(hash), true
+}
+
+// parseFile parses a password file's content; errors name path:line.
+func parseFile(path string, b []byte) (*db, error) {
+	d := &db{users: map[string]verifier{}}
+	lineOf := map[string]int{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(nil, maxLine)
+	for n := 1; sc.Scan(); n++ {
+		user, hash, ok := splitEntry(sc.Text())
+		if !ok {
+			continue
+		}
+		if !strings.Contains(sc.Text(), ":") {
+			return nil, fmt.Errorf("%s:%d: want user:hash", path, n)
+		}
+		if err := CheckUser(user); err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", path, n, err)
+		}
+		if first, dup := lineOf[user]; dup {
+			return nil, fmt.Errorf("%s:%d: user %q again (first on line %d)", path, n, user, first)
+		}
+		v, err := parseHash(hash)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: user %q: %v", path, n, user, err)
+		}
+		d.users[user], lineOf[user] = v, n
+		if d.dummy == nil {
+			d.dummy = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return d, nil
+}
+
+// current returns the password data, reading the file again first when it
+// changed and it was not looked at in the last second.
+func (p *Plugin) current() *db {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	if now.Sub(p.checked) < recheckEvery && !now.Before(p.checked) {
+		return p.db
+	}
+	p.checked = now
+	info, err := os.Stat(p.path)
+	if err != nil {
+		if !p.statErr {
+			p.log.Error("authfile: cannot look at the password file; keeping the users read before", "plugin", "authfile", "path", p.path, "err", err)
+			p.statErr = true
+		}
+		return p.db
+	}
+	p.statErr = false
+	if same(info, p.stat) || same(info, p.failed) {
+		return p.db
+	}
+	d, info, err := load(p.path)
+	if err != nil {
+		p.log.Error("authfile: the password file changed and does not parse; keeping the users read before", "plugin", "authfile", "path", p.path, "err", err)
+		p.failed = info
+		if p.failed == nil {
+			p.failed, _ = os.Stat(p.path)
+		}
+		return p.db
+	}
+	p.db, p.stat, p.failed = d, info, nil
+	p.log.Info("authfile: password file read again", "plugin", "authfile", "path", p.path, "users", len(d.users))
+	return p.db
+}
+
+// same reports whether a and b describe the same version of a file (a
+// chmod counts as a change: it may fix a file Sluice could not read).
+func same(a, b fs.FileInfo) bool {
+	return a != nil && b != nil && os.SameFile(a, b) && a.ModTime().Equal(b.ModTime()) && a.Size() == b.Size() && a.Mode() == b.Mode()
+}
+
+// Auth checks the password of a user in the file: Declined for an unknown
+// user, Deny for a wrong password, OK for the right one.
+func (p *Plugin) Auth(ctx context.Context, _ *connection.Connection, _, user, password string) hooks.Result {
+	d := p.current()
+	v, known := d.users[user]
+	if !known && d.dummy == nil {
+		return hooks.Result{}
+	}
+	select {
+	case p.sem <- struct{}{}:
+		defer func() { <-p.sem }()
+	case <-ctx.Done():
+		return hooks.Fail(fmt.Errorf("authfile: waiting to check a password: %w", ctx.Err()))
+	}
+	if !known {
+		d.dummy.verify(password) // as slow as a known user
+		return hooks.Result{}
+	}
+	if v.verify(password) {
+		return hooks.Accept("")
+	}
+	return hooks.Result{Code: hooks.Deny}
+}
