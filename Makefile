@@ -12,10 +12,14 @@ all: build
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/smtpd
 
-# Serves on 127.0.0.1:2525; mail for example.test lands in ./var/mail/new/.
+# Serves on 127.0.0.1:2525 (inbound for example.test) and 127.0.0.1:2587
+# (submission: STARTTLS + AUTH, users in ./var/passwd); mail lands in
+# ./var/mail/new/.
 run: build
 	@mkdir -p var/mail
-	@echo "Sluice: serving on 127.0.0.1:2525 with $(CONFIG); mail for @example.test lands in ./var/mail/new/"
+	@test -f var/passwd || install -m 600 /dev/null var/passwd
+	@echo "Sluice: 127.0.0.1:2525 accepts mail for @example.test; 127.0.0.1:2587 is submission (STARTTLS + AUTH)."
+	@echo "Mail lands in ./var/mail/new/. Add a submission user: ./$(BIN) passwd -file var/passwd alice@example.test"
 	./$(BIN) -config $(CONFIG)
 
 deps:

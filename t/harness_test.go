@@ -65,7 +65,12 @@ var listeningRe = regexp.MustCompile(`msg=listening listener=(\S+) address=(\S+)
 // ones.
 func startSmtpd(t *testing.T, cfg string) *smtpd {
 	t.Helper()
-	dir := t.TempDir()
+	return startSmtpdIn(t, t.TempDir(), cfg)
+}
+
+// startSmtpdIn is startSmtpd in a directory the test prepared.
+func startSmtpdIn(t *testing.T, dir, cfg string) *smtpd {
+	t.Helper()
 	path := filepath.Join(dir, "smtpd.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@
 //	smtpd [-config FILE]          serve (default config: /etc/sluice/smtpd.toml)
 //	smtpd check [-config FILE]    validate the configuration, build every plugin, exit
 //	smtpd plugins                 list the compiled-in plugins and their hooks
+//	smtpd passwd [-file F] USER   set USER's password in an authfile password file
 //	smtpd version                 print the version
 package main
 
@@ -44,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(args, stdout, stderr)
 	case "plugins":
 		return listPlugins(stdout)
+	case "passwd":
+		return passwd(args, os.Stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "smtpd (Sluice) %s\n", version)
 		return 0
@@ -62,6 +65,7 @@ func usage(w io.Writer) {
   smtpd [-config FILE]          serve mail (default config %s)
   smtpd check [-config FILE]    validate the configuration and build every plugin
   smtpd plugins                 list the compiled-in plugins and the hooks each implements
+  smtpd passwd [-file FILE] USER  set USER's password in an authfile password file
   smtpd version                 print the version
 `, config.DefaultPath)
 }

@@ -4,7 +4,10 @@ package main
 // smtpd. Each package registers itself under its folder name at init.
 // `smtpd plugins` prints them with the hooks each implements.
 import (
+	_ "github.com/sluice-mta/sluice/plugins/authfile"
+	_ "github.com/sluice-mta/sluice/plugins/checkpassword"
 	_ "github.com/sluice-mta/sluice/plugins/discard"
+	_ "github.com/sluice-mta/sluice/plugins/dovecotauth"
 	_ "github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/loop"
 	_ "github.com/sluice-mta/sluice/plugins/maildir"

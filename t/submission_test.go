@@ -1,0 +1,117 @@
+package t_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// submissionConfig is the shipped submission listener plus a 465-style
+// implicit TLS one, on free ports.
+const submissionConfig = `hostname = "mx.example.test"
+data_dir = "./var"
+auth_failure_delay = "100ms"
+
+[[listener]]
+name            = "submission"
+address         = "127.0.0.1:0"
+tls_self_signed = true
+starttls        = "require"
+require_auth    = true
+plugins         = ["authfile", "rcptok", "maildir"]
+
+[[listener]]
+name            = "submissions"
+address         = "127.0.0.1:0"
+tls_self_signed = true
+implicit_tls    = true
+require_auth    = true
+plugins         = ["authfile", "rcptok", "maildir"]
+
+[plugins.rcptok]
+domains = ["example.test"]
+
+[plugins.authfile]
+path = "./var/passwd"
+
+[plugins.maildir]
+path = "./var/mail"
+`
+
+// startSubmission creates the password file with `smtpd passwd`, as the
+// README says, and starts smtpd.
+func startSubmission(t *testing.T) *smtpd {
+	t.Helper()
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "var"), 0o755)
+	cmd := exec.Command(smtpdBin, "passwd", "-file", filepath.Join(dir, "var", "passwd"), "alice@example.test")
+	cmd.Stdin = strings.NewReader("s3cret\n")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "password set for alice@example.test") {
+		t.Fatalf("smtpd passwd: %v\n%s", err, out)
+	}
+	s := startSmtpdIn(t, dir, submissionConfig)
+	return s
+}
+
+func TestSubmissionWithStartTLSAndAuth(t *testing.T) {
+	s := startSubmission(t)
+	for _, mech := range []string{"PLAIN", "LOGIN"} {
+		out, code := swaks(t, s.Addr("submission"), "--ehlo", "laptop.example", "--tls",
+			"--auth", mech, "--auth-user", "alice@example.test", "--auth-password", "s3cret",
+			"--from", "alice@example.test", "--to", "friend@elsewhere.test")
+		if code != 0 || !regexp.MustCompile(`<~\s+235 2\.7\.0`).MatchString(out) || !regexp.MustCompile(`<~\s+250 2\.0\.0 Ok: queued as`).MatchString(out) {
+			t.Fatalf("AUTH %s over STARTTLS (exit %d):\n%s", mech, code, out)
+		}
+	}
+	files := maildirFiles(t, filepath.Join(s.dir, "var", "mail"))
+	if len(files) != 2 {
+		t.Fatalf("want 2 submitted messages, got %d", len(files))
+	}
+	b, _ := os.ReadFile(files[0])
+	if !regexp.MustCompile(`\(using TLSv1\.[23] with cipher \w+\)\r\n\t\(authenticated\)\r\n\tby mx\.example\.test \(Sluice\) with ESMTPSA`).Match(b) {
+		t.Fatalf("Received header does not record TLS and AUTH:\n%s", b)
+	}
+	if strings.Contains(string(b), "s3cret") {
+		t.Fatal("the password is in the message")
+	}
+}
+
+func TestSubmissionRefusesWrongPasswordAndPlaintext(t *testing.T) {
+	s := startSubmission(t)
+	out, code := swaks(t, s.Addr("submission"), "--ehlo", "laptop.example", "--tls",
+		"--auth", "PLAIN", "--auth-user", "alice@example.test", "--auth-password", "wrong",
+		"--from", "alice@example.test", "--to", "friend@elsewhere.test")
+	if code == 0 || !regexp.MustCompile(`<~\*\s+535 5\.7\.8`).MatchString(out) {
+		t.Fatalf("wrong password (exit %d):\n%s", code, out)
+	}
+	if strings.Contains(s.Log(), "wrong") {
+		t.Fatalf("the password reached the log:\n%s", s.Log())
+	}
+	if !strings.Contains(s.Log(), `msg="AUTH failed" listener=submission`) || !strings.Contains(s.Log(), "user=alice@example.test") {
+		t.Fatalf("the failure is not logged with IP and user:\n%s", s.Log())
+	}
+	// Before STARTTLS: no AUTH offered, AUTH refused, MAIL refused.
+	c := rawDial(t, s.Addr("submission"))
+	c.expect("", "220 ")
+	if ehlo := c.expect("EHLO laptop.example", "250"); strings.Contains(ehlo, "AUTH") || !strings.Contains(ehlo, "STARTTLS") {
+		t.Fatalf("EHLO before TLS: %q", ehlo)
+	}
+	c.expect("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzM2NyZXQ=", "538 5.7.11")
+	c.expect("MAIL FROM:<alice@example.test>", "530 5.7.0")
+	if files := maildirFiles(t, filepath.Join(s.dir, "var", "mail")); len(files) != 0 {
+		t.Fatalf("queued %d", len(files))
+	}
+}
+
+func TestImplicitTLSSubmission(t *testing.T) {
+	s := startSubmission(t)
+	out, code := swaks(t, s.Addr("submissions"), "--ehlo", "laptop.example", "--tlsc",
+		"--auth", "PLAIN", "--auth-user", "alice@example.test", "--auth-password", "s3cret",
+		"--from", "alice@example.test", "--to", "bob@example.test")
+	if code != 0 || !regexp.MustCompile(`<~\s+250 2\.0\.0 Ok: queued as`).MatchString(out) {
+		t.Fatalf("implicit TLS (exit %d):\n%s", code, out)
+	}
+}
