@@ -320,7 +320,7 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 	rep.Msg = "Ok: queued as " + tx.QueueID
 	s.conn.Messages++
 	s.log.Info("message queued", "queue_id", tx.QueueID, "plugin", d.Plugin, "from", tx.Sender,
-		"rcpts", len(tx.Recipients), "size", tx.MessageSize())
+		"rcpts", len(tx.Recipients), "size", tx.MessageSize(), "detail", d.Result.Msg)
 	s.cfg.Chain.QueuePost(s.ctx, s.conn, tx)
 	return rep
 }

@@ -57,5 +57,11 @@ func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transa
 		return queue.Result(err)
 	}
 	tx.QueueID = rc.ID
-	return hooks.Result{Code: hooks.OK}
+	tx.Notes.Set(NoteFile, rc.Path)
+	// The client's reply is always "Ok: queued as ID"; this text goes to
+	// the server's log line for the message.
+	return hooks.Result{Code: hooks.OK, Msg: "delivered to " + rc.Path}
 }
+
+// NoteFile is the transaction note holding the delivered file's path.
+const NoteFile = "maildir.file"
