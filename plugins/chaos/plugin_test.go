@@ -1,0 +1,178 @@
+package chaos_test
+
+import (
+	"bytes"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/config"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/hookstest"
+	_ "github.com/sluice-mta/sluice/plugins/chaos"
+	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+)
+
+// syncBuffer is a log sink the chain may write from any goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// harness builds chaos (with settings), rcptok and a queue recorder into
+// a chain with a short hook deadline, logging into the returned buffer.
+func harness(t *testing.T, settings string) (*hookstest.Harness, *syncBuffer) {
+	t.Helper()
+	log := &syncBuffer{}
+	ins := []hooks.Instance{
+		hookstest.Plugin("chaos", hookstest.Build(t, "chaos", settings)),
+		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
+		hookstest.Queue(),
+	}
+	h := hookstest.New(t, ins...)
+	ch, err := hooks.NewChain(ins, hooks.Options{Timeout: 50 * time.Millisecond, QueueTimeout: 50 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Chain = ch
+	return h, log
+}
+
+const msg = "Subject: chaos\r\n\r\nbody\r\n"
+
+func TestFaultsBecomeTemporaryFailures(t *testing.T) {
+	for _, tt := range []struct {
+		settings string
+		reply    string // of the step the fault hits
+		log      string
+	}{
+		{`panic = ["connect"]`, "421 4.7.0 Service temporarily unavailable, try again later", "msg=\"plugin panicked\" hook=connect plugin=chaos"},
+		{`panic = ["rcpt"]`, "450 4.7.1 Recipient temporarily rejected", "msg=\"plugin panicked\" hook=rcpt plugin=chaos"},
+		{`fail = ["mail"]`, "450 4.7.1 Sender temporarily rejected", "msg=\"plugin error\" hook=mail plugin=chaos"},
+		{`hang = ["data"]`, "451 4.7.1 Message temporarily rejected", "msg=\"plugin outlived its deadline\" hook=data plugin=chaos"},
+		{"sleep = [\"data_post\"]\ndelay = \"80ms\"", "452 4.7.1 Message temporarily rejected", "msg=\"plugin outlived its deadline\" hook=data_post plugin=chaos"},
+		{`panic = ["queue"]`, "451 4.3.0 Queueing failed; try again later", "msg=\"plugin panicked\" hook=queue plugin=chaos"},
+		{`fail = ["queue_pre"]`, "452 4.3.0 Queueing temporarily refused", "msg=\"plugin error\" hook=queue_pre plugin=chaos"},
+	} {
+		t.Run(tt.settings, func(t *testing.T) {
+			h, log := harness(t, tt.settings)
+			s := h.Connect("192.0.2.1")
+			got := s.Greeting()
+			if got.Positive() {
+				got = s.Send("alice@example.org", []string{"bob@example.test"}, msg)
+			}
+			if got.String() != tt.reply {
+				t.Fatalf("reply %q, want %q", got, tt.reply)
+			}
+			if n := len(h.Queued()); n != 0 {
+				t.Fatalf("%d messages queued despite the fault", n)
+			}
+			if !strings.Contains(log.String(), tt.log) {
+				t.Fatalf("log lacks %q:\n%s", tt.log, log)
+			}
+			if strings.Contains(tt.log, "panicked") && !strings.Contains(log.String(), "plugins/chaos.(*Plugin).fire") {
+				t.Fatalf("panic logged without the plugin's stack:\n%s", log)
+			}
+		})
+	}
+}
+
+func TestSilentHooksOnlyLog(t *testing.T) {
+	h, log := harness(t, `panic = ["queue_post", "reset_transaction", "disconnect"]`)
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, msg), 250, "Ok: queued as")
+	s.Close()
+	for _, hook := range []string{"queue_post", "reset_transaction", "disconnect"} {
+		if !strings.Contains(log.String(), "msg=\"plugin panicked\" hook="+hook+" plugin=chaos") {
+			t.Errorf("no panic logged at %s:\n%s", hook, log)
+		}
+	}
+	if n := len(h.Queued()); n != 1 {
+		t.Fatalf("queued %d, want 1", n)
+	}
+}
+
+func TestNoFaultDeclines(t *testing.T) {
+	h, log := harness(t, `panic = ["vrfy"]`)
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Greeting(), 220)
+	hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, msg), 250)
+	if log.String() != "" {
+		t.Fatalf("chaos logged without a fault:\n%s", log)
+	}
+}
+
+// TestProbability: with probability 0.5 some of 200 messages are deferred
+// and some queued; every 250 is one queued message.
+func TestProbability(t *testing.T) {
+	h, _ := harness(t, "fail = [\"queue\"]\nprobability = 0.5")
+	s := h.Connect("192.0.2.1")
+	ok, deferred := 0, 0
+	for range 200 {
+		switch rep := s.Send("alice@example.org", []string{"bob@example.test"}, msg); rep.Code {
+		case 250:
+			ok++
+		case 451:
+			deferred++
+		default:
+			t.Fatalf("reply %q", rep)
+		}
+	}
+	if ok == 0 || deferred == 0 || len(h.Queued()) != ok {
+		t.Fatalf("%d queued, %d deferred, recorder holds %d", ok, deferred, len(h.Queued()))
+	}
+}
+
+func TestBadSettings(t *testing.T) {
+	for _, tt := range []struct{ settings, want string }{
+		{`panic = ["auth"]`, `panic: unknown hook "auth": want one of connect, helo`},
+		{`hang = ["rcpt "]`, `hang: unknown hook "rcpt "`},
+		{"panic = [\"rcpt\"]\nfail = [\"rcpt\"]", `fail: hook "rcpt" is already in another list`},
+		{`fail = ["disconnect"]`, `fail: hook "disconnect" has no reply to fail`},
+		{`delay = "soon"`, `delay = "soon": want a duration`},
+		{`probability = 0.0`, `probability = 0: want a number above 0 and at most 1`},
+		{`probability = 1.5`, `probability = 1.5: want a number above 0`},
+		{`rate = 1`, `unknown key "rate"`},
+	} {
+		_, err := hookstest.BuildErr("chaos", tt.settings)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("BuildErr(%s) = %v; want it to contain %q", tt.settings, err, tt.want)
+		}
+	}
+}
+
+func TestReadmeExample(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
+	if m == nil {
+		t.Fatal("README.md has no ```toml example")
+	}
+	c, err := config.Parse("README.md", string(m[1]))
+	if err != nil {
+		t.Fatalf("README example: %v", err)
+	}
+	reg, _ := hooks.Lookup("chaos")
+	if _, err := reg.New(c.Decoder("chaos")); err != nil {
+		t.Fatalf("README example: %v", err)
+	}
+}
