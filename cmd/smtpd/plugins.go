@@ -14,8 +14,10 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/maildir"
 	_ "github.com/sluice-mta/sluice/plugins/maxrcpt"
 	_ "github.com/sluice-mta/sluice/plugins/qmailqueue"
+	_ "github.com/sluice-mta/sluice/plugins/ratelimit"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	_ "github.com/sluice-mta/sluice/plugins/relay"
+	_ "github.com/sluice-mta/sluice/plugins/senderlogin"
 	_ "github.com/sluice-mta/sluice/plugins/size"
 	_ "github.com/sluice-mta/sluice/plugins/smtpforward"
 )

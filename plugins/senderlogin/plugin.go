@@ -1,0 +1,240 @@
+// Package senderlogin refuses an authenticated client's MAIL FROM when the
+// address is not the client's own: Postfix's reject_sender_login_mismatch
+// and Valvula's mod-slm. On a submission port it stops a user who logged in
+// as alice@example.test from sending as bob@example.test (or as the CEO).
+//
+// Only authenticated connections are checked (c.AuthUser set); others,
+// and the null sender <>, are declined. An address the login owns is
+// declined too, so the next plugin of the mail hook still runs: senderlogin
+// only ever refuses.
+package senderlogin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/transaction"
+)
+
+func init() { hooks.Register("senderlogin", New) }
+
+// Settings are the keys of a [plugins.senderlogin] table.
+type Settings struct {
+	// Mode is "full" (the default: the sender must be the login),
+	// "same-domain" (the sender's domain must be the login's domain) or
+	// "disabled" (accept every sender).
+	Mode string `toml:"mode"`
+	// Domain completes a login without '@': with domain = "example.test"
+	// the login "alice" owns alice@example.test. Without it such a login
+	// owns only the addresses Allow gives it.
+	Domain string `toml:"domain"`
+	// Allow maps a login to the other addresses it may send as:
+	// "sales@example.test", "*@example.test" (every address of the
+	// domain) or "*" (any address).
+	Allow Allow `toml:"allow"`
+}
+
+// Allow is the allow table: login = ["address", ...].
+type Allow map[string][]string
+
+// UnmarshalTOML decodes the table, refusing any other shape: the TOML
+// decoder would silently drop a list (allow = ["a@b"]) given to a map.
+func (a *Allow) UnmarshalTOML(v any) error {
+	const want = `want a table of login = ["address", ...]: [plugins.senderlogin.allow] "alice@example.test" = ["sales@example.test"]`
+	table, ok := v.(map[string]any)
+	if !ok {
+		return errors.New(want) // the decoder prefixes "allow: "
+	}
+	m := make(Allow, len(table))
+	for login, list := range table {
+		items, ok := list.([]any)
+		if !ok {
+			return fmt.Errorf("allow.%q: want a list of addresses such as [\"sales@example.test\"]", login)
+		}
+		for _, it := range items {
+			addr, ok := it.(string)
+			if !ok {
+				return fmt.Errorf("allow.%q: want a list of addresses such as [\"sales@example.test\"]", login)
+			}
+			m[login] = append(m[login], addr)
+		}
+		if m[login] == nil {
+			m[login] = []string{}
+		}
+	}
+	*a = m
+	return nil
+}
+
+// NoteMismatch is the connection note set to the sender address refused
+// last (a refused MAIL leaves no transaction to note it on).
+const NoteMismatch = "senderlogin.mismatch"
+
+// The modes.
+const (
+	modeFull       = "full"
+	modeSameDomain = "same-domain"
+	modeDisabled   = "disabled"
+)
+
+// address is an address split at its last '@', the domain in lower case.
+// A login without '@' (and no domain setting) has hasDomain false.
+type address struct {
+	local, domain string
+	hasDomain     bool
+}
+
+func (a address) String() string {
+	if !a.hasDomain {
+		return a.local
+	}
+	return a.local + "@" + a.domain
+}
+
+// pattern is one entry of an allow list.
+type pattern struct {
+	any   bool // "*": any address
+	all   bool // "*@domain": every address of domain
+	exact address
+}
+
+func (p pattern) match(a address) bool {
+	switch {
+	case p.any:
+		return true
+	case !a.hasDomain:
+		return false
+	case p.all:
+		return a.domain == p.exact.domain
+	default:
+		return a == p.exact
+	}
+}
+
+// Plugin is a senderlogin instance. It is read-only after New and safe for
+// concurrent use.
+type Plugin struct {
+	mode   string
+	domain string
+	allow  map[string][]pattern // by canonical login
+}
+
+var _ hooks.Mail = (*Plugin)(nil)
+
+// New builds a senderlogin instance from its settings.
+func New(decode hooks.Decoder) (*Plugin, error) {
+	s := Settings{Mode: modeFull}
+	if err := decode(&s); err != nil {
+		return nil, err
+	}
+	switch s.Mode {
+	case modeFull, modeSameDomain, modeDisabled:
+	default:
+		return nil, fmt.Errorf("mode = %q: want %q, %q or %q", s.Mode, modeFull, modeSameDomain, modeDisabled)
+	}
+	p := &Plugin{mode: s.Mode, allow: map[string][]pattern{}}
+	if s.Domain != "" {
+		d := strings.ToLower(strings.TrimSpace(s.Domain))
+		if d == "" || strings.ContainsAny(d, "@ \t<>") || strings.HasPrefix(d, ".") {
+			return nil, fmt.Errorf("domain = %q: want a bare domain such as \"example.test\"", s.Domain)
+		}
+		p.domain = d
+	}
+	for login, addrs := range s.Allow {
+		if strings.TrimSpace(login) == "" {
+			return nil, fmt.Errorf("allow: an empty login: each key is a login as the client sends it in AUTH (\"alice@example.test\")")
+		}
+		key := p.login(login).String()
+		for _, a := range addrs {
+			pat, err := parsePattern(a)
+			if err != nil {
+				return nil, fmt.Errorf("allow.%q: %q %v", login, a, err)
+			}
+			p.allow[key] = append(p.allow[key], pat)
+		}
+	}
+	return p, nil
+}
+
+// parsePattern reads an allow entry: "sales@example.test",
+// "*@example.test" or "*".
+func parsePattern(s string) (pattern, error) {
+	if s == "*" {
+		return pattern{any: true}, nil
+	}
+	a, ok := parseAddress(s)
+	if !ok || a.local == "" || a.domain == "" || strings.ContainsAny(s, " \t<>") || a.domain == "*" {
+		return pattern{}, fmt.Errorf("is not an address: want \"sales@example.test\", \"*@example.test\" (every address of the domain) or \"*\" (any address)")
+	}
+	return pattern{all: a.local == "*", exact: a}, nil
+}
+
+// parseAddress splits s at its last '@' and lowers the domain. Domains are
+// compared without regard to case (they are DNS names); local parts are
+// compared exactly, as RFC 5321 2.4 says only the mailbox's own host may
+// interpret them.
+func parseAddress(s string) (address, bool) {
+	i := strings.LastIndexByte(s, '@')
+	if i < 0 {
+		return address{local: s}, false
+	}
+	if i == len(s)-1 {
+		return address{local: s}, true // "alice@": no domain, and not "alice"
+	}
+	return address{local: s[:i], domain: strings.ToLower(s[i+1:]), hasDomain: true}, true
+}
+
+// login is the address a login owns: the login itself when it has an '@'
+// (no domain when nothing follows it), else the login at the domain
+// setting (or no domain at all).
+func (p *Plugin) login(user string) address {
+	if a, ok := parseAddress(user); ok {
+		return a
+	}
+	if p.domain != "" {
+		return address{local: user, domain: p.domain, hasDomain: true}
+	}
+	return address{local: user}
+}
+
+// Mail refuses the sender when the authenticated login does not own it.
+func (p *Plugin) Mail(_ context.Context, c *connection.Connection, _ *transaction.Transaction, from string) hooks.Result {
+	if p.mode == modeDisabled || c.AuthUser == "" || from == "" {
+		return hooks.Result{}
+	}
+	if p.owns(c.AuthUser, from) {
+		return hooks.Result{}
+	}
+	notes.Set(&c.Notes, NoteMismatch, from)
+	return hooks.Result{
+		Code:     hooks.Deny,
+		Reply:    553,
+		Enhanced: [3]int{5, 7, 1},
+		Msg:      "<" + from + ">: Sender address rejected: not owned by user " + c.AuthUser,
+	}
+}
+
+// owns reports whether user may send as from.
+func (p *Plugin) owns(user, from string) bool {
+	login := p.login(user)
+	sender, _ := parseAddress(from)
+	switch {
+	case !login.hasDomain || !sender.hasDomain:
+		// A login with no domain owns nothing by itself.
+	case p.mode == modeFull && sender == login:
+		return true
+	case p.mode == modeSameDomain && sender.domain == login.domain:
+		return true
+	}
+	for _, pat := range p.allow[login.String()] {
+		if pat.match(sender) {
+			return true
+		}
+	}
+	return false
+}
