@@ -54,8 +54,9 @@ type guard struct {
 	// pending is the rest of the line handed to go-smtp.
 	pending         []byte
 	dataMode        bool
-	atLineStart     bool
-	pendingCR       bool
+	atLineStart     bool // in DATA: after a CRLF the client sent
+	pendingCR       bool // in DATA: a CR ended the last chunk
+	afterBare       bool // in DATA (normalize): after a bare CR or LF
 	lastCmd         string
 	override        *hooks.Reply // replaces go-smtp's next final reply
 	closeAfterReply bool
@@ -470,18 +471,18 @@ func (g *guard) readData() error {
 		g.pending = append(g.pending[:0], chunk...)
 		return nil
 	}
-	bare := g.hasBareNewline(chunk, complete)
-	if bare && g.l.cfg.BareNewline != BareNewlineNormalize {
+	g.dataBytes += int64(len(chunk))
+	if g.l.cfg.BareNewline == BareNewlineNormalize {
+		g.pending = g.normalize(g.pending[:0], chunk)
+		return nil
+	}
+	if g.hasBareNewline(chunk, complete) {
 		g.log.Warn("bare CR or LF in DATA; closing", "policy", "reject")
 		g.send(hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 2}, Msg: "Message contains a bare CR or LF: lines must end with CRLF; closing connection", Close: true})
 		return errors.New("bare CR or LF in the message")
 	}
-	if bare {
-		chunk = normalize(chunk, g.atLineStart)
-	}
 	g.pending = append(g.pending[:0], chunk...)
 	g.atLineStart = complete
-	g.dataBytes += int64(len(chunk))
 	return nil
 }
 
@@ -505,27 +506,51 @@ func (g *guard) hasBareNewline(chunk []byte, complete bool) bool {
 	return false
 }
 
-// normalize rewrites bare CR and bare LF to CRLF. A line that becomes "."
-// alone is dot-stuffed so it can never end the message.
-func normalize(chunk []byte, atLineStart bool) []byte {
-	var out []byte
+// normalize appends chunk to dst under the normalize policy: each bare CR
+// and bare LF becomes CRLF. Only a CRLF the client sent starts a line where
+// go-smtp unstuffs a leading dot and where "." ends the message (as
+// Postfix's normalize: only CRLF.CRLF ends DATA). So a line that starts
+// after a bare CR or LF, and a lone "." ended by one, get their dot
+// doubled: go-smtp takes one off, the line reaches the queue as sent, and
+// it can never end the message, however the chunks fall. A CR that ends a
+// chunk is held back until the next byte says whether it is bare.
+func (g *guard) normalize(dst, chunk []byte) []byte {
 	for i := 0; i < len(chunk); i++ {
-		switch b := chunk[i]; {
-		case b == '\r' && i+1 < len(chunk) && chunk[i+1] == '\n':
-			out = append(out, '\r', '\n')
-			i++
+		b := chunk[i]
+		if g.pendingCR {
+			g.pendingCR = false
+			dst = append(dst, '\r', '\n')
+			if b == '\n' {
+				g.atLineStart, g.afterBare = true, false
+				continue
+			}
+			g.afterBare = true
+		}
+		if b == '.' && (g.afterBare || g.atLineStart && loneDot(chunk[i+1:])) {
+			dst = append(dst, '.')
+		}
+		g.atLineStart, g.afterBare = false, false
+		switch {
 		case b == '\r' && i+1 == len(chunk):
-			out = append(out, '\r') // its LF may come in the next chunk
+			g.pendingCR = true
+		case b == '\r' && chunk[i+1] == '\n':
+			dst = append(dst, '\r', '\n')
+			g.atLineStart = true
+			i++
 		case b == '\r', b == '\n':
-			out = append(out, '\r', '\n')
+			dst = append(dst, '\r', '\n')
+			g.afterBare = true
 		default:
-			out = append(out, b)
+			dst = append(dst, b)
 		}
 	}
-	if atLineStart && string(out) == ".\r\n" {
-		out = []byte("..\r\n")
-	}
-	return out
+	return dst
+}
+
+// loneDot reports whether rest, what follows a dot at the start of a line,
+// ends that line with a bare CR or LF, or is empty (undecided).
+func loneDot(rest []byte) bool {
+	return len(rest) == 0 || rest[0] == '\n' || rest[0] == '\r' && (len(rest) == 1 || rest[1] != '\n')
 }
 
 // Write takes go-smtp's replies, line by line: it turns the first into the
@@ -592,7 +617,7 @@ func (g *guard) replyLine(line []byte) error {
 		g.sess.Reset() // go-smtp refused what Sluice accepted: stay in step
 	}
 	if code == 354 {
-		g.dataMode, g.atLineStart, g.pendingCR = true, true, false
+		g.dataMode, g.atLineStart, g.pendingCR, g.afterBare = true, true, false, false
 		g.dataStart, g.dataBytes = time.Now(), 0
 	}
 	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
