@@ -10,7 +10,7 @@ FUZZTIME ?= 60s
 all: build
 
 build:
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/smtpd
+	$(GO) build -ldflags "-X github.com/sluice-mta/sluice/cmd/smtpd/cli.Version=$(VERSION)" -o $(BIN) ./cmd/smtpd
 
 # Serves on 127.0.0.1:2525 (inbound for example.test) and 127.0.0.1:2587
 # (submission: STARTTLS + AUTH, users in ./var/passwd); mail lands in

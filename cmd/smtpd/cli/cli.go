@@ -1,0 +1,350 @@
+// Package cli is the smtpd command line: serve, check, plugins, passwd and
+// version. cmd/smtpd is this plus the list of compiled-in plugins; a custom
+// smtpd with plugins of its own is the same two files in another module:
+//
+//	package main
+//
+//	import (
+//		"os"
+//
+//		"github.com/sluice-mta/sluice/cmd/smtpd/cli"
+//		_ "github.com/sluice-mta/sluice/plugins/rcptok"
+//		_ "github.com/sluice-mta/sluice/plugins/maildir"
+//		_ "example.org/mysmtpd/bouncecheck"
+//	)
+//
+//	func main() { os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+//
+//	smtpd [-config FILE]          serve (default config: /etc/sluice/smtpd.toml)
+//	smtpd check [-config FILE]    validate the configuration, build every plugin, exit
+//	smtpd plugins                 list the compiled-in plugins and their hooks
+//	smtpd passwd [-file F] USER   set USER's password in an authfile password file
+//	smtpd version                 print the version
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluice-mta/sluice/config"
+	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/server"
+)
+
+// Version is set at build time with
+// -ldflags "-X github.com/sluice-mta/sluice/cmd/smtpd/cli.Version=...".
+var Version = "dev"
+
+// Main runs the smtpd command with args (without the program name) and
+// returns the process exit code.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "check":
+		return check(args, stdout, stderr)
+	case "plugins":
+		return listPlugins(stdout)
+	case "passwd":
+		return passwd(args, stdin, stdout, stderr)
+	case "version":
+		fmt.Fprintf(stdout, "smtpd (Sluice) %s\n", Version)
+		return 0
+	case "help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "smtpd: unknown command %q\n", cmd)
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `usage:
+  smtpd [-config FILE]          serve mail (default config %s)
+  smtpd check [-config FILE]    validate the configuration and build every plugin
+  smtpd plugins                 list the compiled-in plugins and the hooks each implements
+  smtpd passwd [-file FILE] USER  set USER's password in an authfile password file
+  smtpd version                 print the version
+`, config.DefaultPath)
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", config.DefaultPath, "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "smtpd %s: unexpected argument %q\n", name, fs.Arg(0))
+		return "", false
+	}
+	return *path, true
+}
+
+func check(args []string, stdout, stderr io.Writer) int {
+	path, ok := configFlag("check", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, err := config.Load(path)
+	if err == nil {
+		_, err = build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd check: %v\n", err)
+		return 1
+	}
+	for _, l := range cfg.Listeners {
+		fmt.Fprintf(stdout, "listener %s on %s: %s\n", l.Name, l.Address, strings.Join(l.Plugins, ", "))
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", path)
+	return 0
+}
+
+func listPlugins(stdout io.Writer) int {
+	for _, r := range hooks.Registered() {
+		fmt.Fprintf(stdout, "%-14s %s\n", r.Name, strings.Join(r.Hooks, " "))
+	}
+	return 0
+}
+
+// built is a configuration turned into what the server runs.
+type built struct {
+	server  server.Config
+	chains  map[string]*hooks.Chain
+	plugins map[string]any // every instance once, even when shared by listeners
+	certs   []*server.Certificates
+}
+
+func sameListeners(a, b map[string]*hooks.Chain) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for name := range a {
+		if _, ok := b[name]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// close runs each plugin instance's Close once.
+func (b *built) close(log *slog.Logger) {
+	for name, p := range b.plugins {
+		if c, ok := p.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				log.Warn("closing a plugin failed", "plugin", name, "err", err)
+			}
+		}
+	}
+}
+
+// build turns the configuration into a server configuration: every plugin
+// built once, one chain per listener, the TLS certificates loaded.
+func build(cfg *config.Config, log *slog.Logger) (*built, error) {
+	plugins, err := cfg.Build()
+	if err != nil {
+		return nil, err
+	}
+	b := &built{chains: map[string]*hooks.Chain{}, plugins: plugins}
+	ok := false
+	defer func() {
+		if !ok {
+			b.close(log)
+		}
+	}()
+	b.server = server.Config{
+		SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log,
+		AuthLimiter: &server.AuthLimiter{
+			MaxFailures: cfg.AuthMaxFailures, Window: cfg.AuthFailureWindow.Duration, Delay: cfg.AuthFailureDelay.Duration,
+		},
+	}
+	for _, l := range cfg.Listeners {
+		var ins []hooks.Instance
+		for _, name := range l.Plugins {
+			ins = append(ins, hooks.Instance{Name: name, Plugin: plugins[name]})
+		}
+		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, Logger: log.With("listener", l.Name)})
+		if err != nil {
+			return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
+		}
+		if !ch.HasQueue() {
+			log.Warn("listener has no queue plugin: every message will get 451", "listener", l.Name)
+		}
+		if l.RequireAuth && !ch.HasAuth() {
+			return nil, fmt.Errorf("%s: listener %q: require_auth is set but no plugin in its list checks passwords (add authfile, checkpassword or dovecotauth)", cfg.Path(), l.Name)
+		}
+		b.chains[l.Name] = ch
+		lc := server.ListenerConfig{
+			Name: l.Name, Address: l.Address, Hostname: l.Hostname, Chain: ch,
+			Limits: server.Limits{
+				MaxMessageBytes: l.MaxMessageSize, MaxRecipients: l.MaxRecipients, MaxHeaderBytes: l.MaxHeaderSize,
+			},
+			ReadTimeout: l.ReadTimeout.Duration, WriteTimeout: l.WriteTimeout.Duration,
+			MinDataRate: l.MinDataRate, MinDataRateGrace: l.MinDataRateGrace.Duration,
+			MaxLineLength: l.MaxLineLength, MaxConnections: l.MaxConnections,
+			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors,
+			BareNewline:      server.BareNewline(l.BareNewline),
+			RequireAuth:      l.RequireAuth,
+			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
+		}
+		if l.HasTLS() && l.StartTLS != "none" || l.ImplicitTLS {
+			certs, err := loadCertificates(l, log)
+			if err != nil {
+				return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
+			}
+			if lc.TLS, err = certs.TLSConfig(l.TLSMinVersion); err != nil {
+				return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
+			}
+			b.certs = append(b.certs, certs)
+			lc.ImplicitTLS = l.ImplicitTLS
+			lc.RequireTLS = l.StartTLS == "require"
+		}
+		b.server.Listeners = append(b.server.Listeners, lc)
+	}
+	ok = true
+	return b, nil
+}
+
+func loadCertificates(l config.Listener, log *slog.Logger) (*server.Certificates, error) {
+	if len(l.TLSCertificates) == 0 {
+		log.Warn("listener uses a throwaway SELF-SIGNED certificate: for local testing only, clients cannot verify it",
+			"listener", l.Name, "hostname", l.Hostname)
+		return server.SelfSigned(l.Hostname)
+	}
+	pairs := make([]server.CertPair, len(l.TLSCertificates))
+	for i, p := range l.TLSCertificates {
+		pairs[i] = server.CertPair{Cert: p.Cert, Key: p.Key}
+	}
+	return server.LoadCertificates(pairs)
+}
+
+func newLogger(level string, w io.Writer) *slog.Logger {
+	var lv slog.Level
+	switch level {
+	case "debug":
+		lv = slog.LevelDebug
+	case "warn":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+}
+
+func serve(args []string, stderr io.Writer) int {
+	path, ok := configFlag("serve", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	log := newLogger(cfg.LogLevel, stderr)
+	slog.SetDefault(log)
+	b, err := build(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	srv, err := server.New(b.server)
+	if err == nil {
+		err = srv.Listen()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	log.Info("Sluice started", "version", Version, "config", path)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				fmt.Fprintf(stderr, "smtpd: %v\n", err)
+				return 1
+			}
+			return 0
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				b = reload(path, cfg, b, srv, log)
+				continue
+			}
+			timeout := cfg.ShutdownTimeout.Duration
+			if timeout <= 0 {
+				timeout = 30 * time.Second
+			}
+			log.Info("stopping: no new connections; waiting for transactions in progress", "signal", sig.String(), "timeout", timeout.String())
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				log.Warn(err.Error())
+			}
+			b.close(log)
+			log.Info("stopped")
+			return 0
+		}
+	}
+}
+
+// reload re-reads the configuration on SIGHUP: it builds every new chain
+// and reloads the certificates first, and swaps the chains only if all of
+// that worked; otherwise the running configuration stays. Adding or
+// removing listeners, addresses and TLS settings other than the
+// certificate files need a restart. Connections in progress finish with the chain they started
+// with; the old chains' plugins are closed after shutdown_timeout.
+func reload(path string, old *config.Config, cur *built, srv *server.Server, log *slog.Logger) *built {
+	log.Info("SIGHUP: reloading", "config", path)
+	for _, c := range cur.certs {
+		if err := c.Reload(); err != nil {
+			log.Error("reload: keeping the certificates in use", "err", err)
+		}
+	}
+	cfg, err := config.Load(path)
+	var next *built
+	if err == nil {
+		next, err = build(cfg, log)
+	}
+	if err != nil {
+		log.Error("reload failed: keeping the running configuration", "err", err)
+		return cur
+	}
+	if !sameListeners(cur.chains, next.chains) {
+		next.close(log)
+		log.Error("reload refused: listeners were added or removed; restart smtpd for that")
+		return cur
+	}
+	srv.Reload(next.chains)
+	delay := old.ShutdownTimeout.Duration
+	if delay <= 0 {
+		delay = 30 * time.Second
+	}
+	retired := cur
+	time.AfterFunc(delay, func() { retired.close(log) })
+	next.certs = cur.certs // the running listeners keep their certificate stores
+	log.Info("reloaded", "listeners", len(next.chains))
+	return next
+}
