@@ -34,6 +34,9 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 	// HookTimeout bounds one hook's run through a chain. Default 30s.
 	HookTimeout Duration `toml:"hook_timeout"`
+	// QueueTimeout bounds the queue hook (the handoff of the whole
+	// message). Default 10m, RFC 5321's time for the reply to the final dot.
+	QueueTimeout Duration `toml:"queue_timeout"`
 	// ShutdownTimeout is how long SIGTERM waits for transactions in
 	// progress. Default 30s.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
@@ -61,12 +64,19 @@ type Listener struct {
 	// Plugins is the chain, in execution order: instance names, each a
 	// [plugins.NAME] table or a compiled-in plugin's name.
 	Plugins []string `toml:"plugins"`
-	// MaxMessageSize caps a message in bytes (exactly this size passes).
-	MaxMessageSize int64 `toml:"max_message_size"`
+	// MaxMessageSize caps a message (exactly this size passes): bytes, or
+	// a string with a unit ("25MB"). Default 25MB.
+	MaxMessageSize Bytes `toml:"max_message_size"`
 	// MaxRecipients caps the recipients of one message.
 	MaxRecipients int `toml:"max_recipients"`
-	// MaxHeaderSize caps the header section in bytes.
-	MaxHeaderSize int64 `toml:"max_header_size"`
+	// MaxHeaderSize caps the header section ("1MB" by default).
+	MaxHeaderSize Bytes `toml:"max_header_size"`
+	// SpoolMemory is how much of a message body stays in memory before it
+	// spools to a file under data_dir/spool. Default "256KB".
+	SpoolMemory Bytes `toml:"spool_memory"`
+	// MaxJunkCommands closes the connection (421) after this many NOOP,
+	// VRFY, HELP and RSET without a message in between. Default 100.
+	MaxJunkCommands int `toml:"max_junk_commands"`
 	// MaxLineLength caps a command line in bytes.
 	MaxLineLength int `toml:"max_line_length"`
 	// ReadTimeout is how long the server waits for the client's next
@@ -98,7 +108,8 @@ type Listener struct {
 	// TLSMinVersion is "1.2" (default) or "1.3".
 	TLSMinVersion string `toml:"tls_min_version"`
 	// StartTLS is "offer" (default when a certificate is set), "require"
-	// (MAIL and AUTH refused before STARTTLS with 530 5.7.0) or "none".
+	// (MAIL refused before STARTTLS with 530 5.7.0; AUTH is never offered
+	// in plaintext anyway: 538 5.7.11) or "none".
 	StartTLS string `toml:"starttls"`
 	// ImplicitTLS serves TLS from the first byte (port 465, "submissions").
 	ImplicitTLS bool `toml:"implicit_tls"`
@@ -228,7 +239,8 @@ func (c *Config) check() error {
 		default:
 			return fmt.Errorf("%s: bare_newline = %q: want \"reject\" or \"normalize\"", where, l.BareNewline)
 		}
-		if l.MaxMessageSize < 0 || l.MaxRecipients < 0 || l.MaxHeaderSize < 0 || l.MaxLineLength < 0 {
+		if l.MaxMessageSize < 0 || l.MaxRecipients < 0 || l.MaxHeaderSize < 0 || l.MaxLineLength < 0 ||
+			l.SpoolMemory < 0 || l.MaxJunkCommands < 0 || l.MaxErrors < 0 || l.MaxConnections < 0 || l.MaxConnectionsPerIP < 0 {
 			return fmt.Errorf("%s: limits must not be negative", where)
 		}
 	}

@@ -242,9 +242,14 @@ func callOne[P any](ch *Chain, ctx context.Context, hook string, c *connection.C
 			ch.logFailure(c, hook, e.name, "plugin error", "code", r.Code.String(), "err", r.Err.Error())
 			return Result{Code: DenySoft, Err: r.Err}
 		}
-		// A refusal that explains itself (a downstream said "user unknown"):
-		// worth a line, not an alarm.
-		ch.logAt(slog.LevelWarn, c, hook, e.name, "plugin refused", "code", r.Code.String(), "err", r.Err.Error())
+		// A permanent refusal that explains itself (a downstream said "user
+		// unknown") is worth a line; a temporary one (disk full, a backend
+		// down) is an operator's problem.
+		level := slog.LevelWarn
+		if r.Code == DenySoft || r.Code == DenySoftDisconnect {
+			level = slog.LevelError
+		}
+		ch.logAt(level, c, hook, e.name, "plugin refused", "code", r.Code.String(), "err", r.Err.Error())
 	}
 	return r
 }

@@ -210,7 +210,7 @@ func ReplyFor(hook string, r Result) Reply {
 		// rcpt_pre, data_headers_end, data_post, queue_pre).
 		return Reply{}
 	}
-	if r.Reply >= 200 && r.Reply <= 599 && r.Reply/100 == rep.Code/100 && !fixedCode(rep.Code) {
+	if r.Reply >= 200 && r.Reply <= 599 && r.Reply/100 == rep.Code/100 && !fixedCode(rep.Code) && (r.Reply != 421 || rep.Close) { // 421 promises a close
 		rep.Code = r.Reply
 	}
 	if r.Msg != "" {

@@ -210,7 +210,7 @@ func (g *guard) readFailed(err error, during string) error {
 }
 
 func (g *guard) readCommand() error {
-	if g.l.shuttingDown() {
+	if g.l.shuttingDown() && !g.busy.Load() {
 		g.writeRaw([]byte("421 4.3.2 Service shutting down; try again later\r\n"))
 		g.Close()
 		return io.EOF

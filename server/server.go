@@ -227,13 +227,48 @@ func (s *Server) Serve() error {
 }
 
 // Reload swaps the chains of the named listeners. Connections in progress
-// keep the chain they started with.
-func (s *Server) Reload(chains map[string]*hooks.Chain) {
+// keep the chain they started with; the returned channel is closed once
+// none of them is left, so the caller can close the old plugins then.
+func (s *Server) Reload(chains map[string]*hooks.Chain) <-chan struct{} {
+	var old []*hooks.Chain
 	for _, l := range s.listeners {
 		if ch, ok := chains[l.cfg.Name]; ok {
-			l.chain.Store(ch)
+			if prev := l.chain.Swap(ch); prev != ch {
+				old = append(old, prev)
+			}
 		}
 	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for s.inUse(old) {
+			select {
+			case <-tick.C:
+			case <-s.ctx.Done():
+				return
+			}
+		}
+	}()
+	return drained
+}
+
+// inUse reports whether a connection still runs one of chains.
+func (s *Server) inUse(chains []*hooks.Chain) bool {
+	for _, l := range s.listeners {
+		l.mu.Lock()
+		for g := range l.conns {
+			for _, ch := range chains {
+				if g.sess.cfg.Chain == ch {
+					l.mu.Unlock()
+					return true
+				}
+			}
+		}
+		l.mu.Unlock()
+	}
+	return false
 }
 
 // Shutdown stops accepting, closes idle connections with 421, lets

@@ -111,7 +111,8 @@ func (s *Session) MaxMessageBytes() int64 {
 
 func (s *Session) reply(d hooks.Decision) hooks.Reply {
 	rep := hooks.ReplyFor(d.Hook, d.Result)
-	if d.Result.Code != hooks.Declined {
+	// A queue's OK is logged as "message queued", with its own words.
+	if d.Result.Code != hooks.Declined && !(d.Hook == hooks.HookQueue && d.Result.Code == hooks.OK) {
 		s.log.Info("hook decided", "hook", d.Hook, "plugin", d.Plugin, "code", d.Result.Code.String(), "reply", rep.String())
 	}
 	return rep

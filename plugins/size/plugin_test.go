@@ -45,12 +45,12 @@ func TestBadSettings(t *testing.T) {
 	for _, tt := range []struct{ settings, want string }{
 		{``, `max is missing or zero`},
 		{`max = 0`, `max is missing or zero`},
-		{`max = -1`, `max = "-1": want a whole number of bytes`},
-		{`max = "10XB"`, `max = "10XB": want a whole number of bytes (10485760) or a number with a unit: "10MB"`},
-		{`max = "1.5MB"`, `max = "1.5MB": want a whole number of bytes`},
-		{`max = "MB"`, `max = "MB": want a whole number of bytes`},
+		{`max = -1`, `max: "-1": want a whole number of bytes`},
+		{`max = "10XB"`, `max: "10XB": want a whole number of bytes (10485760) or a number with a unit: "10MB"`},
+		{`max = "1.5MB"`, `max: "1.5MB": want a whole number of bytes`},
+		{`max = "MB"`, `max: "MB": want a whole number of bytes`},
 		{`max = 1.5`, `want a whole number of bytes`},
-		{`max = "99999999999GB"`, `max = "99999999999GB": too large`},
+		{`max = "99999999999GB"`, `max: "99999999999GB": too large`},
 		{`maximum = "10MB"`, `unknown key "maximum"`},
 	} {
 		_, err := hookstest.BuildErr("size", tt.settings)

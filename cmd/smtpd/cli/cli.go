@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"time"
@@ -105,7 +106,12 @@ func check(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := config.Load(path)
 	if err == nil {
-		_, err = build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		// Warnings (a listener without a queue plugin) go to stderr.
+		var b *built
+		b, err = build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		if err == nil {
+			b.close(slog.New(slog.NewTextHandler(io.Discard, nil)))
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpd check: %v\n", err)
@@ -181,7 +187,7 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 		for _, name := range l.Plugins {
 			ins = append(ins, hooks.Instance{Name: name, Plugin: plugins[name]})
 		}
-		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, Logger: log.With("listener", l.Name)})
+		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, QueueTimeout: cfg.QueueTimeout.Duration, Logger: log.With("listener", l.Name)})
 		if err != nil {
 			return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
 		}
@@ -195,12 +201,13 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 		lc := server.ListenerConfig{
 			Name: l.Name, Address: l.Address, Hostname: l.Hostname, Chain: ch,
 			Limits: server.Limits{
-				MaxMessageBytes: l.MaxMessageSize, MaxRecipients: l.MaxRecipients, MaxHeaderBytes: l.MaxHeaderSize,
+				MaxMessageBytes: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
+				MaxHeaderBytes: int64(l.MaxHeaderSize), SpoolMemory: int64(l.SpoolMemory),
 			},
 			ReadTimeout: l.ReadTimeout.Duration, WriteTimeout: l.WriteTimeout.Duration,
 			MinDataRate: l.MinDataRate, MinDataRateGrace: l.MinDataRateGrace.Duration,
 			MaxLineLength: l.MaxLineLength, MaxConnections: l.MaxConnections,
-			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors,
+			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors, MaxJunkCommands: l.MaxJunkCommands,
 			BareNewline:      server.BareNewline(l.BareNewline),
 			RequireAuth:      l.RequireAuth,
 			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
@@ -337,14 +344,40 @@ func reload(path string, old *config.Config, cur *built, srv *server.Server, log
 		log.Error("reload refused: listeners were added or removed; restart smtpd for that")
 		return cur
 	}
-	srv.Reload(next.chains)
-	delay := old.ShutdownTimeout.Duration
-	if delay <= 0 {
-		delay = 30 * time.Second
+	if changed := needsRestart(old, cfg); len(changed) > 0 {
+		log.Warn("reload: these settings changed but only take effect after a restart", "settings", strings.Join(changed, ", "))
 	}
+	drained := srv.Reload(next.chains)
 	retired := cur
-	time.AfterFunc(delay, func() { retired.close(log) })
+	go func() {
+		<-drained // the connections that started with the old chains are gone
+		retired.close(log)
+	}()
 	next.certs = cur.certs // the running listeners keep their certificate stores
 	log.Info("reloaded", "listeners", len(next.chains))
 	return next
+}
+
+// needsRestart names the settings that differ between two configurations
+// and that a reload does not apply: everything but the plugin lists, the
+// plugin tables and the hook timeouts.
+func needsRestart(a, b *config.Config) []string {
+	var out []string
+	if a.Hostname != b.Hostname || a.DataDir != b.DataDir || a.LogLevel != b.LogLevel || a.ShutdownTimeout != b.ShutdownTimeout {
+		out = append(out, "hostname/data_dir/log_level/shutdown_timeout")
+	}
+	if a.AuthMaxFailures != b.AuthMaxFailures || a.AuthFailureWindow != b.AuthFailureWindow || a.AuthFailureDelay != b.AuthFailureDelay {
+		out = append(out, "auth_*")
+	}
+	for i := range a.Listeners {
+		if i >= len(b.Listeners) {
+			break
+		}
+		la, lb := a.Listeners[i], b.Listeners[i]
+		la.Plugins, lb.Plugins = nil, nil
+		if !reflect.DeepEqual(la, lb) {
+			out = append(out, fmt.Sprintf("listener %q settings", la.Name))
+		}
+	}
+	return out
 }
