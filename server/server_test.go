@@ -122,6 +122,17 @@ func (c *client) expect(cmd, want string) string {
 	return got
 }
 
+// startData reads the greeting and runs EHLO, MAIL, RCPT and DATA up to
+// the 354.
+func (c *client) startData() {
+	c.t.Helper()
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("RCPT TO:<b@b.example>", "250")
+	c.expect("DATA", "354")
+}
+
 // closed checks the server closed the connection.
 func (c *client) closed() {
 	c.t.Helper()
@@ -191,11 +202,7 @@ func TestPipelinedTransactions(t *testing.T) {
 func TestBareLFInDataIsRejectedAndNothingQueued(t *testing.T) {
 	ts := start(t, nil)
 	c := dial(t, ts.addr)
-	c.expect("", "220 ")
-	c.expect("EHLO a.example", "250")
-	c.expect("MAIL FROM:<a@a.example>", "250")
-	c.expect("RCPT TO:<b@b.example>", "250")
-	c.expect("DATA", "354")
+	c.startData()
 	// The SMTP smuggling shape: "\n.\n" followed by a second message.
 	c.send("Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@a.example>\r\nRCPT TO:<victim@b.example>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n")
 	c.expect("", "554 5.5.2")
@@ -208,11 +215,7 @@ func TestBareLFInDataIsRejectedAndNothingQueued(t *testing.T) {
 func TestBareLFNormalizeNeverEndsTheMessage(t *testing.T) {
 	ts := start(t, func(l *server.ListenerConfig) { l.BareNewline = server.BareNewlineNormalize })
 	c := dial(t, ts.addr)
-	c.expect("", "220 ")
-	c.expect("EHLO a.example", "250")
-	c.expect("MAIL FROM:<a@a.example>", "250")
-	c.expect("RCPT TO:<b@b.example>", "250")
-	c.expect("DATA", "354")
+	c.startData()
 	c.send("Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@a.example>\r\n.\r\n")
 	c.expect("", "250 2.0.0 Ok: queued")
 	msgs := ts.queue.Messages()
@@ -342,11 +345,7 @@ func TestStalledDataGets421AndTheRestIsNeverParsed(t *testing.T) {
 		l.MinDataRate, l.MinDataRateGrace = 1000, 300*time.Millisecond
 	})
 	c := dial(t, ts.addr)
-	c.expect("", "220 ")
-	c.expect("EHLO a.example", "250")
-	c.expect("MAIL FROM:<a@a.example>", "250")
-	c.expect("RCPT TO:<b@b.example>", "250")
-	c.expect("DATA", "354")
+	c.startData()
 	c.send("Subject: slow\r\n\r\n")
 	c.expect("", "421 4.4.2 Timeout reading the message")
 	c.closed()
