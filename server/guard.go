@@ -227,6 +227,12 @@ func (g *guard) readCommand() error {
 		return g.readFailed(err, "waiting for a command")
 	}
 	if !bytes.HasSuffix(line, []byte("\r\n")) || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
+		if g.saslMode {
+			// go-smtp waits for the SASL answer: cancel the exchange for it.
+			g.saslMode = false
+			g.pending = append(g.pending[:0], "*\r\n"...)
+			return nil
+		}
 		g.send(hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: commands must end with CRLF, with no bare CR or LF"})
 		return nil
 	}
