@@ -5,13 +5,18 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/transaction"
 )
 
 // passwords is a test auth plugin: alice's password is "s3cret".
@@ -116,4 +121,79 @@ func TestAuthBruteForceIsLockedOut(t *testing.T) {
 	c2.expect("EHLO a.example", "250")
 	c2.startTLS()
 	c2.expect("AUTH PLAIN "+b64("\x00alice\x00s3cret"), "535 5.7.8 Too many failed")
+}
+
+// noteRecorder keeps the auth notes it sees at MAIL.
+type noteRecorder struct{ seen chan string }
+
+func (n noteRecorder) Mail(_ context.Context, c *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
+	n.seen <- notes.Get[string](&c.Notes, server.NoteAuthUser) + " " + notes.Get[string](&c.Notes, server.NoteAuthMech) + " " + c.AuthUser
+	return hooks.Result{}
+}
+
+func TestPlaintextAuthOnlyWhereAllowedAndIdentityInLaterHooks(t *testing.T) {
+	rec := noteRecorder{seen: make(chan string, 1)}
+	ts := start(t, func(l *server.ListenerConfig) { l.AuthPlaintextLoopback = true },
+		hooks.Instance{Name: "passwords", Plugin: passwords{}}, hooks.Instance{Name: "rec", Plugin: rec})
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	if ehlo := c.expect("EHLO a.example", "250"); !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
+		t.Fatalf("auth_plaintext_loopback: AUTH not offered to a loopback client: %q", ehlo)
+	}
+	c.expect("AUTH PLAIN "+b64("\x00alice\x00s3cret"), "235")
+	c.expect("MAIL FROM:<alice@example.test>", "250")
+	if got := <-rec.seen; got != "alice PLAIN alice" {
+		t.Fatalf("mail hook saw %q, want the auth notes and AuthUser", got)
+	}
+}
+
+func TestCertificatesBySNIAndReload(t *testing.T) {
+	dir := t.TempDir()
+	writePair := func(name, host string) server.CertPair {
+		cert, key := selfSignedPEM(t, host)
+		p := server.CertPair{Cert: filepath.Join(dir, name+".pem"), Key: filepath.Join(dir, name+".key")}
+		os.WriteFile(p.Cert, cert, 0o600)
+		os.WriteFile(p.Key, key, 0o600)
+		return p
+	}
+	a, b := writePair("a", "mx.a.example"), writePair("b", "mx.b.example")
+	certs, err := server.LoadCertificates([]server.CertPair{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := certs.TLSConfig("1.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := func(sni string) string {
+		t.Helper()
+		cs, ss := net.Pipe()
+		defer cs.Close()
+		go tls.Server(ss, cfg).Handshake()
+		tc := tls.Client(cs, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		return tc.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if got := served("mx.b.example"); got != "mx.b.example" {
+		t.Fatalf("SNI mx.b.example got %s", got)
+	}
+	if got := served("other.example"); got != "mx.a.example" {
+		t.Fatalf("unknown SNI got %s, want the first pair", got)
+	}
+	writePair("a", "renewed.a.example")
+	if err := certs.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := served("other.example"); got != "renewed.a.example" {
+		t.Fatalf("after reload got %s", got)
+	}
+	os.WriteFile(a.Cert, []byte("garbage"), 0o600)
+	if err := certs.Reload(); err == nil {
+		t.Fatal("a broken certificate file reloaded without error")
+	}
+	if got := served("other.example"); got != "renewed.a.example" {
+		t.Fatalf("a failed reload replaced the certificate: %s", got)
+	}
 }

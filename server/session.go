@@ -147,6 +147,13 @@ func (s *Session) Helo(host string, esmtp bool) hooks.Reply {
 	return rep
 }
 
+// The connection notes set by a successful AUTH (c.AuthUser holds the
+// user too).
+const (
+	NoteAuthUser = "auth.user"
+	NoteAuthMech = "auth.mech"
+)
+
 // Auth checks credentials through the auth hook. On success (235) the
 // connection is authenticated: c.AuthUser is set and the client may relay.
 // The password is never logged.
@@ -155,6 +162,8 @@ func (s *Session) Auth(mech, user, password string) hooks.Reply {
 	rep := s.reply(d)
 	if d.Result.Code == hooks.OK || d.Result.Code == hooks.Done {
 		s.conn.AuthUser, s.conn.Relay = user, true
+		s.conn.Notes.Set(NoteAuthUser, user)
+		s.conn.Notes.Set(NoteAuthMech, mech)
 	}
 	return rep
 }
