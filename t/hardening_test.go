@@ -1,0 +1,700 @@
+package t_test
+
+// Hardening tests (issue 4): hostile input, faults and durability, through
+// the real binary on a loopback port with exact bytes. Each test starts its
+// own smtpd and runs in parallel with the others.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// listenerConfig is a config with one listener "mx" whose plugin list is
+// plugins, with extra listener keys, local domain example.test and a
+// Maildir in ./var/mail, followed by more tables.
+func listenerConfig(plugins, listenerKeys, tables string) string {
+	return `hostname = "mx.example.test"
+data_dir = "./var"
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:0"
+plugins = [` + plugins + `]
+` + listenerKeys + `
+
+[plugins.rcptok]
+domains = ["example.test"]
+
+[plugins.maildir]
+path = "./var/mail"
+` + tables
+}
+
+// send writes raw bytes.
+func (s *rawSession) send(b string) {
+	s.t.Helper()
+	if _, err := s.c.Write([]byte(b)); err != nil {
+		s.t.Fatalf("write %q: %v", abbrev(b), err)
+	}
+}
+
+// closed checks that the server closes the connection without another
+// reply.
+func (s *rawSession) closed() {
+	s.t.Helper()
+	rest, err := io.ReadAll(s.r)
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		s.t.Fatalf("want the connection closed, got %v after %q", err, rest)
+	}
+	if len(rest) > 0 {
+		s.t.Fatalf("want the connection closed, got %q", rest)
+	}
+}
+
+// greet reads the banner and sends EHLO, MAIL and RCPT, each of which
+// must be accepted.
+func (s *rawSession) greet(rcpts ...string) {
+	s.t.Helper()
+	s.expect("", "220 ")
+	s.expect("EHLO client.example", "250")
+	s.expect("MAIL FROM:<alice@example.org>", "250 2.1.0")
+	for _, r := range rcpts {
+		s.expect("RCPT TO:<"+r+">", "250 2.1.5")
+	}
+}
+
+func abbrev(s string) string {
+	if len(s) > 80 {
+		return s[:80] + fmt.Sprintf("...(%d bytes)", len(s))
+	}
+	return s
+}
+
+// entries returns the names in dir ("" when it does not exist).
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// nothingQueued checks that the Maildir's new/ and tmp/ and the spool are
+// empty.
+func nothingQueued(t *testing.T, s *smtpd) {
+	t.Helper()
+	for _, d := range []string{"var/mail/new", "var/mail/tmp", "var/spool"} {
+		if es := entries(t, filepath.Join(s.dir, d)); len(es) != 0 {
+			t.Errorf("%s holds %v, want nothing", d, es)
+		}
+	}
+}
+
+// waitFor polls cond until it holds or 10 seconds pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// crlfOnly reports whether every CR in b is followed by LF and every LF
+// preceded by CR.
+func crlfOnly(b []byte) bool {
+	for i, c := range b {
+		switch {
+		case c == '\r' && (i+1 == len(b) || b[i+1] != '\n'):
+			return false
+		case c == '\n' && (i == 0 || b[i-1] != '\r'):
+			return false
+		}
+	}
+	return true
+}
+
+// logLine returns the first log line holding every one of parts, or "".
+func logLine(s *smtpd, parts ...string) string {
+	for _, l := range strings.Split(s.Log(), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return l
+		}
+	}
+	return ""
+}
+
+// waitLogLine waits for a log line holding every one of parts.
+func waitLogLine(t *testing.T, s *smtpd, parts ...string) string {
+	t.Helper()
+	var line string
+	waitFor(t, fmt.Sprintf("a log line with %q", parts), func() bool {
+		line = logLine(s, parts...)
+		return line != ""
+	})
+	return line
+}
+
+// spoolFDs counts smtpd's open descriptors on files in its spool
+// directory (they are unlinked at once, so only /proc shows them).
+func spoolFDs(t *testing.T, s *smtpd) int {
+	t.Helper()
+	fdDir := fmt.Sprintf("/proc/%d/fd", s.cmd.Process.Pid)
+	fds, err := os.ReadDir(fdDir)
+	if err != nil {
+		t.Fatalf("reading %s: %v", fdDir, err)
+	}
+	spool := filepath.Join(s.dir, "var", "spool") + "/"
+	n := 0
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join(fdDir, fd.Name())); err == nil && strings.HasPrefix(target, spool) {
+			n++
+		}
+	}
+	return n
+}
+
+// smugglingTail follows the separator under test: a complete second
+// transaction, which must never run.
+const smugglingTail = "MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n" +
+	"Subject: smuggled\r\n\r\nsmuggled body\r\n.\r\nQUIT\r\n"
+
+// TestSmugglingThroughTheBinary sends the SMTP smuggling shapes: a message
+// "ended" by a dot line with a bare line end, followed by a second
+// transaction. reject answers 554 5.5.2 and closes with nothing queued;
+// normalize queues exactly one message that holds the smuggled text as
+// body, and the smuggled transaction never gets a reply.
+func TestSmugglingThroughTheBinary(t *testing.T) {
+	t.Parallel()
+	seps := []string{"\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r\n", "\r\n.\r", "\r\n.\r\r\n"}
+	for _, policy := range []string{"reject", "normalize"} {
+		t.Run(policy, func(t *testing.T) {
+			t.Parallel()
+			s := startSmtpd(t, listenerConfig(`"rcptok", "maildir"`, `bare_newline = "`+policy+`"`, ""))
+			for _, sep := range seps {
+				t.Run(strconv.Quote(sep), func(t *testing.T) {
+					before := len(maildirFiles(t, filepath.Join(s.dir, "var", "mail")))
+					c := rawDial(t, s.Addr("mx"))
+					c.greet("bob@example.test")
+					c.expect("DATA", "354 ")
+					c.send("Subject: first\r\n\r\nbody" + sep + smugglingTail)
+					mail := filepath.Join(s.dir, "var", "mail")
+					if policy == "reject" {
+						c.expect("", "554 5.5.2 Message contains a bare CR or LF")
+						c.closed()
+						if n := len(maildirFiles(t, mail)); n != before {
+							t.Fatalf("%d messages queued, want none", n-before)
+						}
+						return
+					}
+					got := c.expect("", "250 2.0.0 Ok: queued as ")
+					c.expect("", "221 ")
+					c.closed()
+					files := maildirFiles(t, mail)
+					if len(files) != before+1 {
+						t.Fatalf("%d messages queued after %q, want exactly 1", len(files)-before, got)
+					}
+					var msg []byte
+					for _, f := range files {
+						if strings.Contains(f, strings.TrimPrefix(got, "250 2.0.0 Ok: queued as ")) {
+							msg, _ = os.ReadFile(f)
+						}
+					}
+					if !bytes.Contains(msg, []byte("\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n")) {
+						t.Fatalf("the smuggled transaction is not the body of the one message:\n%q", msg)
+					}
+					if !crlfOnly(msg) {
+						t.Fatalf("a bare CR or LF reached the queue:\n%q", msg)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestStartTLSWithPipelinedMailIsNeverExecuted: plaintext sent in the same
+// write as STARTTLS must not run inside (or outside) the TLS session.
+func TestStartTLSWithPipelinedMailIsNeverExecuted(t *testing.T) {
+	t.Parallel()
+	s := startSmtpd(t, listenerConfig(`"rcptok", "maildir"`, "tls_self_signed = true", ""))
+	c := rawDial(t, s.Addr("mx"))
+	c.expect("", "220 ")
+	if ehlo := c.expect("EHLO client.example", "250"); !strings.Contains(ehlo, "STARTTLS") {
+		t.Fatalf("STARTTLS not offered: %q", ehlo)
+	}
+	c.send("STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
+	rep := c.cmd("")
+	switch {
+	case strings.HasPrefix(rep, "554 5.5.1"):
+		c.closed()
+	case strings.HasPrefix(rep, "220 "):
+		// Had the server not read the MAIL yet, the plaintext must now
+		// break the handshake. Should a handshake succeed, the MAIL was
+		// kept aside: any reply to it means it ran inside TLS.
+		tc := tls.Client(c.c, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err == nil {
+			tc.SetDeadline(time.Now().Add(time.Second))
+			if b, _ := io.ReadAll(tc); len(b) > 0 {
+				t.Fatalf("the plaintext MAIL pipelined with STARTTLS was answered inside TLS: %q", b)
+			}
+		}
+	default:
+		t.Fatalf("after STARTTLS with a pipelined MAIL: %q", rep)
+	}
+	// The same listener does STARTTLS properly.
+	ok := rawDial(t, s.Addr("mx"))
+	ok.expect("", "220 ")
+	ok.expect("EHLO client.example", "250")
+	ok.expect("STARTTLS", "220 2.0.0")
+	tc := tls.Client(ok.c, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	ok.c, ok.r = tc, bufio.NewReader(tc)
+	ok.expect("EHLO client.example", "250")
+	ok.expect("MAIL FROM:<alice@example.org>", "250 2.1.0")
+}
+
+var (
+	qqOnce sync.Once
+	qqBin  string
+	qqErr  error
+)
+
+// qqcheck builds queue/testdata/qqcheck once.
+func qqcheck(t *testing.T) string {
+	t.Helper()
+	qqOnce.Do(func() {
+		qqBin = filepath.Join(filepath.Dir(smtpdBin), "qqcheck")
+		build := exec.Command("go", "build", "-o", qqBin, "./queue/testdata/qqcheck")
+		build.Dir = rootDir
+		if out, err := build.CombinedOutput(); err != nil {
+			qqErr = fmt.Errorf("building qqcheck: %v\n%s", err, out)
+		}
+	})
+	if qqErr != nil {
+		t.Fatal(qqErr)
+	}
+	return qqBin
+}
+
+// qqWrapper writes a qmail-queue program that sources dir/qqmode (shell
+// exports of QQCHECK_* variables, changed between messages) and runs
+// qqcheck, saving the envelope and message in dir.
+func qqWrapper(t *testing.T, dir string) (prog string, setMode func(string)) {
+	bin := qqcheck(t)
+	setMode = func(mode string) {
+		writeFile(t, dir, "qqmode", "export QQCHECK_ENVELOPE="+filepath.Join(dir, "envelope")+
+			" QQCHECK_MESSAGE="+filepath.Join(dir, "message")+"\n"+mode+"\n")
+	}
+	setMode("")
+	prog = writeFile(t, dir, "qmail-queue", "#!/bin/sh\n. "+filepath.Join(dir, "qqmode")+"\nexec "+bin+"\n")
+	if err := os.Chmod(prog, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return prog, setMode
+}
+
+// TestNulInAddressNeverReachesTheQmailEnvelope: <a\0Tv@evil\0Tx@mx...>
+// looks local by its last '@' but would be three recipients in a
+// qmail-queue envelope. It is refused before any hook; the next recipient
+// goes through, alone, with no NUL inside.
+func TestNulInAddressNeverReachesTheQmailEnvelope(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	prog, _ := qqWrapper(t, dir)
+	s := startSmtpd(t, `hostname = "mx.example.test"
+[[listener]]
+name = "mx"
+address = "127.0.0.1:0"
+plugins = ["rcptok", "qmailqueue"]
+[plugins.rcptok]
+domains = ["example.test", "mx.example.test"]
+[plugins.qmailqueue]
+path = "`+prog+`"
+`)
+	c := rawDial(t, s.Addr("mx"))
+	c.greet()
+	c.expect("RCPT TO:<a\x00Tv@evil.test\x00Tx@mx.example.test>", "501 5.5.2 ")
+	c.expect("RCPT TO:<bob@example.test>", "250 2.1.5")
+	c.expect("DATA", "354 ")
+	c.send("Subject: nul\r\n\r\nhello\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued as ")
+	env, err := os.ReadFile(filepath.Join(dir, "envelope"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "Falice@example.org\x00Tbob@example.test\x00\x00"; string(env) != want {
+		t.Fatalf("envelope %q, want %q", env, want)
+	}
+	c.expect("MAIL FROM:<a\x00Tv@evil.test>", "501 5.5.2 ")
+}
+
+// TestRecipientTricksAndLimits: a quoted local part holding '@' is
+// refused, <Postmaster> is accepted by rcptok, and the 101st recipient gets
+// 452 4.5.3 (the default max_recipients is 100).
+func TestRecipientTricksAndLimits(t *testing.T) {
+	t.Parallel()
+	s := startSmtpd(t, listenerConfig(`"rcptok", "maildir"`, "", ""))
+	c := rawDial(t, s.Addr("mx"))
+	c.greet()
+	c.expect(`RCPT TO:<"relay@evil.test"@example.test>`, "553 5.1.3 ")
+	c.expect("RCPT TO:<Postmaster>", "250 2.1.5")
+	var b strings.Builder
+	for i := 1; i <= 100; i++ {
+		fmt.Fprintf(&b, "RCPT TO:<r%d@example.test>\r\n", i)
+	}
+	c.send(b.String())
+	for i := 1; i < 100; i++ {
+		c.expect("", "250 2.1.5")
+	}
+	c.expect("", "452 4.5.3 Too many recipients")
+	c.expect("DATA", "354 ")
+	c.send("Subject: many\r\n\r\nx\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued as ")
+	files := maildirFiles(t, filepath.Join(s.dir, "var", "mail"))
+	if len(files) != 1 {
+		t.Fatalf("%d messages in the Maildir, want 1", len(files))
+	}
+	// One message, whoever the recipients: no trace of evil.test in it.
+	if b, _ := os.ReadFile(files[0]); bytes.Contains(b, []byte("evil.test")) {
+		t.Fatalf("the refused recipient reached the message:\n%s", b)
+	}
+}
+
+// vmRSS returns the resident set size of pid in bytes.
+func vmRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	}
+	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return kb << 10
+}
+
+// TestTenMegabyteCommandLineIsCutWithBoundedMemory: a command line of 10
+// MB without LF gets 500 and the connection closes after the server read
+// at most its line buffer.
+func TestTenMegabyteCommandLineIsCutWithBoundedMemory(t *testing.T) {
+	t.Parallel()
+	s := startSmtpd(t, listenerConfig(`"rcptok", "maildir"`, "", ""))
+	pid := s.cmd.Process.Pid
+	c := rawDial(t, s.Addr("mx"))
+	c.expect("", "220 ")
+	before := vmRSS(t, pid)
+	go c.c.Write(bytes.Repeat([]byte("A"), 10<<20)) // fails once the server closes
+	c.expect("", "500 5.5.2 Line too long")
+	c.closed()
+	after := vmRSS(t, pid)
+	if growth := after - before; growth > 20<<20 {
+		t.Fatalf("smtpd RSS grew by %d MB reading one command line (%d -> %d)", growth>>20, before, after)
+	}
+	ok := rawDial(t, s.Addr("mx"))
+	ok.expect("", "220 ")
+	ok.expect("EHLO client.example", "250")
+}
+
+// TestStalledDataGets421AndNothingIsQueued: a client that stops in the
+// middle of a message, under a high minimum data rate, gets 421 and the
+// connection closes; what it sends afterwards is never read.
+func TestStalledDataGets421AndNothingIsQueued(t *testing.T) {
+	t.Parallel()
+	s := startSmtpd(t, listenerConfig(`"rcptok", "maildir"`, "min_data_rate = 1000000\nmin_data_rate_grace = \"300ms\"", ""))
+	c := rawDial(t, s.Addr("mx"))
+	c.greet("bob@example.test")
+	c.expect("DATA", "354 ")
+	c.send("Subject: stalled\r\n\r\nfirst half")
+	c.expect("", "421 4.4.2 Timeout reading the message")
+	// Too late: the rest, with a transaction of its own, goes nowhere.
+	c.c.Write([]byte(" second half\r\n.\r\n" + smugglingTail))
+	c.closed()
+	nothingQueued(t, s)
+	if l := logLine(s, "message queued"); l != "" {
+		t.Fatalf("something was queued: %s", l)
+	}
+}
+
+// TestQmailQueueFailuresDeferAndTheServerGoesOn: qmail-queue exiting 81,
+// killed by a signal, or hanging past the plugin's timeout all give 451;
+// the same server then queues the next message.
+func TestQmailQueueFailuresDeferAndTheServerGoesOn(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	prog, setMode := qqWrapper(t, dir)
+	s := startSmtpd(t, `hostname = "mx.example.test"
+[[listener]]
+name = "mx"
+address = "127.0.0.1:0"
+plugins = ["rcptok", "qmailqueue"]
+[plugins.rcptok]
+domains = ["example.test"]
+[plugins.qmailqueue]
+path = "`+prog+`"
+timeout = "300ms"
+`)
+	send := func(reply string) {
+		t.Helper()
+		c := rawDial(t, s.Addr("mx"))
+		c.greet("bob@example.test")
+		c.expect("DATA", "354 ")
+		c.send("Subject: qq\r\n\r\nhello\r\n.\r\n")
+		c.expect("", reply)
+		c.expect("QUIT", "221 ")
+	}
+	for _, tt := range []struct{ mode, reply string }{
+		{"export QQCHECK_EXIT=81", "451 4.3.0 qmail-queue: internal bug (#4.3.0)"},
+		{"export QQCHECK_SIGNAL=1", "451 4.3.0 qmail-queue: crashed (#4.3.0)"},
+		{"export QQCHECK_HANG=1", "451 4.3.0 qmail-queue: timeout (#4.3.0)"},
+	} {
+		setMode(tt.mode)
+		send(tt.reply)
+	}
+	setMode("")
+	send("250 2.0.0 Ok: queued as ")
+}
+
+// TestPluginPanicsThroughTheBinary: a panic in a plugin is a temporary
+// failure for that step, logged with the plugin's name and its stack, and
+// never takes the server down.
+func TestPluginPanicsThroughTheBinary(t *testing.T) {
+	t.Parallel()
+	var cfg strings.Builder
+	cfg.WriteString("hostname = \"mx.example.test\"\ndata_dir = \"./var\"\n")
+	for _, hook := range []string{"connect", "rcpt", "data_post", "disconnect"} {
+		name := "chaos" + strings.ReplaceAll(hook, "_", "")
+		fmt.Fprintf(&cfg, "[[listener]]\nname = %q\naddress = \"127.0.0.1:0\"\nplugins = [%q, \"rcptok\", \"maildir\"]\n", hook, name)
+		fmt.Fprintf(&cfg, "[plugins.%s]\nuse = \"chaos\"\npanic = [%q]\n", name, hook)
+	}
+	cfg.WriteString("[plugins.rcptok]\ndomains = [\"example.test\"]\n[plugins.maildir]\npath = \"./var/mail\"\n")
+	s := startSmtpd(t, cfg.String())
+	panicked := func(hook string) {
+		t.Helper()
+		l := waitLogLine(t, s, `msg="plugin panicked"`, "hook="+hook+" ", "plugin=chaos"+strings.ReplaceAll(hook, "_", ""))
+		if !strings.Contains(l, `stack="goroutine `) || !strings.Contains(l, "plugins/chaos.(*Plugin).fire") {
+			t.Errorf("the panic at %s is logged without the plugin's stack: %s", hook, l)
+		}
+	}
+
+	c := rawDial(t, s.Addr("connect"))
+	c.expect("", "421 4.7.0 ")
+	c.closed()
+	panicked("connect")
+
+	c = rawDial(t, s.Addr("rcpt"))
+	c.greet()
+	c.expect("RCPT TO:<bob@example.test>", "450 4.7.1 ")
+	c.expect("RCPT TO:<carol@example.test>", "450 4.7.1 ")
+	c.expect("QUIT", "221 ")
+	panicked("rcpt")
+
+	c = rawDial(t, s.Addr("data_post"))
+	c.greet("bob@example.test")
+	c.expect("DATA", "354 ")
+	c.send("Subject: p\r\n\r\nbody\r\n.\r\n")
+	c.expect("", "452 4.7.1 ")
+	c.expect("QUIT", "221 ")
+	panicked("data_post")
+	nothingQueued(t, s)
+
+	c = rawDial(t, s.Addr("disconnect"))
+	c.greet("bob@example.test")
+	c.expect("QUIT", "221 ")
+	c.closed()
+	panicked("disconnect")
+	// Still serving, on that listener and the others.
+	c = rawDial(t, s.Addr("disconnect"))
+	c.greet("bob@example.test")
+	c.expect("DATA", "354 ")
+	c.send("Subject: after\r\n\r\nbody\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued as ")
+	rawDial(t, s.Addr("connect")).expect("", "421 4.7.0 ")
+}
+
+// bigBody is a message of about 1.5 MiB: over the 256 KiB in-memory
+// spool, so the body moves to a file.
+func bigBody() string {
+	return "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("y", 78)+"\r\n", 20000)
+}
+
+// TestClientResetMidDataLeavesNothing: a client that vanishes in the middle
+// of a message that spooled to a file leaves nothing queued and no spool
+// file, open or not.
+func TestClientResetMidDataLeavesNothing(t *testing.T) {
+	t.Parallel()
+	s := startSmtpd(t, listenerConfig(`"rcptok", "maildir"`, "", ""))
+	for _, how := range []string{"reset", "close"} {
+		t.Run(how, func(t *testing.T) {
+			c := rawDial(t, s.Addr("mx"))
+			c.greet("bob@example.test")
+			c.expect("DATA", "354 ")
+			c.send(bigBody())
+			waitFor(t, "the body to spool to a file", func() bool { return spoolFDs(t, s) > 0 })
+			if how == "reset" {
+				c.c.(*net.TCPConn).SetLinger(0) // RST instead of FIN
+			}
+			c.c.Close()
+			waitFor(t, "the spool file to be released", func() bool { return spoolFDs(t, s) == 0 })
+			nothingQueued(t, s)
+		})
+	}
+	if l := logLine(s, "message queued"); l != "" {
+		t.Fatalf("something was queued: %s", l)
+	}
+	ok := rawDial(t, s.Addr("mx"))
+	ok.greet("bob@example.test")
+}
+
+// TestSIGKILLMidDataLeavesNothingHalfQueued kills smtpd while a large
+// message is being received, then starts it again on the same data
+// directory: nothing is queued, nothing is left in tmp/ or the spool, and
+// the new process delivers.
+func TestSIGKILLMidDataLeavesNothingHalfQueued(t *testing.T) {
+	t.Parallel()
+	cfg := listenerConfig(`"rcptok", "maildir"`, "", "")
+	s := startSmtpd(t, cfg)
+	c := rawDial(t, s.Addr("mx"))
+	c.greet("bob@example.test")
+	c.expect("DATA", "354 ")
+	c.send(bigBody())
+	waitFor(t, "the body to spool to a file", func() bool { return spoolFDs(t, s) > 0 })
+	s.cmd.Process.Kill()
+	<-s.exited
+	nothingQueued(t, s)
+
+	s2 := startSmtpdIn(t, s.dir, cfg)
+	nothingQueued(t, s2)
+	c = rawDial(t, s2.Addr("mx"))
+	c.greet("bob@example.test")
+	c.expect("DATA", "354 ")
+	c.send("Subject: after the crash\r\n\r\nbody\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued as ")
+	if n := len(maildirFiles(t, filepath.Join(s.dir, "var", "mail"))); n != 1 {
+		t.Fatalf("%d messages in the Maildir, want 1", n)
+	}
+}
+
+// TestConnectionCaps: over max_connections_per_ip, or max_connections, a
+// client gets 421 4.7.0 at the banner; a slot freed is usable again.
+func TestConnectionCaps(t *testing.T) {
+	t.Parallel()
+	s := startSmtpd(t, `hostname = "mx.example.test"
+[[listener]]
+name = "perip"
+address = "127.0.0.1:0"
+plugins = ["rcptok", "maildir"]
+max_connections_per_ip = 2
+[[listener]]
+name = "total"
+address = "127.0.0.1:0"
+plugins = ["rcptok", "maildir"]
+max_connections = 2
+max_connections_per_ip = 100
+[plugins.rcptok]
+domains = ["example.test"]
+[plugins.maildir]
+path = "./var/mail"
+`)
+	for _, name := range []string{"perip", "total"} {
+		t.Run(name, func(t *testing.T) {
+			a := rawDial(t, s.Addr(name))
+			a.expect("", "220 ")
+			b := rawDial(t, s.Addr(name))
+			b.expect("", "220 ")
+			over := rawDial(t, s.Addr(name))
+			over.expect("", "421 4.7.0 Too many connections")
+			over.closed()
+			a.expect("QUIT", "221 ")
+			a.closed()
+			// The slot is freed once the server has closed its side.
+			waitFor(t, "the slot to be freed", func() bool {
+				c, err := net.Dial("tcp", s.Addr(name))
+				if err != nil {
+					return false
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				l, _ := bufio.NewReader(c).ReadString('\n')
+				return strings.HasPrefix(l, "220 ")
+			})
+			b.expect("NOOP", "250 ")
+		})
+	}
+}
+
+// TestQueueFailuresDeferAndTheServerGoesOn: a Maildir that cannot be
+// written (tmp/ is not a directory), then one on a full file system (a
+// 64 KiB tmpfs), give 451 and leave nothing behind; the server queues the
+// next message once the queue works.
+func TestQueueFailuresDeferAndTheServerGoesOn(t *testing.T) {
+	t.Parallel()
+	deliver := func(s *smtpd, body, reply string) {
+		t.Helper()
+		c := rawDial(t, s.Addr("mx"))
+		c.greet("bob@example.test")
+		c.expect("DATA", "354 ")
+		c.send("Subject: q\r\n\r\n" + body + "\r\n.\r\n")
+		c.expect("", reply)
+		c.expect("QUIT", "221 ")
+	}
+	t.Run("unwritable", func(t *testing.T) {
+		s := startSmtpd(t, listenerConfig(`"rcptok", "maildir"`, "", ""))
+		tmp := filepath.Join(s.dir, "var", "mail", "tmp")
+		if err := os.Remove(tmp); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Dir(tmp), "tmp", "not a directory")
+		deliver(s, "hello", "451 4.3.0 ")
+		if n := len(maildirFiles(t, filepath.Join(s.dir, "var", "mail"))); n != 0 {
+			t.Fatalf("%d messages in new/", n)
+		}
+		os.Remove(tmp)
+		os.Mkdir(tmp, 0o700)
+		deliver(s, "hello", "250 2.0.0 Ok: queued as ")
+	})
+	t.Run("disk full", func(t *testing.T) {
+		dir := t.TempDir()
+		mail := filepath.Join(dir, "var", "mail")
+		if err := os.MkdirAll(mail, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mail).CombinedOutput(); err != nil {
+			t.Skipf("cannot mount a tmpfs to fill (needs root with CAP_SYS_ADMIN): %v: %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", "-l", mail).Run() })
+		s := startSmtpdIn(t, dir, listenerConfig(`"rcptok", "maildir"`, "", ""))
+		deliver(s, strings.Repeat(strings.Repeat("z", 78)+"\r\n", 2000), "451 4.3.1 Insufficient system storage")
+		nothingQueued(t, s)
+		deliver(s, "small", "250 2.0.0 Ok: queued as ")
+	})
+}
