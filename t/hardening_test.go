@@ -698,3 +698,49 @@ func TestQueueFailuresDeferAndTheServerGoesOn(t *testing.T) {
 		deliver(s, "small", "250 2.0.0 Ok: queued as ")
 	})
 }
+
+// TestPluginPastItsDeadlineDefers: a plugin that blocks until its context
+// is cancelled, and one that ignores its context and sleeps past the
+// deadline, each give the client the hook's 4xx once hook_timeout passes,
+// logged as outliving the deadline; the server goes on serving.
+func TestPluginPastItsDeadlineDefers(t *testing.T) {
+	t.Parallel()
+	s := startSmtpd(t, `hostname = "mx.example.test"
+data_dir = "./var"
+hook_timeout = "200ms"
+[[listener]]
+name = "hang"
+address = "127.0.0.1:0"
+plugins = ["hang", "rcptok", "maildir"]
+[[listener]]
+name = "sleep"
+address = "127.0.0.1:0"
+plugins = ["sleep", "rcptok", "maildir"]
+[plugins.hang]
+use = "chaos"
+hang = ["data_post"]
+[plugins.sleep]
+use = "chaos"
+sleep = ["rcpt"]
+delay = "400ms"
+[plugins.rcptok]
+domains = ["example.test"]
+[plugins.maildir]
+path = "./var/mail"
+`)
+	c := rawDial(t, s.Addr("hang"))
+	c.greet("bob@example.test")
+	c.expect("DATA", "354 ")
+	c.send("Subject: hang\r\n\r\nbody\r\n.\r\n")
+	c.expect("", "452 4.7.1 Message temporarily rejected")
+	c.expect("NOOP", "250 ")
+	waitLogLine(t, s, `msg="plugin outlived its deadline"`, "hook=data_post", "plugin=hang", "timeout=200ms")
+	nothingQueued(t, s)
+
+	c = rawDial(t, s.Addr("sleep"))
+	c.greet()
+	c.expect("RCPT TO:<bob@example.test>", "450 4.7.1 Recipient temporarily rejected")
+	c.expect("QUIT", "221 ")
+	waitLogLine(t, s, `msg="plugin outlived its deadline"`, "hook=rcpt", "plugin=sleep")
+	rawDial(t, s.Addr("hang")).greet("bob@example.test")
+}
