@@ -682,19 +682,34 @@ func TestQueueFailuresDeferAndTheServerGoesOn(t *testing.T) {
 		os.Mkdir(tmp, 0o700)
 		deliver(s, "hello", "250 2.0.0 Ok: queued as ")
 	})
-	t.Run("disk full", func(t *testing.T) {
+	// tinyDisk mounts a 64 KiB tmpfs on dir/var/SUB, or skips.
+	tinyDisk := func(t *testing.T, sub string) string {
 		dir := t.TempDir()
-		mail := filepath.Join(dir, "var", "mail")
-		if err := os.MkdirAll(mail, 0o755); err != nil {
+		mnt := filepath.Join(dir, "var", sub)
+		if err := os.MkdirAll(mnt, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mail).CombinedOutput(); err != nil {
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt).CombinedOutput(); err != nil {
 			t.Skipf("cannot mount a tmpfs to fill (needs root with CAP_SYS_ADMIN): %v: %s", err, out)
 		}
-		t.Cleanup(func() { exec.Command("umount", "-l", mail).Run() })
-		s := startSmtpdIn(t, dir, listenerConfig(`"rcptok", "maildir"`, "", ""))
+		t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+		return dir
+	}
+	t.Run("disk full", func(t *testing.T) {
+		s := startSmtpdIn(t, tinyDisk(t, "mail"), listenerConfig(`"rcptok", "maildir"`, "", ""))
 		deliver(s, strings.Repeat(strings.Repeat("z", 78)+"\r\n", 2000), "451 4.3.1 Insufficient system storage")
 		nothingQueued(t, s)
+		deliver(s, "small", "250 2.0.0 Ok: queued as ")
+	})
+	// The spool fills while a large message is received: the rest of the
+	// message is read and dropped, and the reply after the dot is 451.
+	t.Run("spool full", func(t *testing.T) {
+		s := startSmtpdIn(t, tinyDisk(t, "spool"), listenerConfig(`"rcptok", "maildir"`, "", ""))
+		deliver(s, strings.TrimPrefix(bigBody(), "Subject: big\r\n\r\n"), "451 4.3.0 Local error in processing; try again later")
+		nothingQueued(t, s)
+		if n := spoolFDs(t, s); n != 0 {
+			t.Fatalf("%d spool files still open", n)
+		}
 		deliver(s, "small", "250 2.0.0 Ok: queued as ")
 	})
 }
