@@ -759,3 +759,122 @@ path = "./var/mail"
 	waitLogLine(t, s, `msg="plugin outlived its deadline"`, "hook=rcpt", "plugin=sleep")
 	rawDial(t, s.Addr("hang")).greet("bob@example.test")
 }
+
+// TestSoakQueueFailingAtRandom: tens of sessions send a thousand messages
+// while the queue fails one time in five (chaos before maildir). Every
+// message the client was told 250 for is in the Maildir exactly once,
+// under the queue id it was told; nothing else is. (Postfix's smtp-source
+// cannot drive this: it aborts the whole run at the first 4xx after DATA.)
+func TestSoakQueueFailingAtRandom(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("soak test skipped in -short mode")
+	}
+	s := startSmtpd(t, listenerConfig(`"rcptok", "chaos", "maildir"`, "max_connections_per_ip = 100",
+		"[plugins.chaos]\nfail = [\"queue\"]\nprobability = 0.2\n"))
+	const sessions, perSession = 25, 40
+	var mu sync.Mutex
+	acked := map[string]string{} // queue id -> Message-ID
+	deferred := 0
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	for i := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", s.Addr("mx"))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			r := bufio.NewReader(c)
+			reply := func(cmd string) string {
+				if cmd != "" {
+					io.WriteString(c, cmd)
+				}
+				var last string
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil {
+						return "EOF: " + err.Error()
+					}
+					if last = l; len(l) < 4 || l[3] != '-' {
+						return strings.TrimRight(last, "\r\n")
+					}
+				}
+			}
+			step := func(cmd, want string) (string, bool) {
+				got := reply(cmd)
+				if !strings.HasPrefix(got, want) {
+					errs <- fmt.Errorf("session %d: after %q got %q, want %q", i, cmd, got, want)
+					return got, false
+				}
+				return got, true
+			}
+			if _, ok := step("", "220 "); !ok {
+				return
+			}
+			if _, ok := step("EHLO soak.example\r\n", "250"); !ok {
+				return
+			}
+			for j := range perSession {
+				id := fmt.Sprintf("<soak-%d-%d@example.org>", i, j)
+				for _, cmd := range []string{"MAIL FROM:<soak@example.org>\r\n", fmt.Sprintf("RCPT TO:<r%d@example.test>\r\n", j)} {
+					if _, ok := step(cmd, "250 "); !ok {
+						return
+					}
+				}
+				if _, ok := step("DATA\r\n", "354 "); !ok {
+					return
+				}
+				got := reply("Message-ID: " + id + "\r\nSubject: soak\r\n\r\nbody\r\n.\r\n")
+				mu.Lock()
+				switch {
+				case strings.HasPrefix(got, "250 2.0.0 Ok: queued as "):
+					acked[strings.TrimPrefix(got, "250 2.0.0 Ok: queued as ")] = id
+				case got == "451 4.3.0 Queueing failed; try again later":
+					deferred++
+				default:
+					errs <- fmt.Errorf("session %d: message %d got %q", i, j, got)
+				}
+				mu.Unlock()
+			}
+			step("QUIT\r\n", "221 ")
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if len(acked)+deferred != sessions*perSession || deferred == 0 || len(acked) == 0 {
+		t.Fatalf("%d acked, %d deferred of %d", len(acked), deferred, sessions*perSession)
+	}
+	files := maildirFiles(t, filepath.Join(s.dir, "var", "mail"))
+	if len(files) != len(acked) {
+		t.Fatalf("the Maildir holds %d messages; the client was told 250 for %d", len(files), len(acked))
+	}
+	idRe := regexp.MustCompile(`_([0-9A-Z]{16})\.`)
+	midRe := regexp.MustCompile(`(?m)^Message-ID: (<[^>]+>)\r$`)
+	seen := map[string]bool{}
+	for _, f := range files {
+		m := idRe.FindStringSubmatch(filepath.Base(f))
+		if m == nil {
+			t.Fatalf("no queue id in the file name %s", f)
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mid := midRe.FindSubmatch(b)
+		if want, ok := acked[m[1]]; !ok || mid == nil || string(mid[1]) != want || seen[m[1]] {
+			t.Fatalf("%s: queue id %s, Message-ID %q: not a message acked once (acked as %q)", f, m[1], mid, want)
+		}
+		seen[m[1]] = true
+	}
+	if left := entries(t, filepath.Join(s.dir, "var", "mail", "tmp")); len(left) != 0 {
+		t.Fatalf("tmp/ holds %v", left)
+	}
+}
