@@ -10,6 +10,11 @@
 //	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
 //	hookstest.Expect(t, s.Rcpt("bob@elsewhere.test"), 550)
 //
+// Settings and README examples have helpers of their own:
+//
+//	hookstest.ExpectBuildError(t, "rcptok", `domains = ["bob@example.test"]`, "is not a domain")
+//	hookstest.BuildFromReadme(t, "rcptok", "README.md")
+//
 // The replies are exactly what the server would send: hookstest runs the
 // same state machine (server.Session) as a real connection.
 package hookstest
@@ -17,8 +22,11 @@ package hookstest
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -59,6 +67,111 @@ type unknownPlugin struct{ name string }
 func (e *unknownPlugin) Error() string {
 	return "no plugin registered as " + e.name + ": import its package"
 }
+
+// ExpectBuildError fails the test unless building the registered plugin
+// name from settings is refused with an error containing want. It marks
+// the test failed and goes on (t.Errorf), so a table of bad settings
+// reports every row; it returns the error (nil if there was none) for
+// further checks, such as that it does not show a secret.
+func ExpectBuildError(t testing.TB, name, settings, want string) error {
+	t.Helper()
+	p, err := BuildErr(name, settings)
+	switch {
+	case err == nil:
+		if c, ok := p.(io.Closer); ok {
+			c.Close()
+		}
+		t.Errorf("hookstest.BuildErr(%q, %q) built the plugin; want an error containing %q", name, settings, want)
+	case !strings.Contains(err.Error(), want):
+		t.Errorf("hookstest.BuildErr(%q, %q) = %q; want it to contain %q", name, settings, err, want)
+	}
+	return err
+}
+
+// tomlBlock is a README example: a fenced block marked toml.
+var tomlBlock = regexp.MustCompile("(?s)```toml\n(.*?)```")
+
+// ReadmeExamples returns the TOML examples of a README (its blocks fenced
+// as ```toml), in order; it fails the test when the file cannot be read or
+// has none.
+func ReadmeExamples(t testing.TB, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("hookstest.ReadmeExamples: %v", err)
+	}
+	var examples []string
+	for _, m := range tomlBlock.FindAllSubmatch(b, -1) {
+		examples = append(examples, string(m[1]))
+	}
+	if len(examples) == 0 {
+		t.Fatalf("hookstest.ReadmeExamples: %s has no ```toml example", path)
+	}
+	return examples
+}
+
+// BuildFromConfig builds the registered plugin name from the text of a
+// whole configuration file, as smtpd does: config.Parse checks the file
+// (listeners, unknown keys), then the plugin is built from its
+// [plugins.NAME] table (its defaults when there is none). It fails the
+// test on an error. Use it for an example that needs a change first, such
+// as a path replaced by a test file.
+func BuildFromConfig(t testing.TB, name, text string) any {
+	t.Helper()
+	return buildFromConfig(t, "BuildFromConfig", name, "config", text)
+}
+
+// BuildFromReadme is BuildFromConfig on the first TOML example of the
+// README at path, so the example cannot name a key, a value or a listener
+// setting that smtpd would refuse. Line numbers in its errors count from
+// the example's first line.
+func BuildFromReadme(t testing.TB, name, path string) any {
+	t.Helper()
+	return buildFromConfig(t, "BuildFromReadme", name, path, ReadmeExamples(t, path)[0])
+}
+
+func buildFromConfig(t testing.TB, fn, name, path, text string) any {
+	t.Helper()
+	reg, ok := hooks.Lookup(name)
+	if !ok {
+		t.Fatalf("hookstest.%s(%q): %v", fn, name, &unknownPlugin{name})
+	}
+	c, err := config.Parse(path, text)
+	if err != nil {
+		t.Fatalf("hookstest.%s(%q): %v", fn, name, err)
+	}
+	p, err := reg.New(c.Decoder(name))
+	if err != nil {
+		t.Fatalf("hookstest.%s(%q): %v", fn, name, err)
+	}
+	return p
+}
+
+// LogBuffer collects log lines for a test to assert on: what a plugin
+// logs, and that it never logs a password. Pass l.Logger() where a logger
+// is wanted (hooks.Options, slog.SetDefault, Harness.Logger). It is safe
+// for concurrent use; the zero value is ready.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns what was logged so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Logger returns a text logger that writes into l.
+func (l *LogBuffer) Logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
 // Plugin names a plugin value for New.
 func Plugin(name string, p any) hooks.Instance { return hooks.Instance{Name: name, Plugin: p} }

@@ -3,8 +3,11 @@ package hookstest_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -48,10 +51,16 @@ func init() {
 	})
 }
 
-// fakeTB records the first fatal failure instead of ending the test.
+// fakeTB records the first fatal failure instead of ending the test, and
+// the failures reported with Errorf.
 type fakeTB struct {
 	testing.TB
 	failure string
+	errors  []string
+}
+
+func (f *fakeTB) Errorf(format string, args ...any) {
+	f.errors = append(f.errors, fmt.Sprintf(format, args...))
 }
 
 type fatal struct{}
@@ -76,6 +85,13 @@ func failure(t *testing.T, fn func(tb testing.TB)) (msg string) {
 	}()
 	fn(ft)
 	return ""
+}
+
+// errorsOf runs fn with a fakeTB and returns what it reported with Errorf.
+func errorsOf(t *testing.T, fn func(tb testing.TB)) []string {
+	ft := &fakeTB{TB: t}
+	fn(ft)
+	return ft.errors
 }
 
 func TestBuild(t *testing.T) {
@@ -210,5 +226,117 @@ func TestDataRefusedBeforeTheMessage(t *testing.T) {
 	hookstest.Expect(t, s.Data("Subject: x\r\n\r\n"), 554)
 	if len(h.Queued()) != 0 {
 		t.Fatal("queued")
+	}
+}
+
+func TestExpectBuildError(t *testing.T) {
+	var err error
+	if got := errorsOf(t, func(tb testing.TB) {
+		err = hookstest.ExpectBuildError(tb, "hookstesttestdomains", ``, "list at least one")
+	}); len(got) != 0 {
+		t.Fatalf("a refusal with the text reported %q", got)
+	}
+	if err == nil || err.Error() != "domains: list at least one" {
+		t.Fatalf("ExpectBuildError returned %v; want the plugin's error", err)
+	}
+	// Settings that build: one failure naming the settings and the text.
+	got := errorsOf(t, func(tb testing.TB) {
+		err = hookstest.ExpectBuildError(tb, "hookstesttestdomains", `domains = ["example.test"]`, "list at least one")
+	})
+	if len(got) != 1 || !strings.Contains(got[0], `domains = [\"example.test\"]`) || !strings.Contains(got[0], `built the plugin; want an error containing "list at least one"`) {
+		t.Fatalf("settings that build reported %q", got)
+	}
+	if err != nil {
+		t.Fatalf("settings that build: ExpectBuildError returned %v", err)
+	}
+	// Another error: one failure showing the error and the text wanted.
+	got = errorsOf(t, func(tb testing.TB) {
+		hookstest.ExpectBuildError(tb, "hookstesttestdomains", "domains = [\"a\"]\ndomain = \"typo\"", "list at least one")
+	})
+	if len(got) != 1 || !strings.Contains(got[0], `unknown key \"domain\"`) || !strings.Contains(got[0], `want it to contain "list at least one"`) {
+		t.Fatalf("another error reported %q", got)
+	}
+	// It goes on after a failure: a table reports every bad row.
+	got = errorsOf(t, func(tb testing.TB) {
+		hookstest.ExpectBuildError(tb, "hookstesttestdomains", `domains = ["a"]`, "x")
+		hookstest.ExpectBuildError(tb, "nosuchpluginanywhere", ``, "import its package")
+		hookstest.ExpectBuildError(tb, "hookstesttestdomains", `domains = ["b"]`, "y")
+	})
+	if len(got) != 2 {
+		t.Fatalf("two bad rows reported %q", got)
+	}
+}
+
+// writeReadme writes a README into a fresh folder and returns its path.
+func writeReadme(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "README.md")
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+const listener = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\nplugins = [\"hookstesttestdomains\"]\n"
+
+func TestReadmeExamples(t *testing.T) {
+	path := writeReadme(t, "# x\n\n```toml\na = 1\n```\n\n```go\nb := 2\n```\n\n```toml\n[c]\nd = 3\n```\n")
+	if got := hookstest.ReadmeExamples(t, path); !slices.Equal(got, []string{"a = 1\n", "[c]\nd = 3\n"}) {
+		t.Fatalf("ReadmeExamples = %q", got)
+	}
+	for _, tt := range []struct{ path, want string }{
+		{writeReadme(t, "# x\n\n```go\nb := 2\n```\n"), "has no ```toml example"},
+		{filepath.Join(t.TempDir(), "nothere.md"), "nothere.md: no such file"},
+	} {
+		if msg := failure(t, func(tb testing.TB) { hookstest.ReadmeExamples(tb, tt.path) }); !strings.Contains(msg, tt.want) {
+			t.Errorf("ReadmeExamples(%s): %q; want a failure containing %q", tt.path, msg, tt.want)
+		}
+	}
+}
+
+func TestBuildFromReadme(t *testing.T) {
+	path := writeReadme(t, "# x\n\n```toml\n"+listener+"\n[plugins.hookstesttestdomains]\ndomains = [\"example.test\"]\n```\n\n```toml\nnot = toml = at all\n```\n")
+	p := hookstest.BuildFromReadme(t, "hookstesttestdomains", path).(*domains)
+	if !slices.Equal(p.Domains, []string{"example.test"}) {
+		t.Fatalf("BuildFromReadme decoded %v", p.Domains)
+	}
+	for _, tt := range []struct{ name, example, want string }{
+		{"unknown key", "[plugins.hookstesttestdomains]\ndomains = [\"a\"]\ndomain = \"typo\"\n", `README.md:8: unknown key "plugins.hookstesttestdomains.domain"`},
+		{"refused setting", "[plugins.hookstesttestdomains]\ndomains = []\n", "domains: list at least one"},
+		{"no table: the defaults", "", "domains: list at least one"},
+		{"bad listener", "[plugins.hookstesttestdomains]\ndomains = [\"a\"]\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2526\"\nplugins = [\"x\"]\n", `listener "mx": the name is used twice`},
+	} {
+		path := writeReadme(t, "```toml\n"+listener+"\n"+tt.example+"```\n")
+		if msg := failure(t, func(tb testing.TB) { hookstest.BuildFromReadme(tb, "hookstesttestdomains", path) }); !strings.Contains(msg, tt.want) {
+			t.Errorf("%s: %q; want a failure containing %q", tt.name, msg, tt.want)
+		}
+	}
+	if msg := failure(t, func(tb testing.TB) { hookstest.BuildFromReadme(tb, "nosuchpluginanywhere", path) }); !strings.Contains(msg, "import its package") {
+		t.Errorf("an unregistered plugin: %q", msg)
+	}
+}
+
+func TestBuildFromConfig(t *testing.T) {
+	example := hookstest.ReadmeExamples(t, writeReadme(t, "```toml\n"+listener+"[plugins.hookstesttestdomains]\ndomains = [\"/etc/example\"]\n```\n"))[0]
+	p := hookstest.BuildFromConfig(t, "hookstesttestdomains", strings.Replace(example, "/etc/example", "example.test", 1)).(*domains)
+	if !slices.Equal(p.Domains, []string{"example.test"}) {
+		t.Fatalf("BuildFromConfig decoded %v", p.Domains)
+	}
+	if msg := failure(t, func(tb testing.TB) { hookstest.BuildFromConfig(tb, "hookstesttestdomains", `log_level = "loud"`) }); !strings.Contains(msg, `config:1: log_level = "loud"`) {
+		t.Errorf("a config smtpd refuses: %q", msg)
+	}
+}
+
+func TestLogBuffer(t *testing.T) {
+	var l hookstest.LogBuffer
+	log := l.Logger()
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() { log.Info("auth failed", "user", fmt.Sprint("u", i)) })
+	}
+	wg.Wait()
+	out := l.String()
+	if n := strings.Count(out, "level=INFO msg=\"auth failed\" user=u"); n != 8 {
+		t.Fatalf("%d lines of 8 in:\n%s", n, out)
 	}
 }

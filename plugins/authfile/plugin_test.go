@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
@@ -199,11 +198,8 @@ func TestBadFiles(t *testing.T) {
 		{"argon salt", "a:$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$" + strings.Repeat("A", 43) + "\n", `salt: want at least 8 bytes`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := hookstest.BuildErr("authfile", `path = "`+writeFile(t, tt.content)+`"`)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("error %v; want it to contain %q", err, tt.want)
-			}
-			if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "HNbAKRhpaujgo33bRWs") {
+			err := hookstest.ExpectBuildError(t, "authfile", `path = "`+writeFile(t, tt.content)+`"`, tt.want)
+			if err != nil && (strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "HNbAKRhpaujgo33bRWs")) {
 				t.Errorf("error %q shows the password or hash", err)
 			}
 		})
@@ -214,36 +210,17 @@ func TestBadFiles(t *testing.T) {
 		{`path = "testdata"`, `testdata: not a regular file`},
 		{`path = "testdata/passwd"` + "\nfile = \"x\"", `unknown key "file"`},
 	} {
-		if _, err := hookstest.BuildErr("authfile", tt.settings); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %v; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "authfile", tt.settings, tt.want)
 	}
 }
 
 // logBuffer makes slog.Default write into a buffer for the test.
-func logBuffer(t *testing.T) *syncBuffer {
-	var b syncBuffer
+func logBuffer(t *testing.T) *hookstest.LogBuffer {
+	var log hookstest.LogBuffer
 	old := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(&b, nil)))
+	slog.SetDefault(log.Logger())
 	t.Cleanup(func() { slog.SetDefault(old) })
-	return &b
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	return &log
 }
 
 // clock is a settable time source.
@@ -492,23 +469,8 @@ func TestBusy(t *testing.T) {
 // TestReadmeExample builds the README's example with its path replaced by
 // the test vectors (the example names /etc/sluice/passwd).
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	example := strings.Replace(string(m[1]), `"/etc/sluice/passwd"`, `"testdata/passwd"`, 1)
-	c, err := config.Parse("README.md", example)
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("authfile")
-	if _, err := reg.New(c.Decoder("authfile")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	example := hookstest.ReadmeExamples(t, "README.md")[0]
+	hookstest.BuildFromConfig(t, "authfile", strings.Replace(example, `"/etc/sluice/passwd"`, `"testdata/passwd"`, 1))
 }
 
 // TestEmptyAndCRLF: an empty file declines everyone; CRLF line ends and

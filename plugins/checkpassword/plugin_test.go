@@ -1,22 +1,18 @@
 package checkpassword_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
@@ -57,27 +53,17 @@ func conn() *connection.Connection {
 	return connection.New("submission", "mx.example.test", netip.MustParseAddrPort("[::ffff:127.0.0.1]:587"), netip.MustParseAddrPort("192.0.2.7:40000"))
 }
 
-// logs collects what the chain logs.
-type logs struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logs) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logs) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // setup builds the plugin from settings and a chain around it whose log
 // goes to the returned buffer.
-func setup(t *testing.T, settings string) (*checkpassword.Plugin, *hooks.Chain, *logs) {
+func setup(t *testing.T, settings string) (*checkpassword.Plugin, *hooks.Chain, *hookstest.LogBuffer) {
 	t.Helper()
 	p := hookstest.Build(t, "checkpassword", settings).(*checkpassword.Plugin)
-	var l logs
-	ch, err := hooks.NewChain([]hooks.Instance{hookstest.Plugin("checkpassword", p)},
-		hooks.Options{Timeout: 10 * time.Second, Logger: slog.New(slog.NewTextHandler(&l, nil))})
+	var log hookstest.LogBuffer
+	ch, err := hooks.NewChain([]hooks.Instance{hookstest.Plugin("checkpassword", p)}, hooks.Options{Timeout: 10 * time.Second, Logger: log.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, ch, &l
+	return p, ch, &log
 }
 
 func settings(args ...string) string {
@@ -248,39 +234,19 @@ func TestBadSettings(t *testing.T) {
 		{settings() + `args = "/bin/true"`, `incompatible types`},
 		{settings() + `env = ["A=1"]`, `unknown key "env"`},
 	} {
-		_, err := hookstest.BuildErr("checkpassword", tt.settings)
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %v; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "checkpassword", tt.settings, tt.want)
 	}
 	// A name is looked up in $PATH.
-	if _, err := hookstest.BuildErr("checkpassword", `program = "true"`); err != nil {
-		t.Errorf(`program = "true": %v`, err)
-	}
+	hookstest.Build(t, "checkpassword", `program = "true"`)
 }
 
 // TestReadmeExample builds the README's example with the test program in
 // place of /usr/local/bin/checkpassword.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	example := strings.Replace(string(m[1]), `"/usr/local/bin/checkpassword"`, fmt.Sprintf("%q", checkpw), 1)
-	c, err := config.Parse("README.md", example)
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("checkpassword")
-	p, err := reg.New(c.Decoder("checkpassword"))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	if r := p.(*checkpassword.Plugin).Auth(context.Background(), conn(), "PLAIN", "alice", "s3cret"); r.Code != hooks.OK {
+	example := hookstest.ReadmeExamples(t, "README.md")[0]
+	example = strings.Replace(example, `"/usr/local/bin/checkpassword"`, fmt.Sprintf("%q", checkpw), 1)
+	p := hookstest.BuildFromConfig(t, "checkpassword", example).(*checkpassword.Plugin)
+	if r := p.Auth(context.Background(), conn(), "PLAIN", "alice", "s3cret"); r.Code != hooks.OK {
 		t.Errorf("README example: Auth = %+v; want OK", r)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -22,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
@@ -50,27 +48,17 @@ func nextRemote() string {
 	return fmt.Sprintf("198.18.%d.%d:1025", n/250, n%250+1)
 }
 
-// logs collects what the chain logs.
-type logs struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logs) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logs) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // setup builds the plugin from settings and a chain around it whose log
 // goes to the returned buffer.
-func setup(t *testing.T, settings string) (*dovecotauth.Plugin, *hooks.Chain, *logs) {
+func setup(t *testing.T, settings string) (*dovecotauth.Plugin, *hooks.Chain, *hookstest.LogBuffer) {
 	t.Helper()
 	p := hookstest.Build(t, "dovecotauth", settings).(*dovecotauth.Plugin)
-	var l logs
-	ch, err := hooks.NewChain([]hooks.Instance{hookstest.Plugin("dovecotauth", p)},
-		hooks.Options{Timeout: 20 * time.Second, Logger: slog.New(slog.NewTextHandler(&l, nil))})
+	var log hookstest.LogBuffer
+	ch, err := hooks.NewChain([]hooks.Instance{hookstest.Plugin("dovecotauth", p)}, hooks.Options{Timeout: 20 * time.Second, Logger: log.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, ch, &l
+	return p, ch, &log
 }
 
 // dovecot is a running Dovecot with a passwd-file passdb.
@@ -255,7 +243,7 @@ func TestDovecot(t *testing.T) {
 	if r := unix.Auth(context.Background(), conn("[2001:db8::1]:1025"), "PLAIN", "alice@example.test", "s3cret"); r.Code != hooks.OK {
 		t.Errorf("IPv6 client: Auth = %+v; want OK", r)
 	}
-	for _, l := range []*logs{unixLog, tcpLog} {
+	for _, l := range []*hookstest.LogBuffer{unixLog, tcpLog} {
 		out := l.String()
 		if !strings.Contains(out, "dovecot: temporary failure") {
 			t.Errorf("log lacks the temporary failure:\n%s", out)
@@ -310,13 +298,47 @@ type fake struct {
 
 func newFake(t *testing.T, handshake, answer string) *fake {
 	t.Helper()
+	f := &fake{}
+	f.path = serve(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for range 2 { // VERSION, CPID
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			f.record(line, false)
+		}
+		if _, err := c.Write([]byte(handshake)); err != nil {
+			return
+		}
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		f.record(line, true)
+		if answer == "" {
+			r.ReadString('\n') // until the client closes
+			return
+		}
+		id := strings.Split(line, "\t")[min(1, len(strings.Split(line, "\t"))-1)]
+		c.Write([]byte(strings.ReplaceAll(answer, "ID", id)))
+	})
+	return f
+}
+
+// serve listens on a unix socket in a fresh folder with a short name (a
+// socket's path is limited to 108 bytes) and runs handle on each
+// connection, with a 10s deadline, until the test ends. It returns the
+// socket's path.
+func serve(t *testing.T, handle func(c net.Conn)) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "dvf")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fake{path: filepath.Join(dir, "auth-client")}
-	l, err := net.Listen("unix", f.path)
+	path := filepath.Join(dir, "auth-client")
+	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,32 +353,11 @@ func newFake(t *testing.T, handshake, answer string) *fake {
 			wg.Go(func() {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(10 * time.Second))
-				r := bufio.NewReader(c)
-				for range 2 { // VERSION, CPID
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					f.record(line, false)
-				}
-				if _, err := c.Write([]byte(handshake)); err != nil {
-					return
-				}
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return
-				}
-				f.record(line, true)
-				if answer == "" {
-					r.ReadString('\n') // until the client closes
-					return
-				}
-				id := strings.Split(line, "\t")[min(1, len(strings.Split(line, "\t"))-1)]
-				c.Write([]byte(strings.ReplaceAll(answer, "ID", id)))
+				handle(c)
 			})
 		}
 	})
-	return f
+	return path
 }
 
 func (f *fake) record(line string, req bool) {
@@ -461,35 +462,15 @@ func TestAnswers(t *testing.T) {
 // after the client's next line.
 func newClosing(t *testing.T, handshake string) *fake {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "dvc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fake{path: filepath.Join(dir, "auth-client")}
-	l, err := net.Listen("unix", f.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			r := bufio.NewReader(c)
+	return &fake{path: serve(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		r.ReadString('\n')
+		r.ReadString('\n')
+		c.Write([]byte(handshake))
+		if strings.HasSuffix(handshake, "DONE\n") {
 			r.ReadString('\n')
-			r.ReadString('\n')
-			c.Write([]byte(handshake))
-			if strings.HasSuffix(handshake, "DONE\n") {
-				r.ReadString('\n')
-			}
-			c.Close()
 		}
-	})
-	return f
+	})}
 }
 
 // TestTimeout: a server that never answers costs the timeout, then 454.
@@ -534,33 +515,14 @@ func TestBadSettings(t *testing.T) {
 		{`socket = "/run/dovecot/auth-client"` + "\n" + `timeout = "ten"`, `"ten" is not a duration`},
 		{`socket = "/run/dovecot/auth-client"` + "\n" + `mechanism = "LOGIN"`, `unknown key "mechanism"`},
 	} {
-		if _, err := hookstest.BuildErr("dovecotauth", tt.settings); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %v; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "dovecotauth", tt.settings, tt.want)
 	}
 	for _, ok := range []string{`socket = "/var/run/dovecot/auth-client"`, `socket = "./auth-client"`, `socket = "localhost:12345"`, `socket = "[::1]:12345"`} {
-		if _, err := hookstest.BuildErr("dovecotauth", ok); err != nil {
-			t.Errorf("BuildErr(%s) = %v; want success", ok, err)
-		}
+		hookstest.Build(t, "dovecotauth", ok)
 	}
 }
 
 // TestReadmeExample builds the plugin from the TOML example in README.md.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("dovecotauth")
-	if _, err := reg.New(c.Decoder("dovecotauth")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "dovecotauth", "README.md")
 }

@@ -5,12 +5,9 @@
 package example_test
 
 import (
-	"os"
-	"regexp"
 	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/hooks/notes"
@@ -156,34 +153,12 @@ func TestBadSettings(t *testing.T) {
 		{`deny_recipients = "spamtrap@example.test"`, `incompatible types`},
 		{`headers = "X-Example"`, `unknown key "headers"`},
 	} {
-		_, err := hookstest.BuildErr("example", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "example", tt.settings, tt.want)
 	}
 }
 
 // TestReadmeExample builds the plugin from the TOML example in README.md,
 // so the example cannot name a key that does not exist.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("example")
-	if _, err := reg.New(c.Decoder("example")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "example", "README.md")
 }

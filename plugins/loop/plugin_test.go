@@ -1,13 +1,9 @@
 package loop_test
 
 import (
-	"os"
-	"regexp"
 	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/config"
-	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/loop"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
@@ -127,33 +123,11 @@ func TestBadSettings(t *testing.T) {
 		{`reject = "yes"`, `incompatible types`},
 		{`max = 10`, `unknown key "max"`},
 	} {
-		_, err := hookstest.BuildErr("loop", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "loop", tt.settings, tt.want)
 	}
 }
 
 // TestReadmeExample builds the plugin from the TOML example in README.md.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("loop")
-	if _, err := reg.New(c.Decoder("loop")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "loop", "README.md")
 }

@@ -90,15 +90,11 @@ func TestSettings(t *testing.T) {
 		{`path = 5`, "path"},
 		{`paht = "x"`, "paht"},
 	} {
-		if _, err := hookstest.BuildErr("maildir", tc.settings); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-			t.Errorf("settings %s: error %v, want one naming %q", tc.settings, err, tc.wantErr)
-		}
+		hookstest.ExpectBuildError(t, "maildir", tc.settings, tc.wantErr)
 	}
 	// The default path is created relative to the working directory.
 	t.Chdir(dir)
-	if _, err := hookstest.BuildErr("maildir", ""); err != nil {
-		t.Fatalf("default settings: %v", err)
-	}
+	hookstest.Build(t, "maildir", "")
 	if fi, err := os.Stat(filepath.Join(dir, "var", "mail", "new")); err != nil || !fi.IsDir() {
 		t.Errorf("default path ./var/mail/new not created: %v", err)
 	}

@@ -2,13 +2,8 @@ package maxrcpt_test
 
 import (
 	"fmt"
-	"os"
-	"regexp"
-	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/config"
-	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/maxrcpt"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
@@ -89,27 +84,27 @@ func TestPerTransaction(t *testing.T) {
 func TestDefault(t *testing.T) {
 	h := newHarness(t, ``)
 	h.Limits.MaxRecipients = 1000
+	if got := rcpt101(t, h); got != "452 4.5.3 Too many recipients" {
+		t.Errorf("recipient 101: %q", got)
+	}
+
+	// With the listener's default limit (100) the server refuses first.
+	if got := rcpt101(t, newHarness(t, `max = 200`)); got != "452 4.5.3 Too many recipients" {
+		t.Errorf("recipient 101 under the listener's limit: %q", got)
+	}
+}
+
+// rcpt101 gives a transaction 100 recipients, each accepted, and returns
+// the reply to the 101st.
+func rcpt101(t *testing.T, h *hookstest.Harness) string {
+	t.Helper()
 	s := h.Connect("192.0.2.1")
 	hookstest.Expect(t, s.Helo("client.example"), 250)
 	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
 	for i := range 100 {
 		hookstest.Expect(t, s.Rcpt(fmt.Sprintf("r%d@example.test", i)), 250)
 	}
-	if got := s.Rcpt("over@example.test").String(); got != "452 4.5.3 Too many recipients" {
-		t.Errorf("recipient 101: %q", got)
-	}
-
-	// With the listener's default limit (100) the server refuses first.
-	h = newHarness(t, `max = 200`)
-	s = h.Connect("192.0.2.1")
-	hookstest.Expect(t, s.Helo("client.example"), 250)
-	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
-	for i := range 100 {
-		hookstest.Expect(t, s.Rcpt(fmt.Sprintf("r%d@example.test", i)), 250)
-	}
-	if got := s.Rcpt("over@example.test").String(); got != "452 4.5.3 Too many recipients" {
-		t.Errorf("recipient 101 under the listener's limit: %q", got)
-	}
+	return s.Rcpt("over@example.test").String()
 }
 
 func TestBadSettings(t *testing.T) {
@@ -121,33 +116,11 @@ func TestBadSettings(t *testing.T) {
 		{`action = "Defer"`, `action = "Defer": want "defer" or "reject"`},
 		{`limit = 5`, `unknown key "limit"`},
 	} {
-		_, err := hookstest.BuildErr("maxrcpt", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "maxrcpt", tt.settings, tt.want)
 	}
 }
 
 // TestReadmeExample builds the plugin from the TOML example in README.md.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("maxrcpt")
-	if _, err := reg.New(c.Decoder("maxrcpt")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "maxrcpt", "README.md")
 }

@@ -124,11 +124,7 @@ func TestSettings(t *testing.T) {
 		{`pth = "/x"`, "pth"},
 		{`line_endings = "cr"`, "line_endings"},
 	} {
-		if _, err := hookstest.BuildErr("qmailqueue", tc.settings); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-			t.Errorf("settings %s: error %v, want one naming %q", tc.settings, err, tc.wantErr)
-		}
+		hookstest.ExpectBuildError(t, "qmailqueue", tc.settings, tc.wantErr)
 	}
-	if _, err := hookstest.BuildErr("qmailqueue", ""); err != nil {
-		t.Errorf("default settings: %v", err)
-	}
+	hookstest.Build(t, "qmailqueue", "") // the defaults build
 }

@@ -2,16 +2,12 @@ package ratelimit_test
 
 import (
 	"fmt"
-	"os"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/sluice-mta/sluice/config"
-	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/ratelimit"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
@@ -240,19 +236,19 @@ func TestPrune(t *testing.T) {
 	if got := p.Keys(); got != 1000 {
 		t.Fatalf("%d keys; want 1000", got)
 	}
-	clk.advance(5 * time.Minute)
-	p.Take("ip:198.51.100.1")
-	if got := p.Keys(); got != 1001 {
+	// keysAfter lets d pass, takes a message for key and counts the keys.
+	keysAfter := func(d time.Duration, key string) int {
+		clk.advance(d)
+		p.Take(key)
+		return p.Keys()
+	}
+	if got := keysAfter(5*time.Minute, "ip:198.51.100.1"); got != 1001 {
 		t.Fatalf("%d keys half a window later; want 1001 (nothing expired yet)", got)
 	}
-	clk.advance(5 * time.Minute)
-	p.Take("ip:198.51.100.2")
-	if got := p.Keys(); got != 2 {
+	if got := keysAfter(5*time.Minute, "ip:198.51.100.2"); got != 2 {
 		t.Fatalf("%d keys a window later; want 2 (the two recent ones)", got)
 	}
-	clk.advance(20 * time.Minute)
-	p.Take("ip:198.51.100.3")
-	if got := p.Keys(); got != 1 {
+	if got := keysAfter(20*time.Minute, "ip:198.51.100.3"); got != 1 {
 		t.Fatalf("%d keys after a quiet spell; want 1", got)
 	}
 }
@@ -304,14 +300,7 @@ func TestBadSettings(t *testing.T) {
 		{"max = 10\nby = \"IP\"", `by = "IP": want "user" or "ip"`},
 		{"max = 10\nlimit = 5", `unknown key "limit"`},
 	} {
-		_, err := hookstest.BuildErr("ratelimit", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "ratelimit", tt.settings, tt.want)
 	}
 }
 
@@ -319,20 +308,5 @@ func TestBadSettings(t *testing.T) {
 // through the config loader (which refuses keys the plugin did not
 // decode).
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("ratelimit")
-	if _, err := reg.New(c.Decoder("ratelimit")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "ratelimit", "README.md")
 }

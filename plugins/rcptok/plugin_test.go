@@ -3,11 +3,9 @@ package rcptok_test
 import (
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/rcptok"
@@ -160,53 +158,26 @@ func TestBadSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(dir, "nothere")
-	for _, tt := range []struct {
-		settings string
-		want     string // a regexp the error must match
-	}{
+	for _, tt := range []struct{ settings, want string }{
 		{`domains = ["exa mple.test"]`, `domains: "exa mple.test" is not a domain`},
-		{`domains = ["*.example.test"]`, `domains: "\*\.example\.test": write "\.example\.test" to match every subdomain`},
+		{`domains = ["*.example.test"]`, `domains: "*.example.test": write ".example.test" to match every subdomain`},
 		{`domains = ["bob@example.test"]`, `domains: "bob@example.test" is not a domain`},
 		{`domains = [""]`, `domains: "" is not a domain`},
 		{`domains = ["example..test"]`, `domains: "example..test" is not a domain`},
-		{`domains = ["[192.0.2.300]"]`, `domains: "\[192\.0\.2\.300\]" is not an address literal`},
-		{`domains = "example.test"`, `incompatible types|domains`},
+		{`domains = ["[192.0.2.300]"]`, `domains: "[192.0.2.300]" is not an address literal`},
+		{`domains = "example.test"`, `domains: incompatible types`},
 		{`domain = ["example.test"]`, `unknown key "domain"`},
-		{`rcpthosts = "` + missing + `"`, `rcpthosts: cannot read the file: .*` + regexp.QuoteMeta(missing)},
-		{`rcpthosts = "` + bad + `"`, regexp.QuoteMeta(`rcpthosts: ` + bad + `:3: "user@example.test" is not a domain`)},
+		{`rcpthosts = "` + missing + `"`, `rcpthosts: cannot read the file: open ` + missing},
+		{`rcpthosts = "` + bad + `"`, `rcpthosts: ` + bad + `:3: "user@example.test" is not a domain`},
 		{`relay_clients_ok = false`, `domains and rcpthosts are both empty`},
 	} {
-		_, err := hookstest.BuildErr("rcptok", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !regexp.MustCompile(tt.want).MatchString(err.Error()) {
-			t.Errorf("BuildErr(%s) = %q; want it to match %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "rcptok", tt.settings, tt.want)
 	}
 	// No local domain, but relay clients: a submission-only listener.
-	if _, err := hookstest.BuildErr("rcptok", ``); err != nil {
-		t.Errorf("empty settings: %v; want the defaults to build", err)
-	}
+	hookstest.Build(t, "rcptok", ``)
 }
 
 // TestReadmeExample builds the plugin from the TOML example in README.md.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("rcptok")
-	if _, err := reg.New(c.Decoder("rcptok")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "rcptok", "README.md")
 }

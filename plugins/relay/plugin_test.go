@@ -1,12 +1,9 @@
 package relay_test
 
 import (
-	"os"
 	"regexp"
 	"testing"
 
-	"github.com/sluice-mta/sluice/config"
-	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/hooks/notes"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
@@ -103,33 +100,11 @@ func TestBadSettings(t *testing.T) {
 		{`allow = "127.0.0.1"`, `incompatible types`},
 		{`allowed = ["127.0.0.1"]`, `unknown key "allowed"`},
 	} {
-		_, err := hookstest.BuildErr("relay", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !regexp.MustCompile(regexp.QuoteMeta(tt.want)).MatchString(err.Error()) {
-			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "relay", tt.settings, tt.want)
 	}
 }
 
 // TestReadmeExample builds the plugin from the TOML example in README.md.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("relay")
-	if _, err := reg.New(c.Decoder("relay")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "relay", "README.md")
 }

@@ -2,12 +2,9 @@ package senderlogin_test
 
 import (
 	"context"
-	"os"
 	"regexp"
-	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
@@ -231,14 +228,7 @@ func TestBadSettings(t *testing.T) {
 		{`mode = 1`, `incompatible types`},
 		{`allowed = {}`, `unknown key "allowed"`},
 	} {
-		_, err := hookstest.BuildErr("senderlogin", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "senderlogin", tt.settings, tt.want)
 	}
 }
 
@@ -246,23 +236,7 @@ func TestBadSettings(t *testing.T) {
 // through the config loader (which refuses keys the plugin did not
 // decode) and checks that its allow table is in force.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("senderlogin")
-	p, err := reg.New(c.Decoder("senderlogin"))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	p := hookstest.BuildFromReadme(t, "senderlogin", "README.md")
 	h := hookstest.New(t, hookstest.Plugin("senderlogin", p), hookstest.Queue())
 	for _, tt := range []check{
 		{"alice@example.test", "alice@example.test", ok},

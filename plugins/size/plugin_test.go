@@ -3,12 +3,9 @@ package size_test
 import (
 	"context"
 	"net/netip"
-	"os"
-	"regexp"
 	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
@@ -53,14 +50,7 @@ func TestBadSettings(t *testing.T) {
 		{`max = "99999999999GB"`, `max: "99999999999GB": too large`},
 		{`maximum = "10MB"`, `unknown key "maximum"`},
 	} {
-		_, err := hookstest.BuildErr("size", tt.settings)
-		if err == nil {
-			t.Errorf("BuildErr(%s) = nil error; want %q", tt.settings, tt.want)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %q; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "size", tt.settings, tt.want)
 	}
 }
 
@@ -165,20 +155,5 @@ func TestDeclaredSize(t *testing.T) {
 
 // TestReadmeExample builds the plugin from the TOML example in README.md.
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("size")
-	if _, err := reg.New(c.Decoder("size")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "size", "README.md")
 }
