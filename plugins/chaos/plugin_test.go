@@ -1,45 +1,21 @@
 package chaos_test
 
 import (
-	"bytes"
-	"log/slog"
-	"os"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	_ "github.com/sluice-mta/sluice/plugins/chaos"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 )
 
-// syncBuffer is a log sink the chain may write from any goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness builds chaos (with settings), rcptok and a queue recorder into
 // a chain with a short hook deadline, logging into the returned buffer.
-func harness(t *testing.T, settings string) (*hookstest.Harness, *syncBuffer) {
+func harness(t *testing.T, settings string) (*hookstest.Harness, *hookstest.LogBuffer) {
 	t.Helper()
-	log := &syncBuffer{}
+	log := &hookstest.LogBuffer{}
 	ins := []hooks.Instance{
 		hookstest.Plugin("chaos", hookstest.Build(t, "chaos", settings)),
 		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
@@ -47,7 +23,7 @@ func harness(t *testing.T, settings string) (*hookstest.Harness, *syncBuffer) {
 	}
 	h := hookstest.New(t, ins...)
 	ch, err := hooks.NewChain(ins, hooks.Options{Timeout: 50 * time.Millisecond, QueueTimeout: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(log, nil))})
+		Logger: log.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,28 +127,10 @@ func TestBadSettings(t *testing.T) {
 		{`probability = 1.5`, `probability = 1.5: want a number above 0`},
 		{`rate = 1`, `unknown key "rate"`},
 	} {
-		_, err := hookstest.BuildErr("chaos", tt.settings)
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("BuildErr(%s) = %v; want it to contain %q", tt.settings, err, tt.want)
-		}
+		hookstest.ExpectBuildError(t, "chaos", tt.settings, tt.want)
 	}
 }
 
 func TestReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```toml\n(.*?)```").FindSubmatch(b)
-	if m == nil {
-		t.Fatal("README.md has no ```toml example")
-	}
-	c, err := config.Parse("README.md", string(m[1]))
-	if err != nil {
-		t.Fatalf("README example: %v", err)
-	}
-	reg, _ := hooks.Lookup("chaos")
-	if _, err := reg.New(c.Decoder("chaos")); err != nil {
-		t.Fatalf("README example: %v", err)
-	}
+	hookstest.BuildFromReadme(t, "chaos", "README.md")
 }
