@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,13 +17,26 @@ import (
 
 // Maildir delivers messages into one Maildir, as the Maildir
 // specification (https://cr.yp.to/proto/maildir.html) describes: write to
-// tmp/, fsync, link into new/, fsync the directory. A message is in new/
-// only once it is whole and durable. A Maildir is safe for concurrent use.
+// tmp/, flush it to disk, link into new/, flush the directory. A message is
+// in new/ only once it is whole and durable, and Deliver returns only once
+// its directory entry is durable too. A Maildir is safe for concurrent use.
+//
+// Concurrent deliveries share their flushes (group commit): a message
+// written to tmp/ joins the next flush round, and one round makes every
+// message written since the previous round durable, so a busy Maildir costs
+// one flush per round, not one per message. There are two rounds per
+// message, in this order: the data round (the tmp/ files), then, after the
+// link into new/, the directory round (fsync of new/). A round starts as
+// soon as nothing else is flushing: a message alone never waits for
+// company, and messages that arrive during a round join the next one.
 type Maildir struct {
 	dir      string
 	hostname string
 	pid      int
 	seq      atomic.Uint64
+
+	data    batcher[*os.File] // rounds that make written tmp/ files durable
+	entries batcher[struct{}] // rounds that make links in new/ durable
 }
 
 // NewMaildir returns a Maildir rooted at dir, creating dir and its cur/,
@@ -32,6 +46,8 @@ func NewMaildir(dir string) (*Maildir, error) {
 		return nil, errors.New("maildir: the directory is empty")
 	}
 	m := &Maildir{dir: dir, hostname: maildirHostname(), pid: os.Getpid()}
+	m.data.flush = flushFiles
+	m.entries.flush = func([]struct{}) error { return syncDir(filepath.Join(m.dir, "new")) }
 	if err := m.ensureDirs(); err != nil {
 		return nil, err
 	}
@@ -52,9 +68,10 @@ func (m *Maildir) ensureDirs() error {
 }
 
 // Deliver writes the message into new/ under a unique name that contains
-// tx.ID, and returns the receipt with that path. On failure nothing is left
-// in new/ or tmp/, and the error names the step and the path; disk full and
-// permission errors are returned, never hidden.
+// tx.ID, and returns the receipt with that path once the file and its
+// directory entry are durable. On failure nothing is left in new/ or tmp/,
+// and the error names the step and the path; disk full and permission
+// errors are returned, never hidden.
 func (m *Maildir) Deliver(ctx context.Context, tx *transaction.Transaction) (Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return Receipt{}, fmt.Errorf("maildir: %w", err)
@@ -62,32 +79,44 @@ func (m *Maildir) Deliver(ctx context.Context, tx *transaction.Transaction) (Rec
 	name := m.uniqueName(tx.ID, time.Now())
 	tmpPath := filepath.Join(m.dir, "tmp", name)
 	newPath := filepath.Join(m.dir, "new", name)
-	if err := m.writeTmp(tmpPath, tx); err != nil {
+	f, err := m.writeTmp(tmpPath, tx)
+	if err != nil {
 		return Receipt{}, err
+	}
+	// The data round: this file and every other one written since the
+	// last round reach the disk.
+	err = m.data.wait(f)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmpPath)
+		return Receipt{}, pathError("flush", tmpPath, err)
 	}
 	if err := publish(tmpPath, newPath); err != nil {
 		os.Remove(tmpPath)
 		return Receipt{}, err
 	}
-	if err := syncDir(filepath.Dir(newPath)); err != nil {
+	// The directory round: the entry in new/ (and every other one linked
+	// since the last round) reaches the disk.
+	if err := m.entries.wait(struct{}{}); err != nil {
 		// Not known to be durable: take it back, so the client's retry
 		// does not deliver it twice.
 		os.Remove(newPath)
 		os.Remove(tmpPath)
 		return Receipt{}, err
 	}
-	if err := os.Remove(tmpPath); err == nil {
-		// The message is already durable in new/; a stale tmp/ entry after
-		// a crash is harmless (Maildir readers clean tmp/), so an error
-		// here does not fail the delivery.
-		syncDir(filepath.Dir(tmpPath))
-	}
+	// The message is durable in new/. The tmp/ name is removed without a
+	// flush: a stale tmp/ entry after a crash is harmless (Maildir readers
+	// clean tmp/), so an error here does not fail the delivery.
+	os.Remove(tmpPath)
 	return Receipt{ID: tx.ID, Path: newPath}, nil
 }
 
 // writeTmp writes the whole message to path, created exclusively, and
-// fsyncs it. On failure it removes the file.
-func (m *Maildir) writeTmp(path string, tx *transaction.Transaction) error {
+// returns the file still open and not yet flushed. On failure it removes
+// the file.
+func (m *Maildir) writeTmp(path string, tx *transaction.Transaction) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrNotExist) {
 		// Someone removed the Maildir since it was created: make it again.
@@ -96,18 +125,14 @@ func (m *Maildir) writeTmp(path string, tx *transaction.Transaction) error {
 		}
 	}
 	if err != nil {
-		return pathError("create", path, err)
+		return nil, pathError("create", path, err)
 	}
-	if err := writeSynced(f, tx); err != nil {
+	if err := writeMessage(f, tx); err != nil {
 		f.Close()
 		os.Remove(path)
-		return pathError("write", path, err)
+		return nil, pathError("write", path, err)
 	}
-	if err := f.Close(); err != nil {
-		os.Remove(path)
-		return pathError("close", path, err)
-	}
-	return nil
+	return f, nil
 }
 
 // pathError wraps err with the step, naming path unless err already does.
@@ -119,15 +144,106 @@ func pathError(step, path string, err error) error {
 	return fmt.Errorf("maildir: %s %s: %w", step, path, err)
 }
 
-func writeSynced(f *os.File, tx *transaction.Transaction) error {
-	w := bufio.NewWriterSize(f, 64<<10)
+// writers are the buffers messages are written through: a small message
+// is one write(2), and the header's fields are not one write each.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+
+func writeMessage(f *os.File, tx *transaction.Transaction) error {
+	w := writers.Get().(*bufio.Writer)
+	w.Reset(f)
+	defer func() {
+		w.Reset(nil)
+		writers.Put(w)
+	}()
 	if _, err := tx.WriteTo(w); err != nil {
 		return err
 	}
-	if err := w.Flush(); err != nil {
+	return w.Flush()
+}
+
+// flushFiles is the data round: it makes the written files durable. One
+// syncfs(2) writes back everything dirty on the file system and commits
+// the journal once for all of them; where syncfs is not available, each
+// file is fsynced in turn.
+func flushFiles(files []*os.File) error {
+	if len(files) == 0 {
+		return nil
+	}
+	if err := syncfs(files[0]); err != errNoSyncfs {
 		return err
 	}
-	return f.Sync()
+	return fsyncEach(files)
+}
+
+// fsyncEach fsyncs the files one after the other.
+func fsyncEach(files []*os.File) error {
+	for _, f := range files {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// batcher runs flush rounds for the goroutines that wait on it (group
+// commit). A waiter whose item arrives while no round runs starts one at
+// once with its item alone; items that arrive during a round wait together
+// for the next one, which one of them runs. Every waiter of a round gets
+// the round's error. The zero value with flush set is ready to use.
+type batcher[T any] struct {
+	flush func([]T) error
+
+	mu      sync.Mutex
+	running bool      // a round is flushing
+	next    *round[T] // the round being gathered while one runs
+}
+
+type round[T any] struct {
+	items []T
+	err   error
+	done  chan struct{} // closed when the round has flushed
+	lead  chan struct{} // one waiter receives: it runs this round
+}
+
+// wait adds item to the next round and returns that round's error once
+// the round has flushed.
+func (b *batcher[T]) wait(item T) error {
+	b.mu.Lock()
+	if !b.running {
+		b.running = true
+		b.mu.Unlock()
+		r := &round[T]{items: []T{item}, done: make(chan struct{})}
+		b.run(r)
+		return r.err
+	}
+	r := b.next
+	if r == nil {
+		r = &round[T]{done: make(chan struct{}), lead: make(chan struct{}, 1)}
+		b.next = r
+	}
+	r.items = append(r.items, item)
+	b.mu.Unlock()
+	select {
+	case <-r.done:
+	case <-r.lead:
+		b.run(r)
+	}
+	return r.err
+}
+
+// run flushes r, wakes its waiters, then hands the following round, if
+// items gathered meanwhile, to one of its own waiters.
+func (b *batcher[T]) run(r *round[T]) {
+	r.err = b.flush(r.items)
+	close(r.done)
+	b.mu.Lock()
+	next := b.next
+	b.next = nil
+	b.running = next != nil
+	b.mu.Unlock()
+	if next != nil {
+		next.lead <- struct{}{}
+	}
 }
 
 // publish makes tmpPath visible as newPath. A hard link never replaces an
