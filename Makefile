@@ -35,8 +35,11 @@ test: deps vet
 fuzz:
 	@echo "fuzzing each target for $(FUZZTIME)"
 
+# Sluice side by side with smtp-sink, qpsmtpd, Haraka and Postfix on loopback
+# (bench/README.md): installs the peers when missing, prints one table.
+# make bench BENCH_QUICK=1 takes a few minutes; PEERS="..." SHAPES="..." pick.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./hooks/ ./server/
+	bash bench/run.sh
 
 clean:
 	rm -rf bin var
