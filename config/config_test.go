@@ -268,8 +268,10 @@ func TestWrongTypes(t *testing.T) {
 		name, text, line string
 		want             []string
 	}{
-		{"string for an int in a listener", strings.Replace(valid, "max_message_size = 1048576", `max_message_size = "1M"`, 1),
-			`max_message_size =`, []string{`max_message_size`, `string`, `integer`}},
+		{"string for an int in a listener", strings.Replace(valid, "max_message_size = 1048576", `max_recipients = "many"`, 1),
+			`max_recipients =`, []string{`max_recipients`, `string`, `integer`}},
+		{"a size that is not a size", strings.Replace(valid, "max_message_size = 1048576", `max_message_size = "1.5 parsecs"`, 1),
+			`max_message_size =`, []string{`max_message_size`, `want a whole number of bytes`}},
 		{"string for an int in a plugin", strings.Replace(valid, "timeout = 30", `timeout = "30"`, 1),
 			`timeout = "30"`, []string{`plugins.lenient.timeout`, `string`, `integer`}},
 		{"string for a bool in a plugin", strings.Replace(valid, `reject = true`, `reject = "yes"`, 1),
