@@ -216,7 +216,13 @@
 // Fires once the message is read, before the server prepends its Received
 // header. A plugin may replace the header's value: set *line (the text
 // after "Received: ", folded with CRLF and a tab if long) and return OK.
-// The code gives no reply of its own; rejections are ignored.
+// A refusal, or a failure (panic, error, deadline), stops the message:
+//
+//	Declined, OK, Done  no reply: data_post runs
+//	Deny                554 5.7.1 Message rejected
+//	DenySoft            451 4.3.0 Local error in processing; try again later
+//	DenyDisconnect      554 5.7.1 Message rejected (closes)
+//	DenySoftDisconnect  421 4.3.0 Local error in processing; try again later (closes)
 //
 // # The data_post hook
 //

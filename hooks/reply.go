@@ -108,6 +108,14 @@ var table = map[string]replies{
 		denyDisconnect:     Reply{554, [3]int{5, 7, 1}, "Message rejected", true},
 		denySoftDisconnect: Reply{421, [3]int{4, 7, 1}, "Message temporarily rejected", true},
 	},
+	HookReceivedLine: {
+		// OK (a plugin wrote the line) and Declined carry on; a refusal or a
+		// failure stops the message, as at data_post.
+		deny:               Reply{554, [3]int{5, 7, 1}, "Message rejected", false},
+		denySoft:           Reply{451, [3]int{4, 3, 0}, "Local error in processing; try again later", false},
+		denyDisconnect:     Reply{554, [3]int{5, 7, 1}, "Message rejected", true},
+		denySoftDisconnect: Reply{421, [3]int{4, 3, 0}, "Local error in processing; try again later", true},
+	},
 	HookDataPost: {
 		deny:               Reply{552, [3]int{5, 7, 1}, "Message rejected", false},
 		denySoft:           Reply{452, [3]int{4, 7, 1}, "Message temporarily rejected", false},

@@ -109,14 +109,14 @@ func TestReplyForEveryCode(t *testing.T) {
 func TestReplyForCarryOnHooks(t *testing.T) {
 	// Hooks whose non-rejecting answers let the command go on have no reply
 	// of their own: the zero Reply.
-	for _, hook := range []string{hooks.HookMailPre, hooks.HookRcptPre, hooks.HookDataHeadersEnd, hooks.HookDataPost, hooks.HookQueuePre} {
+	for _, hook := range []string{hooks.HookMailPre, hooks.HookRcptPre, hooks.HookDataHeadersEnd, hooks.HookReceivedLine, hooks.HookDataPost, hooks.HookQueuePre} {
 		for _, code := range []hooks.Code{hooks.Declined, hooks.OK, hooks.Done} {
 			if rep := hooks.ReplyFor(hook, hooks.Result{Code: code, Msg: "x"}); rep != (hooks.Reply{}) {
 				t.Errorf("ReplyFor(%s, %v) = %q, want the zero Reply", hook, code, rep)
 			}
 		}
 	}
-	for _, hook := range []string{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookDeny, hooks.HookOK, hooks.HookReceivedLine, "nosuchhook"} {
+	for _, hook := range []string{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookDeny, hooks.HookOK, "nosuchhook"} {
 		if rep := hooks.ReplyFor(hook, hooks.Reject("x")); rep != (hooks.Reply{}) {
 			t.Errorf("ReplyFor(%s, Deny) = %q, want the zero Reply", hook, rep)
 		}

@@ -749,3 +749,20 @@ func mustReadDir(t *testing.T, dir string) []os.DirEntry {
 	}
 	return es
 }
+
+// brokenReceived panics at received_line after half-rewriting the line.
+type brokenReceived struct{}
+
+func (brokenReceived) ReceivedLine(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, line *string) hooks.Result {
+	*line = "half"
+	panic("received_line plugin bug")
+}
+
+func TestReceivedLineFailureDefersAndQueuesNothing(t *testing.T) {
+	h := hookstest.New(t, accept(), hookstest.Plugin("broken", brokenReceived{}), hookstest.Queue())
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, msg), 451, "4.3.0")
+	if n := len(h.Queued()); n != 0 {
+		t.Fatalf("queued %d messages after a received_line failure", n)
+	}
+}
