@@ -29,17 +29,20 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
+# Every test, then each fuzz target for a few bounded seconds (their seed
+# corpora already ran as plain tests).
 test: deps vet
 	$(GO) test -count=1 ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TESTFUZZTIME) FUZZMIN=2s
 
+TESTFUZZTIME ?= 4s
+FUZZMIN ?= 10s
+SERVER_FUZZ := FuzzGuardSession FuzzDataStream FuzzParseMailArg FuzzParseRcptArg
+
+# Longer fuzzing: make fuzz FUZZTIME=10m. A failing input lands in
+# testdata/fuzz/<Target>/: commit it as a regression seed.
 fuzz:
-	@echo "fuzzing each target for $(FUZZTIME)"
-
-# Sluice side by side with smtp-sink, qpsmtpd, Haraka and Postfix on loopback
-# (bench/README.md): installs the peers when missing, prints one table.
-# make bench BENCH_QUICK=1 takes a few minutes; PEERS="..." SHAPES="..." pick.
-bench:
-	bash bench/run.sh
-
-clean:
-	rm -rf bin var
+	@for f in $(SERVER_FUZZ); do \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./server/ || exit 1; \
+	done
+	$(GO) test -run '^$$' -fuzz '^FuzzReadHeader$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./transaction/
