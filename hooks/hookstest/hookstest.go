@@ -345,7 +345,9 @@ func (s *Session) Send(from string, to []string, msg string) hooks.Reply {
 			return rep
 		}
 	}
-	return s.Data(msg)
+	rep := s.Data(msg)
+	s.Reset() // whatever happened, the next Send starts a new transaction
+	return rep
 }
 
 // Expect fails the test unless rep has the given code; with text, the reply
