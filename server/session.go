@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluice-mta/sluice/connection"
@@ -255,6 +256,11 @@ func (l *sizeLimit) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// messageReaders are the read buffers of Message, shared by the
+// connections: a 32 KiB buffer per message made most of the garbage of a
+// busy server.
+var messageReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+
 // Message reads the message (the DATA payload, dot-unstuffed, up to but not
 // including the final dot) from r, runs data_headers_end, received_line,
 // data_post, queue_pre, queue and queue_post, and returns the reply to the
@@ -267,7 +273,12 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 	}
 	defer s.Reset() // the end of DATA ends the transaction, whatever the reply
 	limited := &sizeLimit{r: r, max: s.MaxMessageBytes()}
-	br := bufio.NewReaderSize(limited, 32<<10)
+	br := messageReaders.Get().(*bufio.Reader)
+	br.Reset(limited)
+	defer func() {
+		br.Reset(nil)
+		messageReaders.Put(br)
+	}()
 
 	pending, err := tx.ReadHeader(br, s.cfg.Limits.MaxHeaderBytes)
 	if err != nil {
