@@ -53,7 +53,16 @@ type Transaction struct {
 	// Notes is shared by every plugin for this transaction and cleared when
 	// it ends.
 	Notes notes.Notes
+
+	// chainScratch is hooks.Chain's, through ChainScratch.
+	chainScratch any
 }
+
+// ChainScratch is for hooks.Chain alone: a slot where it keeps what it
+// reuses from one hook of the transaction to the next (the plugins'
+// context), so that running a hook allocates nothing. Plugins must not
+// touch it.
+func (t *Transaction) ChainScratch() *any { return &t.chainScratch }
 
 // New returns an empty transaction whose body spools to dir once it grows
 // past spoolMemory bytes.
