@@ -54,11 +54,18 @@ func (a *adapter) Mail(string, *smtp.MailOptions) error { return nil }
 func (a *adapter) Rcpt(string, *smtp.RcptOptions) error { return nil }
 
 func (a *adapter) Data(r io.Reader) error {
+	direct := a.g.l.cfg.BareNewline != BareNewlineNormalize
+	if direct {
+		r = (*bodyReader)(a.g) // go-smtp's r would read the same bytes a byte at a time
+	}
 	rep := a.g.sess.Message(r)
 	if rep.Close {
 		// Close now: go-smtp would otherwise read the rest of the message.
 		a.g.send(rep)
 		return &smtp.SMTPError{Code: rep.Code, EnhancedCode: smtp.EnhancedCode(enhanced(rep)), Message: rep.Msg}
+	}
+	if direct {
+		a.g.drainBody()
 	}
 	return a.answer(rep)
 }

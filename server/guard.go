@@ -72,6 +72,7 @@ type guard struct {
 	junk            int                // NOOP, VRFY, HELP and RSET since the last message
 	dataStart       time.Time          // when the 354 went out
 	dataBytes       int64              // message bytes read since then
+	bodyEnd         bool               // in DATA (reject): the final dot was read
 }
 
 var errClosed = errors.New("connection closed by the server")
@@ -492,6 +493,113 @@ func (g *guard) readData() error {
 	return nil
 }
 
+// bodyReader is the message as Session.Message reads it under the reject
+// policy: straight from the guard's buffer, whole lines at a time, with the
+// dot-stuffing undone and io.EOF at the final dot. It does the work that
+// go-smtp's data reader would otherwise do one byte at a time, on bytes
+// the guard had already copied once; go-smtp's reader then sees only the
+// final ".". Under the normalize policy the message goes through readData
+// and go-smtp instead.
+type bodyReader guard
+
+func (b *bodyReader) Read(p []byte) (int, error) { return (*guard)(b).readBody(p) }
+
+// readBody fills p with message bytes. It blocks only while it has nothing
+// to return; a line holding only "." ends the message (io.EOF) and is handed
+// to go-smtp, which then ends its DATA. Every line must end with CRLF, as
+// readData checks.
+func (g *guard) readBody(p []byte) (int, error) {
+	n := 0
+	for n < len(p) && !g.bodyEnd {
+		buf, _ := g.br.Peek(g.br.Buffered())
+		undecided := g.atLineStart && (string(buf) == "." || string(buf) == ".\r")
+		if len(buf) == 0 || undecided {
+			if n > 0 {
+				break
+			}
+			if g.closed.Load() {
+				return 0, errClosed
+			}
+			g.fill()
+			var err error
+			if buf, err = g.br.Peek(len(buf) + 1); err != nil {
+				return 0, g.readFailed(err, "reading the message")
+			}
+			buf, _ = g.br.Peek(g.br.Buffered())
+			continue
+		}
+		if g.atLineStart && buf[0] == '.' {
+			if string(buf[:min(3, len(buf))]) == ".\r\n" {
+				g.br.Discard(3)
+				g.dataBytes += 3
+				g.bodyEnd, g.dataMode = true, false
+				g.pending = append(g.pending[:0], ".\r\n"...)
+				break
+			}
+			g.br.Discard(1) // a stuffed dot
+			g.dataBytes++
+			g.atLineStart = false
+			continue
+		}
+		chunk, complete := buf, false
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 && i < len(p)-n {
+			chunk, complete = buf[:i+1], true
+		} else if len(chunk) > len(p)-n {
+			chunk = chunk[:len(p)-n]
+		}
+		if g.bareIn(chunk, complete) {
+			g.log.Warn("bare CR or LF in DATA; closing", "policy", "reject")
+			g.send(hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 2}, Msg: "Message contains a bare CR or LF: lines must end with CRLF; closing connection", Close: true})
+			return 0, errors.New("bare CR or LF in the message")
+		}
+		n += copy(p[n:], chunk)
+		g.br.Discard(len(chunk))
+		g.dataBytes += int64(len(chunk))
+		g.atLineStart = complete
+	}
+	if n == 0 && g.bodyEnd {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// bareIn is hasBareNewline for readBody's chunks, which hold at most one
+// LF, at their end when complete: a CR must be followed by LF and an LF
+// preceded by CR. A CR that ends an incomplete chunk waits for the next.
+func (g *guard) bareIn(chunk []byte, complete bool) bool {
+	if g.pendingCR {
+		g.pendingCR = false
+		return chunk[0] != '\n'
+	}
+	text := chunk
+	if complete {
+		if len(chunk) < 2 || chunk[len(chunk)-2] != '\r' {
+			return true
+		}
+		text = chunk[:len(chunk)-2]
+	}
+	switch i := bytes.IndexByte(text, '\r'); {
+	case i < 0:
+		return false
+	case !complete && i == len(text)-1:
+		g.pendingCR = true
+		return false
+	}
+	return true
+}
+
+// drainBody reads and drops what is left of the message after Session
+// stopped reading early (a size limit, a refusal at the end of the header),
+// so that go-smtp goes on at the next command.
+func (g *guard) drainBody() {
+	var buf [4 << 10]byte
+	for !g.bodyEnd && !g.closed.Load() {
+		if _, err := g.readBody(buf[:]); err != nil {
+			return
+		}
+	}
+}
+
 // hasBareNewline reports a CR not followed by LF or an LF not preceded by
 // CR in chunk, remembering a CR that ends an incomplete chunk.
 func (g *guard) hasBareNewline(chunk []byte, complete bool) bool {
@@ -623,7 +731,7 @@ func (g *guard) replyLine(line []byte) error {
 		g.sess.Reset() // go-smtp refused what Sluice accepted: stay in step
 	}
 	if code == 354 {
-		g.dataMode, g.atLineStart, g.pendingCR, g.afterBare = true, true, false, false
+		g.dataMode, g.atLineStart, g.pendingCR, g.afterBare, g.bodyEnd = true, true, false, false, false
 		g.dataStart, g.dataBytes = time.Now(), 0
 	}
 	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
