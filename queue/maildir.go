@@ -35,8 +35,9 @@ type Maildir struct {
 	pid      int
 	seq      atomic.Uint64
 
-	data    batcher[*os.File] // rounds that make written tmp/ files durable
+	data    batcher[*os.File] // rounds that make written files durable
 	entries batcher[struct{}] // rounds that make links in new/ durable
+	unnamed atomic.Bool       // write unnamed files (O_TMPFILE) instead of tmp/ names
 }
 
 // NewMaildir returns a Maildir rooted at dir, creating dir and its cur/,
@@ -51,6 +52,7 @@ func NewMaildir(dir string) (*Maildir, error) {
 	if err := m.ensureDirs(); err != nil {
 		return nil, err
 	}
+	m.unnamed.Store(m.probeUnnamed())
 	return m, nil
 }
 
@@ -72,29 +74,54 @@ func (m *Maildir) ensureDirs() error {
 // directory entry are durable. On failure nothing is left in new/ or tmp/,
 // and the error names the step and the path; disk full and permission
 // errors are returned, never hidden.
+//
+// Where the system allows (Linux, O_TMPFILE), the file is written in tmp/
+// without a name and linked into new/ once durable: that saves creating and
+// removing a name in tmp/ per message, the two directory updates that
+// concurrent deliveries queued on.
 func (m *Maildir) Deliver(ctx context.Context, tx *transaction.Transaction) (Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return Receipt{}, fmt.Errorf("maildir: %w", err)
 	}
 	name := m.uniqueName(tx.ID, time.Now())
-	tmpPath := filepath.Join(m.dir, "tmp", name)
 	newPath := filepath.Join(m.dir, "new", name)
-	f, err := m.writeTmp(tmpPath, tx)
+	f, tmpPath, err := m.create(name)
 	if err != nil {
 		return Receipt{}, err
 	}
+	where := tmpPath
+	if where == "" {
+		where = filepath.Join(m.dir, "tmp") + " (unnamed file for " + name + ")"
+	}
+	discard := func() {
+		f.Close()
+		if tmpPath != "" {
+			os.Remove(tmpPath)
+		}
+	}
+	if err := writeMessage(f, tx); err != nil {
+		discard()
+		return Receipt{}, pathError("write", where, err)
+	}
 	// The data round: this file and every other one written since the
 	// last round reach the disk.
-	err = m.data.wait(f)
+	if err := m.data.wait(f); err != nil {
+		discard()
+		return Receipt{}, pathError("flush", where, err)
+	}
+	if tmpPath == "" {
+		err = linkUnnamed(f, newPath)
+	} else {
+		err = publish(tmpPath, newPath)
+	}
 	if cerr := f.Close(); err == nil && cerr != nil {
-		err = cerr
+		err = pathError("close", where, cerr)
 	}
 	if err != nil {
-		os.Remove(tmpPath)
-		return Receipt{}, pathError("flush", tmpPath, err)
-	}
-	if err := publish(tmpPath, newPath); err != nil {
-		os.Remove(tmpPath)
+		os.Remove(newPath)
+		if tmpPath != "" {
+			os.Remove(tmpPath)
+		}
 		return Receipt{}, err
 	}
 	// The directory round: the entry in new/ (and every other one linked
@@ -103,36 +130,65 @@ func (m *Maildir) Deliver(ctx context.Context, tx *transaction.Transaction) (Rec
 		// Not known to be durable: take it back, so the client's retry
 		// does not deliver it twice.
 		os.Remove(newPath)
-		os.Remove(tmpPath)
+		if tmpPath != "" {
+			os.Remove(tmpPath)
+		}
 		return Receipt{}, err
 	}
-	// The message is durable in new/. The tmp/ name is removed without a
+	// The message is durable in new/. A tmp/ name is removed without a
 	// flush: a stale tmp/ entry after a crash is harmless (Maildir readers
 	// clean tmp/), so an error here does not fail the delivery.
-	os.Remove(tmpPath)
+	if tmpPath != "" {
+		os.Remove(tmpPath)
+	}
 	return Receipt{ID: tx.ID, Path: newPath}, nil
 }
 
-// writeTmp writes the whole message to path, created exclusively, and
-// returns the file still open and not yet flushed. On failure it removes
-// the file.
-func (m *Maildir) writeTmp(path string, tx *transaction.Transaction) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// create opens the file a message is written to: an unnamed file in tmp/
+// where the system has them (tmpPath is then ""), otherwise tmp/name,
+// created exclusively.
+func (m *Maildir) create(name string) (f *os.File, tmpPath string, err error) {
+	if m.unnamed.Load() {
+		f, err := openUnnamed(filepath.Join(m.dir, "tmp"))
+		if err == nil {
+			return f, "", nil
+		}
+		if errors.Is(err, errNoUnnamed) {
+			// Not supported after all (another file system mounted there):
+			// tmp/ names from now on.
+			m.unnamed.Store(false)
+		}
+		// Otherwise (tmp/ missing or broken) the named way below repairs
+		// or reports it.
+	}
+	tmpPath = filepath.Join(m.dir, "tmp", name)
+	f, err = os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrNotExist) {
 		// Someone removed the Maildir since it was created: make it again.
 		if err = m.ensureDirs(); err == nil {
-			f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			f, err = os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		}
 	}
 	if err != nil {
-		return nil, pathError("create", path, err)
+		return nil, "", pathError("create", tmpPath, err)
 	}
-	if err := writeMessage(f, tx); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, pathError("write", path, err)
+	return f, tmpPath, nil
+}
+
+// probeUnnamed reports whether unnamed files work in this Maildir: one is
+// created in tmp/, linked there under a name of its own, and removed.
+func (m *Maildir) probeUnnamed() bool {
+	f, err := openUnnamed(filepath.Join(m.dir, "tmp"))
+	if err != nil {
+		return false
 	}
-	return f, nil
+	defer f.Close()
+	probe := filepath.Join(m.dir, "tmp", fmt.Sprintf(".probe.P%dQ%d.%s", m.pid, m.seq.Add(1), m.hostname))
+	if err := linkUnnamed(f, probe); err != nil {
+		return false
+	}
+	os.Remove(probe)
+	return true
 }
 
 // pathError wraps err with the step, naming path unless err already does.

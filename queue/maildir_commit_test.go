@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,18 +110,51 @@ func noneReturned(t *testing.T, out chan delivery, while string) {
 // next one, and once the flushes run every delivery returns with its file
 // in new/.
 func TestMaildirNoAnswerBeforeTheDataIsFlushed(t *testing.T) {
-	m, err := NewMaildir(filepath.Join(t.TempDir(), "mail"))
-	if err != nil {
-		t.Fatal(err)
+	forEachMode(t, testNoAnswerBeforeTheDataIsFlushed)
+}
+
+// forEachMode runs a test with unnamed files (where the system has them)
+// and with tmp/ names.
+func forEachMode(t *testing.T, test func(*testing.T, *Maildir)) {
+	for _, unnamed := range []bool{true, false} {
+		t.Run(map[bool]string{true: "unnamed", false: "tmp"}[unnamed], func(t *testing.T) {
+			m, err := NewMaildir(filepath.Join(t.TempDir(), "mail"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if unnamed && !m.unnamed.Load() {
+				t.Skip("no unnamed files (O_TMPFILE) here")
+			}
+			m.unnamed.Store(unnamed)
+			test(t, m)
+		})
 	}
+}
+
+// inode is a file's inode number, to follow it from unnamed to named.
+func inode(t *testing.T, fi os.FileInfo) uint64 {
+	t.Helper()
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		t.Skip("no inode numbers here")
+	}
+	return uint64(st.Ino)
+}
+
+func testNoAnswerBeforeTheDataIsFlushed(t *testing.T, m *Maildir) {
 	g := newGate()
-	flushed := map[string]bool{}
+	flushed := map[uint64]bool{}
 	var mu sync.Mutex
 	m.data.flush = func(files []*os.File) error {
 		err := g.flush(len(files))
 		mu.Lock()
 		for _, f := range files {
-			flushed[filepath.Base(f.Name())] = true
+			fi, err := f.Stat()
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			flushed[inode(t, fi)] = true
 		}
 		mu.Unlock()
 		return err
@@ -131,7 +165,7 @@ func TestMaildirNoAnswerBeforeTheDataIsFlushed(t *testing.T) {
 		ents, _ := os.ReadDir(filepath.Join(m.Dir(), "new"))
 		mu.Lock()
 		for _, e := range ents {
-			if !flushed[e.Name()] {
+			if fi, err := e.Info(); err == nil && !flushed[inode(t, fi)] {
 				linkedUnflushed.Add(1)
 			}
 		}
@@ -146,8 +180,10 @@ func TestMaildirNoAnswerBeforeTheDataIsFlushed(t *testing.T) {
 	}
 	// The other seven are written and wait for the next round.
 	waitFor(t, "7 deliveries gathered for the next round", func() bool { return m.data.pending() == n-1 })
-	if got := count(t, filepath.Join(m.Dir(), "tmp")); got != n {
-		t.Fatalf("tmp/ holds %d files, want %d", got, n)
+	if !m.unnamed.Load() {
+		if got := count(t, filepath.Join(m.Dir(), "tmp")); got != n {
+			t.Fatalf("tmp/ holds %d files, want %d", got, n)
+		}
 	}
 	noneReturned(t, out, "while the data round blocks")
 	if got := count(t, filepath.Join(m.Dir(), "new")); got != 0 {
@@ -187,10 +223,10 @@ func TestMaildirNoAnswerBeforeTheDataIsFlushed(t *testing.T) {
 // round: the files are in new/ but no delivery returns until the round
 // that covers their entries has run.
 func TestMaildirNoAnswerBeforeTheDirectoryIsFlushed(t *testing.T) {
-	m, err := NewMaildir(filepath.Join(t.TempDir(), "mail"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	forEachMode(t, testNoAnswerBeforeTheDirectoryIsFlushed)
+}
+
+func testNoAnswerBeforeTheDirectoryIsFlushed(t *testing.T, m *Maildir) {
 	g := newGate()
 	m.entries.flush = func(items []struct{}) error {
 		err := g.flush(len(items))
@@ -220,11 +256,8 @@ func TestMaildirNoAnswerBeforeTheDirectoryIsFlushed(t *testing.T) {
 // waiter of that round, and none of their files stays in new/ or tmp/.
 func TestMaildirFailedRoundFailsEveryMessageInIt(t *testing.T) {
 	for _, round := range []string{"data", "directory"} {
-		t.Run(round, func(t *testing.T) {
-			m, err := NewMaildir(filepath.Join(t.TempDir(), "mail"))
-			if err != nil {
-				t.Fatal(err)
-			}
+		forEachMode(t, func(t *testing.T, m *Maildir) {
+			t.Logf("failing the %s round", round)
 			g := newGate()
 			g.err = errors.New("injected I/O error")
 			if round == "data" {
@@ -326,7 +359,7 @@ func BenchmarkMaildirDeliver(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			var rounds, files atomic.Int64
+			var rounds, files, dataNS, dirRounds, dirNS atomic.Int64
 			flush := flushFiles
 			if mode == "fsync-each" {
 				flush = fsyncEach
@@ -334,13 +367,23 @@ func BenchmarkMaildirDeliver(b *testing.B) {
 			m.data.flush = func(fs []*os.File) error {
 				rounds.Add(1)
 				files.Add(int64(len(fs)))
+				t0 := time.Now()
+				defer func() { dataNS.Add(int64(time.Since(t0))) }()
 				return flush(fs)
+			}
+			dirFlush := m.entries.flush
+			m.entries.flush = func(items []struct{}) error {
+				dirRounds.Add(1)
+				t0 := time.Now()
+				defer func() { dirNS.Add(int64(time.Since(t0))) }()
+				return dirFlush(items)
 			}
 			deliver := m.Deliver
 			if mode == "unbatched" {
 				deliver = m.deliverUnbatched
 			}
 			b.SetParallelism(10) // x GOMAXPROCS goroutines: 20 on 2 cores
+			cpu0 := cpuTime()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				tx := commitTx(b, 0)
@@ -354,10 +397,20 @@ func BenchmarkMaildirDeliver(b *testing.B) {
 			b.StopTimer()
 			if r := rounds.Load(); r > 0 {
 				b.ReportMetric(float64(files.Load())/float64(r), "msgs/round")
+				b.ReportMetric(float64(dataNS.Load())/float64(r)/1e3, "µs/data-round")
+				b.ReportMetric(float64(dirNS.Load())/float64(dirRounds.Load())/1e3, "µs/dir-round")
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/1e3, "cpu-µs/msg")
 		})
 	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // deliverUnbatched is Deliver as it was before group commit, for the
@@ -365,11 +418,14 @@ func BenchmarkMaildirDeliver(b *testing.B) {
 func (m *Maildir) deliverUnbatched(ctx context.Context, tx *transaction.Transaction) (Receipt, error) {
 	name := m.uniqueName(tx.ID, time.Now())
 	tmpPath, newPath := filepath.Join(m.dir, "tmp", name), filepath.Join(m.dir, "new", name)
-	f, err := m.writeTmp(tmpPath, tx)
+	f, err := os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return Receipt{}, err
 	}
-	err = f.Sync()
+	err = writeMessage(f, tx)
+	if err == nil {
+		err = f.Sync()
+	}
 	f.Close()
 	if err == nil {
 		err = publish(tmpPath, newPath)

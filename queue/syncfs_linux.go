@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -62,6 +63,38 @@ func syncfs(f *os.File) error {
 	}
 	if serr != nil {
 		return &os.SyscallError{Syscall: "syncfs", Err: serr}
+	}
+	return nil
+}
+
+// openUnnamed opens a new file without a name in dir (O_TMPFILE): it
+// exists only for this descriptor until linkUnnamed gives it one, and
+// vanishes if the process dies first. Where the kernel or the file system
+// has no O_TMPFILE the error wraps errNoUnnamed.
+func openUnnamed(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	switch {
+	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EISDIR), errors.Is(err, unix.EINVAL):
+		return nil, fmt.Errorf("%w: %s: %v", errNoUnnamed, dir, err)
+	case err != nil:
+		return nil, &os.PathError{Op: "open O_TMPFILE", Path: dir, Err: err}
+	}
+	return os.NewFile(uintptr(fd), dir), nil
+}
+
+// errNoUnnamed says unnamed files (O_TMPFILE) are not available.
+var errNoUnnamed = errors.New("unnamed files (O_TMPFILE) are not supported")
+
+// linkUnnamed gives an openUnnamed file the name path; like link(2) it
+// never replaces an existing file. It goes through /proc/self/fd, which
+// needs no privilege (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+func linkUnnamed(f *os.File, path string) error {
+	err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW)
+	if err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("maildir: link %s: the name is already taken: %w", path, &os.LinkError{Op: "link", Old: f.Name(), New: path, Err: err})
+		}
+		return fmt.Errorf("maildir: link %s: %w", path, &os.LinkError{Op: "link", Old: f.Name(), New: path, Err: err})
 	}
 	return nil
 }
