@@ -73,7 +73,7 @@ if [ -z "${SLUICE_BENCH_INSIDE:-}" ]; then
 fi
 
 # ------------------------------------------------------------------ inside: helpers
-mkdir -p "$OUT/logs" "$OUT/conf"
+mkdir -p "$OUT/logs" "$OUT/conf" "$OUT/data"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 RAW=$OUT/raw.txt TSV=$OUT/results.tsv
 printf 'key\tlabel\tshape\tmsgs\tmps\tmps_min\tmps_max\tfails\tcpu_ms_per_msg\tp50_ms\tp99_ms\tlat1_p50_ms\trss_mib\tpss_mib\tprocs\tnote\n' > "$TSV"
@@ -133,10 +133,13 @@ label_of() {
   esac
 }
 
-sluice_conf() { # NAME PORT: writes the config, prints its path
-  local c=$OUT/conf/$1.toml data=$OUT/data/$1
-  rm -rf "$data"
-  mkdir -p "$data"
+# sluice_conf NAME PORT: writes the config, prints its path. Each start gets
+# a data directory of its own, and none is deleted before the run ends:
+# ext4 skips inodes freed in the last seconds when it allocates new ones, so
+# deleting the last cell's 100,000 files would slow the next cell's creates.
+sluice_conf() {
+  local c=$OUT/conf/$1.toml data
+  data=$(mktemp -d "$OUT/data/$1.XXXX")
   sed -e "s/@PORT@/$2/" -e "s|@DATA@|$data|g" "bench/$1.toml" > "$c"
   echo "$c"
 }
@@ -324,4 +327,5 @@ fi
 header="Sluice side-by-side benchmark, $(date -u '+%F %T UTC'); sessions 20 unless the shape says s200; $RUNS timed run(s) of ~${SECS}s per cell."
 [ -f "$PEERS_DIR/versions.txt" ] && header="$header Versions: $(paste -sd';' "$PEERS_DIR/versions.txt")."
 "$BIN/benchtool" report -tsv "$TSV" -extras "$OUT/extras.txt" -header "$header" | tee "$OUT/table.md"
+rm -rf "$OUT/data" # the Maildirs and spools of every Sluice start
 echo "raw figures: $OUT (results.tsv, raw.txt, extras.txt, logs/)"
