@@ -61,6 +61,7 @@ type guard struct {
 	override        *hooks.Reply // replaces go-smtp's next final reply
 	closeAfterReply bool
 	wbuf            []byte   // a reply line go-smtp has not finished
+	wscratch        []byte   // where Sluice's own reply lines are built
 	multi           [][]byte // the lines of a multi-line reply so far
 	greeted         bool
 	errors          int
@@ -115,7 +116,8 @@ func (g *guard) Close() error {
 // connection when the reply says so.
 func (g *guard) send(rep hooks.Reply) {
 	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
-	g.writeRaw([]byte(rep.String() + "\r\n"))
+	g.wscratch = appendReply(g.wscratch[:0], rep)
+	g.writeRaw(g.wscratch)
 	if rep.Close {
 		g.Close()
 		return
@@ -674,27 +676,36 @@ func (g *guard) Write(p []byte) (int, error) {
 	if g.closed.Load() {
 		return 0, errClosed
 	}
-	g.wbuf = append(g.wbuf, p...)
+	buf := p
+	if len(g.wbuf) > 0 {
+		g.wbuf = append(g.wbuf, p...)
+		buf = g.wbuf
+	}
 	for {
-		i := bytes.Index(g.wbuf, []byte("\r\n"))
+		i := bytes.Index(buf, []byte("\r\n"))
 		if i < 0 {
 			break
 		}
-		line := append([]byte(nil), g.wbuf[:i+2]...)
-		g.wbuf = g.wbuf[i+2:]
+		line := buf[:i+2] // replyLine copies what it keeps
+		buf = buf[i+2:]
 		if err := g.replyLine(line); err != nil {
+			g.wbuf = g.wbuf[:0]
 			return 0, err
 		}
 	}
+	g.wbuf = append(g.wbuf[:0], buf...)
 	return len(p), nil
 }
 
 func (g *guard) replyLine(line []byte) error {
 	if len(line) >= 4 && line[3] == '-' {
-		g.multi = append(g.multi, line)
+		g.multi = append(g.multi, append([]byte(nil), line...))
 		return nil
 	}
-	lines := append(g.multi, line)
+	lines := [][]byte{line}
+	if len(g.multi) > 0 {
+		lines = append(g.multi, line)
+	}
 	g.multi = nil
 	code, _ := strconv.Atoi(string(line[:min(3, len(line))]))
 
@@ -719,7 +730,8 @@ func (g *guard) replyLine(line []byte) error {
 	case g.override != nil:
 		rep := *g.override
 		if code/100 == rep.Code/100 || (rep.Code == 354 && code == 354) {
-			out = [][]byte{[]byte(rep.String() + "\r\n")}
+			g.wscratch = appendReply(g.wscratch[:0], rep)
+			out = [][]byte{g.wscratch}
 		}
 	}
 	g.override = nil
@@ -735,7 +747,11 @@ func (g *guard) replyLine(line []byte) error {
 		g.dataStart, g.dataBytes = time.Now(), 0
 	}
 	g.busy.Store(g.sess.Transaction() != nil || g.dataMode)
-	if err := g.writeRaw(bytes.Join(out, nil)); err != nil {
+	wire := out[0]
+	if len(out) > 1 {
+		wire = bytes.Join(out, nil)
+	}
+	if err := g.writeRaw(wire); err != nil {
 		return err
 	}
 	if g.closeAfterReply {
@@ -745,6 +761,25 @@ func (g *guard) replyLine(line []byte) error {
 	}
 	g.countError(code)
 	return nil
+}
+
+// appendReply appends rep as the client gets it, CRLF included: what
+// rep.String() + "\r\n" gives, without fmt.
+func appendReply(b []byte, rep hooks.Reply) []byte {
+	b = strconv.AppendInt(b, int64(rep.Code), 10)
+	if e := rep.Enhanced; e != [3]int{} {
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, int64(e[0]), 10)
+		b = append(b, '.')
+		b = strconv.AppendInt(b, int64(e[1]), 10)
+		b = append(b, '.')
+		b = strconv.AppendInt(b, int64(e[2]), 10)
+	}
+	if rep.Msg != "" {
+		b = append(b, ' ')
+		b = append(b, rep.Msg...)
+	}
+	return append(b, '\r', '\n')
 }
 
 // authOffered reports whether AUTH may be used on this connection now: an

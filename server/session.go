@@ -113,7 +113,8 @@ func (s *Session) MaxMessageBytes() int64 {
 func (s *Session) reply(d hooks.Decision) hooks.Reply {
 	rep := hooks.ReplyFor(d.Hook, d.Result)
 	// A queue's OK is logged as "message queued", with its own words.
-	if d.Result.Code != hooks.Declined && !(d.Hook == hooks.HookQueue && d.Result.Code == hooks.OK) {
+	if d.Result.Code != hooks.Declined && !(d.Hook == hooks.HookQueue && d.Result.Code == hooks.OK) &&
+		s.log.Enabled(s.ctx, slog.LevelInfo) { // the arguments cost allocations even when not logged
 		s.log.Info("hook decided", "hook", d.Hook, "plugin", d.Plugin, "code", d.Result.Code.String(), "reply", rep.String())
 	}
 	return rep
@@ -340,8 +341,10 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 	}
 	rep.Msg = "Ok: queued as " + tx.QueueID
 	s.conn.Messages++
-	s.log.Info("message queued", "queue_id", tx.QueueID, "plugin", d.Plugin, "from", tx.Sender,
-		"rcpts", len(tx.Recipients), "size", tx.MessageSize(), "detail", d.Result.Msg)
+	if s.log.Enabled(s.ctx, slog.LevelInfo) {
+		s.log.Info("message queued", "queue_id", tx.QueueID, "plugin", d.Plugin, "from", tx.Sender,
+			"rcpts", len(tx.Recipients), "size", tx.MessageSize(), "detail", d.Result.Msg)
+	}
 	s.cfg.Chain.QueuePost(s.ctx, s.conn, tx)
 	return rep
 }
@@ -393,24 +396,42 @@ func (s *Session) spoolFailure(err error) hooks.Reply {
 // receivedLine builds the core's Received header value (RFC 5321 4.4).
 func (s *Session) receivedLine(tx *transaction.Transaction) string {
 	c := s.conn
-	var b strings.Builder
-	fmt.Fprintf(&b, "from %s ([%s])", orUnknown(c.Helo), c.RemoteIP())
+	b := make([]byte, 0, 256) // built with appends, not fmt: it is made for every message
+	b = append(b, "from "...)
+	b = append(b, orUnknown(c.Helo)...)
+	b = append(b, " (["...)
+	b = c.RemoteIP().AppendTo(b)
+	b = append(b, "])"...)
 	if c.TLS != nil {
-		fmt.Fprintf(&b, "\r\n\t(using %s with cipher %s)", strings.Replace(tls.VersionName(c.TLS.Version), "TLS ", "TLSv", 1), tls.CipherSuiteName(c.TLS.CipherSuite))
+		b = append(b, "\r\n\t(using "...)
+		b = append(b, strings.Replace(tls.VersionName(c.TLS.Version), "TLS ", "TLSv", 1)...)
+		b = append(b, " with cipher "...)
+		b = append(b, tls.CipherSuiteName(c.TLS.CipherSuite)...)
+		b = append(b, ')')
 	}
 	if c.AuthUser != "" {
 		if s.cfg.ReceivedAuthUser {
-			fmt.Fprintf(&b, "\r\n\t(authenticated as %s)", c.AuthUser)
+			b = append(b, "\r\n\t(authenticated as "...)
+			b = append(b, c.AuthUser...)
+			b = append(b, ')')
 		} else {
-			b.WriteString("\r\n\t(authenticated)")
+			b = append(b, "\r\n\t(authenticated)"...)
 		}
 	}
-	fmt.Fprintf(&b, "\r\n\tby %s (Sluice) with %s id %s", c.Hostname, withProtocol(c), tx.ID)
+	b = append(b, "\r\n\tby "...)
+	b = append(b, c.Hostname...)
+	b = append(b, " (Sluice) with "...)
+	b = append(b, withProtocol(c)...)
+	b = append(b, " id "...)
+	b = append(b, tx.ID...)
 	if len(tx.Recipients) == 1 {
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", tx.Recipients[0])
+		b = append(b, "\r\n\tfor <"...)
+		b = append(b, tx.Recipients[0]...)
+		b = append(b, '>')
 	}
-	fmt.Fprintf(&b, "; %s", s.cfg.Now().Format(time.RFC1123Z))
-	return b.String()
+	b = append(b, "; "...)
+	b = s.cfg.Now().AppendFormat(b, time.RFC1123Z)
+	return string(b)
 }
 
 func orUnknown(s string) string {
