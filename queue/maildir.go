@@ -16,27 +16,30 @@ import (
 )
 
 // Maildir delivers messages into one Maildir, as the Maildir
-// specification (https://cr.yp.to/proto/maildir.html) describes: write to
-// tmp/, flush it to disk, link into new/, flush the directory. A message is
-// in new/ only once it is whole and durable, and Deliver returns only once
-// its directory entry is durable too. A Maildir is safe for concurrent use.
+// specification (https://cr.yp.to/proto/maildir.html) describes: write the
+// file, flush it to disk, link it into new/, flush the directory. A message
+// is in new/ only once it is whole and durable, and Deliver returns only
+// once its directory entry is durable too. A Maildir is safe for
+// concurrent use.
 //
-// Concurrent deliveries share their flushes (group commit): a message
-// written to tmp/ joins the next flush round, and one round makes every
-// message written since the previous round durable, so a busy Maildir costs
-// one flush per round, not one per message. There are two rounds per
-// message, in this order: the data round (the tmp/ files), then, after the
-// link into new/, the directory round (fsync of new/). A round starts as
-// soon as nothing else is flushing: a message alone never waits for
-// company, and messages that arrive during a round join the next one.
+// Concurrent deliveries share their flushes (group commit). A delivery
+// waits for two flush rounds, in this order: one that starts after its
+// file is written (the data), then, after the link into new/, one that
+// starts after the link (the directory entry). A round is one syncfs(2) of
+// the file system, which covers at once the data of every file written and
+// the entry of every link made since the previous round, so one round
+// serves the first step of some deliveries and the second step of others,
+// and a busy Maildir costs one flush per round, not two per message. A
+// round starts as soon as the previous one ends: a message alone never
+// waits for company, and messages that arrive during a round join the
+// next one.
 type Maildir struct {
 	dir      string
 	hostname string
 	pid      int
 	seq      atomic.Uint64
 
-	data    batcher[*os.File] // rounds that make written files durable
-	entries batcher[struct{}] // rounds that make links in new/ durable
+	rounds  batcher[*os.File] // a file to make durable, or nil for new/'s entries
 	unnamed atomic.Bool       // write unnamed files (O_TMPFILE) instead of tmp/ names
 }
 
@@ -47,8 +50,7 @@ func NewMaildir(dir string) (*Maildir, error) {
 		return nil, errors.New("maildir: the directory is empty")
 	}
 	m := &Maildir{dir: dir, hostname: maildirHostname(), pid: os.Getpid()}
-	m.data.flush = flushFiles
-	m.entries.flush = func([]struct{}) error { return syncDir(filepath.Join(m.dir, "new")) }
+	m.rounds.flush = m.flush
 	if err := m.ensureDirs(); err != nil {
 		return nil, err
 	}
@@ -103,9 +105,9 @@ func (m *Maildir) Deliver(ctx context.Context, tx *transaction.Transaction) (Rec
 		discard()
 		return Receipt{}, pathError("write", where, err)
 	}
-	// The data round: this file and every other one written since the
-	// last round reach the disk.
-	if err := m.data.wait(f); err != nil {
+	// The first round: this file's data (and every other one written
+	// since the last round) reaches the disk.
+	if err := m.rounds.wait(f); err != nil {
 		discard()
 		return Receipt{}, pathError("flush", where, err)
 	}
@@ -124,9 +126,9 @@ func (m *Maildir) Deliver(ctx context.Context, tx *transaction.Transaction) (Rec
 		}
 		return Receipt{}, err
 	}
-	// The directory round: the entry in new/ (and every other one linked
+	// The second round: the entry in new/ (and every other one linked
 	// since the last round) reaches the disk.
-	if err := m.entries.wait(struct{}{}); err != nil {
+	if err := m.rounds.wait(nil); err != nil {
 		// Not known to be durable: take it back, so the client's retry
 		// does not deliver it twice.
 		os.Remove(newPath)
@@ -217,26 +219,43 @@ func writeMessage(f *os.File, tx *transaction.Transaction) error {
 	return w.Flush()
 }
 
-// flushFiles is the data round: it makes the written files durable. One
-// syncfs(2) writes back everything dirty on the file system and commits
-// the journal once for all of them; where syncfs is not available, each
-// file is fsynced in turn.
-func flushFiles(files []*os.File) error {
-	if len(files) == 0 {
-		return nil
+// flush is one round: it makes the given files and the entries linked into
+// new/ so far durable (a nil item stands for new/'s entries). One syncfs(2)
+// covers both, and everything else dirty on the file system; where syncfs
+// is not available (or does not report write errors), each file is fsynced
+// and then new/.
+func (m *Maildir) flush(items []*os.File) error {
+	var on *os.File
+	entries := false
+	for _, f := range items {
+		switch {
+		case f == nil:
+			entries = true
+		case on == nil:
+			on = f
+		}
 	}
-	if err := syncfs(files[0]); err != errNoSyncfs {
+	newDir := filepath.Join(m.dir, "new")
+	if on == nil {
+		d, err := os.Open(newDir)
+		if err != nil {
+			return fmt.Errorf("maildir: open directory %s to flush it: %w", newDir, err)
+		}
+		defer d.Close()
+		on = d
+	}
+	if err := syncfs(on); err != errNoSyncfs {
 		return err
 	}
-	return fsyncEach(files)
-}
-
-// fsyncEach fsyncs the files one after the other.
-func fsyncEach(files []*os.File) error {
-	for _, f := range files {
-		if err := f.Sync(); err != nil {
-			return err
+	for _, f := range items {
+		if f != nil {
+			if err := f.Sync(); err != nil {
+				return err
+			}
 		}
+	}
+	if entries {
+		return syncDir(newDir)
 	}
 	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,26 +26,6 @@ func commitTx(t testing.TB, i int) *transaction.Transaction {
 	tx.Sender, tx.Recipients = "a@example.org", []string{"b@example.test"}
 	fmt.Fprintf(tx.Body, "message %d\r\n", i)
 	return tx
-}
-
-// gate is an injected flush step that blocks until released and counts
-// its rounds and the items in them.
-type gate struct {
-	entered chan int // receives each round's size as the round starts
-	release chan struct{}
-	rounds  atomic.Int32
-	err     error
-}
-
-func newGate() *gate {
-	return &gate{entered: make(chan int, 100), release: make(chan struct{})}
-}
-
-func (g *gate) flush(n int) error {
-	g.rounds.Add(1)
-	g.entered <- n
-	<-g.release
-	return g.err
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -104,15 +86,6 @@ func noneReturned(t *testing.T, out chan delivery, while string) {
 	}
 }
 
-// TestMaildirNoAnswerBeforeTheDataIsFlushed blocks the data round and
-// checks that no delivery returns and nothing is in new/ while it blocks;
-// the first message starts a round alone, the others gather into the
-// next one, and once the flushes run every delivery returns with its file
-// in new/.
-func TestMaildirNoAnswerBeforeTheDataIsFlushed(t *testing.T) {
-	forEachMode(t, testNoAnswerBeforeTheDataIsFlushed)
-}
-
 // forEachMode runs a test with unnamed files (where the system has them)
 // and with tmp/ names.
 func forEachMode(t *testing.T, test func(*testing.T, *Maildir)) {
@@ -141,140 +114,180 @@ func inode(t *testing.T, fi os.FileInfo) uint64 {
 	return uint64(st.Ino)
 }
 
-func testNoAnswerBeforeTheDataIsFlushed(t *testing.T, m *Maildir) {
-	g := newGate()
-	flushed := map[uint64]bool{}
-	var mu sync.Mutex
-	m.data.flush = func(files []*os.File) error {
-		err := g.flush(len(files))
-		mu.Lock()
-		for _, f := range files {
-			fi, err := f.Stat()
+// roundSizes counts a round's files and directory entries.
+func roundSizes(items []*os.File) (files, entries int) {
+	for _, f := range items {
+		if f == nil {
+			entries++
+		} else {
+			files++
+		}
+	}
+	return files, entries
+}
+
+// TestMaildirNoAnswerBeforeItsTwoRounds blocks each flush round in turn:
+// the first message starts a round alone and at once, the others gather
+// for the next; no delivery returns and nothing is in new/ while the data
+// rounds block; a linked message still waits for a round that covers its
+// entry; once the rounds run, every delivery returns with its file in new/.
+func TestMaildirNoAnswerBeforeItsTwoRounds(t *testing.T) {
+	forEachMode(t, func(t *testing.T, m *Maildir) {
+		type round struct{ files, entries int }
+		entered := make(chan round, 100)
+		release := make(chan struct{})
+		m.rounds.flush = func(items []*os.File) error {
+			f, e := roundSizes(items)
+			entered <- round{f, e}
+			<-release
+			return m.flush(items)
+		}
+		const n = 8
+		out := deliverAll(t, m, n)
+		if r := <-entered; r != (round{1, 0}) {
+			t.Fatalf("first round %+v; want the first message's file alone, at once", r)
+		}
+		waitFor(t, "the other files gathered for the next round", func() bool { return m.rounds.pending() == n-1 })
+		if !m.unnamed.Load() {
+			if got := count(t, filepath.Join(m.Dir(), "tmp")); got != n {
+				t.Fatalf("tmp/ holds %d files, want %d", got, n)
+			}
+		}
+		noneReturned(t, out, "while the first round blocks")
+		if got := count(t, filepath.Join(m.Dir(), "new")); got != 0 {
+			t.Fatalf("new/ holds %d files before their data was flushed", got)
+		}
+
+		release <- struct{}{} // round 1 ends; the first message links
+		if r := <-entered; r != (round{n - 1, 0}) {
+			t.Fatalf("second round %+v; want the %d files that gathered", r, n-1)
+		}
+		waitFor(t, "the first message linked, waiting for its entry's round", func() bool {
+			return count(t, filepath.Join(m.Dir(), "new")) == 1 && m.rounds.pending() == 1
+		})
+		noneReturned(t, out, "while the linked message's entry is not flushed")
+
+		release <- struct{}{} // round 2 ends; the others link
+		if r := <-entered; r.files != 0 || r.entries < 1 {
+			t.Fatalf("third round %+v; want entries only", r)
+		}
+		noneReturned(t, out, "while the third round (the first entry's) blocks")
+
+		close(release)
+		for range n {
+			d := <-out
+			if d.err != nil {
+				t.Fatalf("delivery failed: %v", d.err)
+			}
+			if filepath.Dir(d.rc.Path) != filepath.Join(m.Dir(), "new") {
+				t.Fatalf("receipt path %q", d.rc.Path)
+			}
+		}
+		if nw, tmp := count(t, filepath.Join(m.Dir(), "new")), count(t, filepath.Join(m.Dir(), "tmp")); nw != n || tmp != 0 {
+			t.Fatalf("new/ holds %d and tmp/ %d files; want %d and 0", nw, tmp, n)
+		}
+	})
+}
+
+// TestMaildirOrderUnderLoad checks the order for every delivery of a busy
+// Maildir, with rounds of random length: a name appears in new/ only once
+// a finished round flushed its file, and Deliver returns only once a
+// finished round started after the name was in new/.
+func TestMaildirOrderUnderLoad(t *testing.T) {
+	forEachMode(t, func(t *testing.T, m *Maildir) {
+		var mu sync.Mutex
+		flushedFiles := map[uint64]bool{} // inodes whose data a finished round flushed
+		flushedNames := map[string]bool{} // names a finished round found in new/
+		early := atomic.Int32{}           // names in new/ before their data round ended
+		var rounds atomic.Int32
+		m.rounds.flush = func(items []*os.File) error {
+			ents, err := os.ReadDir(filepath.Join(m.Dir(), "new"))
 			if err != nil {
-				t.Error(err)
-				continue
+				return err
 			}
-			flushed[inode(t, fi)] = true
-		}
-		mu.Unlock()
-		return err
-	}
-	var linkedUnflushed atomic.Int32
-	m.entries.flush = func([]struct{}) error {
-		// Every name in new/ must have gone through a data round first.
-		ents, _ := os.ReadDir(filepath.Join(m.Dir(), "new"))
-		mu.Lock()
-		for _, e := range ents {
-			if fi, err := e.Info(); err == nil && !flushed[inode(t, fi)] {
-				linkedUnflushed.Add(1)
+			var names []string
+			mu.Lock()
+			for _, e := range ents {
+				names = append(names, e.Name())
+				if fi, err := e.Info(); err == nil && !flushedFiles[inode(t, fi)] {
+					early.Add(1)
+				}
 			}
+			mu.Unlock()
+			var inodes []uint64
+			for _, f := range items {
+				if f != nil {
+					fi, err := f.Stat()
+					if err != nil {
+						return err
+					}
+					inodes = append(inodes, inode(t, fi))
+				}
+			}
+			for range rand.IntN(50) { // rounds of random length
+				runtime.Gosched()
+			}
+			if err := m.flush(items); err != nil {
+				return err
+			}
+			rounds.Add(1)
+			mu.Lock()
+			for _, ino := range inodes {
+				flushedFiles[ino] = true
+			}
+			for _, name := range names {
+				flushedNames[name] = true
+			}
+			mu.Unlock()
+			return nil
 		}
-		mu.Unlock()
-		return syncDir(filepath.Join(m.Dir(), "new"))
-	}
-
-	const n = 8
-	out := deliverAll(t, m, n)
-	if size := <-g.entered; size != 1 {
-		t.Fatalf("the first round flushed %d files; want the first message alone, at once", size)
-	}
-	// The other seven are written and wait for the next round.
-	waitFor(t, "7 deliveries gathered for the next round", func() bool { return m.data.pending() == n-1 })
-	if !m.unnamed.Load() {
-		if got := count(t, filepath.Join(m.Dir(), "tmp")); got != n {
-			t.Fatalf("tmp/ holds %d files, want %d", got, n)
+		const workers, each = 20, 15
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := range each {
+					rc, err := m.Deliver(context.Background(), commitTx(t, w*each+i))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					ok := flushedNames[filepath.Base(rc.Path)]
+					mu.Unlock()
+					if !ok {
+						t.Errorf("Deliver returned %s before a round covered its entry", rc.Path)
+					}
+				}
+			})
 		}
-	}
-	noneReturned(t, out, "while the data round blocks")
-	if got := count(t, filepath.Join(m.Dir(), "new")); got != 0 {
-		t.Fatalf("new/ holds %d files before their data was flushed", got)
-	}
-
-	g.release <- struct{}{} // the first round ends
-	if size := <-g.entered; size != n-1 {
-		t.Fatalf("the second round flushed %d files, want the %d that gathered", size, n-1)
-	}
-	noneReturned(t, out, "while the second data round blocks")
-	close(g.release) // every later round passes
-	names := map[string]bool{}
-	for range n {
-		d := <-out
-		if d.err != nil {
-			t.Fatalf("delivery failed: %v", d.err)
+		wg.Wait()
+		if early.Load() != 0 {
+			t.Errorf("%d names were in new/ before a round had flushed their data", early.Load())
 		}
-		if _, err := os.Stat(d.rc.Path); err != nil || filepath.Dir(d.rc.Path) != filepath.Join(m.Dir(), "new") {
-			t.Fatalf("receipt path %q: %v", d.rc.Path, err)
+		if r := rounds.Load(); r >= 2*workers*each {
+			t.Errorf("%d rounds for %d messages: nothing was shared", r, workers*each)
+		} else {
+			t.Logf("%d rounds for %d messages", r, workers*each)
 		}
-		names[d.rc.Path] = true
-	}
-	if len(names) != n || count(t, filepath.Join(m.Dir(), "new")) != n || count(t, filepath.Join(m.Dir(), "tmp")) != 0 {
-		t.Fatalf("%d distinct receipts, new/ %d, tmp/ %d; want %d, %d, 0",
-			len(names), count(t, filepath.Join(m.Dir(), "new")), count(t, filepath.Join(m.Dir(), "tmp")), n, n)
-	}
-	if g.rounds.Load() != 2 {
-		t.Errorf("%d data rounds for %d messages; want 2 (one alone, one shared)", g.rounds.Load(), n)
-	}
-	if linkedUnflushed.Load() != 0 {
-		t.Errorf("%d names were in new/ before their data round", linkedUnflushed.Load())
-	}
-}
-
-// TestMaildirNoAnswerBeforeTheDirectoryIsFlushed blocks the directory
-// round: the files are in new/ but no delivery returns until the round
-// that covers their entries has run.
-func TestMaildirNoAnswerBeforeTheDirectoryIsFlushed(t *testing.T) {
-	forEachMode(t, testNoAnswerBeforeTheDirectoryIsFlushed)
-}
-
-func testNoAnswerBeforeTheDirectoryIsFlushed(t *testing.T, m *Maildir) {
-	g := newGate()
-	m.entries.flush = func(items []struct{}) error {
-		err := g.flush(len(items))
-		if err == nil {
-			err = syncDir(filepath.Join(m.Dir(), "new"))
-		}
-		return err
-	}
-	const n = 6
-	out := deliverAll(t, m, n)
-	<-g.entered
-	waitFor(t, "every file linked into new/", func() bool { return count(t, filepath.Join(m.Dir(), "new")) == n })
-	waitFor(t, "the rest gathered for the next directory round", func() bool { return m.entries.pending() == n-1 })
-	noneReturned(t, out, "while the directory round blocks")
-	close(g.release)
-	for range n {
-		if d := <-out; d.err != nil {
-			t.Fatal(d.err)
-		}
-	}
-	if r := g.rounds.Load(); r != 2 {
-		t.Errorf("%d directory rounds, want 2", r)
-	}
+	})
 }
 
 // TestMaildirFailedRoundFailsEveryMessageInIt: a flush error reaches each
-// waiter of that round, and none of their files stays in new/ or tmp/.
+// waiter of that round, and none of their files stays in new/ or tmp/,
+// whether the data round or the entries' round failed.
 func TestMaildirFailedRoundFailsEveryMessageInIt(t *testing.T) {
-	for _, round := range []string{"data", "directory"} {
+	for _, failing := range []string{"files", "entries"} {
 		forEachMode(t, func(t *testing.T, m *Maildir) {
-			t.Logf("failing the %s round", round)
-			g := newGate()
-			g.err = errors.New("injected I/O error")
-			if round == "data" {
-				m.data.flush = func(files []*os.File) error { return g.flush(len(files)) }
-			} else {
-				m.entries.flush = func(items []struct{}) error { return g.flush(len(items)) }
-			}
-			const n = 5
-			out := deliverAll(t, m, n)
-			<-g.entered
-			waitFor(t, "the others gathered", func() bool {
-				if round == "data" {
-					return m.data.pending() == n-1
+			t.Logf("failing the rounds that flush %s", failing)
+			m.rounds.flush = func(items []*os.File) error {
+				f, e := roundSizes(items)
+				if failing == "files" && f > 0 || failing == "entries" && e > 0 {
+					return errors.New("injected I/O error")
 				}
-				return m.entries.pending() == n-1
-			})
-			close(g.release)
+				return m.flush(items)
+			}
+			const n = 6
+			out := deliverAll(t, m, n)
 			for range n {
 				d := <-out
 				if d.err == nil || !strings.Contains(d.err.Error(), "injected I/O error") {
@@ -288,23 +301,27 @@ func TestMaildirFailedRoundFailsEveryMessageInIt(t *testing.T) {
 	}
 }
 
-// TestMaildirAloneFlushesAtOnce: a single delivery runs its own rounds,
-// one of each, with nothing to wait for.
+// TestMaildirAloneFlushesAtOnce: a single delivery runs its own two
+// rounds, the first with its file, the second with its entry.
 func TestMaildirAloneFlushesAtOnce(t *testing.T) {
 	m, err := NewMaildir(filepath.Join(t.TempDir(), "mail"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var data, dirs atomic.Int32
-	m.data.flush = func(files []*os.File) error { data.Add(1); return flushFiles(files) }
-	m.entries.flush = func([]struct{}) error { dirs.Add(1); return syncDir(filepath.Join(m.Dir(), "new")) }
+	var got []string
+	m.rounds.flush = func(items []*os.File) error {
+		f, e := roundSizes(items)
+		got = append(got, fmt.Sprintf("%d files %d entries", f, e))
+		return m.flush(items)
+	}
 	for i := range 3 {
 		if _, err := m.Deliver(context.Background(), commitTx(t, i)); err != nil {
 			t.Fatal(err)
 		}
-		if data.Load() != int32(i+1) || dirs.Load() != int32(i+1) {
-			t.Fatalf("after %d deliveries: %d data and %d directory rounds", i+1, data.Load(), dirs.Load())
-		}
+	}
+	want := strings.Repeat("1 files 0 entries,0 files 1 entries,", 3)
+	if s := strings.Join(got, ",") + ","; s != want {
+		t.Errorf("rounds: %s\nwant %s", s, want)
 	}
 }
 
@@ -346,37 +363,43 @@ func TestBatcherUnderLoad(t *testing.T) {
 }
 
 // BenchmarkMaildirDeliver delivers 1 KiB messages from 20 goroutines into
-// a Maildir on the disk that holds the test's temporary directory:
-// group commit with syncfs (the default), group commit with an fsync of
-// each file, and one message at a time with its own fsyncs (what Deliver
-// did before group commit: the file, new/ and tmp/).
+// a Maildir on the disk that holds the test's temporary directory: group
+// commit with syncfs rounds (the default), group commit whose rounds fsync
+// each file and new/ (the fallback where syncfs is missing), and one
+// message at a time with its own fsyncs (what Deliver did before group
+// commit: the file, new/ and tmp/).
 //
-//	go test -run '^$' -bench MaildirDeliver -benchtime 3000x ./queue/
+//	go test -run '^$' -bench MaildirDeliver -benchtime 5000x ./queue/
+//
+// Deleting files makes ext4 without a journal skip the freed inodes for a
+// while when it allocates (it checks each one's deletion time), which costs
+// CPU in the runs that follow; the Maildirs are only removed at the end.
 func BenchmarkMaildirDeliver(b *testing.B) {
-	for _, mode := range []string{"syncfs", "fsync-each", "unbatched"} {
+	root, err := os.MkdirTemp("", "maildir-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(root) })
+	for _, mode := range []string{"syncfs", "fsync-rounds", "unbatched"} {
 		b.Run(mode, func(b *testing.B) {
-			m, err := NewMaildir(filepath.Join(b.TempDir(), "mail"))
+			dir, err := os.MkdirTemp(root, mode)
 			if err != nil {
 				b.Fatal(err)
 			}
-			var rounds, files, dataNS, dirRounds, dirNS atomic.Int64
-			flush := flushFiles
-			if mode == "fsync-each" {
-				flush = fsyncEach
+			m, err := NewMaildir(dir)
+			if err != nil {
+				b.Fatal(err)
 			}
-			m.data.flush = func(fs []*os.File) error {
+			var rounds, items, ns atomic.Int64
+			m.rounds.flush = func(fs []*os.File) error {
 				rounds.Add(1)
-				files.Add(int64(len(fs)))
+				items.Add(int64(len(fs)))
 				t0 := time.Now()
-				defer func() { dataNS.Add(int64(time.Since(t0))) }()
-				return flush(fs)
-			}
-			dirFlush := m.entries.flush
-			m.entries.flush = func(items []struct{}) error {
-				dirRounds.Add(1)
-				t0 := time.Now()
-				defer func() { dirNS.Add(int64(time.Since(t0))) }()
-				return dirFlush(items)
+				defer func() { ns.Add(int64(time.Since(t0))) }()
+				if mode == "fsync-rounds" {
+					return fsyncRound(m, fs)
+				}
+				return m.flush(fs)
 			}
 			deliver := m.Deliver
 			if mode == "unbatched" {
@@ -396,14 +419,29 @@ func BenchmarkMaildirDeliver(b *testing.B) {
 			})
 			b.StopTimer()
 			if r := rounds.Load(); r > 0 {
-				b.ReportMetric(float64(files.Load())/float64(r), "msgs/round")
-				b.ReportMetric(float64(dataNS.Load())/float64(r)/1e3, "µs/data-round")
-				b.ReportMetric(float64(dirNS.Load())/float64(dirRounds.Load())/1e3, "µs/dir-round")
+				b.ReportMetric(float64(items.Load())/float64(r)/2, "msgs/round")
+				b.ReportMetric(float64(ns.Load())/float64(r)/1e3, "µs/round")
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N)/1e3, "cpu-µs/msg")
 		})
 	}
+}
+
+// fsyncRound is flush's fallback: each file, then new/.
+func fsyncRound(m *Maildir, items []*os.File) error {
+	entries := false
+	for _, f := range items {
+		if f == nil {
+			entries = true
+		} else if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	if entries {
+		return syncDir(filepath.Join(m.dir, "new"))
+	}
+	return nil
 }
 
 // cpuTime is the process's user and system CPU time so far.
