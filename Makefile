@@ -46,3 +46,9 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./server/ || exit 1; \
 	done
 	$(GO) test -run '^$$' -fuzz '^FuzzReadHeader$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./transaction/
+
+# Sluice side by side with smtp-sink, qpsmtpd, Haraka and Postfix on loopback
+# (bench/README.md): installs the peers when missing, prints one table.
+# make bench BENCH_QUICK=1 takes a few minutes; PEERS="..." SHAPES="..." pick.
+bench:
+	bash bench/run.sh
