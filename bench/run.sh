@@ -26,6 +26,7 @@
 # Env: BENCH_QUICK=1 (RUNS=1 SECS=2 WARM=1, no single-session latency probe:
 # a few minutes), PEERS, SHAPES, RUNS=3, SECS=4, WARM=2, MIN_MSGS=200,
 # MAX_MSGS=100000, RUN_TIMEOUT=120 (seconds, each smtp-source run),
+# SLUICE_DISCARD_GOMAXPROCS=1 and SLUICE_GOMAXPROCS= (empty: all cores) for the two Sluice rows,
 # PEERS_DIR=./var/bench-peers, OUT=./var/bench-results/TIME, NETNS=1 (0: stay
 # in this network namespace), EXTRAS=1, IDLE_CONNS=10000.
 #
@@ -45,7 +46,11 @@ SHAPES=${SHAPES:-"1k-one 1k-many 100k-many 1k-many-s200"}
 PEERS_DIR=$(realpath -m "${PEERS_DIR:-./var/bench-peers}")
 OUT=$(realpath -m "${OUT:-./var/bench-results/$(date +%Y%m%d-%H%M%S)}")
 EXTRAS=${EXTRAS:-1} IDLE_CONNS=${IDLE_CONNS:-10000} QUIET_MAX=${QUIET_MAX:-120}
-export QUIET_MAX RUNS SECS WARM LAT1 MIN_MSGS MAX_MSGS RUN_TIMEOUT PEERS SHAPES PEERS_DIR OUT EXTRAS IDLE_CONNS
+# Go's scheduler threads: the discard row runs on one (see bench/README.md:
+# with the load generator on the same two cores, a second P mostly spins and
+# wakes threads); the Maildir row on all cores (its file system calls block).
+SLUICE_DISCARD_GOMAXPROCS=${SLUICE_DISCARD_GOMAXPROCS-1} SLUICE_GOMAXPROCS=${SLUICE_GOMAXPROCS-}
+export SLUICE_DISCARD_GOMAXPROCS SLUICE_GOMAXPROCS QUIET_MAX RUNS SECS WARM LAT1 MIN_MSGS MAX_MSGS RUN_TIMEOUT PEERS SHAPES PEERS_DIR OUT EXTRAS IDLE_CONNS
 BIN=$ROOT/bin
 say() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt" >&2; }
 
@@ -126,8 +131,9 @@ port_of() {
 }
 label_of() {
   case $1 in
-    smtp-sink) echo "smtp-sink (protocol only)" ;; sluice-discard) echo "Sluice, rcptok + discard" ;;
-    sluice) echo "Sluice, inbound chain + Maildir" ;; qpsmtpd) echo "qpsmtpd prefork, discard" ;;
+    smtp-sink) echo "smtp-sink (protocol only)" ;;
+    sluice-discard) echo "Sluice, rcptok + discard$(gmp_label "$SLUICE_DISCARD_GOMAXPROCS")" ;;
+    sluice) echo "Sluice, inbound chain + Maildir$(gmp_label "$SLUICE_GOMAXPROCS")" ;; qpsmtpd) echo "qpsmtpd prefork, discard" ;;
     haraka) echo "Haraka nodes=cpus, discard" ;; haraka-1) echo "Haraka 1 process, discard" ;;
     postfix) echo "Postfix smtpd -> discard" ;;
   esac
@@ -137,6 +143,7 @@ label_of() {
 # a data directory of its own, and none is deleted before the run ends:
 # ext4 skips inodes freed in the last seconds when it allocates new ones, so
 # deleting the last cell's 100,000 files would slow the next cell's creates.
+gmp_label() { [ -n "$1" ] && echo " (GOMAXPROCS=$1)"; }
 sluice_conf() {
   local c=$OUT/conf/$1.toml data
   data=$(mktemp -d "$OUT/data/$1.XXXX")
@@ -149,7 +156,10 @@ start_receiver() { # NAME SESSIONS
   port=$(port_of "$name")
   case $name in
     smtp-sink) spawn "$name" "$port" /usr/sbin/smtp-sink -u nobody -m 1024 "127.0.0.1:$port" 1024 ;;
-    sluice | sluice-discard) spawn "$name" "$port" "$BIN/smtpd" -config "$(sluice_conf "$name" "$port")" ;;
+    sluice | sluice-discard)
+      local gmp=$SLUICE_GOMAXPROCS
+      [ "$name" = sluice-discard ] && gmp=$SLUICE_DISCARD_GOMAXPROCS
+      spawn "$name" "$port" env ${gmp:+GOMAXPROCS=$gmp} "$BIN/smtpd" -config "$(sluice_conf "$name" "$port")" ;;
     qpsmtpd)
       spawn "$name" "$port" env QPSMTPD_CONFIG="$PEERS_DIR/qpsmtpd/config" perl -Tw "$PEERS_DIR/qpsmtpd/qpsmtpd-nordns" \
         /usr/bin/qpsmtpd-prefork --listen-address 127.0.0.1 --port "$port" --children $((sessions + 10)) \
@@ -188,8 +198,11 @@ load() {
   rc=$?
   t1=$(date +%s.%N)
   # this subshell's children: smtp-source's user and system CPU seconds
-  local gen
-  gen=$(times | tail -1 | sed 's/[ms]/ /g' | awk '{print $1 * 60 + $2 + $3 * 60 + $4}')
+  # (times must run here, not in a $(...) of its own, which has no children)
+  local gen tf=$OUT/logs/times.$BASHPID
+  times > "$tf"
+  gen=$(tail -1 "$tf" | sed 's/[ms]/ /g' | awk '{print $1 * 60 + $2 + $3 * 60 + $4}')
+  rm -f "$tf"
   echo "$1 n=$2 s=$3 size=$4 per=$5 secs=$(echo "$t1 - $t0" | bc -l) gen_cpu_s=$gen rc=$rc" >> "$RAW"
   if [ $rc = 0 ]; then r=$(echo "$2 / ($t1 - $t0)" | bc -l | xargs printf '%.0f'); else r=0; fi
   echo "$r $rc $(echo "$t1 - $t0" | bc -l) $gen"
