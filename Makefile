@@ -29,10 +29,13 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
-# Every test, then each fuzz target for a few bounded seconds (their seed
-# corpora already ran as plain tests).
+# Every test, then every test again under the race detector, then each fuzz
+# target for a few bounded seconds (their seed corpora already ran as plain
+# tests). RACE=0 skips the race run.
+RACE ?= 1
 test: deps vet
 	$(GO) test -count=1 ./...
+	@if [ "$(RACE)" = 1 ]; then echo "$(GO) test -race -count=1 ./..."; $(GO) test -race -count=1 ./...; fi
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TESTFUZZTIME) FUZZMIN=2s
 
 TESTFUZZTIME ?= 4s
