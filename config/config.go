@@ -158,9 +158,13 @@ func Parse(path, text string) (*Config, error) {
 	c := &Config{path: path, text: text}
 	md, err := toml.Decode(text, c)
 	if err != nil {
-		return nil, c.wrap(err)
+		return nil, c.wrap(err, c, 0)
 	}
 	c.md = md
+	if t := md.Type("plugins"); t != "" && t != "Hash" {
+		// The decoder leaves a map it cannot fill empty, without an error.
+		return nil, &fileError{path, c.lineOf(toml.Key{"plugins"}), "plugins: expected a table ([plugins.NAME] sections), got " + tableWord(t)}
+	}
 	if err := c.unknownKeys(func(k toml.Key) bool { return len(k) > 0 && k[0] == "plugins" && len(k) > 2 }); err != nil {
 		return nil, err
 	}
@@ -364,8 +368,12 @@ func tableMatches(header, table string) bool {
 // the wrong type, which carry their position only in their text.
 var decodeErrRe = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
 
-// wrap turns a TOML error into "path:line: key: message".
-func (c *Config) wrap(err error) error {
+// wrap turns a TOML error into "path:line: key: message". dst is the
+// value being decoded, the root of the keys after their first skip parts
+// (["plugins", NAME] for a plugin's table): a value of the wrong type is
+// then reported as what dst expects there ("expected a list of strings,
+// got a string"), not in Go's terms.
+func (c *Config) wrap(err error, dst any, skip int) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
 		msg := pe.Message
@@ -376,7 +384,7 @@ func (c *Config) wrap(err error) error {
 	}
 	if m := decodeErrRe.FindStringSubmatch(err.Error()); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		return &fileError{c.path, line, m[2] + ": " + m[3]}
+		return &fileError{c.path, line, m[2] + ": " + plainType(m[3], m[2], dst, skip)}
 	}
 	return fmt.Errorf("%s: %w", c.path, err)
 }
@@ -410,7 +418,7 @@ func (c *Config) Decoder(instance string) hooks.Decoder {
 			return nil // no table: the plugin's defaults
 		}
 		if err := c.md.PrimitiveDecode(p, v); err != nil {
-			return c.wrap(err)
+			return c.wrap(err, v, 2)
 		}
 		return c.unknownIn(instance)
 	}
@@ -501,7 +509,7 @@ func DecodeString(text string, v any) error {
 	c := &Config{path: "settings", text: text}
 	md, err := toml.Decode(text, v)
 	if err != nil {
-		return c.wrap(err)
+		return c.wrap(err, v, 0)
 	}
 	c.md = md
 	return c.unknownKeys(func(toml.Key) bool { return false })

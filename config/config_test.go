@@ -269,13 +269,13 @@ func TestWrongTypes(t *testing.T) {
 		want             []string
 	}{
 		{"string for an int in a listener", strings.Replace(valid, "max_message_size = 1048576", `max_recipients = "many"`, 1),
-			`max_recipients =`, []string{`max_recipients`, `string`, `integer`}},
+			`max_recipients =`, []string{`listener\.max_recipients: expected an integer, got a string$`}},
 		{"a size that is not a size", strings.Replace(valid, "max_message_size = 1048576", `max_message_size = "1.5 parsecs"`, 1),
 			`max_message_size =`, []string{`max_message_size`, `want a whole number of bytes`}},
 		{"string for an int in a plugin", strings.Replace(valid, "timeout = 30", `timeout = "30"`, 1),
-			`timeout = "30"`, []string{`plugins.lenient.timeout`, `string`, `integer`}},
+			`timeout = "30"`, []string{`plugins\.lenient\.timeout: expected an integer, got a string$`}},
 		{"string for a bool in a plugin", strings.Replace(valid, `reject = true`, `reject = "yes"`, 1),
-			`reject = "yes"`, []string{`plugins.strict.reject`, `string`, `bool`}},
+			`reject = "yes"`, []string{`plugins\.strict\.reject: expected true or false, got a string$`}},
 		{"bad duration", strings.Replace(valid, `read_timeout = "2m"`, `read_timeout = "2 minutes"`, 1),
 			`read_timeout`, []string{`read_timeout`, `"2 minutes" is not a duration`}},
 		{"number for a duration", strings.Replace(valid, `hook_timeout = "10s"`, `hook_timeout = 10`, 1),
@@ -354,7 +354,62 @@ func TestDecodeString(t *testing.T) {
 	err := config.DecodeString("zones = [\"a\"]\nrejekt = true\n", &p)
 	wantErr(t, err, `settings:2: unknown key "rejekt"`)
 	err = config.DecodeString("timeout = \"x\"\n", &p)
-	wantErr(t, err, `settings:1: `, `timeout`, `string`)
+	wantErr(t, err, `^settings:1: timeout: expected an integer, got a string$`)
+	err = config.DecodeString("reject = false\nzones = \"a\"\n", &p)
+	wantErr(t, err, `^settings:2: zones: expected a list of strings, got a string$`)
+}
+
+// TestWrongTypesSayWhatWasExpected: a value of the wrong type is reported
+// as what the key expects, in words, with file:line and the key, never in
+// Go's terms (slice, int64, destination).
+func TestWrongTypesSayWhatWasExpected(t *testing.T) {
+	listener := "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"
+	table := listener + "[plugins.configtestplugin]\n"
+	for _, tc := range []struct {
+		name, text, want string
+	}{
+		// The global section.
+		{"global: string for an int", "auth_max_failures = \"5\"\n" + listener, `^smtpd\.toml:1: auth_max_failures: expected an integer, got a string$`},
+		{"global: int for a string", "log_level = \"info\"\nhostname = 5\n" + listener, `^smtpd\.toml:2: hostname: expected a string, got an integer$`},
+		{"global: list for a duration", "hook_timeout = [\"30s\"]\n" + listener, `^smtpd\.toml:1: hook_timeout: expected a duration such as "30s", got a list$`},
+		{"global: int for the plugins table", "plugins = 5\n" + listener, `^smtpd\.toml:1: plugins: expected a table \(\[plugins\.NAME\] sections\), got an integer$`},
+		// A listener.
+		{"listener: string for a list", "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = \"configtestplugin\"\n", `^smtpd\.toml:4: listener\.plugins: expected a list of strings, got a string$`},
+		{"listener: int in a list of strings", "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\", 2]\n", `^smtpd\.toml:4: listener\.plugins: expected a list of strings, got a list holding an integer$`},
+		{"listener: int for a bool", listener + "require_auth = 1\n", `^smtpd\.toml:5: listener\.require_auth: expected true or false, got an integer$`},
+		{"listener: list for a size", listener + "max_message_size = [1]\n", `^smtpd\.toml:5: listener\.max_message_size: expected a size such as "25MB" or a number of bytes, got a list$`},
+		{"listener: string for a list of tables", listener + "tls_certificates = \"cert.pem\"\n", `^smtpd\.toml:5: listener\.tls_certificates: expected a list of tables, got a string$`},
+		// A plugin's table, decoded by the plugin.
+		{"plugin: string for a list", table + "zones = \"zen.example.net\"\n", `^smtpd\.toml:6: plugins\.configtestplugin\.zones: expected a list of strings, got a string$`},
+		{"plugin: string for an int", table + "timeout = \"30s\"\n", `^smtpd\.toml:6: plugins\.configtestplugin\.timeout: expected an integer, got a string$`},
+		{"plugin: int for a bool", table + "reject = 1\n", `^smtpd\.toml:6: plugins\.configtestplugin\.reject: expected true or false, got an integer$`},
+		{"plugin: int in a list of strings", table + "zones = [\"a\", 1]\n", `^smtpd\.toml:6: plugins\.configtestplugin\.zones: expected a list of strings, got a list holding an integer$`},
+		{"plugin: a value for the table", listener + "[plugins]\nconfigtestplugin = 5\n", `^smtpd\.toml:6: plugins\.configtestplugin: expected a table, got an integer$`},
+		{"instance with use", "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"strict\"]\n[plugins.strict]\nuse = \"configtestplugin\"\nreject = \"yes\"\n", `^smtpd\.toml:7: plugins\.strict\.reject: expected true or false, got a string$`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := loadErr(tc.text)
+			wantErr(t, err, tc.want)
+			for _, goTerm := range []string{"incompatible", "destination", "slice", "int64", "[]any", "boolean", " toml: "} {
+				if strings.Contains(err.Error(), goTerm) {
+					t.Errorf("error %q uses Go's terms (%q)", err, goTerm)
+				}
+			}
+		})
+	}
+}
+
+// TestDurationNamedStringSettings: a plugin's duration kept as a string
+// ("connect_timeout") is described as a duration.
+func TestDurationNamedStringSettings(t *testing.T) {
+	var s struct {
+		ConnectTimeout string `toml:"connect_timeout"`
+		Window         string `toml:"window"`
+		Name           string `toml:"name"`
+	}
+	wantErr(t, config.DecodeString("connect_timeout = 30\n", &s), `^settings:1: connect_timeout: expected a duration such as "30s", got an integer$`)
+	wantErr(t, config.DecodeString("window = 60\n", &s), `^settings:1: window: expected a duration such as "30s", got an integer$`)
+	wantErr(t, config.DecodeString("name = true\n", &s), `^settings:1: name: expected a string, got true or false$`)
 }
 
 func TestFailedBuildClosesWhatItBuilt(t *testing.T) {

@@ -231,7 +231,7 @@ func TestBadSettings(t *testing.T) {
 		{`program = "/bin"`, `is a directory`},
 		{settings() + `timeout = "soon"`, `"soon" is not a duration`},
 		{settings() + `timeout = "0s"`, `timeout: 0s: want a positive duration`},
-		{settings() + `args = "/bin/true"`, `incompatible types`},
+		{settings() + `args = "/bin/true"`, `args: expected a list of strings, got a string`},
 		{settings() + `env = ["A=1"]`, `unknown key "env"`},
 	} {
 		hookstest.ExpectBuildError(t, "checkpassword", tt.settings, tt.want)

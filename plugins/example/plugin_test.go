@@ -150,7 +150,7 @@ func TestBadSettings(t *testing.T) {
 		{`deny_recipients = ["<a@example.test>"]`, `deny_recipients: "<a@example.test>" is not an address`},
 		{`header = "X Example"`, `header = "X Example": want a header field name`},
 		{`header = "X-Example:"`, `header = "X-Example:": want a header field name`},
-		{`deny_recipients = "spamtrap@example.test"`, `incompatible types`},
+		{`deny_recipients = "spamtrap@example.test"`, `deny_recipients: expected a list of strings, got a string`},
 		{`headers = "X-Example"`, `unknown key "headers"`},
 	} {
 		hookstest.ExpectBuildError(t, "example", tt.settings, tt.want)

@@ -119,8 +119,8 @@ func TestBadSettings(t *testing.T) {
 	for _, tt := range []struct{ settings, want string }{
 		{`max_hops = 0`, `max_hops = 0: want at least 1`},
 		{`max_hops = -3`, `max_hops = -3: want at least 1`},
-		{`max_hops = "many"`, `incompatible types`},
-		{`reject = "yes"`, `incompatible types`},
+		{`max_hops = "many"`, `max_hops: expected an integer, got a string`},
+		{`reject = "yes"`, `reject: expected true or false, got a string`},
 		{`max = 10`, `unknown key "max"`},
 	} {
 		hookstest.ExpectBuildError(t, "loop", tt.settings, tt.want)

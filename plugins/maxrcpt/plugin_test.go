@@ -111,7 +111,7 @@ func TestBadSettings(t *testing.T) {
 	for _, tt := range []struct{ settings, want string }{
 		{`max = 0`, `max = 0: want at least 1`},
 		{`max = -5`, `max = -5: want at least 1`},
-		{`max = "ten"`, `incompatible types`},
+		{`max = "ten"`, `max: expected an integer, got a string`},
 		{`action = "drop"`, `action = "drop": want "defer" or "reject"`},
 		{`action = "Defer"`, `action = "Defer": want "defer" or "reject"`},
 		{`limit = 5`, `unknown key "limit"`},

@@ -97,7 +97,7 @@ func TestBadSettings(t *testing.T) {
 		{`allow = ["mx.example.test"]`, `allow: "mx.example.test" is not an IP address or CIDR prefix`},
 		{`allow = ["::ffff:0.0.0.0/90"]`, `allow: "::ffff:0.0.0.0/90" is not an IP address or CIDR prefix`},
 		{`allow = [""]`, `allow: "" is not an IP address or CIDR prefix`},
-		{`allow = "127.0.0.1"`, `incompatible types`},
+		{`allow = "127.0.0.1"`, `allow: expected a list of strings, got a string`},
 		{`allowed = ["127.0.0.1"]`, `unknown key "allowed"`},
 	} {
 		hookstest.ExpectBuildError(t, "relay", tt.settings, tt.want)

@@ -225,7 +225,7 @@ func TestBadSettings(t *testing.T) {
 		{"[allow]\n\"alice@example.test\" = [1]", `allow."alice@example.test": want a list of addresses`},
 		{`allow = ["sales@example.test"]`, `settings:1: allow: want a table of login = ["address", ...]: [plugins.senderlogin.allow] "alice@example.test" = ["sales@example.test"]`},
 		{`allow = "sales@example.test"`, `allow: want a table of login = ["address", ...]`},
-		{`mode = 1`, `incompatible types`},
+		{`mode = 1`, `mode: expected a string, got an integer`},
 		{`allowed = {}`, `unknown key "allowed"`},
 	} {
 		hookstest.ExpectBuildError(t, "senderlogin", tt.settings, tt.want)
