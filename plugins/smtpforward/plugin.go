@@ -47,22 +47,39 @@ type Settings struct {
 // Plugin is a configured smtpforward instance.
 type Plugin struct {
 	fw *queue.Forwarder
+	// note is the transaction note for the downstream's queue id.
+	note string
 }
 
 var _ hooks.Queue = (*Plugin)(nil)
 
+// DefaultSettings are the settings a [plugins.smtpforward] table is decoded
+// over: the defaults of every key it leaves out.
+func DefaultSettings() Settings {
+	return Settings{Host: DefaultHost, StartTLS: "off"}
+}
+
 // New builds the plugin from its settings; a bad setting is an error that
 // names it.
 func New(decode hooks.Decoder) (*Plugin, error) {
-	s := Settings{Host: DefaultHost, StartTLS: "off"}
+	s := DefaultSettings()
 	if err := decode(&s); err != nil {
 		return nil, err
 	}
+	return FromSettings(s, NoteRemoteID)
+}
+
+// FromSettings builds the plugin from settings already decoded (over
+// DefaultSettings, or other defaults): the constructor of plugins that are
+// smtpforward with other defaults, such as lmtp. remoteIDNote is the
+// transaction note the downstream's queue id is stored in ("NAME.remote_id"
+// for the plugin NAME). A bad setting is an error that names it.
+func FromSettings(s Settings, remoteIDNote string) (*Plugin, error) {
 	fw, err := s.forwarder()
 	if err != nil {
 		return nil, err
 	}
-	return &Plugin{fw: fw}, nil
+	return &Plugin{fw: fw, note: remoteIDNote}, nil
 }
 
 func (s Settings) forwarder() (*queue.Forwarder, error) {
@@ -133,7 +150,7 @@ func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transa
 		return queue.Result(err)
 	}
 	if rc.RemoteID != "" {
-		tx.Notes.Set(NoteRemoteID, rc.RemoteID)
+		tx.Notes.Set(p.note, rc.RemoteID)
 	}
 	tx.QueueID = rc.ID
 	return hooks.Result{Code: hooks.OK}
