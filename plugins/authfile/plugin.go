@@ -13,7 +13,8 @@
 // The file is read when the plugin is built and read again, at an AUTH, when
 // its modification time, size or identity changed (looked at no more than
 // once a second); a new file that does not parse is logged and the old
-// content kept.
+// content kept. A file that does not exist yet when the plugin is built
+// means no users (logged as a warning): it is read once it appears.
 package authfile
 
 import (
@@ -38,8 +39,8 @@ func init() { hooks.Register("authfile", New) }
 
 // Settings are the keys of a [plugins.authfile] table.
 type Settings struct {
-	// Path is the password file. Required; it must exist and parse when
-	// the plugin is built.
+	// Path is the password file. Required; when it exists it must parse
+	// when the plugin is built. A missing file means no users yet.
 	Path string `toml:"path"`
 }
 
@@ -78,6 +79,8 @@ type db struct {
 var _ hooks.Auth = (*Plugin)(nil)
 
 // New builds an authfile instance: it reads and checks the password file.
+// A file that does not exist is no error: the instance knows no users (it
+// declines every AUTH) until the file is created, and logs a warning.
 func New(decode hooks.Decoder) (*Plugin, error) {
 	var s Settings
 	if err := decode(&s); err != nil {
@@ -88,7 +91,13 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	}
 	p := &Plugin{path: s.Path, log: slog.Default(), now: time.Now, sem: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	d, info, err := load(s.Path)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// No users yet (a fresh install; `smtpd passwd` creates the file):
+		// current reads the file once it appears.
+		p.log.Warn("authfile: the password file does not exist: no users until it is created (smtpd passwd creates it)", "plugin", "authfile", "path", s.Path)
+		d = &db{users: map[string]verifier{}}
+	case err != nil:
 		return nil, fmt.Errorf("path: %w", err)
 	}
 	p.db, p.stat, p.checked = d, info, p.now()
@@ -175,6 +184,11 @@ func (p *Plugin) current() *db {
 	p.checked = now
 	info, err := os.Stat(p.path)
 	if err != nil {
+		if p.stat == nil && errors.Is(err, fs.ErrNotExist) {
+			// Still missing since the start: no users yet, as logged
+			// when the plugin was built.
+			return p.db
+		}
 		if !p.statErr {
 			p.log.Error("authfile: cannot look at the password file; keeping the users read before", "plugin", "authfile", "path", p.path, "err", err)
 			p.statErr = true

@@ -206,7 +206,7 @@ func TestBadFiles(t *testing.T) {
 	}
 	for _, tt := range []struct{ settings, want string }{
 		{``, `path: required`},
-		{`path = "testdata/nonexistent"`, `path: open testdata/nonexistent: no such file or directory`},
+		{`path = "testdata/passwd/below"`, `path: open testdata/passwd/below: not a directory`},
 		{`path = "testdata"`, `testdata: not a regular file`},
 		{`path = "testdata/passwd"` + "\nfile = \"x\"", `unknown key "file"`},
 	} {
@@ -497,4 +497,63 @@ func TestEmptyAndCRLF(t *testing.T) {
 			t.Errorf("CRLF file: Auth(%q, %q) = %v; want %v", tt.user, tt.password, r.Code, tt.code)
 		}
 	}
+}
+
+// TestMissingFile: a password file that does not exist yet is no error at
+// build (a fresh install, before `smtpd passwd`): it is logged as a
+// warning naming the path, every AUTH declines, and the file is read once
+// it appears, without a restart.
+func TestMissingFile(t *testing.T) {
+	logs := logBuffer(t)
+	path := filepath.Join(t.TempDir(), "passwd")
+	p := build(t, path)
+	out := logs.String()
+	if !strings.Contains(out, "level=WARN") || !strings.Contains(out, "does not exist") || !strings.Contains(out, "path="+path) {
+		t.Errorf("build with a missing file: the log has no warning naming %s:\n%s", path, out)
+	}
+	clk := &clock{t: time.Now()}
+	p.SetClock(clk.now)
+	ch := chain(t, hookstest.Plugin("authfile", p))
+	for range 3 {
+		clk.add(recheck)
+		if got := reply(ch, "alice", "pw"); got != authBad {
+			t.Errorf("no file yet: %q; want %q (every plugin declined)", got, authBad)
+		}
+	}
+	if out := logs.String(); strings.Contains(out, "level=ERROR") || strings.Count(out, "does not exist") != 1 {
+		t.Errorf("a file still missing is logged again:\n%s", out)
+	}
+
+	// `smtpd passwd` creates the file after the start.
+	if err := authfile.SetPassword(path, "alice", "pw"); err != nil {
+		t.Fatal(err)
+	}
+	clk.add(recheck)
+	if got := reply(ch, "alice", "pw"); got != authOK {
+		t.Errorf("file created after the start: %q; want %q", got, authOK)
+	}
+	if got := reply(ch, "alice", "wrong"); got != authBad {
+		t.Errorf("file created after the start, wrong password: %q; want %q", got, authBad)
+	}
+	if !strings.Contains(logs.String(), "password file read again") {
+		t.Errorf("the new file's read is not logged:\n%s", logs.String())
+	}
+}
+
+// TestMissingFileOnlyMeansNoUsers: errors other than a missing file still
+// fail the build.
+func TestMissingFileOnlyMeansNoUsers(t *testing.T) {
+	dir := t.TempDir()
+	hookstest.ExpectBuildError(t, "authfile", `path = "`+dir+`"`, "not a regular file")
+	hookstest.ExpectBuildError(t, "authfile", `path = "`+writeFile(t, "carol\n")+`/x"`, "not a directory")
+	hookstest.ExpectBuildError(t, "authfile", `path = "`+writeFile(t, "carol\n")+`"`, "want user:hash")
+	if os.Geteuid() == 0 {
+		t.Log("running as root: the permission check is skipped (root reads any file)")
+		return
+	}
+	locked := writeFile(t, "")
+	if err := os.Chmod(locked, 0); err != nil {
+		t.Fatal(err)
+	}
+	hookstest.ExpectBuildError(t, "authfile", `path = "`+locked+`"`, "permission denied")
 }
