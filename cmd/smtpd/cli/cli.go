@@ -77,32 +77,54 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, `usage:
-  smtpd [-config FILE]          serve mail (default config %s)
-  smtpd check [-config FILE]    validate the configuration and build every plugin
-  smtpd plugins                 list the compiled-in plugins and the hooks each implements
+  smtpd [-config FILE]            serve mail (default config %s)
+  smtpd check [-config FILE]      validate the configuration and build every plugin
+  smtpd plugins                   list the compiled-in plugins and the hooks each implements
   smtpd passwd [-file FILE] USER  set USER's password in an authfile password file
-  smtpd version                 print the version
+  smtpd version                   print the version
+  smtpd help                      print this text
 `, config.DefaultPath)
 }
 
-func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+// configFlag parses the -config flag of serve (the command run without a
+// name) and check. ok is false when the command must stop with exit code
+// code: 0 after -h (the usage was asked for), 2 on a bad argument.
+func configFlag(name string, args []string, stderr io.Writer) (path string, code int, ok bool) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", config.DefaultPath, "configuration file")
+	p := fs.String("config", config.DefaultPath, "configuration `FILE`")
+	fs.Usage = func() {
+		if name == "serve" {
+			// smtpd [-config FILE]: the usage of the whole command.
+			usage(stderr)
+		} else {
+			fmt.Fprintf(stderr, "usage: smtpd %s [-config FILE]\n", name)
+		}
+		fmt.Fprintf(stderr, "\nflags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
-		return "", false
+		if errors.Is(err, flag.ErrHelp) {
+			return "", 0, false
+		}
+		return "", 2, false
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "smtpd %s: unexpected argument %q\n", name, fs.Arg(0))
-		return "", false
+		cmd := "smtpd " + name
+		if name == "serve" {
+			cmd = "smtpd"
+		}
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", cmd, fs.Arg(0))
+		fs.Usage()
+		return "", 2, false
 	}
-	return *path, true
+	return *p, 0, true
 }
 
 func check(args []string, stdout, stderr io.Writer) int {
-	path, ok := configFlag("check", args, stderr)
+	path, code, ok := configFlag("check", args, stderr)
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := config.Load(path)
 	if err == nil {
@@ -257,9 +279,9 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 }
 
 func serve(args []string, stderr io.Writer) int {
-	path, ok := configFlag("serve", args, stderr)
+	path, code, ok := configFlag("serve", args, stderr)
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
