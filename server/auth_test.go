@@ -5,15 +5,19 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/server"
 	"github.com/sluice-mta/sluice/transaction"
@@ -47,10 +51,107 @@ func (c *client) startTLS() string {
 }
 
 func submission(t *testing.T, limiter *server.AuthLimiter) *testServer {
-	return start(t, func(l *server.ListenerConfig) {
+	ts, _ := authServer(t, limiter, func(l *server.ListenerConfig) {
 		l.TLS = testTLSConfig(t)
 		l.RequireTLS, l.RequireAuth = true, true
-	}, hooks.Instance{Name: "passwords", Plugin: passwords{}})
+	})
+	return ts
+}
+
+// authServer is start with the passwords plugin, the given limiter (nil:
+// the default one) and a log the test can read.
+func authServer(t *testing.T, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig)) (*testServer, *hookstest.LogBuffer) {
+	t.Helper()
+	logs := &hookstest.LogBuffer{}
+	log := logs.Logger()
+	q := &hookstest.QueueRecorder{}
+	ch, err := hooks.NewChain([]hooks.Instance{
+		{Name: "passwords", Plugin: passwords{}}, {Name: "rcpt", Plugin: acceptRcpt{}}, {Name: "queue", Plugin: q},
+	}, hooks.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc := server.ListenerConfig{Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch}
+	if mutate != nil {
+		mutate(&lc)
+	}
+	srv, err := server.New(server.Config{Listeners: []server.ListenerConfig{lc}, SpoolDir: t.TempDir(), Logger: log, AuthLimiter: limiter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return &testServer{addr: srv.Addr("mx").String(), queue: q, srv: srv}, logs
+}
+
+// dialFrom is dial from another loopback address, a second client IP.
+func dialFrom(t *testing.T, local, addr string) *client {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return &client{t: t, conn: c, r: bufio.NewReader(c)}
+}
+
+// tlsSession dials from local, reads the greeting, and runs EHLO,
+// STARTTLS and EHLO again: ready for AUTH.
+func tlsSession(t *testing.T, local, addr string) *client {
+	t.Helper()
+	c := dialFrom(t, local, addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.startTLS()
+	return c
+}
+
+// timed runs c.expect and returns how long the reply took.
+func timed(c *client, cmd, want string) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	c.expect(cmd, want)
+	return time.Since(start)
+}
+
+const (
+	invalid = "535 5.7.8 Authentication credentials invalid"
+	lockout = "535 5.7.8 Too many failed authentication attempts; closing connection"
+)
+
+// plain is an AUTH PLAIN command with an initial response.
+func plain(authzid, user, pass string) string {
+	return "AUTH PLAIN " + b64(authzid+"\x00"+user+"\x00"+pass)
+}
+
+// checkLog fails unless the log matches every pattern and holds none of
+// the secrets.
+func checkLog(t *testing.T, logs *hookstest.LogBuffer, patterns []string, secrets ...string) {
+	t.Helper()
+	log := logs.String()
+	for _, p := range patterns {
+		if !regexp.MustCompile(p).MatchString(log) {
+			t.Errorf("the log has no line matching %s:\n%s", p, log)
+		}
+	}
+	for _, s := range secrets {
+		if strings.Contains(log, s) {
+			t.Errorf("the log holds the password %q:\n%s", s, log)
+		}
+	}
 }
 
 func TestAuthNeedsTLSAndMailNeedsAuth(t *testing.T) {
@@ -97,30 +198,216 @@ func TestAuthLoginExchange(t *testing.T) {
 	c.expect(b64("s3cret"), "235 2.7.0")
 }
 
+// TestAuthBruteForceIsLockedOut: the fifth failure from one IP waits the
+// delay, gets the lockout 535 and is disconnected; after it that IP is
+// refused unchecked, even with the right password, for any user.
 func TestAuthBruteForceIsLockedOut(t *testing.T) {
-	ts := start(t, func(l *server.ListenerConfig) {
+	const delay = 150 * time.Millisecond
+	ts, logs := authServer(t, &server.AuthLimiter{Delay: delay}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	c := tlsSession(t, "127.0.0.1", ts.addr)
+	var guesses []string
+	for i := 1; i <= 4; i++ {
+		guesses = append(guesses, fmt.Sprintf("Guess-%d-pw", i))
+		c.expect(plain("", "alice", guesses[i-1]), invalid)
+	}
+	guesses = append(guesses, "Guess-5-pw")
+	if d := timed(c, plain("", "alice", "Guess-5-pw"), lockout); d < delay {
+		t.Errorf("the lockout answered after %v, before the %v delay", d, delay)
+	}
+	c.closed()
+
+	// The same IP, the right password: refused unchecked, after the delay.
+	c2 := tlsSession(t, "127.0.0.1", ts.addr)
+	if d := timed(c2, plain("", "alice", "s3cret"), lockout); d < delay {
+		t.Errorf("the refusal answered after %v, before the %v delay", d, delay)
+	}
+	c2.closed()
+	// Another user from that IP too: the count is the IP's.
+	c3 := tlsSession(t, "127.0.0.1", ts.addr)
+	c3.expect("AUTH LOGIN", "334 ")
+	c3.expect(b64("bob"), "334 ")
+	c3.expect(b64("bobs-pw"), lockout)
+	c3.closed()
+
+	checkLog(t, logs, []string{
+		`level=WARN msg="AUTH failed" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice reply="535 5\.7\.8 Authentication credentials invalid"`,
+		`level=WARN msg="AUTH refused: too many failures" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice limit=reached`,
+		`level=WARN msg="AUTH refused: too many failures" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice limit=ip`,
+		`level=WARN msg="AUTH refused: too many failures" listener=mx conn=\S+ mech=LOGIN ip=127\.0\.0\.1 user=bob limit=ip`,
+	}, append(guesses, "s3cret", "bobs-pw")...)
+	if n := strings.Count(logs.String(), `msg="AUTH failed"`); n != 5 {
+		t.Errorf("logged %d AUTH failed lines, want one per checked password (5)", n)
+	}
+}
+
+// TestAuthUserLockoutSlowsButNeverLocksOutTheOwner: five failures for
+// alice (from 127.0.0.1, in any letter case) slow down every AUTH for alice
+// from everywhere: from 127.0.0.2 a wrong password waits the delay and is
+// disconnected, the right one waits the delay and succeeds.
+func TestAuthUserLockoutSlowsButNeverLocksOutTheOwner(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	ts, logs := authServer(t, &server.AuthLimiter{Delay: delay}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	attacker := tlsSession(t, "127.0.0.1", ts.addr)
+	for _, u := range []string{"alice", "Alice", "ALICE", "alice"} {
+		attacker.expect(plain("", u, "Guess-pw"), invalid)
+	}
+	attacker.expect(plain("", "aLiCe", "Guess-pw"), lockout)
+	attacker.closed()
+
+	// From another IP: a wrong password gets one try, after the delay.
+	c := tlsSession(t, "127.0.0.2", ts.addr)
+	if d := timed(c, plain("", "alice", "Other-pw"), lockout); d < delay {
+		t.Errorf("a guess for a locked user answered after %v, before the %v delay", d, delay)
+	}
+	c.closed()
+	c = tlsSession(t, "127.0.0.2", ts.addr)
+	c.expect("AUTH LOGIN", "334 ")
+	c.expect(b64("alice"), "334 ")
+	c.expect(b64("Other-pw-2"), lockout)
+	c.closed()
+
+	// The owner, from another IP, with the right password: slowed, not
+	// locked out.
+	owner := tlsSession(t, "127.0.0.2", ts.addr)
+	if d := timed(owner, plain("", "alice", "s3cret"), "235 2.7.0"); d < delay {
+		t.Errorf("AUTH for a user past the limit answered after %v, before the %v delay", d, delay)
+	}
+	owner.expect("MAIL FROM:<alice@example.test>", "250")
+
+	checkLog(t, logs, []string{
+		`level=WARN msg="AUTH failed" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=ALICE `,
+		`level=INFO msg="AUTH delayed: too many failures for the user" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.2 user=alice delay=150ms`,
+		`level=WARN msg="AUTH failed" listener=mx conn=\S+ mech=LOGIN ip=127\.0\.0\.2 user=alice `,
+		`level=WARN msg="AUTH refused: too many failures" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.2 user=alice limit=user`,
+		`level=INFO msg="AUTH succeeded" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.2 user=alice`,
+	}, "Guess-pw", "Other-pw", "s3cret")
+}
+
+// TestAuthSuccessClearsTheUsersCountNotTheIPs: after alice logs in, her
+// earlier failures are forgotten; the failures of the IP she logged in
+// from are not.
+func TestAuthSuccessClearsTheUsersCountNotTheIPs(t *testing.T) {
+	ts, _ := authServer(t, &server.AuthLimiter{Delay: 50 * time.Millisecond}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	// Four failures for alice from 127.0.0.2, one short of the limit.
+	c := tlsSession(t, "127.0.0.2", ts.addr)
+	for i := 0; i < 4; i++ {
+		c.expect(plain("", "alice", "Guess-pw"), invalid)
+	}
+	// alice logs in from 127.0.0.3: her count starts again.
+	ok := tlsSession(t, "127.0.0.3", ts.addr)
+	ok.expect(plain("", "alice", "s3cret"), "235 2.7.0")
+	for i := 0; i < 4; i++ {
+		ok2 := tlsSession(t, "127.0.0.4", ts.addr)
+		ok2.expect(plain("", "alice", "Guess-pw"), invalid)
+	}
+	// Without the reset the fourth would have been her ninth failure. And
+	// the success did not clear 127.0.0.2's four: its fifth is locked out.
+	c.expect(plain("", "bob", "Guess-pw"), lockout)
+	c.closed()
+}
+
+// TestAuthIdentityMismatchAndMalformedAreLogged: a PLAIN authorization
+// identity other than the user is a logged, counted failure; a PLAIN
+// message that does not decode is answered 501 and logged at INFO.
+func TestAuthIdentityMismatchAndMalformedAreLogged(t *testing.T) {
+	ts, logs := authServer(t, &server.AuthLimiter{Delay: 50 * time.Millisecond}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	c := tlsSession(t, "127.0.0.1", ts.addr)
+	c.expect("AUTH PLAIN "+b64("alice\x00s3cret"), "501 5.5.2 Malformed PLAIN response")
+	c.expect("AUTH PLAIN", "334 ")
+	c.expect(b64("no-nul-at-all"), "501 5.5.2 Malformed PLAIN response")
+	for i := 0; i < 4; i++ {
+		c.expect(plain("bob", "alice", "s3cret"), "535 5.7.8 Authorization identity must be empty or the user name")
+	}
+	c.expect(plain("alice", "alice", "wrong-pw"), lockout)
+	c.closed()
+	checkLog(t, logs, []string{
+		`level=INFO msg="AUTH: malformed SASL response" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1`,
+		`level=WARN msg="AUTH failed" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice authzid=bob reply="535 5\.7\.8 Authorization identity must be empty or the user name"`,
+		`level=WARN msg="AUTH failed" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice reply=`,
+	}, "s3cret", "wrong-pw", "no-nul")
+}
+
+// TestAuthLimiterGroupsIPv6By64: one IPv6 host holds a whole /64; an
+// IPv4-mapped address is its IPv4 one.
+func TestAuthLimiterGroupsIPv6By64(t *testing.T) {
+	l := &server.AuthLimiter{}
+	for i := 0; i < 5; i++ {
+		l.Fail(netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%x", i+1)), "")
+		l.Fail(netip.MustParseAddr("::ffff:192.0.2.7"), "")
+	}
+	for ip, want := range map[string]server.AuthLimit{
+		"2001:db8:1:2:ffff:ffff:ffff:ffff": server.AuthIPLimited,
+		"2001:db8:1:3::1":                  server.AuthAllowed,
+		"192.0.2.7":                        server.AuthIPLimited,
+		"::ffff:192.0.2.7":                 server.AuthIPLimited,
+		"192.0.2.8":                        server.AuthAllowed,
+	} {
+		if got := l.Check(netip.MustParseAddr(ip), "someone"); got != want {
+			t.Errorf("Check(%s) = %v, want %v", ip, got, want)
+		}
+	}
+}
+
+// TestAuthLimiterIsBounded: a table full of live windows drops the oldest;
+// it never grows past MaxTracked.
+func TestAuthLimiterIsBounded(t *testing.T) {
+	l := &server.AuthLimiter{MaxTracked: 100}
+	ip := netip.MustParseAddr("192.0.2.1")
+	for i := 0; i < 5; i++ {
+		l.Fail(ip, "victim")
+	}
+	if l.Check(netip.MustParseAddr("192.0.2.2"), "victim") != server.AuthUserLimited {
+		t.Fatal("five failures did not limit the user")
+	}
+	for i := 0; i < 10_000; i++ {
+		l.Fail(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), fmt.Sprint("user", i))
+		if n := l.Tracked(); n > 100 {
+			t.Fatalf("tracking %d keys, over MaxTracked 100", n)
+		}
+	}
+	if l.Check(ip, "victim") != server.AuthAllowed {
+		t.Error("the oldest windows were not the ones dropped")
+	}
+	last := netip.AddrFrom4([4]byte{10, 0, 39, 15}) // i = 9999
+	for i := 0; i < 4; i++ {
+		l.Fail(last, "")
+	}
+	if l.Check(last, "") != server.AuthIPLimited {
+		t.Error("the newest window was dropped")
+	}
+}
+
+// TestStartTLSAfterPlaintextAuthIsRefused: go-smtp cannot forget an AUTH
+// as RFC 3207 4.2 would have it, so STARTTLS after one is refused.
+func TestStartTLSAfterPlaintextAuthIsRefused(t *testing.T) {
+	ts, _ := authServer(t, nil, func(l *server.ListenerConfig) {
 		l.TLS = testTLSConfig(t)
-	}, hooks.Instance{Name: "passwords", Plugin: passwords{}})
-	_ = ts
+		l.AuthPlaintextLoopback = true
+	})
 	c := dial(t, ts.addr)
 	c.expect("", "220 ")
 	c.expect("EHLO a.example", "250")
-	c.startTLS()
-	for i := 0; i < 4; i++ {
-		c.expect("AUTH PLAIN "+b64("\x00alice\x00guess"), "535 5.7.8 Authentication credentials invalid")
+	c.expect(plain("", "alice", "s3cret"), "235 2.7.0")
+	c.expect("STARTTLS", "503 5.5.1 STARTTLS is not allowed after AUTH")
+	c.expect("MAIL FROM:<alice@example.test>", "250")
+}
+
+// TestAuthRightAfterStartTLSNeedsEHLO: STARTTLS forgets the EHLO (RFC 3207
+// 4.2), so AUTH before a new one is refused.
+func TestAuthRightAfterStartTLSNeedsEHLO(t *testing.T) {
+	ts, _ := authServer(t, nil, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("STARTTLS", "220 2.0.0")
+	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
 	}
-	start := time.Now()
-	c.expect("AUTH PLAIN "+b64("\x00alice\x00guess5"), "535 5.7.8 Too many failed authentication attempts")
-	if time.Since(start) < time.Second {
-		t.Errorf("the lockout answered without a delay")
-	}
-	c.closed()
-	// A new connection from the same IP is refused even with the right password.
-	c2 := dial(t, ts.addr)
-	c2.expect("", "220 ")
-	c2.expect("EHLO a.example", "250")
-	c2.startTLS()
-	c2.expect("AUTH PLAIN "+b64("\x00alice\x00s3cret"), "535 5.7.8 Too many failed")
+	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.expect(plain("", "alice", "s3cret"), "503 5.5.1 Send EHLO first")
+	c.expect("EHLO a.example", "250")
+	c.expect(plain("", "alice", "s3cret"), "235 2.7.0")
 }
 
 // noteRecorder keeps the auth notes it sees at MAIL.

@@ -1,12 +1,18 @@
 package t_test
 
 import (
+	"bufio"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // submissionConfig is the shipped submission listener plus a 465-style
@@ -81,17 +87,20 @@ func TestSubmissionWithStartTLSAndAuth(t *testing.T) {
 
 func TestSubmissionRefusesWrongPasswordAndPlaintext(t *testing.T) {
 	s := startSubmission(t)
-	out, code := swaks(t, s.Addr("submission"), "--ehlo", "laptop.example", "--tls",
-		"--auth", "PLAIN", "--auth-user", "alice@example.test", "--auth-password", "wrong",
-		"--from", "alice@example.test", "--to", "friend@elsewhere.test")
-	if code == 0 || !regexp.MustCompile(`<~\*\s+535 5\.7\.8`).MatchString(out) {
-		t.Fatalf("wrong password (exit %d):\n%s", code, out)
-	}
-	if strings.Contains(s.Log(), "wrong") {
-		t.Fatalf("the password reached the log:\n%s", s.Log())
-	}
-	if !strings.Contains(s.Log(), `msg="AUTH failed" listener=submission`) || !strings.Contains(s.Log(), "user=alice@example.test") {
-		t.Fatalf("the failure is not logged with IP and user:\n%s", s.Log())
+	for _, mech := range []string{"PLAIN", "LOGIN"} {
+		pw := "wrong-" + mech + "-pw"
+		out, code := swaks(t, s.Addr("submission"), "--ehlo", "laptop.example", "--tls",
+			"--auth", mech, "--auth-user", "alice@example.test", "--auth-password", pw,
+			"--from", "alice@example.test", "--to", "friend@elsewhere.test")
+		if code == 0 || !regexp.MustCompile(`<~\*\s+535 5\.7\.8 Authentication credentials invalid`).MatchString(out) {
+			t.Fatalf("AUTH %s, wrong password (exit %d):\n%s", mech, code, out)
+		}
+		if strings.Contains(s.Log(), pw) {
+			t.Fatalf("the password reached the log:\n%s", s.Log())
+		}
+		if !regexp.MustCompile(`level=WARN msg="AUTH failed" listener=submission conn=\S+ mech=` + mech + ` ip=127\.0\.0\.1 user=alice@example\.test `).MatchString(s.Log()) {
+			t.Fatalf("the %s failure is not logged with IP and user:\n%s", mech, s.Log())
+		}
 	}
 	// Before STARTTLS: no AUTH offered, AUTH refused, MAIL refused.
 	c := rawDial(t, s.Addr("submission"))
@@ -113,5 +122,60 @@ func TestImplicitTLSSubmission(t *testing.T) {
 		"--from", "alice@example.test", "--to", "bob@example.test")
 	if code != 0 || !regexp.MustCompile(`<~\s+250 2\.0\.0 Ok: queued as`).MatchString(out) {
 		t.Fatalf("implicit TLS (exit %d):\n%s", code, out)
+	}
+}
+
+// tlsDial connects to an implicit-TLS listener.
+func tlsDial(t *testing.T, addr string) *rawSession {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return &rawSession{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+// TestSubmissionBruteForceLockout: the fifth wrong password from one IP
+// (auth_failure_delay = "100ms" in the config) waits the delay, gets the
+// lockout 535 and the connection is closed; after it that IP is refused
+// even with the right password. Every failure is logged with the IP and
+// the user, never the password.
+func TestSubmissionBruteForceLockout(t *testing.T) {
+	s := startSubmission(t)
+	c := tlsDial(t, s.Addr("submissions"))
+	c.expect("", "220 ")
+	c.expect("EHLO laptop.example", "250")
+	auth := func(pass string) string {
+		return "AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice@example.test\x00"+pass))
+	}
+	for i := 1; i <= 4; i++ {
+		c.expect(auth(fmt.Sprintf("Guess-%d-pw", i)), "535 5.7.8 Authentication credentials invalid")
+	}
+	start := time.Now()
+	c.expect(auth("Guess-5-pw"), "535 5.7.8 Too many failed authentication attempts; closing connection")
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Errorf("the lockout answered after %v, before auth_failure_delay", d)
+	}
+	if got := c.cmd("NOOP"); got != "EOF" {
+		t.Fatalf("the connection stayed open after the lockout: %q", got)
+	}
+	c2 := tlsDial(t, s.Addr("submissions"))
+	c2.expect("", "220 ")
+	c2.expect("EHLO laptop.example", "250")
+	c2.expect(auth("s3cret"), "535 5.7.8 Too many failed authentication attempts; closing connection")
+
+	log := s.Log()
+	if n := len(regexp.MustCompile(`level=WARN msg="AUTH failed" listener=submissions conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice@example\.test `).FindAllString(log, -1)); n != 5 {
+		t.Errorf("want 5 AUTH failed lines with ip and user, got %d:\n%s", n, log)
+	}
+	if !regexp.MustCompile(`level=WARN msg="AUTH refused: too many failures" listener=submissions conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice@example\.test limit=ip`).MatchString(log) {
+		t.Errorf("the refusal is not logged:\n%s", log)
+	}
+	for _, pw := range []string{"Guess-", "s3cret"} {
+		if strings.Contains(log, pw) {
+			t.Errorf("a password (%q) reached the log:\n%s", pw, log)
+		}
 	}
 }
