@@ -190,8 +190,8 @@ func TestPanicFailsClosed(t *testing.T) {
 		}
 	}
 	rep := hooks.ReplyFor(d.Hook, d.Result)
-	if rep.Code != 450 || strings.Contains(rep.Msg, "nil map") {
-		t.Fatalf("reply = %q: want 450 and no internal detail", rep)
+	if rep.String() != "451 4.3.0 Local error in processing; try again later" || strings.Contains(rep.Msg, "nil map") {
+		t.Fatalf("reply = %q: want 451 4.3.0 and no internal detail", rep)
 	}
 }
 
@@ -218,7 +218,7 @@ func TestErrFailsClosed(t *testing.T) {
 			if out := buf.String(); !strings.Contains(out, "plugin=flaky") || !strings.Contains(out, "connection refused") {
 				t.Fatalf("log %q lacks the plugin or its error", out)
 			}
-			if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "450 4.7.1 Recipient temporarily rejected" {
+			if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "451 4.3.0 Local error in processing; try again later" {
 				t.Fatalf("reply = %q: the error's text must not reach the client", rep)
 			}
 		})
@@ -239,7 +239,7 @@ func TestFailHelper(t *testing.T) {
 	ch := newChain(t, hooks.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 		rcpt("x", nil, hooks.Fail(errors.New("db down"))))
 	d := runRcpt(ch)
-	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "450 4.7.1 Recipient temporarily rejected" {
+	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.String() != "451 4.3.0 Local error in processing; try again later" {
 		t.Fatalf("Fail: reply = %q", rep)
 	}
 }
@@ -254,8 +254,8 @@ func TestInvalidCodeFailsClosed(t *testing.T) {
 	if d.Result.Code != hooks.DenySoft {
 		t.Fatalf("Code(42) at mail = %+v, want DenySoft", d)
 	}
-	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.Code != 450 {
-		t.Fatalf("reply = %q, want 450", rep)
+	if rep := hooks.ReplyFor(d.Hook, d.Result); rep.Code != 451 {
+		t.Fatalf("reply = %q, want 451", rep)
 	}
 	if !strings.Contains(buf.String(), "plugin=odd") {
 		t.Fatalf("log %q does not name the plugin", buf.String())

@@ -198,6 +198,17 @@ func ReplyFor(hook string, r Result) Reply {
 	if !ok {
 		return Reply{}
 	}
+	if r.Code == DenySoft && r.Err != nil && r.Msg == "" && r.Reply == 0 && t.denySoft.Code != 0 &&
+		hook != HookAuth && t.denySoft.Enhanced != [3]int{4, 3, 0} {
+		// A plugin that failed (panicked, returned an error, outlived its
+		// deadline) is a local error, not a policy (x.7.1): the client is
+		// told so. AUTH keeps 454 4.7.0 (RFC 4954's temporary failure);
+		// the queue hooks' own replies already say 4.3.0.
+		if hook == HookConnect {
+			return Reply{421, [3]int{4, 3, 0}, "Local error in processing; try again later", true}
+		}
+		return Reply{451, [3]int{4, 3, 0}, "Local error in processing; try again later", false}
+	}
 	var rep Reply
 	switch r.Code {
 	case OK, Done:

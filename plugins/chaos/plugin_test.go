@@ -39,11 +39,11 @@ func TestFaultsBecomeTemporaryFailures(t *testing.T) {
 		reply    string // of the step the fault hits
 		log      string
 	}{
-		{`panic = ["connect"]`, "421 4.7.0 Service temporarily unavailable, try again later", "msg=\"plugin panicked\" hook=connect plugin=chaos"},
-		{`panic = ["rcpt"]`, "450 4.7.1 Recipient temporarily rejected", "msg=\"plugin panicked\" hook=rcpt plugin=chaos"},
-		{`fail = ["mail"]`, "450 4.7.1 Sender temporarily rejected", "msg=\"plugin error\" hook=mail plugin=chaos"},
-		{`hang = ["data"]`, "451 4.7.1 Message temporarily rejected", "msg=\"plugin outlived its deadline\" hook=data plugin=chaos"},
-		{"sleep = [\"data_post\"]\ndelay = \"80ms\"", "452 4.7.1 Message temporarily rejected", "msg=\"plugin outlived its deadline\" hook=data_post plugin=chaos"},
+		{`panic = ["connect"]`, "421 4.3.0 Local error in processing; try again later", "msg=\"plugin panicked\" hook=connect plugin=chaos"},
+		{`panic = ["rcpt"]`, "451 4.3.0 Local error in processing; try again later", "msg=\"plugin panicked\" hook=rcpt plugin=chaos"},
+		{`fail = ["mail"]`, "451 4.3.0 Local error in processing; try again later", "msg=\"plugin error\" hook=mail plugin=chaos"},
+		{`hang = ["data"]`, "451 4.3.0 Local error in processing; try again later", "msg=\"plugin outlived its deadline\" hook=data plugin=chaos"},
+		{"sleep = [\"data_post\"]\ndelay = \"80ms\"", "451 4.3.0 Local error in processing; try again later", "msg=\"plugin outlived its deadline\" hook=data_post plugin=chaos"},
 		{`panic = ["queue"]`, "451 4.3.0 Queueing failed; try again later", "msg=\"plugin panicked\" hook=queue plugin=chaos"},
 		{`fail = ["queue_pre"]`, "452 4.3.0 Queueing temporarily refused", "msg=\"plugin error\" hook=queue_pre plugin=chaos"},
 	} {
