@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/transaction"
@@ -46,34 +47,37 @@ const (
 // Read, so when it asks for more input it has answered everything before.
 type guard struct {
 	transport net.Conn // the TCP connection, or TLS over it
+	raw       net.Conn // the socket under transport; never changes
 	br        *bufio.Reader
 	l         *listener
 	sess      *Session
 	log       *slog.Logger
 
 	// pending is the rest of the line handed to go-smtp.
-	pending         []byte
-	dataMode        bool
-	atLineStart     bool // in DATA: after a CRLF the client sent
-	pendingCR       bool // in DATA: a CR ended the last chunk
-	afterBare       bool // in DATA (normalize): after a bare CR or LF
-	lastCmd         string
-	override        *hooks.Reply // replaces go-smtp's next final reply
-	closeAfterReply bool
-	wbuf            []byte   // a reply line go-smtp has not finished
-	wscratch        []byte   // where Sluice's own reply lines are built
-	multi           [][]byte // the lines of a multi-line reply so far
-	greeted         bool
-	errors          int
-	closed          atomic.Bool
-	busy            atomic.Bool // in a transaction: shutdown waits for it
-	closeOnce       sync.Once
-	cancel          context.CancelFunc // ends the connection's context
-	saslMode        bool               // the next line answers a 334 challenge
-	junk            int                // NOOP, VRFY, HELP and RSET since the last message
-	dataStart       time.Time          // when the 354 went out
-	dataBytes       int64              // message bytes read since then
-	bodyEnd         bool               // in DATA (reject): the final dot was read
+	pending          []byte
+	dataMode         bool
+	atLineStart      bool // in DATA: after a CRLF the client sent
+	pendingCR        bool // in DATA: a CR ended the last chunk
+	afterBare        bool // in DATA (normalize): after a bare CR or LF
+	lastCmd          string
+	override         *hooks.Reply // replaces go-smtp's next final reply
+	closeAfterReply  bool
+	wbuf             []byte   // a reply line go-smtp has not finished
+	wscratch         []byte   // where Sluice's own reply lines are built
+	multi            [][]byte // the lines of a multi-line reply so far
+	greeted          bool
+	errors           int
+	closed           atomic.Bool
+	busy             atomic.Bool // in a transaction: shutdown waits for it
+	closeOnce        sync.Once
+	cancel           context.CancelFunc // ends the connection's context
+	saslMode         bool               // the next line answers a 334 challenge
+	junk             int                // NOOP, VRFY, HELP, RSET, HELO and EHLO since the last message
+	overshoot        int                // recipients refused as too many (x.5.3)
+	afterRefusedData *hooks.Reply       // the refusal of the DATA just before this line
+	dataStart        time.Time          // when the 354 went out
+	dataBytes        int64              // message bytes read since then
+	bodyEnd          bool               // in DATA (reject): the final dot was read
 }
 
 var errClosed = errors.New("connection closed by the server")
@@ -84,7 +88,11 @@ var errClosed = errors.New("connection closed by the server")
 const readBufferSize = 4 << 10
 
 func newGuard(conn net.Conn, l *listener, sess *Session, log *slog.Logger) *guard {
-	return &guard{transport: conn, br: bufio.NewReaderSize(conn, readBufferSize), l: l, sess: sess, log: log, atLineStart: true}
+	raw := conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	return &guard{transport: conn, raw: raw, br: bufio.NewReaderSize(conn, readBufferSize), l: l, sess: sess, log: log, atLineStart: true}
 }
 
 // LocalAddr, RemoteAddr and the deadline setters pass through: go-smtp
@@ -95,8 +103,21 @@ func (g *guard) SetDeadline(t time.Time) error      { return g.transport.SetDead
 func (g *guard) SetReadDeadline(t time.Time) error  { return g.transport.SetReadDeadline(t) }
 func (g *guard) SetWriteDeadline(t time.Time) error { return g.transport.SetWriteDeadline(t) }
 
+// abort is how another goroutine (shutdown at its deadline) ends the
+// connection: it closes the socket and cancels the connection's context,
+// and leaves ending the session to the connection's own goroutine, which
+// sees its reads and writes fail and calls Close. Running the session's
+// hooks from here would race with the hook the connection is in.
+func (g *guard) abort() {
+	g.raw.Close()
+	if g.cancel != nil {
+		g.cancel()
+	}
+}
+
 // Close closes the connection once and ends the session (reset_transaction
-// and disconnect hooks run here, whoever closed).
+// and disconnect hooks run here). Only the connection's own goroutine calls
+// it (go-smtp when it is done with the connection, or the guard itself).
 func (g *guard) Close() error {
 	var err error
 	g.closeOnce.Do(func() {
@@ -122,8 +143,56 @@ func (g *guard) send(rep hooks.Reply) {
 		g.Close()
 		return
 	}
+	if rep.Enhanced[1] == 5 && rep.Enhanced[2] == 3 {
+		// "Too many recipients" (x.5.3) is what a client that sends to many
+		// gets until the next transaction: it is no error, or a message
+		// with 121 recipients could never be delivered. Past an overshoot
+		// limit (Postfix's smtpd_recipient_overshoot_limit) it is abuse.
+		if g.overshoot++; g.overshoot > recipientOvershootLimit {
+			g.log.Warn("too many recipients refused; closing", "refused", g.overshoot)
+			g.writeRaw([]byte("421 4.5.3 Too many recipients; closing connection\r\n"))
+			g.Close()
+		}
+		return
+	}
 	g.countError(rep.Code)
 }
+
+// pipelinedBody closes a connection whose client sent its message after a
+// refused DATA without waiting for the reply: each of its lines would run
+// as a command.
+func (g *guard) pipelinedBody(refused hooks.Reply) error {
+	g.log.Warn("message pipelined after a refused DATA; closing", "reply", refused.String())
+	g.send(hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 0}, Msg: "Message sent without waiting for 354; closing connection", Close: true})
+	return io.EOF
+}
+
+// smtpVerbs are the commands a client may send after a refused DATA; any
+// other line there is taken for the message the client did not hold back.
+var smtpVerbs = map[string]bool{
+	"HELO": true, "EHLO": true, "MAIL": true, "RCPT": true, "DATA": true, "BDAT": true, "RSET": true,
+	"NOOP": true, "QUIT": true, "VRFY": true, "EXPN": true, "HELP": true, "STARTTLS": true, "AUTH": true, "ETRN": true,
+}
+
+// validHeloArg accepts what HELO and EHLO may name: a domain (UTF-8
+// U-labels allowed, RFC 6531) or an address literal; it refuses what
+// would reach the Received header and the logs as garbage: control
+// characters, DEL and bytes that are not UTF-8.
+func validHeloArg(s string) bool {
+	if len(s) > 255 || !utf8.ValidString(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// recipientOvershootLimit is how many recipients over the limit one
+// connection may be refused before it is closed.
+const recipientOvershootLimit = 1000
 
 func (g *guard) writeRaw(b []byte) error {
 	if g.closed.Load() {
@@ -255,11 +324,26 @@ func (g *guard) readCommand() error {
 // command runs one command line: the guard answers some itself, and lets
 // the rest through to go-smtp.
 func (g *guard) command(verb, arg string, line []byte) error {
+	if refused := g.afterRefusedData; refused != nil {
+		g.afterRefusedData = nil
+		if !smtpVerbs[verb] {
+			return g.pipelinedBody(*refused)
+		}
+	}
 	switch verb {
 	case "HELO", "EHLO":
 		if arg == "" {
 			g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "Syntax: " + verb + " hostname"})
 			return nil
+		}
+		if !validHeloArg(arg) {
+			g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Invalid " + verb + " hostname: control characters or bytes that are not UTF-8"})
+			return nil
+		}
+		if g.junk++; g.junk > g.l.cfg.MaxJunkCommands {
+			g.log.Warn("too many NOOP/VRFY/HELP/RSET/HELO without a message; closing", "count", g.junk)
+			g.send(hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true})
+			return io.EOF
 		}
 		rep := g.sess.Helo(arg, verb == "EHLO")
 		if !rep.Positive() {
@@ -320,16 +404,18 @@ func (g *guard) command(verb, arg string, line []byte) error {
 		}
 		rep := g.sess.Data()
 		if rep.Code != 354 {
+			g.send(rep)
+			if g.closed.Load() {
+				return io.EOF
+			}
 			if g.br.Buffered() > 0 {
 				// The client sent its message without waiting for 354
 				// (RFC 2920 forbids it): the body would run as commands.
-				g.log.Warn("message pipelined after a refused DATA; closing", "reply", rep.String())
-				rep.Msg += "; message sent without waiting for 354, closing connection"
-				rep.Close = true
-				g.send(rep)
-				return io.EOF
+				return g.pipelinedBody(rep)
 			}
-			g.send(rep)
+			// Should the body come in a later write, its first line is
+			// no command: see pipelinedBody.
+			g.afterRefusedData = &rep
 			return nil
 		}
 		g.override = &rep
@@ -347,6 +433,11 @@ func (g *guard) command(verb, arg string, line []byte) error {
 			return nil
 		case !g.authOffered():
 			g.send(hooks.Reply{Code: 538, Enhanced: [3]int{5, 7, 11}, Msg: "Encryption required for authentication: use STARTTLS first"})
+			return nil
+		case g.sess.Conn().Helo == "":
+			// Also right after STARTTLS, which forgets the EHLO (RFC 3207
+			// 4.2) where go-smtp would remember it.
+			g.send(hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Send EHLO first"})
 			return nil
 		}
 		// go-smtp runs the SASL exchange and calls the adapter's Auth.
@@ -415,13 +506,19 @@ func (g *guard) startTLS(arg string) error {
 	case g.sess.Conn().TLS != nil:
 		g.send(hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "TLS already active"})
 		return nil
+	case g.sess.Authenticated():
+		// RFC 3207 4.2 would have AUTH forgotten, and go-smtp cannot
+		// forget it: a client that authenticated in plaintext (only
+		// possible where auth_plaintext_loopback allows it) stays so.
+		g.send(hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "STARTTLS is not allowed after AUTH"})
+		return nil
 	}
 	// Anything the client pipelined after STARTTLS was sent in plaintext
-	// and must not run inside the TLS session (CVE-2011-0411 class).
+	// and must never run inside the TLS session (CVE-2011-0411 class):
+	// it is thrown away before the handshake, as Postfix does.
 	if n := g.br.Buffered(); n > 0 {
 		g.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
-		g.send(hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "Commands pipelined after STARTTLS; closing connection", Close: true})
-		return io.EOF
+		g.br.Discard(n)
 	}
 	if err := g.writeRaw([]byte("220 2.0.0 Ready to start TLS\r\n")); err != nil {
 		g.Close()

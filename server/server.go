@@ -57,7 +57,7 @@ type ListenerConfig struct {
 	// commands. Default 20.
 	MaxErrors int
 	// MaxJunkCommands closes the connection with 421 after this many NOOP,
-	// VRFY, HELP and RSET commands without a message accepted in between
+	// VRFY, HELP, RSET, HELO and EHLO commands without a message accepted in between
 	// (Postfix's smtpd_junk_command_limit). Default 100.
 	MaxJunkCommands int
 	// BareNewline is the policy for bare CR or LF inside DATA. Default reject.
@@ -293,6 +293,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 			s.cancel()
 			s.wg.Wait()
+			// The closed connections end their sessions themselves (a hook
+			// in progress sees its context cancelled); give them a moment.
+			grace := time.NewTimer(abortGrace)
+			defer grace.Stop()
+		wait:
+			for s.connections() > 0 {
+				select {
+				case <-grace.C:
+					break wait
+				case <-tick.C:
+				}
+			}
 			return fmt.Errorf("shutdown: %d connections still busy at the deadline were closed", n)
 		case <-tick.C:
 		}
@@ -300,6 +312,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.wg.Wait()
 	return nil
+}
+
+// abortGrace is how long Shutdown waits, after its deadline, for the
+// connections it closed to end their sessions.
+const abortGrace = 5 * time.Second
+
+// connections counts the open connections of every listener.
+func (s *Server) connections() int {
+	n := 0
+	for _, l := range s.listeners {
+		l.mu.Lock()
+		n += len(l.conns)
+		l.mu.Unlock()
+	}
+	return n
 }
 
 func (s *Server) closeListeners() {
@@ -398,7 +425,7 @@ func (l *listener) wakeIdle() int {
 	defer l.mu.Unlock()
 	for g := range l.conns {
 		if !g.busy.Load() {
-			g.transport.SetReadDeadline(time.Now())
+			g.raw.SetReadDeadline(time.Now())
 		}
 	}
 	return len(l.conns)
@@ -412,7 +439,7 @@ func (l *listener) closeAll() {
 	}
 	l.mu.Unlock()
 	for _, g := range gs {
-		g.Close()
+		g.abort()
 	}
 }
 

@@ -281,7 +281,10 @@ type connectFunc func() hooks.Result
 
 func (f connectFunc) Connect(context.Context, *connection.Connection) hooks.Result { return f() }
 
-func TestStartTLSWithPipelinedCommandIsRefused(t *testing.T) {
+// TestStartTLSDiscardsPipelinedCommands: the plaintext MAIL sent in the
+// same write as STARTTLS is thrown away: after the handshake there is no
+// reply waiting for it, and RCPT finds no transaction.
+func TestStartTLSDiscardsPipelinedCommands(t *testing.T) {
 	ts := start(t, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
 	c := dial(t, ts.addr)
 	c.expect("", "220 ")
@@ -290,8 +293,15 @@ func TestStartTLSWithPipelinedCommandIsRefused(t *testing.T) {
 		t.Fatalf("STARTTLS not offered: %q", ehlo)
 	}
 	c.send("STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
-	c.expect("", "554 5.5.1")
-	c.closed()
+	c.expect("", "220 2.0.0")
+	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.conn, c.r = tc, bufio.NewReader(tc)
+	// Were the MAIL kept, its reply would come first, before EHLO's.
+	c.expect("EHLO a.example", "250")
+	c.expect("RCPT TO:<b@b.example>", "503 5.5.1 Need MAIL")
 	if n := len(ts.queue.Messages()); n != 0 {
 		t.Fatal("something was queued")
 	}
@@ -333,11 +343,77 @@ func TestBodyPipelinedAfterRefusedDataNeverRunsAsCommands(t *testing.T) {
 	// No recipient: DATA is refused, and the body that follows must not be
 	// read as the commands it contains.
 	c.send("DATA\r\nMAIL FROM:<evil@a.example>\r\nRCPT TO:<x@b.example>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n")
-	c.expect("", "554 5.5.1 No valid recipients; message sent without waiting for 354, closing connection")
+	c.expect("", "554 5.5.1 No valid recipients")
+	c.expect("", "554 5.5.0 Message sent without waiting for 354; closing connection")
 	c.closed()
 	if n := len(ts.queue.Messages()); n != 0 {
 		t.Fatalf("queued %d", n)
 	}
+}
+
+// TestBodyAfterRefusedDataInALaterWrite: a client that sends its message
+// after a refused DATA without reading the reply, in a write of its own:
+// the first line is a header, no command, and the connection closes there.
+// A command after a refused DATA is still a command.
+func TestBodyAfterRefusedDataInALaterWrite(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("DATA", "554 5.5.1 No valid recipients")
+	c.expect("RSET", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("DATA", "554 5.5.1 No valid recipients")
+	c.expect("Subject: sent anyway", "554 5.5.0 Message sent without waiting for 354; closing connection")
+	c.closed()
+	if n := len(ts.queue.Messages()); n != 0 {
+		t.Fatalf("queued %d", n)
+	}
+}
+
+// TestRecipientsOverTheLimitAreNoErrors: 150 recipients pipelined in one
+// transaction: 100 taken, 50 deferred with 452 4.5.3, and the message still
+// goes through (the refusals do not count toward max_errors).
+func TestRecipientsOverTheLimitAreNoErrors(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	var b strings.Builder
+	b.WriteString("MAIL FROM:<a@a.example>\r\n")
+	for i := 0; i < 150; i++ {
+		fmt.Fprintf(&b, "RCPT TO:<r%d@b.example>\r\n", i)
+	}
+	c.send(b.String())
+	c.expect("", "250")
+	for i := 0; i < 150; i++ {
+		if i < 100 {
+			c.expect("", "250")
+		} else {
+			c.expect("", "452 4.5.3 Too many recipients")
+		}
+	}
+	c.expect("DATA", "354")
+	c.send("Subject: many\r\n\r\nhi\r\n.\r\n")
+	c.expect("", "250 2.0.0 Ok: queued")
+	if msgs := ts.queue.Messages(); len(msgs) != 1 || len(msgs[0].Recipients) != 100 {
+		t.Fatalf("queued %d messages; want one with 100 recipients", len(msgs))
+	}
+}
+
+// TestHeloArgumentIsChecked: control characters and bytes that are not
+// UTF-8 never reach the helo hook or the Received header.
+func TestHeloArgumentIsChecked(t *testing.T) {
+	ts := start(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a\x00b.example", "501 5.5.2 Invalid EHLO hostname")
+	c.expect("HELO a\xffb.example", "501 5.5.2 Invalid HELO hostname")
+	c.expect("EHLO a\x01.example", "501 5.5.2")
+	c.expect("MAIL FROM:<a@a.example>", "503 5.5.1 Send EHLO")
+	c.expect("EHLO [192.0.2.1]", "250")
+	c.expect("EHLO bücher.example", "250")
 }
 
 func TestStalledDataGets421AndTheRestIsNeverParsed(t *testing.T) {
