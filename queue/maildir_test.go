@@ -214,8 +214,8 @@ func TestResultDiskFullIsTemporaryInsufficientStorage(t *testing.T) {
 	if res.Code != hooks.DenySoft || res.Enhanced != [3]int{4, 3, 1} || res.Err == nil {
 		t.Fatalf("Result(disk full) = %+v, want DenySoft 4.3.1 with the error logged", res)
 	}
-	if rep := hooks.ReplyFor(hooks.HookQueue, res); rep.Code != 451 || strings.Contains(rep.Msg, "/x/tmp") {
-		t.Errorf("reply %q, want a 451 without the path", rep)
+	if rep := hooks.ReplyFor(hooks.HookQueue, res); rep.String() != "452 4.3.1 Insufficient system storage; try again later" || strings.Contains(rep.Msg, "/x/tmp") {
+		t.Errorf("reply %q, want 452 4.3.1 without the path", rep)
 	}
 }
 

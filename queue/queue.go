@@ -106,7 +106,9 @@ func Result(err error) hooks.Result {
 func localFailure(err error) *Error {
 	switch {
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return temporary([3]int{4, 3, 1}, "Insufficient system storage; try again later", err)
+		e := temporary([3]int{4, 3, 1}, "Insufficient system storage; try again later", err)
+		e.Code = 452 // RFC 5321: insufficient system storage
+		return e
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return temporary([3]int{4, 3, 0}, "Queueing timed out; try again later", err)
 	}

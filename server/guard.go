@@ -158,6 +158,18 @@ func (g *guard) send(rep hooks.Reply) {
 	g.countError(rep.Code)
 }
 
+// tooMuchJunk counts a command that does no work (NOOP, VRFY, HELP, RSET,
+// HELO, EHLO) and, past max_junk_commands without a message accepted in
+// between, answers 421 and closes (Postfix's smtpd_junk_command_limit).
+func (g *guard) tooMuchJunk() bool {
+	if g.junk++; g.junk <= g.l.cfg.MaxJunkCommands {
+		return false
+	}
+	g.log.Warn("too many NOOP/VRFY/HELP/RSET/HELO without a message; closing", "count", g.junk)
+	g.send(hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true})
+	return true
+}
+
 // pipelinedBody closes a connection whose client sent its message after a
 // refused DATA without waiting for the reply: each of its lines would run
 // as a command.
@@ -340,9 +352,7 @@ func (g *guard) command(verb, arg string, line []byte) error {
 			g.send(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Invalid " + verb + " hostname: control characters or bytes that are not UTF-8"})
 			return nil
 		}
-		if g.junk++; g.junk > g.l.cfg.MaxJunkCommands {
-			g.log.Warn("too many NOOP/VRFY/HELP/RSET/HELO without a message; closing", "count", g.junk)
-			g.send(hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true})
+		if g.tooMuchJunk() {
 			return io.EOF
 		}
 		rep := g.sess.Helo(arg, verb == "EHLO")
@@ -393,8 +403,7 @@ func (g *guard) command(verb, arg string, line []byte) error {
 		}
 		line = []byte("RCPT TO:<recipient@sluice.invalid>\r\n")
 	case "RSET":
-		if g.junk++; g.junk > g.l.cfg.MaxJunkCommands {
-			g.send(hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true})
+		if g.tooMuchJunk() {
 			return io.EOF
 		}
 	case "DATA":
@@ -442,9 +451,7 @@ func (g *guard) command(verb, arg string, line []byte) error {
 		}
 		// go-smtp runs the SASL exchange and calls the adapter's Auth.
 	case "NOOP", "VRFY", "HELP":
-		if g.junk++; g.junk > g.l.cfg.MaxJunkCommands {
-			g.log.Warn("too many NOOP/VRFY/HELP/RSET without a message; closing", "count", g.junk)
-			g.send(hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true})
+		if g.tooMuchJunk() {
 			return io.EOF
 		}
 		switch verb {

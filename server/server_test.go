@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -479,4 +480,58 @@ func TestNoopFloodIsCut(t *testing.T) {
 	}
 	c.expect("NOOP", "421 4.7.0 Too many commands")
 	c.closed()
+}
+
+// blockingQueue holds the queue hook until its context ends, and counts
+// the disconnect hooks it sees.
+type blockingQueue struct {
+	entered, cancelled chan struct{}
+	disconnects        atomic.Int32
+}
+
+func (q *blockingQueue) Queue(ctx context.Context, _ *connection.Connection, tx *transaction.Transaction) hooks.Result {
+	close(q.entered)
+	<-ctx.Done()
+	// The message is still readable: nobody closed the spool under us.
+	if _, err := io.Copy(io.Discard, tx.Message()); err != nil {
+		return hooks.Fail(err)
+	}
+	close(q.cancelled)
+	return hooks.Fail(ctx.Err())
+}
+
+func (q *blockingQueue) Disconnect(context.Context, *connection.Connection) { q.disconnects.Add(1) }
+
+// TestShutdownDeadlineCancelsTheHookInProgress: a transaction still in its
+// queue hook at the shutdown deadline has its context cancelled and its
+// socket closed; the session ends on its own goroutine (run it with -race:
+// ending it from the shutdown goroutine raced with the hook), the client
+// never gets a 250, and the disconnect hook runs once.
+func TestShutdownDeadlineCancelsTheHookInProgress(t *testing.T) {
+	q := &blockingQueue{entered: make(chan struct{}), cancelled: make(chan struct{})}
+	ts := start(t, nil, hooks.Instance{Name: "blocking", Plugin: q})
+	c := dial(t, ts.addr)
+	c.startData()
+	c.send("Subject: at the deadline\r\n\r\nbody\r\n.\r\n")
+	<-q.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err := ts.srv.Shutdown(ctx)
+	if err == nil || !strings.Contains(err.Error(), "still busy at the deadline") {
+		t.Fatalf("Shutdown = %v; want the busy connection reported", err)
+	}
+	select {
+	case <-q.cancelled:
+	default:
+		t.Fatal("the queue hook's context was not cancelled, or its message was gone")
+	}
+	if rep := c.reply(); strings.HasPrefix(rep, "250") {
+		t.Fatalf("the client got %q for a message nobody queued", rep)
+	}
+	if n := q.disconnects.Load(); n != 1 {
+		t.Fatalf("disconnect ran %d times; want once", n)
+	}
+	if n := len(ts.queue.Messages()); n != 0 {
+		t.Fatalf("queued %d", n)
+	}
 }

@@ -34,7 +34,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	smtpdBin = filepath.Join(dir, "smtpd")
-	build := exec.Command("go", "build", "-o", smtpdBin, "./cmd/smtpd")
+	args := []string{"build", "-o", smtpdBin}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "./cmd/smtpd")...)
 	build.Dir = rootDir
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -122,6 +126,9 @@ func startSmtpdIn(t *testing.T, dir, cfg string) *smtpd {
 		case <-time.After(10 * time.Second):
 			s.cmd.Process.Kill()
 			<-s.exited
+		}
+		if strings.Contains(s.Log(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a data race in smtpd")
 		}
 		if t.Failed() {
 			t.Logf("smtpd log:\n%s", s.Log())
