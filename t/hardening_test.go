@@ -7,6 +7,7 @@ package t_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -777,7 +778,9 @@ path = "./var/mail"
 // while the queue fails one time in five (chaos before maildir). Every
 // message the client was told 250 for is in the Maildir exactly once,
 // under the queue id it was told; nothing else is. (Postfix's smtp-source
-// cannot drive this: it aborts the whole run at the first 4xx after DATA.)
+// cannot drive this: it aborts the whole run at the first 4xx after DATA;
+// TestSoakWithSmtpSource runs it against the server with a queue that
+// does not fail.)
 func TestSoakQueueFailingAtRandom(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -889,5 +892,67 @@ func TestSoakQueueFailingAtRandom(t *testing.T) {
 	}
 	if left := entries(t, filepath.Join(s.dir, "var", "mail", "tmp")); len(left) != 0 {
 		t.Fatalf("tmp/ holds %v", left)
+	}
+}
+
+// TestSoakWithSmtpSource: Postfix's smtp-source, a real independent
+// client, sends 4,000 messages over 20 sessions that stay connected (and
+// 500 more with a new connection each) through the inbound chain:
+// it exits 0 only if every message got 250, and the Maildir then holds
+// exactly that many messages, each whole, each under its own queue id.
+func TestSoakWithSmtpSource(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("soak test skipped in -short mode")
+	}
+	const source = "/usr/sbin/smtp-source"
+	if _, err := os.Stat(source); err != nil {
+		t.Fatal("smtp-source is not installed: run `make deps` (Debian package postfix)")
+	}
+	// The shipped chain; a client that opens a connection per message can
+	// have a few more than 20 open while the last ones close.
+	s := startSmtpd(t, listenerConfig(`"loop", "size", "rcptok", "maildir"`, "max_connections_per_ip = 100",
+		"[plugins.size]\nmax = \"10MB\"\n"))
+	listener := s.Addr("mx")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, run := range [][]string{
+		{"-s", "20", "-m", "4000", "-d"},
+		{"-s", "20", "-m", "500"},
+	} {
+		args := append(run, "-l", "1024", "-f", "soak@example.org", "-t", "bob@example.test", listener)
+		out, err := exec.CommandContext(ctx, source, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("smtp-source %v: %v\n%s", args, err, out)
+		}
+	}
+	files := maildirFiles(t, filepath.Join(s.dir, "var", "mail"))
+	if len(files) != 4500 {
+		t.Fatalf("the Maildir holds %d messages; smtp-source had 4500 accepted", len(files))
+	}
+	ids := map[string]bool{}
+	bodyLen := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`with E?SMTP id (\S+)\s`).FindSubmatch(b)
+		if m == nil || !strings.Contains(filepath.Base(f), string(m[1])) {
+			t.Fatalf("%s: no Received header naming its queue id:\n%.300s", f, b)
+		}
+		if ids[string(m[1])] {
+			t.Fatalf("queue id %s twice", m[1])
+		}
+		ids[string(m[1])] = true
+		// smtp-source's body: -l 1024 bytes in numbered lines, the same
+		// length in every message.
+		_, body, _ := bytes.Cut(b, []byte("\r\n\r\n"))
+		if bodyLen == 0 {
+			bodyLen = len(body)
+		}
+		if len(body) < 1024 || len(body) != bodyLen || !bytes.HasSuffix(b, []byte("X\r\n")) || !crlfOnly(b) {
+			t.Fatalf("%s: not the whole message (body %d bytes, the first one's %d):\n%.300q", f, len(body), bodyLen, b)
+		}
 	}
 }
