@@ -484,3 +484,18 @@ func TestCertificatesBySNIAndReload(t *testing.T) {
 		t.Fatalf("a failed reload replaced the certificate: %s", got)
 	}
 }
+
+// TestAuthUndecodableResponseIs501: a SASL response that is not base64,
+// as the initial response or as an answer to a 334, gets 501 (RFC 4954
+// section 4), not go-smtp's 454.
+func TestAuthUndecodableResponseIs501(t *testing.T) {
+	ts := submission(t, nil)
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.startTLS()
+	c.expect("AUTH PLAIN !!!not-base64", "501 5.5.2 Invalid base64 data")
+	c.expect("AUTH LOGIN", "334 ")
+	c.expect("%%%", "501 5.5.2 Invalid base64 data")
+	c.expect("AUTH PLAIN "+b64("\x00alice\x00s3cret"), "235 2.7.0")
+}

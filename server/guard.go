@@ -837,6 +837,13 @@ func (g *guard) replyLine(line []byte) error {
 			g.wscratch = appendReply(g.wscratch[:0], rep)
 			out = [][]byte{g.wscratch}
 		}
+	case g.lastCmd == "AUTH" && code == 454 && bytes.Contains(line, []byte("Invalid base64")):
+		// go-smtp answers an undecodable SASL response 454; RFC 4954 4
+		// wants 501. The client's mistake, not a guess: not counted.
+		g.log.Info("AUTH: SASL response is not base64", "ip", g.sess.Conn().RemoteIP().String())
+		code = 501
+		g.wscratch = appendReply(g.wscratch[:0], hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Invalid base64 data"})
+		out = [][]byte{g.wscratch}
 	}
 	g.override = nil
 	g.saslMode = code == 334
