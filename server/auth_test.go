@@ -63,36 +63,7 @@ func submission(t *testing.T, limiter *server.AuthLimiter) *testServer {
 func authServer(t *testing.T, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig)) (*testServer, *hookstest.LogBuffer) {
 	t.Helper()
 	logs := &hookstest.LogBuffer{}
-	log := logs.Logger()
-	q := &hookstest.QueueRecorder{}
-	ch, err := hooks.NewChain([]hooks.Instance{
-		{Name: "passwords", Plugin: passwords{}}, {Name: "rcpt", Plugin: acceptRcpt{}}, {Name: "queue", Plugin: q},
-	}, hooks.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lc := server.ListenerConfig{Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch}
-	if mutate != nil {
-		mutate(&lc)
-	}
-	srv, err := server.New(server.Config{Listeners: []server.ListenerConfig{lc}, SpoolDir: t.TempDir(), Logger: log, AuthLimiter: limiter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return &testServer{addr: srv.Addr("mx").String(), queue: q, srv: srv}, logs
+	return startServer(t, logs.Logger(), limiter, mutate, hooks.Instance{Name: "passwords", Plugin: passwords{}}), logs
 }
 
 // dialFrom is dial from another loopback address, a second client IP.

@@ -35,9 +35,17 @@ type testServer struct {
 
 func start(t *testing.T, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
 	t.Helper()
+	return startServer(t, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, mutate, plugins...)
+}
+
+// startServer serves one listener "mx" on a free loopback port whose chain
+// is plugins, then a plugin accepting every recipient and a recording
+// queue; log gets the server's and the chain's lines, limiter (nil: the
+// default one) counts failed AUTHs.
+func startServer(t *testing.T, log *slog.Logger, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
+	t.Helper()
 	q := &hookstest.QueueRecorder{}
 	plugins = append(plugins, hooks.Instance{Name: "rcpt", Plugin: acceptRcpt{}}, hooks.Instance{Name: "queue", Plugin: q})
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ch, err := hooks.NewChain(plugins, hooks.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +54,7 @@ func start(t *testing.T, mutate func(*server.ListenerConfig), plugins ...hooks.I
 	if mutate != nil {
 		mutate(&lc)
 	}
-	srv, err := server.New(server.Config{Listeners: []server.ListenerConfig{lc}, SpoolDir: t.TempDir(), Logger: log})
+	srv, err := server.New(server.Config{Listeners: []server.ListenerConfig{lc}, SpoolDir: t.TempDir(), Logger: log, AuthLimiter: limiter})
 	if err != nil {
 		t.Fatal(err)
 	}
