@@ -153,6 +153,10 @@ func (ch *Chain) Plugins() []string { return ch.names }
 // SizeLimiter plugins, or 0 when none caps it.
 func (ch *Chain) MaxMessageBytes() int64 { return ch.maxSize }
 
+// Deadlines returns the time the chain gives each hook's plugins, and the
+// queue hook's.
+func (ch *Chain) Deadlines() (hook, queue time.Duration) { return ch.timeout, ch.queueTimeout }
+
 // HasQueue reports whether some plugin takes messages at the queue hook.
 func (ch *Chain) HasQueue() bool { return len(ch.queue) > 0 }
 

@@ -63,7 +63,7 @@ func submission(t *testing.T, limiter *server.AuthLimiter) *testServer {
 func authServer(t *testing.T, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig)) (*testServer, *hookstest.LogBuffer) {
 	t.Helper()
 	logs := &hookstest.LogBuffer{}
-	return startServer(t, logs.Logger(), limiter, mutate, hooks.Instance{Name: "passwords", Plugin: passwords{}}), logs
+	return startServer(t, hooks.Options{Logger: logs.Logger()}, limiter, mutate, hooks.Instance{Name: "passwords", Plugin: passwords{}}), logs
 }
 
 // dialFrom is dial from another loopback address, a second client IP.

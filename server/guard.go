@@ -46,8 +46,10 @@ const (
 // go-smtp only ever sees complete lines that the guard let through, one per
 // Read, so when it asks for more input it has answered everything before.
 type guard struct {
-	transport net.Conn // the TCP connection, or TLS over it
-	raw       net.Conn // the socket under transport; never changes
+	transport net.Conn     // the TCP connection, or TLS over it
+	raw       net.Conn     // the socket under transport; never changes
+	tmu       sync.Mutex   // guards transport against the watchdog's reads
+	working   atomic.Int64 // since when (unix ns) the server works on the client's last input; 0 while it waits for the client
 	br        *bufio.Reader
 	l         *listener
 	sess      *Session
@@ -92,7 +94,40 @@ func newGuard(conn net.Conn, l *listener, sess *Session, log *slog.Logger) *guar
 	if tc, ok := conn.(*tls.Conn); ok {
 		raw = tc.NetConn()
 	}
-	return &guard{transport: conn, raw: raw, br: bufio.NewReaderSize(conn, readBufferSize), l: l, sess: sess, log: log, atLineStart: true}
+	g := &guard{transport: conn, raw: raw, l: l, sess: sess, log: log, atLineStart: true}
+	g.br = bufio.NewReaderSize(clientReader{g}, readBufferSize)
+	g.working.Store(time.Now().UnixNano()) // the connect hook runs before any read
+	return g
+}
+
+// clientReader reads from the client's transport for the guard's buffer,
+// and marks the time in between reads as the server's (see working).
+type clientReader struct{ g *guard }
+
+func (r clientReader) Read(p []byte) (int, error) {
+	r.g.working.Store(0)
+	r.g.tmu.Lock()
+	t := r.g.transport
+	r.g.tmu.Unlock()
+	n, err := t.Read(p)
+	r.g.working.Store(time.Now().UnixNano())
+	return n, err
+}
+
+// stuck ends a connection whose server side has been working (in a
+// plugin, as a rule) far past every deadline the chain gives its hooks: a
+// plugin that ignores its context must not hold the client for ever. It
+// runs on the watchdog's goroutine while the connection's own is blocked:
+// it writes 421 and closes the socket; the session ends once the plugin
+// returns.
+func (g *guard) stuck(since time.Duration) {
+	g.log.Error("connection stuck on the server side past every hook deadline (a plugin ignoring its context?); closing", "for", since.Round(time.Millisecond).String())
+	g.tmu.Lock()
+	t := g.transport
+	g.tmu.Unlock()
+	g.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	t.Write([]byte("421 4.3.0 Local error in processing; closing connection\r\n"))
+	g.abort()
 }
 
 // LocalAddr, RemoteAddr and the deadline setters pass through: go-smtp
@@ -554,8 +589,10 @@ func (g *guard) handshake(tc *tls.Conn) error {
 		return err
 	}
 	tc.SetDeadline(time.Time{})
+	g.tmu.Lock()
 	g.transport = tc
-	g.br = bufio.NewReaderSize(tc, readBufferSize)
+	g.tmu.Unlock()
+	g.br = bufio.NewReaderSize(clientReader{g}, readBufferSize)
 	st := tc.ConnectionState()
 	g.sess.Conn().TLS = &st
 	g.log.Info("TLS started", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))

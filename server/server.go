@@ -218,6 +218,11 @@ func (s *Server) Serve() error {
 			errs <- err
 		}()
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.watchdog()
+	}()
 	for range s.listeners {
 		if err := <-errs; err != nil {
 			return err
@@ -312,6 +317,60 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.wg.Wait()
 	return nil
+}
+
+// stuckGrace is how much longer than the most its hooks may take (see
+// stuckAfter) a connection may keep the server working on one input.
+const stuckGrace = time.Second
+
+// stuckAfter is how long the server may work on one line or message of a
+// connection before the watchdog ends it: the queue hook's deadline and
+// five more hook deadlines (data_post, queue_pre, received_line, the
+// observers around them), then stuckGrace. Only a plugin that ignores its
+// context, or a client that reads no replies, gets there.
+func stuckAfter(ch *hooks.Chain) time.Duration {
+	hook, queue := ch.Deadlines()
+	return queue + 5*hook + stuckGrace
+}
+
+// watchdog ends the connections that are stuck on the server side (see
+// guard.stuck), until the server stops. Nothing else interrupts a plugin
+// that ignores its context: the chain checks the deadline when the plugin
+// returns.
+func (s *Server) watchdog() {
+	period := time.Second
+	for _, l := range s.listeners {
+		period = min(period, max(stuckAfter(l.chain.Load())/4, 10*time.Millisecond))
+	}
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	var stuck []*guard
+	var since []time.Duration
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now().UnixNano()
+		stuck, since = stuck[:0], since[:0]
+		for _, l := range s.listeners {
+			l.mu.Lock()
+			for g := range l.conns {
+				w := g.working.Load()
+				if w == 0 {
+					continue
+				}
+				if d := time.Duration(now - w); d > stuckAfter(g.sess.cfg.Chain) && g.working.CompareAndSwap(w, 0) {
+					stuck, since = append(stuck, g), append(since, d)
+				}
+			}
+			l.mu.Unlock()
+		}
+		for i, g := range stuck {
+			g.stuck(since[i])
+		}
+	}
 }
 
 // abortGrace is how long Shutdown waits, after its deadline, for the

@@ -35,18 +35,19 @@ type testServer struct {
 
 func start(t *testing.T, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
 	t.Helper()
-	return startServer(t, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, mutate, plugins...)
+	return startServer(t, hooks.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil, mutate, plugins...)
 }
 
 // startServer serves one listener "mx" on a free loopback port whose chain
 // is plugins, then a plugin accepting every recipient and a recording
-// queue; log gets the server's and the chain's lines, limiter (nil: the
-// default one) counts failed AUTHs.
-func startServer(t *testing.T, log *slog.Logger, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
+// queue, built with opts; opts.Logger gets the server's lines too, limiter
+// (nil: the default one) counts failed AUTHs.
+func startServer(t *testing.T, opts hooks.Options, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
 	t.Helper()
+	log := opts.Logger
 	q := &hookstest.QueueRecorder{}
 	plugins = append(plugins, hooks.Instance{Name: "rcpt", Plugin: acceptRcpt{}}, hooks.Instance{Name: "queue", Plugin: q})
-	ch, err := hooks.NewChain(plugins, hooks.Options{Logger: log})
+	ch, err := hooks.NewChain(plugins, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -541,5 +542,33 @@ func TestShutdownDeadlineCancelsTheHookInProgress(t *testing.T) {
 	}
 	if n := len(ts.queue.Messages()); n != 0 {
 		t.Fatalf("queued %d", n)
+	}
+}
+
+// deafRcpt ignores its context and sleeps: the plugin bug the watchdog
+// exists for.
+type deafRcpt struct{ d time.Duration }
+
+func (p deafRcpt) Rcpt(context.Context, *connection.Connection, *transaction.Transaction, string) hooks.Result {
+	time.Sleep(p.d)
+	return hooks.Result{}
+}
+
+// TestPluginIgnoringItsContextDoesNotHoldTheClient: a rcpt plugin that
+// sleeps through its deadline and ignores its context: the watchdog answers
+// 421 and closes the connection long before the plugin returns (it would
+// then answer 451), and the log says why.
+func TestPluginIgnoringItsContextDoesNotHoldTheClient(t *testing.T) {
+	logs := &hookstest.LogBuffer{}
+	ts := startServer(t, hooks.Options{Logger: logs.Logger(), Timeout: 100 * time.Millisecond, QueueTimeout: 100 * time.Millisecond},
+		nil, nil, hooks.Instance{Name: "deaf", Plugin: deafRcpt{d: 4 * time.Second}})
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("EHLO a.example", "250")
+	c.expect("MAIL FROM:<a@a.example>", "250")
+	c.expect("RCPT TO:<b@b.example>", "421 4.3.0 Local error in processing; closing connection")
+	c.closed()
+	if !strings.Contains(logs.String(), "connection stuck on the server side past every hook deadline") {
+		t.Fatalf("log:\n%s", logs)
 	}
 }
