@@ -38,6 +38,10 @@ type Connection struct {
 	// Relay marks a client allowed to send to any domain (qpsmtpd's
 	// relay_client). The relay plugin and AUTH set it.
 	Relay bool
+	// EarlyTalker is set when the client sent something before the
+	// greeting, while the listener's greeting_delay held it back
+	// (qpsmtpd's check_earlytalker). Plugins decide what it means.
+	EarlyTalker bool
 	// Started is when the connection was accepted.
 	Started time.Time
 	// Messages counts the messages accepted on this connection.

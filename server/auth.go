@@ -1,156 +1,216 @@
 package server
 
 import (
-	"bytes"
-	"errors"
+	"encoding/base64"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 	"github.com/sluice-mta/sluice/hooks"
 )
 
-// AuthMechanisms implements go-smtp's AuthSession: PLAIN and LOGIN when an
-// auth plugin is configured and AUTH is allowed on this connection now
-// (over TLS, or in plaintext only where the listener allows it on
-// loopback). go-smtp advertises what this returns in EHLO.
-func (a *adapter) AuthMechanisms() []string {
-	if !a.g.authOffered() {
-		return nil
-	}
-	return []string{sasl.Plain, sasl.Login}
+// AUTH (RFC 4954): PLAIN through go-sasl's server, LOGIN of our own
+// (go-sasl has it only as a client), both checked by the auth hook under
+// the brute-force limiter. The exchange is part of the state machine:
+// after a 334 the next line is the client's response, not a command.
+
+// The connection notes set by a successful AUTH (c.AuthUser holds the
+// user too).
+const (
+	NoteAuthUser = "auth.user"
+	NoteAuthMech = "auth.mech"
+)
+
+// saslExchange is an AUTH in progress.
+type saslExchange struct {
+	mech   string
+	server sasl.Server
+	result *hooks.Reply // what the credentials got, once checked
 }
 
-// Auth implements go-smtp's AuthSession.
-func (a *adapter) Auth(mech string) (sasl.Server, error) {
-	switch mech {
-	case sasl.Plain:
-		return &plainServer{a: a}, nil
-	case sasl.Login:
-		return &loginServer{verify: func(user, password string) error { return a.verify(mech, "", user, password) }}, nil
+// authOutcome carries a reply out of a sasl.Server's Next: the check ran
+// and refused. Any other error from Next is a malformed response.
+type authOutcome struct{ rep hooks.Reply }
+
+func (o *authOutcome) Error() string { return o.rep.String() }
+
+// Auth handles AUTH with its raw argument ("PLAIN dGVzdAB0ZXN0AHRlc3Q=",
+// "LOGIN"): 334 with a challenge while the exchange goes on (the next
+// line is the response: Command hands it over), then 235 or the refusal.
+func (s *Session) Auth(arg string) hooks.Reply {
+	c := s.conn
+	switch {
+	case !s.cfg.Chain.HasAuth():
+		return s.finish(hooks.Reply{Code: 502, Enhanced: [3]int{5, 5, 1}, Msg: "AUTH not available on this port"})
+	case !s.authOffered():
+		return s.finish(hooks.Reply{Code: 538, Enhanced: [3]int{5, 7, 11}, Msg: "Encryption required for authentication: use STARTTLS first"})
+	case c.Helo == "":
+		// Also right after STARTTLS, which forgets the EHLO (RFC 3207 4.2).
+		return s.finish(replyBadSequence("Send EHLO first"))
+	case s.Authenticated():
+		return s.finish(replyBadSequence("Already authenticated"))
+	case s.tx != nil:
+		// RFC 4954 4: not within a mail transaction. With senderlogin, an
+		// AUTH after MAIL would let the sender name any address.
+		return s.finish(replyBadSequence("AUTH is not allowed during a mail transaction"))
 	}
-	return nil, &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "Unsupported authentication mechanism"}
+	mech, initial, hasInitial := strings.Cut(arg, " ")
+	ex := &saslExchange{mech: asciiUpper(mech)}
+	switch ex.mech {
+	case sasl.Plain:
+		ex.server = sasl.NewPlainServer(func(authzid, user, password string) error {
+			return s.verify(ex, authzid, user, password)
+		})
+	case sasl.Login:
+		ex.server = &loginServer{verify: func(user, password string) error { return s.verify(ex, "", user, password) }}
+	default:
+		return s.finish(hooks.Reply{Code: 504, Enhanced: [3]int{5, 5, 4}, Msg: "Unsupported authentication mechanism"})
+	}
+	var response []byte // nil: no initial response
+	if hasInitial {
+		initial = strings.Trim(initial, " ")
+		if initial == "=" {
+			response = []byte{}
+		} else {
+			b, err := base64.StdEncoding.DecodeString(initial)
+			if err != nil {
+				return s.undecodable()
+			}
+			response = b
+		}
+	}
+	return s.saslStep(ex, response)
+}
+
+// authResponse takes the client's line after a 334.
+func (s *Session) authResponse(line string) hooks.Reply {
+	ex := s.sasl
+	s.sasl = nil
+	if line == "*" {
+		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 0, 0}, Msg: "Authentication cancelled"})
+	}
+	b, err := base64.StdEncoding.DecodeString(line)
+	if err != nil {
+		return s.undecodable()
+	}
+	return s.saslStep(ex, b)
+}
+
+// undecodable answers a SASL response that is not base64 (RFC 4954 4:
+// 501). The client's mistake, not a guess: it tested no password and is
+// not counted as a failed AUTH.
+func (s *Session) undecodable() hooks.Reply {
+	s.log.Info("AUTH: SASL response is not base64", "ip", s.conn.RemoteIP().String())
+	return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Invalid base64 data"})
+}
+
+func (s *Session) saslStep(ex *saslExchange, response []byte) hooks.Reply {
+	challenge, done, err := ex.server.Next(response)
+	if err != nil {
+		if o, ok := err.(*authOutcome); ok {
+			return s.finish(o.rep)
+		}
+		// A response that does not decode as its mechanism says (RFC 4954
+		// 4: 501); it tested no password, so it is not counted.
+		s.log.Info("AUTH: malformed SASL response", "mech", ex.mech, "ip", s.conn.RemoteIP().String())
+		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Malformed " + ex.mech + " response"})
+	}
+	if done {
+		if ex.result == nil { // cannot happen: done comes with a verdict
+			return s.finish(hooks.Reply{Code: 454, Enhanced: [3]int{4, 7, 0}, Msg: "Temporary authentication failure"})
+		}
+		return s.finish(*ex.result)
+	}
+	s.sasl = ex
+	return hooks.Reply{Code: 334, Msg: base64.StdEncoding.EncodeToString(challenge)}
 }
 
 // lockoutReply is the 535 of the brute-force limiter.
-var lockoutReply = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Too many failed authentication attempts; closing connection"}
+var lockoutReply = hooks.Reply{Code: 535, Enhanced: [3]int{5, 7, 8}, Msg: "Too many failed authentication attempts; closing connection", Close: true}
 
 // verify checks one set of credentials under the brute-force limiter (see
 // AuthLimiter): a client IP past the limit is refused unchecked; a user
 // name past it waits the delay, then is checked, and a wrong password
 // closes the connection. authzid is PLAIN's authorization identity: it
 // must be empty or the user name. Every failure is logged at WARN with the
-// client's IP, the user name and the mechanism, never the password.
-func (a *adapter) verify(mech, authzid, user, password string) error {
-	g := a.g
-	lim := g.l.srv.authLimiter
-	ip := g.sess.Conn().RemoteIP().String()
-	limit := lim.Check(g.sess.Conn().RemoteIP(), user)
+// client's IP, the user name and the mechanism, never the password. It
+// returns nil on success (ex.result holds the 235) or an *authOutcome.
+func (s *Session) verify(ex *saslExchange, authzid, user, password string) error {
+	lim := s.cfg.AuthLimiter
+	mech := ex.mech
+	ipAddr := s.conn.RemoteIP()
+	ip := ipAddr.String()
+	limit := lim.Check(ipAddr, user)
 	switch limit {
 	case AuthIPLimited:
-		g.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "ip")
-		return a.lockout(true)
+		s.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "ip")
+		return s.lockout(true)
 	case AuthUserLimited:
-		g.log.Info("AUTH delayed: too many failures for the user", "mech", mech, "ip", ip, "user", user, "delay", lim.delay().String())
-		a.pause(lim.delay())
+		s.log.Info("AUTH delayed: too many failures for the user", "mech", mech, "ip", ip, "user", user, "delay", lim.delay().String())
+		s.pause(lim.delay())
 	}
 	var rep hooks.Reply
 	if authzid != "" && authzid != user {
 		rep = hooks.Reply{Code: 535, Enhanced: [3]int{5, 7, 8}, Msg: "Authorization identity must be empty or the user name"}
-		g.log.Warn("AUTH failed", "mech", mech, "ip", ip, "user", user, "authzid", authzid, "reply", rep.String())
+		s.log.Warn("AUTH failed", "mech", mech, "ip", ip, "user", user, "authzid", authzid, "reply", rep.String())
 	} else {
-		rep = g.sess.Auth(mech, user, password)
-		if g.sess.Authenticated() {
+		d := s.cfg.Chain.Auth(s.ctx, s.conn, mech, user, password)
+		rep = s.reply(d)
+		if d.Result.Code == hooks.OK || d.Result.Code == hooks.Done {
+			s.conn.AuthUser, s.conn.Relay = user, true
+			s.conn.Notes.Set(NoteAuthUser, user)
+			s.conn.Notes.Set(NoteAuthMech, mech)
 			lim.Succeed(user)
-			g.log.Info("AUTH succeeded", "mech", mech, "ip", ip, "user", user)
-			g.override = &rep
+			s.log.Info("AUTH succeeded", "mech", mech, "ip", ip, "user", user)
+			ex.result = &rep
 			return nil
 		}
-		g.log.Warn("AUTH failed", "mech", mech, "ip", ip, "user", user, "reply", rep.String())
+		s.log.Warn("AUTH failed", "mech", mech, "ip", ip, "user", user, "reply", rep.String())
 	}
 	// Only a refusal counts: a 4xx (the password backend is down) tested
 	// no password.
 	if rep.Code/100 == 5 {
-		reached := lim.Fail(g.sess.Conn().RemoteIP(), user)
+		reached := lim.Fail(ipAddr, user)
 		switch {
 		case limit == AuthUserLimited:
 			// One guess per connection for a user past the limit; it has
 			// had its delay.
-			g.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "user")
-			return a.lockout(false)
+			s.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "user")
+			return s.lockout(false)
 		case reached:
-			g.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "reached")
-			return a.lockout(true)
+			s.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "reached")
+			return s.lockout(true)
 		}
 	}
-	if rep.Close {
-		g.closeAfterReply = true
-	}
-	return &smtp.SMTPError{Code: rep.Code, EnhancedCode: smtp.EnhancedCode(enhanced(rep)), Message: rep.Msg}
+	return &authOutcome{rep}
 }
 
-// lockout answers the limiter's 535 and closes the connection, after the
-// delay when wait is set.
-func (a *adapter) lockout(wait bool) error {
+// lockout answers the limiter's 535, which closes the connection, after
+// the delay when wait is set.
+func (s *Session) lockout(wait bool) error {
 	if wait {
-		a.pause(a.g.l.srv.authLimiter.delay())
+		s.pause(s.cfg.AuthLimiter.delay())
 	}
-	a.g.closeAfterReply = true
-	return lockoutReply
+	return &authOutcome{lockoutReply}
 }
 
 // pause waits d, or until the connection ends (shutdown).
-func (a *adapter) pause(d time.Duration) {
+func (s *Session) pause(d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
-	case <-a.g.sess.ctx.Done():
+	case <-s.ctx.Done():
 	}
-}
-
-// malformed answers a SASL response that does not decode as its mechanism
-// says (RFC 4954 4: 501), logged at INFO with the client's IP. It tested no
-// password, so it is not counted as a failure.
-func (a *adapter) malformed(mech string) error {
-	a.g.log.Info("AUTH: malformed SASL response", "mech", mech, "ip", a.g.sess.Conn().RemoteIP().String())
-	return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Malformed " + mech + " response"}
-}
-
-// plainServer is the server side of PLAIN (RFC 4616): go-sasl's would
-// answer a malformed response with its own error text as a 454.
-type plainServer struct {
-	a    *adapter
-	done bool
-}
-
-// Next implements sasl.Server: without an initial response it asks for
-// the message with an empty challenge.
-func (s *plainServer) Next(response []byte) ([]byte, bool, error) {
-	if s.done {
-		return nil, true, errSASLDone
-	}
-	if response == nil {
-		return []byte{}, false, nil
-	}
-	s.done = true
-	parts := bytes.Split(response, []byte{0})
-	if len(parts) != 3 {
-		return nil, true, s.a.malformed(sasl.Plain)
-	}
-	return nil, true, s.a.verify(sasl.Plain, string(parts[0]), string(parts[1]), string(parts[2]))
 }
 
 // loginServer is the server side of the LOGIN mechanism
 // (draft-murchison-sasl-login), which go-sasl only has as a client.
 type loginServer struct {
-	verify   func(user, password string) error
-	user     string
-	step     int
-	initSent bool
+	verify func(user, password string) error
+	user   string
+	step   int
 }
-
-var errSASLDone = errors.New("SASL exchange already finished")
 
 // Next implements sasl.Server. An initial response, when given, is the
 // user name.
@@ -170,5 +230,5 @@ func (s *loginServer) Next(response []byte) ([]byte, bool, error) {
 		s.step = 3
 		return nil, true, s.verify(s.user, string(response))
 	}
-	return nil, true, errSASLDone
+	return nil, true, sasl.ErrUnexpectedClientResponse
 }

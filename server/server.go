@@ -1,6 +1,8 @@
 // Package server is Sluice's SMTP engine, embeddable in other Go programs:
-// listeners with their own plugin chains, the go-smtp adapter, the guard
-// that closes go-smtp's gaps, limits, reload and graceful shutdown.
+// listeners with their own plugin chains (listener.go), the protocol loop
+// of each connection (conn.go), the one SMTP state machine (Session,
+// session.go, with its command table, parser, message and AUTH beside it),
+// limits, reload and graceful shutdown.
 //
 //	srv, err := server.New(server.Config{SpoolDir: "var/spool", Listeners: []server.ListenerConfig{{
 //		Name: "mx", Address: "127.0.0.1:2525", Hostname: "mx.example.test", Chain: chain,
@@ -14,7 +16,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,8 +25,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
-	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 )
 
@@ -53,6 +52,15 @@ type ListenerConfig struct {
 	// the next client gets 421 4.7.0 at the banner. Defaults 1000 and 20.
 	MaxConnections      int
 	MaxConnectionsPerIP int
+	// IPv6Prefix is how many leading bits of an IPv6 client address count
+	// as one client for MaxConnectionsPerIP: one site gets a /64, so
+	// counting addresses would let it open every slot. Default 64; 128
+	// counts each address.
+	IPv6Prefix int
+	// GreetingDelay holds the greeting back this long and watches for a
+	// client that talks first (connection.EarlyTalker; qpsmtpd's
+	// check_earlytalker). Default 0: greet at once.
+	GreetingDelay time.Duration
 	// MaxErrors closes the connection with 421 after this many refused
 	// commands. Default 20.
 	MaxErrors int
@@ -60,7 +68,9 @@ type ListenerConfig struct {
 	// VRFY, HELP, RSET, HELO and EHLO commands without a message accepted in between
 	// (Postfix's smtpd_junk_command_limit). Default 100.
 	MaxJunkCommands int
-	// BareNewline is the policy for bare CR or LF inside DATA. Default reject.
+	// BareNewline is the policy for a bare CR or LF inside a message.
+	// Default reject; normalize on a listener that requires AUTH, where
+	// scripts (curl -T with LF line ends) are the usual clients.
 	BareNewline BareNewline
 	// TLS enables STARTTLS (or implicit TLS with ImplicitTLS).
 	TLS         *tls.Config
@@ -101,15 +111,22 @@ func (c *ListenerConfig) setDefaults() {
 	if c.MaxConnectionsPerIP <= 0 {
 		c.MaxConnectionsPerIP = 20
 	}
+	if c.IPv6Prefix <= 0 || c.IPv6Prefix > 128 {
+		c.IPv6Prefix = 64
+	}
 	if c.MaxErrors <= 0 {
-		c.MaxErrors = 20
+		c.MaxErrors = DefaultMaxErrors
 	}
 	if c.MaxJunkCommands <= 0 {
-		c.MaxJunkCommands = 100
+		c.MaxJunkCommands = DefaultMaxJunkCommands
 	}
 	if c.BareNewline == "" {
 		c.BareNewline = BareNewlineReject
+		if c.RequireAuth {
+			c.BareNewline = BareNewlineNormalize
+		}
 	}
+	c.Limits.MaxErrors, c.Limits.MaxJunkCommands = c.MaxErrors, c.MaxJunkCommands
 	c.Limits = c.Limits.withDefaults()
 }
 
@@ -160,7 +177,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("listener %q has no chain", lc.Name)
 		}
 		lc.setDefaults()
-		l := &listener{srv: s, cfg: lc, conns: map[*guard]struct{}{}, perIP: map[netip.Addr]int{},
+		l := &listener{srv: s, cfg: lc, conns: map[*conn]struct{}{}, perIP: map[netip.Addr]int{},
 			log: s.log.With("listener", lc.Name)}
 		l.chain.Store(lc.Chain)
 		s.listeners = append(s.listeners, l)
@@ -199,23 +216,11 @@ func (s *Server) Serve() error {
 		if l.ln == nil {
 			return fmt.Errorf("listener %q: call Listen before Serve", l.cfg.Name)
 		}
-		ss := smtp.NewServer(backend{})
-		ss.Domain = l.cfg.Hostname
-		ss.MaxLineLength = 0   // the guard enforces line limits
-		ss.MaxMessageBytes = 0 // the Session enforces the size while reading
-		ss.AllowInsecureAuth = true
-		ss.EnableSMTPUTF8 = true
-		ss.ErrorLog = slogPrinter{l.log}
-		l.smtp = ss
 		l.log.Info("listening", "address", l.ln.Addr().String(), "plugins", l.chain.Load().Plugins())
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			err := ss.Serve(l)
-			if s.stopping.Load() {
-				err = nil
-			}
-			errs <- err
+			errs <- l.serve()
 		}()
 	}
 	s.wg.Add(1)
@@ -263,9 +268,9 @@ func (s *Server) Reload(chains map[string]*hooks.Chain) <-chan struct{} {
 func (s *Server) inUse(chains []*hooks.Chain) bool {
 	for _, l := range s.listeners {
 		l.mu.Lock()
-		for g := range l.conns {
+		for c := range l.conns {
 			for _, ch := range chains {
-				if g.sess.cfg.Chain == ch {
+				if c.sess.cfg.Chain == ch {
 					l.mu.Unlock()
 					return true
 				}
@@ -334,7 +339,7 @@ func stuckAfter(ch *hooks.Chain) time.Duration {
 }
 
 // watchdog ends the connections that are stuck on the server side (see
-// guard.stuck), until the server stops. Nothing else interrupts a plugin
+// conn.stuck), until the server stops. Nothing else interrupts a plugin
 // that ignores its context: the chain checks the deadline when the plugin
 // returns.
 func (s *Server) watchdog() {
@@ -344,7 +349,7 @@ func (s *Server) watchdog() {
 	}
 	tick := time.NewTicker(period)
 	defer tick.Stop()
-	var stuck []*guard
+	var stuck []*conn
 	var since []time.Duration
 	for {
 		select {
@@ -356,19 +361,19 @@ func (s *Server) watchdog() {
 		stuck, since = stuck[:0], since[:0]
 		for _, l := range s.listeners {
 			l.mu.Lock()
-			for g := range l.conns {
-				w := g.working.Load()
+			for c := range l.conns {
+				w := c.working.Load()
 				if w == 0 {
 					continue
 				}
-				if d := time.Duration(now - w); d > stuckAfter(g.sess.cfg.Chain) && g.working.CompareAndSwap(w, 0) {
-					stuck, since = append(stuck, g), append(since, d)
+				if d := time.Duration(now - w); d > stuckAfter(c.sess.cfg.Chain) && c.working.CompareAndSwap(w, 0) {
+					stuck, since = append(stuck, c), append(since, d)
 				}
 			}
 			l.mu.Unlock()
 		}
-		for i, g := range stuck {
-			g.stuck(since[i])
+		for i, c := range stuck {
+			c.stuck(since[i])
 		}
 	}
 }
@@ -395,129 +400,3 @@ func (s *Server) closeListeners() {
 		}
 	}
 }
-
-// listener is a net.Listener wrapper: it applies the connection caps and
-// hands go-smtp guarded connections.
-type listener struct {
-	srv   *Server
-	cfg   ListenerConfig
-	log   *slog.Logger
-	chain atomic.Pointer[hooks.Chain]
-	ln    net.Listener
-	smtp  *smtp.Server
-
-	mu    sync.Mutex
-	conns map[*guard]struct{}
-	perIP map[netip.Addr]int
-}
-
-func (l *listener) shuttingDown() bool { return l.srv.stopping.Load() }
-
-// Accept returns the next connection that is within the caps, wrapped in a
-// guard; clients over a cap get 421 and are closed here.
-func (l *listener) Accept() (net.Conn, error) {
-	for {
-		raw, err := l.ln.Accept()
-		if err != nil {
-			if l.shuttingDown() {
-				return nil, net.ErrClosed
-			}
-			return nil, err
-		}
-		remote := addrPort(raw.RemoteAddr())
-		ip := remote.Addr().Unmap()
-		l.mu.Lock()
-		total, fromIP := len(l.conns), l.perIP[ip]
-		over := total >= l.cfg.MaxConnections || fromIP >= l.cfg.MaxConnectionsPerIP
-		if !over {
-			l.perIP[ip]++
-		}
-		l.mu.Unlock()
-		if over {
-			l.log.Warn("connection refused: too many connections", "remote", remote.String(), "total", total, "from_ip", fromIP)
-			go refuse(raw)
-			continue
-		}
-		transport := raw
-		if l.cfg.ImplicitTLS && l.cfg.TLS != nil {
-			transport = tls.Server(raw, l.cfg.TLS)
-		}
-		c := connection.New(l.cfg.Name, l.cfg.Hostname, addrPort(raw.LocalAddr()), remote)
-		ctx, cancel := context.WithCancel(l.srv.ctx)
-		log := l.log.With("conn", c.ID)
-		sess := NewSession(ctx, c, SessionConfig{
-			Chain: l.chain.Load(), Limits: l.cfg.Limits, SpoolDir: l.srv.spoolDir, Logger: l.log, ReceivedAuthUser: l.cfg.ReceivedAuthUser,
-		})
-		g := newGuard(transport, l, sess, log)
-		g.cancel = cancel
-		l.mu.Lock()
-		l.conns[g] = struct{}{}
-		l.mu.Unlock()
-		log.Info("connect", "remote", remote.String())
-		return g, nil
-	}
-}
-
-func refuse(c net.Conn) {
-	c.SetWriteDeadline(time.Now().Add(time.Second))
-	c.Write([]byte("421 4.7.0 Too many connections; try again later\r\n"))
-	c.Close()
-}
-
-// forget drops a closed connection from the counts.
-func (l *listener) forget(g *guard) {
-	ip := g.sess.Conn().RemoteIP()
-	l.mu.Lock()
-	if _, ok := l.conns[g]; ok {
-		delete(l.conns, g)
-		if l.perIP[ip]--; l.perIP[ip] <= 0 {
-			delete(l.perIP, ip)
-		}
-	}
-	l.mu.Unlock()
-}
-
-// wakeIdle interrupts the reads of idle connections (they answer 421 and
-// close) and returns how many connections are left.
-func (l *listener) wakeIdle() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for g := range l.conns {
-		if !g.busy.Load() {
-			g.raw.SetReadDeadline(time.Now())
-		}
-	}
-	return len(l.conns)
-}
-
-func (l *listener) closeAll() {
-	l.mu.Lock()
-	gs := make([]*guard, 0, len(l.conns))
-	for g := range l.conns {
-		gs = append(gs, g)
-	}
-	l.mu.Unlock()
-	for _, g := range gs {
-		g.abort()
-	}
-}
-
-func (l *listener) Close() error   { return l.ln.Close() }
-func (l *listener) Addr() net.Addr { return l.ln.Addr() }
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort()
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
-}
-
-// slogPrinter lets go-smtp's error log go to slog.
-type slogPrinter struct{ log *slog.Logger }
-
-func (p slogPrinter) Printf(format string, v ...any) { p.log.Warn(fmt.Sprintf(format, v...)) }
-func (p slogPrinter) Println(v ...any)               { p.log.Warn(fmt.Sprint(v...)) }
-
-var _ net.Listener = (*listener)(nil)
-var _ = errors.New

@@ -156,7 +156,7 @@ func TestDeliveryThroughTheWire(t *testing.T) {
 	c := dial(t, ts.addr)
 	c.expect("", "220 mx.example.test ESMTP")
 	ehlo := c.expect("EHLO client.example", "250-mx.example.test Hello client.example")
-	if strings.Contains(ehlo, "CHUNKING") || !strings.Contains(ehlo, "SIZE 26214400") || !strings.Contains(ehlo, "PIPELINING") {
+	if !strings.Contains(ehlo, "CHUNKING") || !strings.Contains(ehlo, "SIZE 26214400") || !strings.Contains(ehlo, "PIPELINING") || strings.Contains(ehlo, "DSN") {
 		t.Fatalf("EHLO capabilities: %q", ehlo)
 	}
 	c.expect("MAIL FROM:<alice@example.org>", "250 2.1.0")
@@ -246,7 +246,12 @@ func TestGuardAnswersCommandsGoSMTPDoesNotSurface(t *testing.T) {
 	c.expect("HELP", "214 ")
 	c.expect("XYZZY plugh", "500 5.5.1 Unrecognized command")
 	c.expect("MAIL FROM:<a@a.example>", "503 5.5.1 Send EHLO")
-	c.expect("BDAT 10 LAST", "554 5.5.1")
+	// BDAT outside a transaction: refused, and its chunk is read and
+	// dropped, never run as commands.
+	c.expect("BDAT 12 LAST\r\nQUIT\r\nQUIT", "503 5.5.1 Need MAIL")
+	c.expect("NOOP", "250 2.0.0 OK")
+	// A BDAT whose size cannot be read leaves the chunk unknown: closed.
+	c.expect("BDAT ten LAST", "501 5.5.4")
 	c.closed()
 }
 

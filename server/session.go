@@ -1,15 +1,12 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sluice-mta/sluice/connection"
@@ -30,6 +27,14 @@ type Limits struct {
 	// SpoolMemory is how much of a body stays in memory before it spools to
 	// a file. 0 means transaction.DefaultSpoolMemory.
 	SpoolMemory int64
+	// MaxErrors ends the session with 421 after this many refused
+	// commands. 0 means DefaultMaxErrors.
+	MaxErrors int
+	// MaxJunkCommands ends the session with 421 after this many NOOP,
+	// VRFY, HELP, RSET, HELO and EHLO without a message accepted in
+	// between (Postfix's smtpd_junk_command_limit). 0 means
+	// DefaultMaxJunkCommands.
+	MaxJunkCommands int
 }
 
 // The defaults for Limits.
@@ -37,6 +42,8 @@ const (
 	DefaultMaxMessageBytes = 25 << 20
 	DefaultMaxRecipients   = 100
 	DefaultMaxHeaderBytes  = 1 << 20
+	DefaultMaxErrors       = 20
+	DefaultMaxJunkCommands = 100
 )
 
 func (l Limits) withDefaults() Limits {
@@ -51,6 +58,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.SpoolMemory <= 0 {
 		l.SpoolMemory = transaction.DefaultSpoolMemory
+	}
+	if l.MaxErrors <= 0 {
+		l.MaxErrors = DefaultMaxErrors
+	}
+	if l.MaxJunkCommands <= 0 {
+		l.MaxJunkCommands = DefaultMaxJunkCommands
 	}
 	return l
 }
@@ -67,18 +80,70 @@ type SessionConfig struct {
 	// ReceivedAuthUser puts the authenticated user name in the Received
 	// header; otherwise it only says that the client authenticated.
 	ReceivedAuthUser bool
+
+	// StartTLS offers STARTTLS: the listener has a certificate and does not
+	// speak TLS from the first byte.
+	StartTLS bool
+	// RequireTLS refuses MAIL before STARTTLS with 530 5.7.0.
+	RequireTLS bool
+	// RequireAuth refuses MAIL before a successful AUTH with 530 5.7.0.
+	RequireAuth bool
+	// AuthPlaintextLoopback allows AUTH without TLS from loopback clients;
+	// elsewhere AUTH needs TLS.
+	AuthPlaintextLoopback bool
+	// AuthLimiter counts failed AUTHs; nil means one of the session's own
+	// with the default limits.
+	AuthLimiter *AuthLimiter
+}
+
+// step is what the protocol loop does once it has written a command's
+// reply.
+type step int
+
+const (
+	stepNone    step = iota
+	stepMessage      // read the message after DATA's 354
+	stepChunk        // read (or skip) the BDAT chunk in Session.chunk
+	stepTLS          // run the TLS handshake after STARTTLS's 220
+)
+
+// chunk is the BDAT chunk the loop reads next.
+type chunk struct {
+	size int64
+	last bool
+	// refused is the reply for a chunk whose bytes are read and dropped
+	// (no transaction, no recipients, an earlier chunk failed).
+	refused *hooks.Reply
 }
 
 // Session is the SMTP state machine of one connection, without a socket:
-// each method takes a command's arguments, runs the hooks and returns the
-// reply. The go-smtp adapter drives it for real connections and
+// it takes command lines (Command) or one command's raw argument (Mail,
+// Rcpt, ...), holds every rule of the protocol (command sequence, the TLS
+// and AUTH gates, limits, error and junk counts), runs the hooks and
+// returns the reply. The protocol loop drives it for real connections and
 // hooks/hookstest drives it in tests, so both see the same behaviour.
+//
+// A Session is used from one goroutine.
 type Session struct {
 	ctx  context.Context
 	conn *connection.Connection
 	cfg  SessionConfig
 	log  *slog.Logger
 	tx   *transaction.Transaction
+	dsn  bool // DSN is offered: every queue plugin carries it on
+
+	errors    int // refused commands
+	junk      int // NOOP, VRFY, HELP, RSET, HELO and EHLO since the last message
+	overshoot int // recipients refused as too many (x.5.3)
+	ended     bool
+	followup  *hooks.Reply // a reply that ends the session, after the command's own
+
+	sasl        *saslExchange
+	refusedData bool // the last command was a refused DATA
+	next        step
+	chunk       chunk
+	bdatFailed  *hooks.Reply // the failure of a BDAT sequence the client may still be sending chunks of
+	inMessage   bool         // the message is being read (Message runs)
 }
 
 // NewSession starts the session for c. ctx is the connection's context: it
@@ -91,7 +156,10 @@ func NewSession(ctx context.Context, c *connection.Connection, cfg SessionConfig
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID)}
+	if cfg.AuthLimiter == nil {
+		cfg.AuthLimiter = &AuthLimiter{}
+	}
+	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID), dsn: cfg.Chain.CarriesDSN()}
 }
 
 // Conn returns the session's connection.
@@ -99,6 +167,22 @@ func (s *Session) Conn() *connection.Connection { return s.conn }
 
 // Transaction returns the transaction in progress, or nil.
 func (s *Session) Transaction() *transaction.Transaction { return s.tx }
+
+// Ended reports whether a reply closed the session: the connection closes
+// after it (and after Followup's, when there is one).
+func (s *Session) Ended() bool { return s.ended }
+
+// Followup returns the reply that goes after the last command's own and
+// ends the session (421 after too many errors), once; ok is false when
+// there is none.
+func (s *Session) Followup() (rep hooks.Reply, ok bool) {
+	if s.followup == nil {
+		return hooks.Reply{}, false
+	}
+	rep = *s.followup
+	s.followup = nil
+	return rep, true
+}
 
 // MaxMessageBytes is the size cap in force: the listener's, lowered by any
 // size plugin of the chain.
@@ -110,6 +194,10 @@ func (s *Session) MaxMessageBytes() int64 {
 	return m
 }
 
+// DSN reports whether the session offers DSN (RFC 3461).
+func (s *Session) DSN() bool { return s.dsn }
+
+// reply words a hook's decision and logs it when a plugin decided.
 func (s *Session) reply(d hooks.Decision) hooks.Reply {
 	rep := hooks.ReplyFor(d.Hook, d.Result)
 	// A queue's OK is logged as "message queued", with its own words.
@@ -120,18 +208,142 @@ func (s *Session) reply(d hooks.Decision) hooks.Reply {
 	return rep
 }
 
+// Replies of the protocol itself (not of a hook).
+var (
+	replyBadSequence = func(msg string) hooks.Reply {
+		return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: msg}
+	}
+	replySyntax = func(msg string) hooks.Reply {
+		return hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: msg}
+	}
+	replyBadLine      = hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: commands must end with CRLF, with no bare CR or LF"}
+	replyEmpty        = hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: empty command"}
+	replyTooManyErrs  = hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many errors; closing connection", Close: true}
+	replyTooMuchJunk  = hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many commands without a message; closing connection", Close: true}
+	replyOvershoot    = hooks.Reply{Code: 421, Enhanced: [3]int{4, 5, 3}, Msg: "Too many recipients; closing connection", Close: true}
+	replyPipelinedMsg = hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 0}, Msg: "Message sent without waiting for 354; closing connection", Close: true}
+)
+
+// recipientOvershootLimit is how many recipients over the limit one
+// connection may be refused before it is closed.
+const recipientOvershootLimit = 1000
+
+// finish counts the reply of a command: a refusal is an error, and past
+// MaxErrors the session ends with 421 after it. "Too many recipients"
+// (x.5.3) is what a client that sends to many gets until the next
+// transaction: it is no error, or a message with 121 recipients could never
+// be delivered; past an overshoot limit (Postfix's
+// smtpd_recipient_overshoot_limit) it is abuse.
+func (s *Session) finish(rep hooks.Reply) hooks.Reply {
+	switch {
+	case rep.Close:
+		s.ended = true
+	case rep.Enhanced[1] == 5 && rep.Enhanced[2] == 3 && rep.Code >= 400:
+		if s.overshoot++; s.overshoot > recipientOvershootLimit {
+			s.log.Warn("too many recipients refused; closing", "refused", s.overshoot)
+			s.end(replyOvershoot)
+		}
+	case rep.Code >= 400:
+		if s.errors++; s.errors > s.cfg.Limits.MaxErrors {
+			s.log.Warn("too many errors; closing", "errors", s.errors)
+			s.end(replyTooManyErrs)
+		}
+	}
+	return rep
+}
+
+// end ends the session with rep after the current command's reply.
+func (s *Session) end(rep hooks.Reply) {
+	s.followup = &rep
+	s.ended = true
+}
+
+// junkCommand counts a command that does no work (NOOP, VRFY, HELP, RSET,
+// HELO, EHLO) and, past MaxJunkCommands without a message accepted in
+// between, returns the 421 that ends the session.
+func (s *Session) junkCommand() (hooks.Reply, bool) {
+	if s.junk++; s.junk <= s.cfg.Limits.MaxJunkCommands {
+		return hooks.Reply{}, false
+	}
+	s.log.Warn("too many NOOP/VRFY/HELP/RSET/HELO without a message; closing", "count", s.junk)
+	s.ended = true
+	return replyTooMuchJunk, true
+}
+
+// Command runs one command line as the client sent it, line ending
+// included: it parses the verb, applies the rules and returns the reply
+// (for a BDAT whose chunk the loop must read first, a zero Reply). A
+// SASL response line, while AUTH waits for one, goes to the exchange.
+func (s *Session) Command(line string) hooks.Reply {
+	s.next = stepNone
+	text, ok := strings.CutSuffix(line, "\r\n")
+	if !ok || strings.ContainsAny(text, "\r\n") {
+		if s.sasl != nil {
+			s.sasl = nil
+			return s.finish(replySyntax("Authentication cancelled: the response must end with CRLF"))
+		}
+		s.refusedData = false
+		return s.finish(replyBadLine)
+	}
+	if s.sasl != nil {
+		return s.authResponse(text)
+	}
+	verb, arg := parseCommand(text)
+	if s.refusedData {
+		// A client that sent its message after a refused DATA without
+		// waiting for the reply: each line would run as a command.
+		s.refusedData = false
+		if _, known := commands[verb]; !known && verb != "EXPN" && verb != "ETRN" {
+			s.log.Warn("message sent after a refused DATA; closing")
+			return s.finish(replyPipelinedMsg)
+		}
+	}
+	if verb != "BDAT" {
+		s.bdatFailed = nil
+	}
+	cmd, ok := commands[verb]
+	switch {
+	case ok:
+		return cmd(s, arg)
+	case verb == "":
+		return s.finish(replyEmpty)
+	}
+	return s.Unrecognized(verb, arg)
+}
+
 // Connect runs the connect hook and returns the greeting or the refusal.
 func (s *Session) Connect() hooks.Reply {
 	rep := s.reply(s.cfg.Chain.Connect(s.ctx, s.conn))
 	if rep.Code == 220 && rep.Msg == hooks.ReplyFor(hooks.HookConnect, hooks.Result{}).Msg {
 		rep.Msg = s.conn.Hostname + " " + rep.Msg
 	}
+	if rep.Close {
+		s.ended = true
+	}
 	return rep
 }
 
-// Helo handles HELO (esmtp false) or EHLO (esmtp true). A new EHLO ends
-// the transaction in progress, as RSET does.
-func (s *Session) Helo(host string, esmtp bool) hooks.Reply {
+// Helo handles HELO with its raw argument.
+func (s *Session) Helo(arg string) hooks.Reply { return s.helo("HELO", arg) }
+
+// Ehlo handles EHLO with its raw argument; its reply lists the extensions
+// on lines of their own (Msg holds them separated by "\n").
+func (s *Session) Ehlo(arg string) hooks.Reply { return s.helo("EHLO", arg) }
+
+// helo handles HELO and EHLO. A new one ends the transaction in progress,
+// as RSET does.
+func (s *Session) helo(verb, arg string) hooks.Reply {
+	if rep, over := s.junkCommand(); over {
+		return rep
+	}
+	if arg == "" {
+		return s.finish(replySyntax("Syntax: " + verb + " hostname"))
+	}
+	host, ok := heloName(arg)
+	if !ok {
+		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Invalid " + verb + " hostname: control characters, separators or bytes that are not UTF-8"})
+	}
+	esmtp := verb == "EHLO"
 	s.Reset()
 	s.conn.Helo, s.conn.ESMTP = host, esmtp
 	var d hooks.Decision
@@ -143,317 +355,243 @@ func (s *Session) Helo(host string, esmtp bool) hooks.Reply {
 	rep := s.reply(d)
 	if !rep.Positive() {
 		s.conn.Helo, s.conn.ESMTP = "", false
-	} else if d.Result.Msg == "" {
+		return s.finish(rep)
+	}
+	if d.Result.Msg == "" {
 		rep.Msg = s.conn.Hostname + " Hello " + host
 	}
-	return rep
-}
-
-// The connection notes set by a successful AUTH (c.AuthUser holds the
-// user too).
-const (
-	NoteAuthUser = "auth.user"
-	NoteAuthMech = "auth.mech"
-)
-
-// Auth checks credentials through the auth hook. On success (235) the
-// connection is authenticated: c.AuthUser is set and the client may relay.
-// The password is never logged.
-func (s *Session) Auth(mech, user, password string) hooks.Reply {
-	d := s.cfg.Chain.Auth(s.ctx, s.conn, mech, user, password)
-	rep := s.reply(d)
-	if d.Result.Code == hooks.OK || d.Result.Code == hooks.Done {
-		s.conn.AuthUser, s.conn.Relay = user, true
-		s.conn.Notes.Set(NoteAuthUser, user)
-		s.conn.Notes.Set(NoteAuthMech, mech)
+	if esmtp {
+		rep.Msg += s.extensions()
 	}
-	return rep
+	return s.finish(rep)
 }
 
-// Authenticated reports whether the last Auth succeeded.
+// extensions lists what EHLO offers, each on a line of its own.
+func (s *Session) extensions() string {
+	var b strings.Builder
+	b.WriteString("\nPIPELINING\n8BITMIME\nENHANCEDSTATUSCODES\nCHUNKING\nSMTPUTF8")
+	if s.dsn {
+		b.WriteString("\nDSN")
+	}
+	if s.authOffered() {
+		b.WriteString("\nAUTH PLAIN LOGIN")
+	}
+	b.WriteString("\nSIZE ")
+	b.WriteString(strconv.FormatInt(s.MaxMessageBytes(), 10))
+	if s.cfg.StartTLS && s.conn.TLS == nil {
+		b.WriteString("\nSTARTTLS")
+	}
+	return b.String()
+}
+
+// authOffered reports whether AUTH may be used on this connection now: an
+// auth plugin exists, and the connection is encrypted or the listener allows
+// plaintext AUTH from loopback.
+func (s *Session) authOffered() bool {
+	if !s.cfg.Chain.HasAuth() {
+		return false
+	}
+	return s.conn.TLS != nil || (s.cfg.AuthPlaintextLoopback && s.conn.RemoteIP().IsLoopback())
+}
+
+// Authenticated reports whether the client has authenticated.
 func (s *Session) Authenticated() bool { return s.conn.AuthUser != "" }
 
-// Mail handles MAIL FROM: mail_pre, then mail. from is the reverse-path
-// without angle brackets.
-func (s *Session) Mail(from string, params transaction.MailParams) hooks.Reply {
-	if s.tx != nil {
-		return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Nested MAIL command: a transaction is already in progress"}
+// Mail handles MAIL with its raw argument ("FROM:<a@example.org> SIZE=10"):
+// the sequence and the TLS and AUTH gates, strict parsing, the size the
+// client announced, then mail_pre and mail.
+func (s *Session) Mail(arg string) hooks.Reply {
+	c := s.conn
+	switch {
+	case s.tx != nil:
+		return s.finish(replyBadSequence("Nested MAIL command: a transaction is already in progress"))
+	case c.Helo == "":
+		return s.finish(replyBadSequence("Send EHLO or HELO first"))
+	case s.cfg.RequireTLS && c.TLS == nil:
+		return s.finish(hooks.Reply{Code: 530, Enhanced: [3]int{5, 7, 0}, Msg: "Must issue a STARTTLS command first"})
+	case s.cfg.RequireAuth && c.AuthUser == "":
+		return s.finish(hooks.Reply{Code: 530, Enhanced: [3]int{5, 7, 0}, Msg: "Authentication required"})
 	}
-	if params.Size > 0 && params.Size > s.MaxMessageBytes() {
-		return hooks.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Msg: fmt.Sprintf("Message size exceeds the limit of %d bytes", s.MaxMessageBytes())}
+	m, err := ParseMailArg(arg, s.dsn)
+	if err != nil {
+		return s.finish(addrReply(err))
+	}
+	if m.Size > 0 && m.Size > s.MaxMessageBytes() {
+		return s.finish(s.tooBig())
 	}
 	tx := transaction.New(s.cfg.SpoolDir, s.cfg.Limits.SpoolMemory)
-	tx.Params = params
+	tx.Params = transaction.MailParams{Size: m.Size, Body: m.Body, UTF8: m.UTF8, Auth: m.Auth, Ret: m.Ret, EnvID: m.EnvID}
+	from := m.Sender
 	if rep := s.reply(s.cfg.Chain.MailPre(s.ctx, s.conn, tx, &from)); rep.Code != 0 && !rep.Positive() {
 		tx.Close()
-		return rep
+		return s.finish(rep)
 	}
 	tx.Sender = from
 	rep := s.reply(s.cfg.Chain.Mail(s.ctx, s.conn, tx, from))
 	if !rep.Positive() {
 		tx.Close()
-		return rep
+		return s.finish(rep)
 	}
 	s.tx = tx
-	return rep
+	return s.finish(rep)
 }
 
-// Rcpt handles RCPT TO: rcpt_pre, then rcpt. rcpt is the forward-path
-// without angle brackets.
-func (s *Session) Rcpt(rcpt string) hooks.Reply {
-	if s.tx == nil {
-		return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Need MAIL before RCPT"}
+func (s *Session) tooBig() hooks.Reply {
+	return hooks.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Msg: fmt.Sprintf("Message size exceeds the limit of %d bytes", s.MaxMessageBytes())}
+}
+
+// Rcpt handles RCPT with its raw argument ("TO:<b@example.test>"): strict
+// parsing, the recipient limit, rcpt_pre and rcpt; an accepted recipient
+// is added to the transaction and told to the rcpt_ok observers.
+func (s *Session) Rcpt(arg string) hooks.Reply {
+	tx := s.tx
+	if tx == nil {
+		return s.finish(replyBadSequence("Need MAIL before RCPT"))
 	}
-	if len(s.tx.Recipients) >= s.cfg.Limits.MaxRecipients {
-		return hooks.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Msg: "Too many recipients"}
+	c := s.conn
+	r, err := ParseRcptArg(arg, tx.Params.UTF8, !c.Relay && c.AuthUser == "", s.dsn)
+	if err != nil {
+		return s.finish(addrReply(err))
 	}
-	if rep := s.reply(s.cfg.Chain.RcptPre(s.ctx, s.conn, s.tx, &rcpt)); rep.Code != 0 && !rep.Positive() {
-		return rep
+	if len(tx.Recipients) >= s.cfg.Limits.MaxRecipients {
+		return s.finish(hooks.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Msg: "Too many recipients"})
 	}
-	rep := s.reply(s.cfg.Chain.Rcpt(s.ctx, s.conn, s.tx, rcpt))
+	rcpt := r.Rcpt
+	if rep := s.reply(s.cfg.Chain.RcptPre(s.ctx, c, tx, &rcpt)); rep.Code != 0 && !rep.Positive() {
+		return s.finish(rep)
+	}
+	rep := s.reply(s.cfg.Chain.Rcpt(s.ctx, c, tx, rcpt))
 	if rep.Positive() {
-		s.tx.Recipients = append(s.tx.Recipients, rcpt)
+		tx.Recipients = append(tx.Recipients, rcpt)
+		if r.Notify != nil || r.ORcpt != "" {
+			if tx.RcptParams == nil {
+				tx.RcptParams = map[string]transaction.RcptParams{}
+			}
+			tx.RcptParams[rcpt] = transaction.RcptParams{Notify: r.Notify, ORcptType: r.ORcptType, ORcpt: r.ORcpt}
+		}
+		s.cfg.Chain.RcptOK(s.ctx, c, tx, rcpt)
 	}
-	return rep
+	return s.finish(rep)
 }
 
-// Data handles the DATA command: it returns 354 when the client may send
-// the message, or the refusal.
-func (s *Session) Data() hooks.Reply {
-	if s.tx == nil {
-		return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Need MAIL command"}
+// Data handles DATA: 354 when the client may send the message (the loop
+// then reads it and calls Message), or the refusal.
+func (s *Session) Data(arg string) hooks.Reply {
+	rep := s.data(arg)
+	if rep.Code == 354 {
+		s.next = stepMessage
+	} else {
+		s.refusedData = true
 	}
-	if len(s.tx.Recipients) == 0 {
+	return s.finish(rep)
+}
+
+func (s *Session) data(arg string) hooks.Reply {
+	switch {
+	case arg != "":
+		return replySyntax("DATA takes no argument")
+	case s.tx == nil:
+		return replyBadSequence("Need MAIL command")
+	case len(s.tx.Recipients) == 0:
 		return hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "No valid recipients"}
 	}
 	return s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx))
 }
 
-// errTooBig is returned by sizeLimit once more than the limit was read.
-var errTooBig = errors.New("message exceeds the size limit")
-
-// sizeLimit reads from r and fails with errTooBig past max bytes; exactly
-// max bytes pass.
-type sizeLimit struct {
-	r    io.Reader
-	n    int64
-	max  int64
-	over bool
-}
-
-func (l *sizeLimit) Read(p []byte) (int, error) {
-	if l.over {
-		return 0, errTooBig
+// Bdat handles BDAT with its raw argument ("1000 LAST"). Its reply comes
+// once the chunk is read, so it returns a zero Reply and the loop reads
+// the chunk: into the message (see Message) or, when the chunk is refused,
+// into nothing. Only an argument that does not say how long the chunk is
+// gets a reply at once, and it closes: the chunk cannot be told from
+// commands.
+func (s *Session) Bdat(arg string) hooks.Reply {
+	size, last, ok := parseBdat(arg)
+	if !ok {
+		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "Syntax: BDAT size [LAST]; closing connection", Close: true})
 	}
-	if room := l.max + 1 - l.n; int64(len(p)) > room {
-		p = p[:room]
+	if size > s.MaxMessageBytes() {
+		// Reading that much to stay in step would serve nobody.
+		return s.finish(hooks.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Msg: fmt.Sprintf("Message size exceeds the limit of %d bytes; closing connection", s.MaxMessageBytes()), Close: true})
 	}
-	n, err := l.r.Read(p)
-	l.n += int64(n)
-	if l.n > l.max {
-		l.over = true
-		return n, errTooBig
-	}
-	return n, err
-}
-
-// messageReaders are the read buffers of Message, shared by the
-// connections: a 32 KiB buffer per message made most of the garbage of a
-// busy server.
-var messageReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
-
-// Message reads the message (the DATA payload, dot-unstuffed, up to but not
-// including the final dot) from r, runs data_headers_end, received_line,
-// data_post, queue_pre, queue and queue_post, and returns the reply to the
-// final dot. Only a queue plugin's OK gives 250. The caller reads what r
-// still holds after an early reply.
-func (s *Session) Message(r io.Reader) hooks.Reply {
-	tx := s.tx
-	if tx == nil {
-		return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: "Need MAIL command"}
-	}
-	defer s.Reset() // the end of DATA ends the transaction, whatever the reply
-	limited := &sizeLimit{r: r, max: s.MaxMessageBytes()}
-	br := messageReaders.Get().(*bufio.Reader)
-	br.Reset(limited)
-	defer func() {
-		br.Reset(nil)
-		messageReaders.Put(br)
-	}()
-
-	pending, err := tx.ReadHeader(br, s.cfg.Limits.MaxHeaderBytes)
-	if err != nil {
-		return s.readFailure(err)
-	}
-	if rep := s.reply(s.cfg.Chain.DataHeadersEnd(s.ctx, s.conn, tx)); rep.Code != 0 {
-		if !rep.Close {
-			// Drain what is left; past the size limit the rest is go-smtp's
-			// to discard, and the plugin's reply stands.
-			if _, err := io.Copy(io.Discard, br); err != nil && !errors.Is(err, errTooBig) {
-				return s.readFailure(err)
-			}
-		}
-		return rep
-	}
-	if len(pending) > 0 {
-		if _, err := tx.Body.Write(pending); err != nil {
-			return s.spoolFailure(err)
-		}
-	}
-	if _, err := br.WriteTo(bodyWriter{tx.Body}); err != nil {
-		var sw spoolWriteError
-		if errors.As(err, &sw) {
-			return s.spoolFailure(sw.err)
-		}
-		return s.readFailure(err)
-	}
-	tx.Size = limited.n
-
-	line := s.receivedLine(tx)
-	if rep := s.reply(s.cfg.Chain.ReceivedLine(s.ctx, s.conn, tx, &line)); rep.Code != 0 && !rep.Positive() {
-		return rep
-	}
-	tx.Header.Prepend("Received", line)
-
-	if d := s.cfg.Chain.DataPost(s.ctx, s.conn, tx); d.Result.Code != hooks.Declined {
-		if rep := s.reply(d); rep.Code != 0 && !rep.Positive() || d.Result.Code == hooks.Done {
-			return s.notQueued(d, rep)
-		}
-	}
-	if d := s.cfg.Chain.QueuePre(s.ctx, s.conn, tx); d.Result.Code != hooks.Declined {
-		if rep := s.reply(d); rep.Code != 0 && !rep.Positive() || d.Result.Code == hooks.Done {
-			return s.notQueued(d, rep)
-		}
-	}
-	d := s.cfg.Chain.Queue(s.ctx, s.conn, tx)
-	rep := s.reply(d)
-	if d.Result.Code == hooks.Done {
-		return s.notQueued(d, rep)
-	}
-	if d.Result.Code != hooks.OK {
-		if d.Result.Code == hooks.Declined {
-			s.log.Warn("no queue plugin took the message; check the listener's plugin list", "tx", tx.ID)
-		}
-		return rep
-	}
-	if tx.QueueID == "" {
-		tx.QueueID = tx.ID
-	}
-	rep.Msg = "Ok: queued as " + tx.QueueID
-	s.conn.Messages++
-	if s.log.Enabled(s.ctx, slog.LevelInfo) {
-		s.log.Info("message queued", "queue_id", tx.QueueID, "plugin", d.Plugin, "from", tx.Sender,
-			"rcpts", len(tx.Recipients), "size", tx.MessageSize(), "detail", d.Result.Msg)
-	}
-	s.cfg.Chain.QueuePost(s.ctx, s.conn, tx)
-	return rep
-}
-
-// notQueued answers a message that data_post or queue_pre rejected, or that
-// a plugin took with Done (then 250, and nothing is queued).
-func (s *Session) notQueued(d hooks.Decision, rep hooks.Reply) hooks.Reply {
-	if d.Result.Code == hooks.Done {
-		msg := d.Result.Msg
-		if msg == "" {
-			msg = "Ok: accepted by " + d.Plugin
-		}
-		return hooks.Reply{Code: 250, Enhanced: [3]int{2, 0, 0}, Msg: msg}
-	}
-	return rep
-}
-
-// bodyWriter tags spool errors so Message can tell them from read errors.
-type bodyWriter struct{ s *transaction.Spool }
-
-type spoolWriteError struct{ err error }
-
-func (e spoolWriteError) Error() string { return e.err.Error() }
-
-func (w bodyWriter) Write(p []byte) (int, error) {
-	n, err := w.s.Write(p)
-	if err != nil {
-		return n, spoolWriteError{err}
-	}
-	return n, nil
-}
-
-func (s *Session) readFailure(err error) hooks.Reply {
+	s.next, s.chunk = stepChunk, chunk{size: size, last: last}
+	var refused *hooks.Reply
 	switch {
-	case errors.Is(err, errTooBig):
-		return hooks.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Msg: fmt.Sprintf("Message size exceeds the limit of %d bytes", s.MaxMessageBytes())}
-	case errors.Is(err, transaction.ErrHeaderTooLong):
-		return hooks.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Msg: "Message header section too long"}
+	case s.bdatFailed != nil:
+		refused = s.bdatFailed
+	case s.inMessage:
+		return hooks.Reply{}
+	case s.tx == nil:
+		r := replyBadSequence("Need MAIL command")
+		refused = &r
+	case len(s.tx.Recipients) == 0:
+		r := hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "No valid recipients"}
+		refused = &r
+	default:
+		// The data hook runs at the first chunk, as at DATA.
+		if rep := s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx)); !rep.Positive() {
+			refused = &rep
+		}
 	}
-	s.log.Warn("reading the message failed", "err", err)
-	return hooks.Reply{Code: 421, Enhanced: [3]int{4, 4, 2}, Msg: "Error reading the message; closing connection", Close: true}
-}
-
-func (s *Session) spoolFailure(err error) hooks.Reply {
-	s.log.Error("spooling the message failed", "err", err)
-	return hooks.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Msg: "Local error in processing; try again later"}
-}
-
-// receivedLine builds the core's Received header value (RFC 5321 4.4).
-func (s *Session) receivedLine(tx *transaction.Transaction) string {
-	c := s.conn
-	b := make([]byte, 0, 256) // built with appends, not fmt: it is made for every message
-	b = append(b, "from "...)
-	b = append(b, orUnknown(c.Helo)...)
-	b = append(b, " (["...)
-	b = c.RemoteIP().AppendTo(b)
-	b = append(b, "])"...)
-	if c.TLS != nil {
-		b = append(b, "\r\n\t(using "...)
-		b = append(b, strings.Replace(tls.VersionName(c.TLS.Version), "TLS ", "TLSv", 1)...)
-		b = append(b, " with cipher "...)
-		b = append(b, tls.CipherSuiteName(c.TLS.CipherSuite)...)
-		b = append(b, ')')
-	}
-	if c.AuthUser != "" {
-		if s.cfg.ReceivedAuthUser {
-			b = append(b, "\r\n\t(authenticated as "...)
-			b = append(b, c.AuthUser...)
-			b = append(b, ')')
+	if refused != nil {
+		s.chunk.refused = refused
+		if !last {
+			s.bdatFailed = refused
 		} else {
-			b = append(b, "\r\n\t(authenticated)"...)
+			s.bdatFailed = nil
 		}
 	}
-	b = append(b, "\r\n\tby "...)
-	b = append(b, c.Hostname...)
-	b = append(b, " (Sluice) with "...)
-	b = append(b, withProtocol(c)...)
-	b = append(b, " id "...)
-	b = append(b, tx.ID...)
-	if len(tx.Recipients) == 1 {
-		b = append(b, "\r\n\tfor <"...)
-		b = append(b, tx.Recipients[0]...)
-		b = append(b, '>')
-	}
-	b = append(b, "; "...)
-	b = s.cfg.Now().AppendFormat(b, time.RFC1123Z)
-	return string(b)
+	return hooks.Reply{}
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
+// chunkRefused answers a BDAT chunk that was read and dropped.
+func (s *Session) chunkRefused() hooks.Reply { return s.finish(*s.chunk.refused) }
+
+// chunkReceived answers a BDAT chunk that went into the message, not the
+// last one.
+func (s *Session) chunkReceived(n int64) hooks.Reply {
+	return hooks.Reply{Code: 250, Enhanced: [3]int{2, 0, 0}, Msg: strconv.FormatInt(n, 10) + " octets received"}
 }
 
-// withProtocol names the protocol as RFC 3848 registers it.
-func withProtocol(c *connection.Connection) string {
-	p := "SMTP"
-	if c.ESMTP {
-		p = "ESMTP"
-		if c.TLS != nil {
-			p += "S"
-		}
-		if c.AuthUser != "" {
-			p += "A"
-		}
+// StartTLS handles STARTTLS: 220 when the loop is to run the handshake now,
+// after which it calls TLSStarted.
+func (s *Session) StartTLS(arg string) hooks.Reply {
+	var rep hooks.Reply
+	switch {
+	case arg != "":
+		rep = replySyntax("STARTTLS takes no argument")
+	case !s.cfg.StartTLS:
+		rep = hooks.Reply{Code: 502, Enhanced: [3]int{5, 5, 1}, Msg: "STARTTLS not available"}
+	case s.conn.TLS != nil:
+		rep = replyBadSequence("TLS already active")
+	case s.Authenticated():
+		// RFC 3207 4.2 would have AUTH forgotten; a client that
+		// authenticated in plaintext (only possible where
+		// auth_plaintext_loopback allows it) stays so.
+		rep = replyBadSequence("STARTTLS is not allowed after AUTH")
+	case s.tx != nil:
+		rep = replyBadSequence("STARTTLS is not allowed during a mail transaction")
+	default:
+		s.next = stepTLS
+		return hooks.Reply{Code: 220, Enhanced: [3]int{2, 0, 0}, Msg: "Ready to start TLS"}
 	}
-	return p
+	return s.finish(rep)
+}
+
+// TLSStarted records a completed handshake and forgets what the client
+// said before it (RFC 3207 4.2): the transaction and the HELO name.
+func (s *Session) TLSStarted(st *tls.ConnectionState) {
+	s.conn.TLS = st
+	s.Reset()
+	s.conn.Helo, s.conn.ESMTP = "", false
+}
+
+// Rset handles RSET.
+func (s *Session) Rset(arg string) hooks.Reply {
+	if rep, over := s.junkCommand(); over {
+		return rep
+	}
+	s.Reset()
+	return s.finish(hooks.Reply{Code: 250, Enhanced: [3]int{2, 0, 0}, Msg: "Session reset"})
 }
 
 // Reset ends the transaction in progress, if any, and runs
@@ -471,34 +609,68 @@ func (s *Session) Reset() {
 
 // Vrfy handles VRFY.
 func (s *Session) Vrfy(arg string) hooks.Reply {
-	return s.reply(s.cfg.Chain.Vrfy(s.ctx, s.conn, arg))
+	if rep, over := s.junkCommand(); over {
+		return rep
+	}
+	return s.finish(s.reply(s.cfg.Chain.Vrfy(s.ctx, s.conn, arg)))
 }
 
 // Noop handles NOOP.
-func (s *Session) Noop() hooks.Reply { return s.reply(s.cfg.Chain.Noop(s.ctx, s.conn)) }
+func (s *Session) Noop(arg string) hooks.Reply {
+	if rep, over := s.junkCommand(); over {
+		return rep
+	}
+	return s.finish(s.reply(s.cfg.Chain.Noop(s.ctx, s.conn)))
+}
 
 // Help handles HELP.
 func (s *Session) Help(topic string) hooks.Reply {
-	return s.reply(s.cfg.Chain.Help(s.ctx, s.conn, topic))
+	if rep, over := s.junkCommand(); over {
+		return rep
+	}
+	return s.finish(s.reply(s.cfg.Chain.Help(s.ctx, s.conn, topic)))
 }
 
 // Quit handles QUIT: the reply always closes the connection.
-func (s *Session) Quit() hooks.Reply {
+func (s *Session) Quit(arg string) hooks.Reply {
 	rep := s.reply(s.cfg.Chain.Quit(s.ctx, s.conn))
 	if rep.Msg == "Bye" {
 		rep.Msg = s.conn.Hostname + " closing connection"
 	}
-	return rep
+	rep.Close = true
+	return s.finish(rep)
 }
 
 // Unrecognized handles a command Sluice does not implement.
-func (s *Session) Unrecognized(cmd, arg string) hooks.Reply {
-	return s.reply(s.cfg.Chain.Unrecognized(s.ctx, s.conn, cmd, arg))
+func (s *Session) Unrecognized(verb, arg string) hooks.Reply {
+	return s.finish(s.reply(s.cfg.Chain.Unrecognized(s.ctx, s.conn, verb, arg)))
 }
 
 // Close ends the session: the transaction in progress is reset and the
 // disconnect hook runs. Call it once, whoever closed the connection.
 func (s *Session) Close() {
+	s.sasl = nil
 	s.Reset()
 	s.cfg.Chain.Disconnect(s.ctx, s.conn)
+}
+
+// addrReply turns a parser refusal into its reply.
+func addrReply(err error) hooks.Reply {
+	if ae, ok := err.(*AddrError); ok {
+		return hooks.Reply{Code: ae.Code, Enhanced: ae.Enhanced, Msg: ae.Msg}
+	}
+	return hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error"}
+}
+
+// pipelinedMessage ends a session whose client sent its message right
+// after a refused DATA, without waiting for the reply.
+func (s *Session) pipelinedMessage() hooks.Reply {
+	s.log.Warn("message pipelined after a refused DATA; closing")
+	return s.finish(replyPipelinedMsg)
+}
+
+// messageReadFailure answers a failure to read the rest of a message
+// after its reply was decided (while dropping it).
+func (s *Session) messageReadFailure(err error) hooks.Reply {
+	return s.finish(s.readFailure(err))
 }

@@ -116,7 +116,7 @@ func TestFullTransactionQueued(t *testing.T) {
 func TestReceivedWithHeloAndIPv6(t *testing.T) {
 	h := hookstest.New(t, accept(), hookstest.Queue())
 	s := h.Connect("[2001:db8::1]:1234")
-	hookstest.Expect(t, s.Session.Helo("old.example", false), 250)
+	hookstest.Expect(t, s.Session.Helo("old.example"), 250)
 	hookstest.Expect(t, s.Send("", []string{"bob@example.test"}, "Subject: bounce\r\n\r\n"), 250)
 	data := string(h.Queued()[0].Data)
 	if !strings.HasPrefix(data, "Received: from old.example ([2001:db8::1])\r\n\tby mx.example.test (Sluice) with SMTP id ") {
@@ -132,13 +132,13 @@ func TestCommandsOutOfOrder(t *testing.T) {
 	s := h.Connect("192.0.2.1")
 	hookstest.Expect(t, s.Helo("client.example.test"), 250)
 	hookstest.Expect(t, s.Rcpt("bob@example.test"), 503, "503 5.5.1")
-	hookstest.Expect(t, s.Session.Data(), 503, "503 5.5.1")
+	hookstest.Expect(t, s.Session.Data(""), 503, "503 5.5.1")
 	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
 	hookstest.Expect(t, s.Mail("mallory@example.org"), 503, "503 5.5.1")
 	if s.Transaction().Sender != "alice@example.org" {
 		t.Fatalf("the nested MAIL replaced the sender: %q", s.Transaction().Sender)
 	}
-	hookstest.Expect(t, s.Session.Data(), 554, "554 5.5.1 No valid recipients")
+	hookstest.Expect(t, s.Session.Data(""), 554, "554 5.5.1 No valid recipients")
 	s.Reset()
 	hookstest.Expect(t, s.Mail("mallory@example.org"), 250)
 	if len(h.Queued()) != 0 {
@@ -220,8 +220,8 @@ func TestMessageSizeLimit(t *testing.T) {
 	hookstest.Expect(t, s.Send("a@example.org", []string{"b@example.test"}, msg), 250)
 
 	// SIZE= over the limit is refused at MAIL.
-	hookstest.Expect(t, s.Session.Mail("a@example.org", transaction.MailParams{Size: limit + 1}), 552, "552 5.3.4")
-	hookstest.Expect(t, s.Session.Mail("a@example.org", transaction.MailParams{Size: limit}), 250)
+	hookstest.Expect(t, s.Cmd(fmt.Sprintf("MAIL FROM:<a@example.org> SIZE=%d", limit+1)), 552, "552 5.3.4")
+	hookstest.Expect(t, s.Cmd(fmt.Sprintf("MAIL FROM:<a@example.org> SIZE=%d", limit)), 250)
 }
 
 type sizePlugin struct {
@@ -349,8 +349,8 @@ func TestDisconnectFiresOnClose(t *testing.T) {
 	h := hookstest.New(t, accept(), hookstest.Plugin("lc", lc))
 	srv := server.NewSession(context.Background(), connection.New("test", "mx.example.test",
 		netip.MustParseAddrPort("127.0.0.1:25"), netip.MustParseAddrPort("192.0.2.1:1")), server.SessionConfig{Chain: h.Chain, SpoolDir: t.TempDir()})
-	srv.Helo("c", true)
-	srv.Mail("open@example.org", transaction.MailParams{})
+	srv.Ehlo("c")
+	srv.Mail("FROM:<open@example.org>")
 	srv.Close()
 	if got := lc.take(); !slices.Equal(got, []string{"reset open@example.org", "disconnect"}) {
 		t.Fatalf("Close with a transaction in progress: %q, want reset then disconnect", got)
@@ -385,10 +385,10 @@ func newSession(t *testing.T, h *hookstest.Harness) *server.Session {
 	s := server.NewSession(context.Background(), c, server.SessionConfig{Chain: h.Chain, Limits: h.Limits, SpoolDir: t.TempDir(), Now: h.Now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	t.Cleanup(s.Close)
-	hookstest.Expect(t, s.Helo("client.example.test", true), 250)
-	hookstest.Expect(t, s.Mail("a@example.org", transaction.MailParams{}), 250)
-	hookstest.Expect(t, s.Rcpt("b@example.test"), 250)
-	hookstest.Expect(t, s.Data(), 354)
+	hookstest.Expect(t, s.Ehlo("client.example.test"), 250)
+	hookstest.Expect(t, s.Mail("FROM:<a@example.org>"), 250)
+	hookstest.Expect(t, s.Rcpt("TO:<b@example.test>"), 250)
+	hookstest.Expect(t, s.Data(""), 354)
 	return s
 }
 
@@ -675,10 +675,10 @@ func TestOtherCommandsDefaults(t *testing.T) {
 	h := hookstest.New(t, accept())
 	s := h.Connect("192.0.2.1")
 	hookstest.Expect(t, s.Vrfy("postmaster"), 252, "252 2.5.0")
-	hookstest.Expect(t, s.Noop(), 250)
+	hookstest.Expect(t, s.Noop(""), 250)
 	hookstest.Expect(t, s.Help(""), 214)
 	hookstest.Expect(t, s.Unrecognized("XFOO", ""), 500, "500 5.5.1")
-	rep := s.Quit()
+	rep := s.Quit("")
 	hookstest.Expect(t, rep, 221, "221 2.0.0 mx.example.test closing connection")
 	if !rep.Close {
 		t.Fatal("QUIT does not close")
@@ -725,10 +725,10 @@ func TestSpoolFilesAreNotLeft(t *testing.T) {
 	h := hookstest.New(t, accept(), hookstest.Queue())
 	c := connection.New("test", "mx.example.test", netip.MustParseAddrPort("127.0.0.1:25"), netip.MustParseAddrPort("192.0.2.1:1"))
 	s := server.NewSession(context.Background(), c, server.SessionConfig{Chain: h.Chain, SpoolDir: dir, Limits: server.Limits{SpoolMemory: 16}})
-	s.Helo("c", true)
-	s.Mail("a@example.org", transaction.MailParams{})
-	s.Rcpt("b@example.test")
-	s.Data()
+	s.Ehlo("c")
+	s.Mail("FROM:<a@example.org>")
+	s.Rcpt("TO:<b@example.test>")
+	s.Data("")
 	big := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef", 4096)
 	hookstest.Expect(t, s.Message(strings.NewReader(big)), 250)
 	if !strings.HasSuffix(string(h.Queued()[0].Data), big) {

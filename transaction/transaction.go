@@ -26,6 +26,24 @@ type MailParams struct {
 	UTF8 bool
 	// Auth is the AUTH= parameter, "" when absent.
 	Auth string
+	// Ret is the DSN RET= parameter (RFC 3461): "FULL", "HDRS" or "".
+	Ret string
+	// EnvID is the DSN ENVID= parameter, xtext-decoded; "" when absent.
+	EnvID string
+}
+
+// RcptParams are the DSN parameters (RFC 3461) of one RCPT command. They
+// are only accepted on a listener that offers DSN, which it does only when
+// its queue plugins carry DSN on (hooks.DSNCarrier).
+type RcptParams struct {
+	// Notify is NOTIFY=: nil when absent, ["NEVER"], or a subset of
+	// "SUCCESS", "FAILURE" and "DELAY" in the order the client gave.
+	Notify []string
+	// ORcptType and ORcpt are ORCPT=: the address type ("rfc822" or
+	// "utf-8", lower case) and the original recipient, decoded; "" when
+	// absent.
+	ORcptType string
+	ORcpt     string
 }
 
 // Transaction is one message on its way through the chain.
@@ -39,6 +57,9 @@ type Transaction struct {
 	Params MailParams
 	// Recipients are the accepted forward-paths, in order.
 	Recipients []string
+	// RcptParams holds the DSN parameters of the recipients that had any,
+	// by forward-path as it stands in Recipients; nil when none had.
+	RcptParams map[string]RcptParams
 	// Header is the message header, available from data_headers_end on.
 	// Plugins may add, change and remove fields; the queue writes it.
 	Header Header

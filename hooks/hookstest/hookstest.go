@@ -9,6 +9,7 @@
 //	hookstest.Expect(t, s.Helo("client.example"), 250)
 //	hookstest.Expect(t, s.Mail("alice@example.org"), 250)
 //	hookstest.Expect(t, s.Rcpt("bob@elsewhere.test"), 550)
+//	hookstest.ExpectReply(t, s.Cmd("RCPT TO:<bob@example.test> NOTIFY=NEVER"), "555 5.5.4 Unsupported parameter NOTIFY")
 //
 // Settings and README examples have helpers of their own:
 //
@@ -16,12 +17,16 @@
 //	hookstest.BuildFromReadme(t, "rcptok", "README.md")
 //
 // The replies are exactly what the server would send: hookstest runs the
-// same state machine (server.Session) as a real connection.
+// same state machine (server.Session) as a real connection, from the raw
+// command arguments on: address parsing, the TLS and AUTH gates and the
+// SASL exchange are the server's own (Session.StartTLS, AuthPlain, Cmd).
 package hookstest
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -229,30 +234,78 @@ type Harness struct {
 	Hostname string
 	// Now is the clock for Received headers. Default: a fixed time.
 	Now func() time.Time
-	// Logger receives the session's and the chain's logs. Default: the
-	// test's log (shown with -v or when the test fails).
+	// Logger receives the session's and the chain's logs (plugin errors,
+	// panics, timeouts), also when set after New. Default: the test's log
+	// (shown with -v or when the test fails).
 	Logger *slog.Logger
-	queue  *QueueRecorder
+	// The listener's rules, for sessions connected after they are set:
+	// StartTLS offers STARTTLS (Session.StartTLS then marks the session
+	// as encrypted), RequireTLS and RequireAuth refuse MAIL before them,
+	// AuthPlaintextLoopback allows AUTH without TLS from 127.0.0.1.
+	StartTLS, RequireTLS, RequireAuth, AuthPlaintextLoopback bool
+	// AuthLimiter counts failed AUTHs across the harness's sessions.
+	AuthLimiter *server.AuthLimiter
+	queue       *QueueRecorder
+}
+
+// Options tune the chain NewWithOptions builds.
+type Options struct {
+	// Timeout bounds each hook's run through the chain; default 5s.
+	// QueueTimeout bounds the queue hook; default the same as Timeout.
+	Timeout, QueueTimeout time.Duration
 }
 
 // New builds a chain from the instances, in order. A QueueRecorder among
 // them is what Queued reports.
 func New(t testing.TB, plugins ...hooks.Instance) *Harness {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
-	ch, err := hooks.NewChain(plugins, hooks.Options{Timeout: 5 * time.Second, Logger: log})
+	return NewWithOptions(t, Options{}, plugins...)
+}
+
+// NewWithOptions is New with the chain's hook deadlines set, to test a
+// plugin that must give up in time.
+func NewWithOptions(t testing.TB, opts Options, plugins ...hooks.Instance) *Harness {
+	t.Helper()
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.QueueTimeout <= 0 {
+		opts.QueueTimeout = opts.Timeout
+	}
+	h := &Harness{t: t, Hostname: "mx.example.test", Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }, AuthLimiter: &server.AuthLimiter{}}
+	ch, err := hooks.NewChain(plugins, hooks.Options{Timeout: opts.Timeout, QueueTimeout: opts.QueueTimeout, Logger: slog.New(harnessHandler{h})})
 	if err != nil {
 		t.Fatalf("hookstest.New: %v", err)
 	}
 	t.Cleanup(func() { ch.Close() })
-	h := &Harness{t: t, Chain: ch, Hostname: "mx.example.test", Logger: log,
-		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }}
+	h.Chain = ch
 	for _, in := range plugins {
 		if q, ok := in.Plugin.(*QueueRecorder); ok {
 			h.queue = q
 		}
 	}
 	return h
+}
+
+// harnessHandler sends the chain's log lines to whatever Harness.Logger is
+// when they are logged.
+type harnessHandler struct{ h *Harness }
+
+func (x harnessHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return x.h.Logger.Handler().Enabled(ctx, l)
+}
+
+func (x harnessHandler) Handle(ctx context.Context, r slog.Record) error {
+	return x.h.Logger.Handler().Handle(ctx, r)
+}
+
+func (x harnessHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return x.h.Logger.Handler().WithAttrs(as)
+}
+
+func (x harnessHandler) WithGroup(name string) slog.Handler {
+	return x.h.Logger.Handler().WithGroup(name)
 }
 
 // testWriter sends log lines to t.Log.
@@ -271,7 +324,10 @@ func (h *Harness) Queued() []Message {
 	return h.queue.Messages()
 }
 
-// Session is one simulated connection.
+// Session is one simulated connection: the server's own state machine,
+// driven without a socket. Its methods take what a client types; the
+// embedded *server.Session's take the raw command arguments (Mail("FROM:<a@b.example> SIZE=10")),
+// and its Command a whole line with its CRLF.
 type Session struct {
 	*server.Session
 	t         testing.TB
@@ -299,6 +355,8 @@ func (h *Harness) Connect(remote string) *Session {
 	c := connection.New("test", h.Hostname, netip.MustParseAddrPort("127.0.0.1:25"), ap)
 	s := &Session{Session: server.NewSession(context.Background(), c, server.SessionConfig{
 		Chain: h.Chain, Limits: h.Limits, SpoolDir: h.t.TempDir(), Now: h.Now, Logger: h.Logger,
+		StartTLS: h.StartTLS, RequireTLS: h.RequireTLS, RequireAuth: h.RequireAuth,
+		AuthPlaintextLoopback: h.AuthPlaintextLoopback, AuthLimiter: h.AuthLimiter,
 	}), t: h.t}
 	s.greeting = s.Session.Connect()
 	h.t.Cleanup(s.Close)
@@ -308,46 +366,99 @@ func (h *Harness) Connect(remote string) *Session {
 // Greeting returns the reply the connect hook gave at Connect.
 func (s *Session) Greeting() hooks.Reply { return s.greeting }
 
-// Helo sends EHLO.
-func (s *Session) Helo(host string) hooks.Reply { return s.Session.Helo(host, true) }
+// Cmd sends one command line (CRLF added), exactly as a client would type
+// it: "MAIL FROM:<a@example.org> SIZE=100".
+func (s *Session) Cmd(line string) hooks.Reply { return s.Session.Command(line + "\r\n") }
+
+// Helo sends EHLO host.
+func (s *Session) Helo(host string) hooks.Reply { return s.Session.Ehlo(host) }
 
 // Mail sends MAIL FROM:<from>.
-func (s *Session) Mail(from string) hooks.Reply {
-	return s.Session.Mail(from, transaction.MailParams{})
+func (s *Session) Mail(from string) hooks.Reply { return s.Session.Mail("FROM:<" + from + ">") }
+
+// Rcpt sends RCPT TO:<to>.
+func (s *Session) Rcpt(to string) hooks.Reply { return s.Session.Rcpt("TO:<" + to + ">") }
+
+// StartTLS sends STARTTLS and, when the server agrees (220), completes a
+// TLS 1.3 "handshake": the session is then encrypted, through the same
+// path as a real one (and, as there, has forgotten its EHLO).
+func (s *Session) StartTLS() hooks.Reply {
+	rep := s.Session.StartTLS("")
+	if rep.Code == 220 {
+		s.Session.TLSStarted(&tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256, HandshakeComplete: true})
+	}
+	return rep
+}
+
+// AuthPlain sends AUTH PLAIN with user and password as its initial
+// response, through the server's SASL exchange and the auth hook.
+func (s *Session) AuthPlain(user, password string) hooks.Reply {
+	return s.Cmd("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00"+password)))
 }
 
 // Data sends DATA and, when it gets 354, the message (use "\r\n" line
 // endings; no final dot); it returns the last reply.
 func (s *Session) Data(msg string) hooks.Reply {
-	rep := s.Session.Data()
+	rep := s.Session.Data("")
 	if rep.Code != 354 {
 		return rep
 	}
-	rep = s.Session.Message(strings.NewReader(msg))
-	s.Session.Reset() // the end of DATA ends the transaction, as on the wire
-	return rep
+	return s.Session.Message(strings.NewReader(msg))
 }
 
-// Send runs a whole transaction (EHLO when needed, MAIL, each RCPT, DATA)
-// and returns the first reply that is not positive, or the final one.
-func (s *Session) Send(from string, to []string, msg string) hooks.Reply {
+// Transcript holds every reply of one SendAll.
+type Transcript struct {
+	Mail hooks.Reply
+	Rcpt []hooks.Reply // one per recipient, in order
+	// Data is the reply to DATA (a refusal) or to the end of the message;
+	// zero when DATA was not sent (MAIL or every recipient refused).
+	Data hooks.Reply
+}
+
+// SendAll runs a whole transaction as a real client does (EHLO when
+// needed, MAIL, each RCPT, DATA when at least one recipient was accepted)
+// and returns every reply. The transaction is over when it returns.
+func (s *Session) SendAll(from string, to []string, msg string) Transcript {
+	var tr Transcript
+	defer s.Reset() // whatever happened, the next one starts a new transaction
 	if s.Conn().Helo == "" {
 		if rep := s.Helo("client.example.test"); !rep.Positive() {
-			return rep
+			tr.Mail = rep
+			return tr
 		}
 	}
-	if rep := s.Mail(from); !rep.Positive() {
-		return rep
+	if tr.Mail = s.Mail(from); !tr.Mail.Positive() {
+		return tr
 	}
+	accepted := 0
 	for _, r := range to {
-		if rep := s.Rcpt(r); !rep.Positive() {
-			s.Reset()
+		rep := s.Rcpt(r)
+		tr.Rcpt = append(tr.Rcpt, rep)
+		if rep.Positive() {
+			accepted++
+		}
+	}
+	if accepted > 0 {
+		tr.Data = s.Data(msg)
+	}
+	return tr
+}
+
+// Send is SendAll returning one reply: the first refusal (of EHLO, MAIL
+// or a recipient) or, when there was none, the reply to the message. Like
+// a real client it goes on past a refused recipient: the message goes to
+// the others.
+func (s *Session) Send(from string, to []string, msg string) hooks.Reply {
+	tr := s.SendAll(from, to, msg)
+	if !tr.Mail.Positive() {
+		return tr.Mail
+	}
+	for _, rep := range tr.Rcpt {
+		if !rep.Positive() {
 			return rep
 		}
 	}
-	rep := s.Data(msg)
-	s.Reset() // whatever happened, the next Send starts a new transaction
-	return rep
+	return tr.Data
 }
 
 // Expect fails the test unless rep has the given code; with text, the reply
@@ -362,4 +473,28 @@ func Expect(t testing.TB, rep hooks.Reply, code int, text ...string) {
 			t.Fatalf("reply %q: want it to contain %q", rep.String(), want)
 		}
 	}
+}
+
+// ExpectReply fails the test unless rep is exactly want as the client
+// reads it, without CRLF ("550 5.7.1 relaying denied"; the lines of a
+// multi-line reply joined by "\n" as in hooks.Reply.Msg).
+func ExpectReply(t testing.TB, rep hooks.Reply, want string) {
+	t.Helper()
+	if got := rep.String(); got != want {
+		t.Fatalf("reply %q: want exactly %q", got, want)
+	}
+}
+
+// BuildAs is Build returning the plugin as its type: a test that needs
+// the concrete plugin gets it, or fails when the registered constructor
+// returns another type.
+func BuildAs[T any](t testing.TB, name, settings string) T {
+	t.Helper()
+	p := Build(t, name, settings)
+	v, ok := p.(T)
+	if !ok {
+		var zero T
+		t.Fatalf("hookstest.BuildAs(%q): the plugin is a %T, not a %T", name, p, zero)
+	}
+	return v
 }

@@ -172,21 +172,31 @@ func TestSend(t *testing.T) {
 	if s.Conn().Helo != "client.example.test" || !s.Conn().ESMTP {
 		t.Fatalf("Send's EHLO: %q %v", s.Conn().Helo, s.Conn().ESMTP)
 	}
-	// A refused recipient stops it, with the transaction reset.
+	// A refused recipient is reported, and the message goes to the others,
+	// as a real client sends it.
 	rep := s.Send("a@example.org", []string{"b@example.test", "c@elsewhere.test", "d@example.test"}, "Subject: 2\r\n\r\n")
 	hookstest.Expect(t, rep, 550, "550 5.7.1 relaying denied")
 	if s.Transaction() != nil {
-		t.Fatal("Send left the refused transaction open")
+		t.Fatal("Send left the transaction open")
 	}
-	if len(h.Queued()) != 1 {
-		t.Fatal("the refused transaction was queued")
+	if q := h.Queued(); len(q) != 2 || strings.Join(q[1].Recipients, ",") != "b@example.test,d@example.test" {
+		t.Fatalf("queued %d messages; want the second to b and d only", len(q))
+	}
+	// SendAll gives every reply.
+	tr := s.SendAll("a@example.org", []string{"c@elsewhere.test", "b@example.test"}, "Subject: 2b\r\n\r\n")
+	if tr.Mail.Code != 250 || len(tr.Rcpt) != 2 || tr.Rcpt[0].Code != 550 || tr.Rcpt[1].Code != 250 || tr.Data.Code != 250 {
+		t.Fatalf("SendAll: %+v", tr)
+	}
+	// Every recipient refused: no DATA.
+	if tr := s.SendAll("a@example.org", []string{"c@elsewhere.test"}, "x\r\n"); tr.Data.Code != 0 || len(h.Queued()) != 3 {
+		t.Fatalf("SendAll with no recipient sent DATA: %+v", tr)
 	}
 	// A session that said HELO keeps its name.
 	s = h.Connect("192.0.2.1")
 	s.Helo("mine.example")
 	hookstest.Expect(t, s.Send("a@example.org", []string{"b@example.test"}, "Subject: 3\r\n\r\n"), 250)
-	if !strings.Contains(string(h.Queued()[1].Data), "from mine.example ") {
-		t.Fatalf("Send replaced the client's name: %q", h.Queued()[1].Data)
+	if !strings.Contains(string(h.Queued()[3].Data), "from mine.example ") {
+		t.Fatalf("Send replaced the client's name: %q", h.Queued()[3].Data)
 	}
 }
 

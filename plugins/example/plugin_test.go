@@ -59,7 +59,8 @@ func TestMessage(t *testing.T) {
 	s := h.Connect("192.0.2.1")
 	// Greeting runs the connect hook.
 	want(t, "greeting", s.Greeting(), "220 mx.example.test ESMTP Sluice ready")
-	want(t, "EHLO", s.Helo("client.example"), "250 mx.example.test Hello client.example")
+	// EHLO's reply lists the extensions on lines of their own.
+	want(t, "EHLO", s.Helo("client.example"), "250 mx.example.test Hello client.example\nPIPELINING\n8BITMIME\nENHANCEDSTATUSCODES\nCHUNKING\nSMTPUTF8\nSIZE 26214400")
 	want(t, "MAIL", s.Mail("alice@example.org"), "250 2.1.0 Sender OK")
 	want(t, "RCPT", s.Rcpt("spamtrap@example.test"), "550 5.1.1 no such user")
 	want(t, "RCPT", s.Rcpt("bob@example.test"), "250 2.1.5 Recipient OK")

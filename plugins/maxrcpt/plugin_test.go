@@ -65,15 +65,18 @@ func TestPerTransaction(t *testing.T) {
 	for range 3 {
 		hookstest.Expect(t, s.Send("alice@example.org", rcpts, "Subject: x\r\n\r\nbody\r\n"), 250)
 	}
-	if got := s.Send("alice@example.org", append(rcpts, "c@example.test"), "Subject: x\r\n\r\nbody\r\n").String(); got != "452 4.5.3 Too many recipients" {
+	tr := s.SendAll("alice@example.org", append(rcpts, "c@example.test"), "Subject: x\r\n\r\nbody\r\n")
+	if got := tr.Rcpt[2].String(); got != "452 4.5.3 Too many recipients" {
 		t.Errorf("third recipient: %q", got)
 	}
-	if q := h.Queued(); len(q) != 3 {
-		t.Errorf("queued %d messages; want 3", len(q))
+	// The client sends the message to the two it may.
+	q := h.Queued()
+	if len(q) != 4 || len(q[3].Recipients) != 2 {
+		t.Fatalf("queued %d messages; want 4, the last to 2 recipients", len(q))
 	}
-	for _, m := range h.Queued() {
-		if _, ok := m.Notes[maxrcpt.NoteRefused]; ok {
-			t.Errorf("note %s set on a transaction under the cap", maxrcpt.NoteRefused)
+	for i, m := range q {
+		if _, ok := m.Notes[maxrcpt.NoteRefused]; ok != (i == 3) {
+			t.Errorf("message %d: note %s set %v; want it only on the transaction over the cap", i, maxrcpt.NoteRefused, ok)
 		}
 	}
 }

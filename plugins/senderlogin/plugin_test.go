@@ -193,9 +193,13 @@ func TestThroughAuthHook(t *testing.T) {
 		hookstest.Plugin("senderlogin", hookstest.Build(t, "senderlogin", ``)),
 		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", ``)),
 		hookstest.Queue())
+	h.StartTLS = true // AUTH only over TLS, as on the wire
 	s := h.Connect("192.0.2.1")
 	hookstest.Expect(t, s.Helo("laptop.example"), 250)
-	hookstest.Expect(t, s.Auth("PLAIN", "alice@example.test", "s3cret"), 235)
+	hookstest.Expect(t, s.AuthPlain("alice@example.test", "s3cret"), 538, "5.7.11") // not before STARTTLS
+	hookstest.Expect(t, s.StartTLS(), 220)
+	hookstest.Expect(t, s.Helo("laptop.example"), 250, "AUTH PLAIN LOGIN")
+	hookstest.Expect(t, s.AuthPlain("alice@example.test", "s3cret"), 235)
 	if got, want := s.Mail("bob@example.test").String(), refused("bob@example.test", "alice@example.test"); got != want {
 		t.Errorf("forged sender: %q; want %q", got, want)
 	}

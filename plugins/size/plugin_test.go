@@ -2,6 +2,7 @@ package size_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -125,7 +126,7 @@ func TestDeclaredSize(t *testing.T) {
 	} {
 		s := h.Connect("192.0.2.1")
 		hookstest.Expect(t, s.Helo("client.example"), 250)
-		if got := s.Session.Mail("alice@example.org", transaction.MailParams{Size: tt.size}).String(); got != tt.want {
+		if got := s.Cmd(fmt.Sprintf("MAIL FROM:<alice@example.org> SIZE=%d", tt.size)).String(); got != tt.want {
 			t.Errorf("MAIL SIZE=%d: %q; want %q", tt.size, got, tt.want)
 		}
 	}

@@ -1,12 +1,12 @@
 package server
 
-// A strict parser for the arguments of MAIL and RCPT (RFC 5321 4.1.2 and
-// 4.1.1.11, RFC 6531 for SMTPUTF8). go-smtp's own address parser is too
-// permissive for a front-end that hands addresses to plugins and queues:
-// it lets NUL, CR and 8-bit bytes through, accepts several '@', and strips
-// the quotes of a quoted local part. Everything here is a hand-written,
-// single-pass scanner over the argument: linear time, no regexps, no
-// allocation beyond the results.
+// The one parser of the protocol loop: command lines (verb and argument),
+// HELO/EHLO names, BDAT arguments, and the arguments of MAIL and RCPT
+// (RFC 5321 4.1.2 and 4.1.1.11, RFC 6531 for SMTPUTF8, RFC 3461 for DSN).
+// Addresses are parsed strictly, for a front-end that hands them to
+// plugins and queues: no NUL, CR or stray 8-bit bytes, one '@', quotes
+// kept. Everything here is a hand-written, single-pass scanner over the
+// argument: linear time, no regexps, no allocation beyond the results.
 
 import (
 	"fmt"
@@ -23,11 +23,17 @@ type MailArg struct {
 	Body   string // "7BIT", "8BITMIME" or ""
 	UTF8   bool   // SMTPUTF8 given
 	Auth   string // AUTH= value (xtext-decoded), "" when absent
+	Ret    string // DSN RET=: "FULL", "HDRS" or ""
+	EnvID  string // DSN ENVID= (xtext-decoded), "" when absent
 }
 
 // RcptArg is a parsed RCPT TO argument.
 type RcptArg struct {
 	Rcpt string // forward-path without brackets, source route removed; "Postmaster" for <Postmaster>
+	// DSN parameters (RFC 3461), only with dsn set.
+	Notify    []string // NOTIFY=: nil, ["NEVER"] or SUCCESS, FAILURE, DELAY
+	ORcptType string   // ORCPT= address type, lower case: "rfc822" or "utf-8"
+	ORcpt     string   // ORCPT= address, decoded
 }
 
 // AddrError is a refusal with the reply to give: Code 501/553/555,
@@ -52,6 +58,8 @@ const (
 	addrMaxSize   = 19  // digits of a SIZE value (int64)
 	addrMaxEcho   = 32  // octets of a parameter keyword echoed in a reply
 	addrMaxAuth   = 256 // decoded AUTH= value: a mailbox or "<>"
+	addrMaxEnvID  = 100 // decoded ENVID= (RFC 3461 4.4)
+	addrMaxORcpt  = 500 // ORCPT= as sent (RFC 3461 4.2)
 )
 
 func addrErr(code, class, subject, detail int, msg string) *AddrError {
@@ -76,8 +84,10 @@ func addrEcho(key string) string {
 }
 
 // ParseMailArg parses what follows "MAIL " (e.g.
-// "FROM:<a@b.example> SIZE=100 BODY=8BITMIME").
-func ParseMailArg(arg string) (MailArg, error) {
+// "FROM:<a@b.example> SIZE=100 BODY=8BITMIME"). RET and ENVID are
+// accepted only with dsn (the listener offers DSN); without it they are
+// unsupported parameters (555).
+func ParseMailArg(arg string, dsn bool) (MailArg, error) {
 	var m MailArg
 	path, rest, err := addrSplit(arg, "FROM:", "Syntax: MAIL FROM:<address>")
 	if err != nil {
@@ -103,7 +113,7 @@ func ParseMailArg(arg string) (MailArg, error) {
 		m.Sender = addr
 	}
 
-	var seenSize, seenBody, seenUTF8, seenAuth bool
+	var seenSize, seenBody, seenUTF8, seenAuth, seenRet, seenEnvID bool
 	for _, p := range params {
 		if err := addrCheckParam(p, m.UTF8); err != nil {
 			return MailArg{}, err
@@ -133,10 +143,37 @@ func ParseMailArg(arg string) (MailArg, error) {
 				return MailArg{}, addrErr(555, 5, 5, 4, "Unsupported BODY value")
 			}
 		case "SMTPUTF8":
-			seen = &seenUTF8
 			if p.hasValue {
 				return MailArg{}, addrParamErr("SMTPUTF8 takes no value")
 			}
+			// An exact repeat of a parameter without a value says nothing
+			// new: Python's smtplib sends "SMTPUTF8 SMTPUTF8" from
+			// send_message(mail_options=["SMTPUTF8"]), and Postfix takes it.
+			seenUTF8 = false
+			seen = &seenUTF8
+		case "RET":
+			if !dsn {
+				return MailArg{}, addrUnsupported(p.key)
+			}
+			seen = &seenRet
+			switch {
+			case addrEqualFold(p.value, "FULL"):
+				m.Ret = "FULL"
+			case addrEqualFold(p.value, "HDRS"):
+				m.Ret = "HDRS"
+			default:
+				return MailArg{}, addrParamErr("Bad RET value: FULL or HDRS")
+			}
+		case "ENVID":
+			if !dsn {
+				return MailArg{}, addrUnsupported(p.key)
+			}
+			seen = &seenEnvID
+			v, ok := addrXtext(p.value, false)
+			if !p.hasValue || !ok || len(v) > addrMaxEnvID || !addrPrintable(v) {
+				return MailArg{}, addrParamErr("Bad ENVID value")
+			}
+			m.EnvID = v
 		case "AUTH":
 			seen = &seenAuth
 			v, ok := addrXtext(p.value, m.UTF8)
@@ -158,8 +195,8 @@ func ParseMailArg(arg string) (MailArg, error) {
 // ParseRcptArg parses what follows "RCPT " (e.g. "TO:<b@c.example>"); utf8
 // is whether the transaction's MAIL had SMTPUTF8; strictRouting refuses %
 // and ! in the local part (for clients that are neither authenticated nor
-// relay clients).
-func ParseRcptArg(arg string, utf8, strictRouting bool) (RcptArg, error) {
+// relay clients); dsn accepts NOTIFY and ORCPT (the listener offers DSN).
+func ParseRcptArg(arg string, utf8, strictRouting, dsn bool) (RcptArg, error) {
 	path, rest, err := addrSplit(arg, "TO:", "Syntax: RCPT TO:<address>")
 	if err != nil {
 		return RcptArg{}, err
@@ -178,15 +215,166 @@ func ParseRcptArg(arg string, utf8, strictRouting bool) (RcptArg, error) {
 	if strictRouting && strings.ContainsAny(local, "%!") {
 		return RcptArg{}, addrErr(553, 5, 7, 1, "Source routing with % or ! is not accepted")
 	}
-	// DSN (NOTIFY, ORCPT) is not offered, and nothing else defines RCPT
-	// parameters that Sluice supports.
+	// DSN's NOTIFY and ORCPT are the only RCPT parameters Sluice knows,
+	// and only where DSN is offered.
+	r := RcptArg{Rcpt: addr}
+	var seenNotify, seenORcpt bool
 	for _, p := range params {
 		if err := addrCheckParam(p, utf8); err != nil {
 			return RcptArg{}, err
 		}
-		return RcptArg{}, addrUnsupported(p.key)
+		switch {
+		case dsn && addrEqualFold(p.key, "NOTIFY"):
+			if seenNotify {
+				return RcptArg{}, addrParamErr("Duplicate parameter NOTIFY")
+			}
+			seenNotify = true
+			n, ok := addrNotify(p.value)
+			if !p.hasValue || !ok {
+				return RcptArg{}, addrParamErr("Bad NOTIFY value: NEVER, or SUCCESS, FAILURE and DELAY separated by commas")
+			}
+			r.Notify = n
+		case dsn && addrEqualFold(p.key, "ORCPT"):
+			if seenORcpt {
+				return RcptArg{}, addrParamErr("Duplicate parameter ORCPT")
+			}
+			seenORcpt = true
+			typ, v, err := addrORcpt(p.value, utf8)
+			if !p.hasValue || err != nil {
+				if err == nil {
+					err = addrParamErr("Bad ORCPT value")
+				}
+				return RcptArg{}, err
+			}
+			r.ORcptType, r.ORcpt = typ, v
+		default:
+			return RcptArg{}, addrUnsupported(p.key)
+		}
 	}
-	return RcptArg{Rcpt: addr}, nil
+	return r, nil
+}
+
+// addrNotify parses NOTIFY's value (RFC 3461 4.1): NEVER alone, or one or
+// more of SUCCESS, FAILURE and DELAY, each at most once, any case.
+func addrNotify(v string) ([]string, bool) {
+	if addrEqualFold(v, "NEVER") {
+		return []string{"NEVER"}, true
+	}
+	var out []string
+	for kw := range strings.SplitSeq(v, ",") {
+		var k string
+		switch {
+		case addrEqualFold(kw, "SUCCESS"):
+			k = "SUCCESS"
+		case addrEqualFold(kw, "FAILURE"):
+			k = "FAILURE"
+		case addrEqualFold(kw, "DELAY"):
+			k = "DELAY"
+		default:
+			return nil, false
+		}
+		for _, o := range out {
+			if o == k {
+				return nil, false
+			}
+		}
+		out = append(out, k)
+	}
+	return out, len(out) > 0
+}
+
+// addrORcpt parses ORCPT's value, addr-type ";" xtext (RFC 3461 4.2):
+// the type rfc822 with an xtext address, or utf-8 (RFC 6533) whose
+// address may hold UTF-8 under SMTPUTF8 and \x{HEX} escapes. The decoded
+// address must be printable, with no control character.
+func addrORcpt(v string, allow8 bool) (typ, addr string, err error) {
+	if len(v) > addrMaxORcpt {
+		return "", "", addrParamErr("ORCPT value too long")
+	}
+	typ, raw, ok := strings.Cut(v, ";")
+	if !ok || raw == "" {
+		return "", "", addrParamErr("Bad ORCPT value: want rfc822;address")
+	}
+	switch {
+	case addrEqualFold(typ, "rfc822"):
+		a, ok := addrXtext(raw, allow8)
+		if !ok || !addrPrintable8(a) {
+			return "", "", addrParamErr("Bad ORCPT address")
+		}
+		return "rfc822", a, nil
+	case addrEqualFold(typ, "utf-8"):
+		a, ok := addrUTF8Xtext(raw, allow8)
+		if !ok {
+			return "", "", addrParamErr("Bad ORCPT address")
+		}
+		return "utf-8", a, nil
+	}
+	return "", "", addrErr(501, 5, 5, 4, "Unsupported ORCPT address type: rfc822 or utf-8")
+}
+
+// addrUTF8Xtext decodes utf-8-addr-xtext (RFC 6533 3): printable ASCII
+// except '+', '=', '\\' and controls, UTF-8 (with allow8), and \x{HEX}
+// escapes of Unicode scalar values that are not controls.
+func addrUTF8Xtext(v string, allow8 bool) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(v); {
+		c := v[i]
+		switch {
+		case c == '\\':
+			rest := v[i+1:]
+			if !strings.HasPrefix(rest, "x{") {
+				return "", false
+			}
+			end := strings.IndexByte(rest, '}')
+			if end < 3 || end > 8 {
+				return "", false
+			}
+			n, err := strconv.ParseUint(rest[2:end], 16, 32)
+			r := rune(n)
+			if err != nil || !utf8.ValidRune(r) || r < 0x20 || r == 0x7f || r >= 0x80 && r <= 0x9f {
+				return "", false
+			}
+			b.WriteRune(r)
+			i += 1 + end + 1
+		case c >= 0x80:
+			if !allow8 {
+				return "", false
+			}
+			r, size := utf8.DecodeRuneInString(v[i:])
+			if r == utf8.RuneError || r <= 0x9f {
+				return "", false
+			}
+			b.WriteRune(r)
+			i += size
+		case c < 33 || c > 126 || c == '+' || c == '=':
+			return "", false
+		default:
+			b.WriteByte(c)
+			i++
+		}
+	}
+	return b.String(), b.Len() > 0
+}
+
+// addrPrintable reports whether s is printable ASCII (ENVID, RFC 3461 4.4).
+func addrPrintable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// addrPrintable8 is addrPrintable that also lets UTF-8 through (already
+// checked by addrXtext).
+func addrPrintable8(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // addrSplit refuses control bytes, checks the verb's keyword ("FROM:",
@@ -567,4 +755,81 @@ func addrEqualFold(a, b string) bool {
 		}
 	}
 	return true
+}
+
+// parseCommand splits a command line (without its CRLF) into the verb,
+// upper-cased, and its argument, with the spaces around it removed. Only
+// ASCII space and tab separate: a Unicode space is part of the argument.
+func parseCommand(line string) (verb, arg string) {
+	verb, arg, _ = strings.Cut(line, " ")
+	return asciiUpper(verb), strings.Trim(arg, " \t")
+}
+
+// asciiUpper upper-cases ASCII letters only, allocating only when it
+// changes something.
+func asciiUpper(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'a' <= c && c <= 'z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if 'a' <= b[j] && b[j] <= 'z' {
+					b[j] -= 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+// heloName returns the name HELO or EHLO gives: the first word of the
+// argument (RFC 5321: Domain or address-literal; anything after it is
+// ignored, as Postfix does), and whether it may be used: a domain (UTF-8
+// U-labels allowed, RFC 6531) or an address literal, at most 255 octets,
+// with no byte that would reach the Received header and the logs as
+// garbage: control characters (C0, DEL, C1 such as U+0085), line and
+// paragraph separators (U+2028, U+2029), bidirectional controls, and bytes
+// that are not UTF-8.
+func heloName(arg string) (string, bool) {
+	name, _, _ := strings.Cut(arg, " ")
+	if len(name) > 255 || !utf8.ValidString(name) {
+		return name, false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < ' ' || c == 0x7f {
+			return name, false
+		}
+	}
+	for _, r := range name {
+		switch {
+		case r < 0x80:
+		case r <= 0x9f, r == 0x2028, r == 0x2029, r == 0x061c,
+			r >= 0x200e && r <= 0x200f, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0xfeff:
+			return name, false
+		}
+	}
+	return name, true
+}
+
+// parseBdat parses BDAT's argument (RFC 3030 2): the chunk size in octets
+// and an optional LAST, any case. ok is false for anything else: the size
+// of the chunk that follows is then unknown.
+func parseBdat(arg string) (size int64, last, ok bool) {
+	num, rest, _ := strings.Cut(arg, " ")
+	rest = strings.Trim(rest, " ")
+	switch {
+	case rest == "":
+	case addrEqualFold(rest, "LAST"):
+		last = true
+	default:
+		return 0, false, false
+	}
+	if !addrDigits(num) || len(num) > addrMaxSize {
+		return 0, false, false
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return 0, false, false
+	}
+	return n, last, true
 }

@@ -1,0 +1,487 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-mta/sluice/hooks"
+)
+
+// conn is the protocol loop of one connection: it reads a bounded line,
+// hands it to the Session, writes the reply, and does what the reply
+// starts (read the message, a BDAT chunk, the TLS handshake). Replies to
+// pipelined commands are written together once the client's input is used
+// up (RFC 2920), and always before the loop waits for the client.
+type conn struct {
+	l         *listener
+	raw       net.Conn   // the socket under transport; never changes
+	tmu       sync.Mutex // guards transport against the watchdog's writes
+	transport net.Conn   // the socket, or TLS over it
+	br        *bufio.Reader
+	out       []byte // replies not yet written
+	sess      *Session
+	log       *slog.Logger
+	cancel    context.CancelFunc
+
+	// working is since when (unix ns) the server works on the client's
+	// last input; 0 while it waits for the client. The watchdog reads it.
+	working atomic.Int64
+	// busy is set while a transaction is open: shutdown waits for it.
+	busy      atomic.Bool
+	closed    atomic.Bool
+	closeOnce sync.Once
+
+	inData    bool      // reading a message: the minimum data rate applies
+	dataStart time.Time // when the message began
+	dataBytes int64     // message bytes read since then
+	pending   string    // a command line read ahead (it ended a BDAT sequence)
+}
+
+// readBufferSize is the read buffer per connection: it bounds a command
+// line's memory (MaxLineLength must fit) and keeps 10,000 idle connections
+// cheap; message data streams through it in pieces.
+const readBufferSize = 4 << 10
+
+// flushAt is how many bytes of replies are kept back at most while
+// pipelined commands are answered.
+const flushAt = 4 << 10
+
+var errLineTooLong = errors.New("command line too long")
+
+func newConn(l *listener, transport net.Conn, sess *Session, log *slog.Logger, cancel context.CancelFunc) *conn {
+	raw := transport
+	if tc, ok := transport.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	c := &conn{l: l, raw: raw, transport: transport, sess: sess, log: log, cancel: cancel}
+	c.br = bufio.NewReaderSize(clientReader{c}, readBufferSize)
+	c.working.Store(time.Now().UnixNano()) // the connect hook runs before any read
+	return c
+}
+
+// clientReader reads from the client's transport for the connection's
+// buffer, and marks the time in between reads as the server's.
+type clientReader struct{ c *conn }
+
+func (r clientReader) Read(p []byte) (int, error) {
+	r.c.working.Store(0)
+	r.c.tmu.Lock()
+	t := r.c.transport
+	r.c.tmu.Unlock()
+	n, err := t.Read(p)
+	r.c.working.Store(time.Now().UnixNano())
+	return n, err
+}
+
+// serve runs the session to its end.
+func (c *conn) serve() {
+	defer c.close()
+	s := c.sess
+	if tc, ok := c.transport.(*tls.Conn); ok { // implicit TLS
+		if !c.handshake(tc) {
+			return
+		}
+	}
+	if d := c.l.cfg.GreetingDelay; d > 0 {
+		c.watchEarlyTalker(d)
+	}
+	c.reply(s.Connect())
+	for !s.Ended() && !c.closed.Load() {
+		line := c.pending
+		c.pending = ""
+		if line == "" {
+			var err error
+			if line, err = c.readLine(); err != nil {
+				c.readFailed(err, "waiting for a command")
+				return
+			}
+		}
+		c.command(line)
+	}
+}
+
+// command runs one command line and what its reply starts.
+func (c *conn) command(line string) {
+	s := c.sess
+	if rep := s.Command(line); rep.Code != 0 {
+		c.reply(rep)
+	}
+	if rep, ok := s.Followup(); ok {
+		c.reply(rep)
+	}
+	if s.Ended() {
+		return
+	}
+	if s.refusedData && c.br.Buffered() > 0 {
+		// The client sent its message without waiting for 354 (RFC 2920
+		// forbids it): the body would run as commands.
+		c.reply(s.pipelinedMessage())
+		return
+	}
+	switch s.next {
+	case stepMessage:
+		c.readMessage()
+	case stepChunk:
+		c.readChunks()
+	case stepTLS:
+		c.startTLS()
+	}
+}
+
+// readMessage reads the message after DATA's 354 into the session.
+func (c *conn) readMessage() {
+	c.startData()
+	defer c.endData()
+	d := newDotReader(c)
+	rep := c.sess.Message(d)
+	if !rep.Close && !d.done {
+		// An early reply (a size limit, a refusal at the end of the
+		// header): the rest of the message is read and dropped.
+		if err := d.drain(); err != nil {
+			rep = c.sess.messageReadFailure(err)
+		}
+	}
+	c.reply(rep)
+}
+
+// readChunks reads a BDAT chunk: into a new message, or into nothing when
+// the session refused it.
+func (c *conn) readChunks() {
+	s := c.sess
+	ch := s.chunk
+	c.startData()
+	defer c.endData()
+	if ch.refused != nil {
+		if err := c.skip(ch.size); err != nil {
+			c.reply(s.messageReadFailure(err))
+			return
+		}
+		c.reply(s.chunkRefused())
+		return
+	}
+	r := &chunkReader{c: c, s: s, size: ch.size, left: ch.size, last: ch.last, normalize: c.l.cfg.BareNewline == BareNewlineNormalize}
+	rep := s.Message(r)
+	if !rep.Close && r.left > 0 {
+		if err := c.skip(r.left); err != nil {
+			rep = s.messageReadFailure(err)
+		}
+	}
+	if rep.Code != 0 {
+		if !r.last && !rep.Close {
+			// Chunks the client pipelined after this one get the same
+			// answer, their bytes dropped (RFC 3030 4).
+			s.bdatFailed = &rep
+		}
+		c.reply(rep)
+	}
+	switch {
+	case r.pendingReply != nil:
+		c.reply(*r.pendingReply)
+	case r.pendingLine != "":
+		c.pending = r.pendingLine
+	}
+}
+
+func (c *conn) startData() {
+	c.inData, c.dataStart, c.dataBytes = true, time.Now(), 0
+}
+
+func (c *conn) endData() { c.inData = false }
+
+// startTLS runs the handshake after STARTTLS's 220. Anything the client
+// pipelined after STARTTLS was sent in plaintext and must never run inside
+// the TLS session (CVE-2011-0411 class): it is thrown away first, as
+// Postfix does.
+func (c *conn) startTLS() {
+	if n := c.br.Buffered(); n > 0 {
+		c.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
+		c.br.Discard(n)
+	}
+	if err := c.flush(); err != nil {
+		c.abort()
+		return
+	}
+	if !c.handshake(tls.Server(c.transport, c.l.cfg.TLS)) {
+		return
+	}
+	st := c.transport.(*tls.Conn).ConnectionState()
+	c.sess.TLSStarted(&st)
+}
+
+// handshake runs the TLS handshake on tc and makes it the transport. On
+// failure it closes the connection (never go on in plaintext) and returns
+// false.
+func (c *conn) handshake(tc *tls.Conn) bool {
+	if d := c.l.cfg.ReadTimeout; d > 0 {
+		tc.SetDeadline(time.Now().Add(d))
+	}
+	if err := tc.Handshake(); err != nil {
+		c.log.Info("TLS handshake failed; closing", "err", err)
+		c.closed.Store(true)
+		return false
+	}
+	tc.SetDeadline(time.Time{})
+	c.tmu.Lock()
+	c.transport = tc
+	c.tmu.Unlock()
+	c.br.Reset(clientReader{c})
+	st := tc.ConnectionState()
+	c.sess.conn.TLS = &st
+	c.log.Info("TLS started", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
+	return true
+}
+
+// watchEarlyTalker waits up to d before the greeting and marks a client
+// that sends anything meanwhile (connection.EarlyTalker). Its bytes stay
+// unread: they are its first command once it is greeted, unless a plugin
+// refuses the connection.
+func (c *conn) watchEarlyTalker(d time.Duration) {
+	c.transport.SetReadDeadline(time.Now().Add(d))
+	if _, err := c.br.Peek(1); err == nil {
+		c.sess.conn.EarlyTalker = true
+		c.log.Info("client talked before the greeting", "greeting_delay", d.String())
+	}
+}
+
+// readLine reads the next command line, CRLF included, writing the
+// replies kept back before it waits.
+func (c *conn) readLine() (string, error) {
+	if c.br.Buffered() == 0 {
+		if err := c.flush(); err != nil {
+			return "", err
+		}
+	}
+	if !c.inData {
+		c.busy.Store(c.sess.tx != nil)
+		if c.l.shuttingDown() && !c.busy.Load() {
+			return "", errShuttingDown
+		}
+	}
+	c.fill()
+	line, err := c.br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) || len(line) > c.l.cfg.MaxLineLength {
+		return "", errLineTooLong
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(line), nil
+}
+
+var errShuttingDown = errors.New("server shutting down")
+
+// more waits until the buffer holds more than have bytes of a message,
+// within the read deadline. The client's end of stream is never the end
+// of a message: it is io.ErrUnexpectedEOF here.
+func (c *conn) more(have int) error {
+	if have == 0 && c.br.Buffered() == 0 {
+		if err := c.flush(); err != nil {
+			return err
+		}
+	}
+	c.fill()
+	_, err := c.br.Peek(have + 1)
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// consume drops n message bytes from the buffer, counted for the data
+// rate.
+func (c *conn) consume(n int) {
+	c.br.Discard(n)
+	c.dataBytes += int64(n)
+}
+
+// skip reads and drops n message bytes (a refused BDAT chunk).
+func (c *conn) skip(n int64) error {
+	for n > 0 {
+		if c.br.Buffered() == 0 {
+			if err := c.more(0); err != nil {
+				return err
+			}
+		}
+		k := int(min(n, int64(c.br.Buffered())))
+		c.consume(k)
+		n -= int64(k)
+	}
+	return nil
+}
+
+// fill sets the deadline for the next read from the client: the idle
+// timeout, refreshed on every read.
+//
+// Inside a message the deadline also enforces the minimum data rate: the
+// client may take MinDataRateGrace plus one second per MinDataRate bytes it
+// has sent, so a slow-drip client cannot hold a connection for ever while
+// an honest slow one is never cut off mid-message by a fixed deadline.
+func (c *conn) fill() {
+	now := time.Now()
+	deadline := now.Add(c.l.cfg.ReadTimeout)
+	if c.inData && c.l.cfg.MinDataRate > 0 {
+		allowed := c.l.cfg.MinDataRateGrace + time.Duration(float64(c.dataBytes)/float64(c.l.cfg.MinDataRate)*float64(time.Second))
+		if rate := c.dataStart.Add(allowed); rate.Before(deadline) {
+			deadline = rate
+		}
+	}
+	c.transport.SetReadDeadline(deadline)
+}
+
+// readFailed answers a failed command read: 500 for a line too long, 421
+// on a timeout or at shutdown, nothing when the client went away. The
+// connection closes either way.
+func (c *conn) readFailed(err error, during string) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, errLineTooLong):
+		c.log.Warn("command line too long; closing", "max", c.l.cfg.MaxLineLength)
+		c.reply(hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Line too long (limit " + strconv.Itoa(c.l.cfg.MaxLineLength) + " bytes); closing connection", Close: true})
+	case errors.Is(err, errShuttingDown):
+		c.reply(replyShuttingDown)
+	case errors.As(err, &ne) && ne.Timeout():
+		if c.l.shuttingDown() && !c.busy.Load() {
+			c.reply(replyShuttingDown)
+		} else {
+			c.log.Info("timeout", "during", during)
+			c.reply(hooks.Reply{Code: 421, Enhanced: [3]int{4, 4, 2}, Msg: "Timeout " + during + "; closing connection", Close: true})
+		}
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	default:
+		c.log.Info("read error", "during", during, "err", err)
+	}
+	c.closed.Store(true)
+}
+
+var replyShuttingDown = hooks.Reply{Code: 421, Enhanced: [3]int{4, 3, 2}, Msg: "Service shutting down; try again later", Close: true}
+
+// reply queues rep for the client; a reply that closes is written at once.
+func (c *conn) reply(rep hooks.Reply) {
+	c.out = appendReply(c.out, rep)
+	if rep.Close {
+		c.flush()
+		c.closed.Store(true)
+		return
+	}
+	if len(c.out) >= flushAt {
+		c.flush()
+	}
+}
+
+// flush writes the replies kept back.
+func (c *conn) flush() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	if d := c.l.cfg.WriteTimeout; d > 0 {
+		c.raw.SetWriteDeadline(time.Now().Add(d))
+	}
+	c.tmu.Lock()
+	t := c.transport
+	c.tmu.Unlock()
+	_, err := t.Write(c.out)
+	if cap(c.out) > 4*flushAt {
+		c.out = nil // a burst of replies leaves no large buffer behind
+	} else {
+		c.out = c.out[:0]
+	}
+	if err != nil {
+		c.closed.Store(true)
+	}
+	return err
+}
+
+// close writes what is left, closes the connection once and ends the
+// session (reset_transaction and disconnect run here, on the connection's
+// own goroutine).
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		c.flush()
+		c.closed.Store(true)
+		c.transport.Close()
+		c.sess.Close()
+		c.cancel()
+		c.l.forget(c)
+		c.log.Info("disconnect")
+	})
+}
+
+// abort is how another goroutine (shutdown at its deadline) ends the
+// connection: it closes the socket and cancels the connection's context,
+// and leaves ending the session to the connection's own goroutine, which
+// sees its reads and writes fail. Running the session's hooks from here
+// would race with the hook the connection is in.
+func (c *conn) abort() {
+	c.raw.Close()
+	c.cancel()
+}
+
+// stuck ends a connection whose server side has been working (in a
+// plugin, as a rule) far past every deadline the chain gives its hooks: a
+// plugin that ignores its context must not hold the client for ever. It
+// runs on the watchdog's goroutine while the connection's own is blocked:
+// it writes 421 and closes the socket; the session ends once the plugin
+// returns.
+func (c *conn) stuck(since time.Duration) {
+	c.log.Error("connection stuck on the server side past every hook deadline (a plugin ignoring its context?); closing", "for", since.Round(time.Millisecond).String())
+	c.tmu.Lock()
+	t := c.transport
+	c.tmu.Unlock()
+	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	t.Write([]byte("421 4.3.0 Local error in processing; closing connection\r\n"))
+	c.abort()
+}
+
+// appendReply appends rep as the client gets it, CRLF included. A Msg
+// holding "\n" is a multi-line reply (EHLO's): every line gets the code
+// (and the enhanced code, RFC 2034), with "-" after it on all lines but
+// the last. Built with appends, not fmt: it runs for every reply.
+func appendReply(b []byte, rep hooks.Reply) []byte {
+	e := rep.Enhanced
+	msg := rep.Msg
+	for {
+		line, rest, more := cutLine(msg)
+		b = strconv.AppendInt(b, int64(rep.Code), 10)
+		switch {
+		case more:
+			b = append(b, '-')
+		case e != [3]int{} || line != "" || rep.Code == 334: // "334 " is an empty SASL challenge
+			b = append(b, ' ')
+		}
+		if e != [3]int{} {
+			b = strconv.AppendInt(b, int64(e[0]), 10)
+			b = append(b, '.')
+			b = strconv.AppendInt(b, int64(e[1]), 10)
+			b = append(b, '.')
+			b = strconv.AppendInt(b, int64(e[2]), 10)
+			if line != "" {
+				b = append(b, ' ')
+			}
+		}
+		b = append(b, line...)
+		b = append(b, '\r', '\n')
+		if !more {
+			return b
+		}
+		msg = rest
+	}
+}
+
+// cutLine cuts s at its first "\n".
+func cutLine(s string) (line, rest string, more bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}

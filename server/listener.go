@@ -1,0 +1,162 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks"
+)
+
+// listener accepts the connections of one address, applies the connection
+// caps, and runs a protocol loop for each.
+type listener struct {
+	srv   *Server
+	cfg   ListenerConfig
+	log   *slog.Logger
+	chain atomic.Pointer[hooks.Chain]
+	ln    net.Listener
+
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+	perIP map[netip.Addr]int // by clientKey
+}
+
+func (l *listener) shuttingDown() bool { return l.srv.stopping.Load() }
+
+// serve accepts connections until the listener is closed; it returns nil
+// at shutdown.
+func (l *listener) serve() error {
+	var backoff time.Duration
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			if l.shuttingDown() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				// Out of descriptors, say: wait a little and try again.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				l.log.Warn("accept failed; retrying", "err", err, "in", backoff.String())
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if c := l.admit(raw); c != nil {
+			go c.serve()
+		}
+	}
+}
+
+// clientKey is what MaxConnectionsPerIP counts by: an IPv4 address, or an
+// IPv6 address's prefix of IPv6Prefix bits.
+func (l *listener) clientKey(ip netip.Addr) netip.Addr {
+	if ip.Is6() {
+		if p, err := ip.Prefix(l.cfg.IPv6Prefix); err == nil {
+			return p.Addr()
+		}
+	}
+	return ip
+}
+
+// admit applies the caps to a new connection and returns its loop, or
+// refuses it with 421 and returns nil.
+func (l *listener) admit(raw net.Conn) *conn {
+	remote := addrPort(raw.RemoteAddr())
+	key := l.clientKey(remote.Addr().Unmap())
+	l.mu.Lock()
+	total, fromIP := len(l.conns), l.perIP[key]
+	over := total >= l.cfg.MaxConnections || fromIP >= l.cfg.MaxConnectionsPerIP
+	if !over {
+		l.perIP[key]++
+	}
+	l.mu.Unlock()
+	if over {
+		l.log.Warn("connection refused: too many connections", "remote", remote.String(), "total", total, "from_ip", fromIP)
+		go refuse(raw)
+		return nil
+	}
+	transport := raw
+	if l.cfg.ImplicitTLS && l.cfg.TLS != nil {
+		transport = tls.Server(raw, l.cfg.TLS)
+	}
+	cc := connection.New(l.cfg.Name, l.cfg.Hostname, addrPort(raw.LocalAddr()), remote)
+	ctx, cancel := context.WithCancel(l.srv.ctx)
+	log := l.log.With("conn", cc.ID)
+	sess := NewSession(ctx, cc, SessionConfig{
+		Chain: l.chain.Load(), Limits: l.cfg.Limits, SpoolDir: l.srv.spoolDir, Logger: l.log,
+		ReceivedAuthUser: l.cfg.ReceivedAuthUser,
+		StartTLS:         l.cfg.TLS != nil && !l.cfg.ImplicitTLS,
+		RequireTLS:       l.cfg.RequireTLS, RequireAuth: l.cfg.RequireAuth,
+		AuthPlaintextLoopback: l.cfg.AuthPlaintextLoopback,
+		AuthLimiter:           l.srv.authLimiter,
+	})
+	c := newConn(l, transport, sess, log, cancel)
+	l.mu.Lock()
+	l.conns[c] = struct{}{}
+	l.mu.Unlock()
+	log.Info("connect", "remote", remote.String())
+	return c
+}
+
+func refuse(c net.Conn) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write([]byte("421 4.7.0 Too many connections; try again later\r\n"))
+	c.Close()
+}
+
+// forget drops a closed connection from the counts.
+func (l *listener) forget(c *conn) {
+	key := l.clientKey(c.sess.Conn().RemoteIP())
+	l.mu.Lock()
+	if _, ok := l.conns[c]; ok {
+		delete(l.conns, c)
+		if l.perIP[key]--; l.perIP[key] <= 0 {
+			delete(l.perIP, key)
+		}
+	}
+	l.mu.Unlock()
+}
+
+// wakeIdle interrupts the reads of idle connections (they answer 421 and
+// close) and returns how many connections are left.
+func (l *listener) wakeIdle() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for c := range l.conns {
+		if !c.busy.Load() {
+			c.raw.SetReadDeadline(time.Now())
+		}
+	}
+	return len(l.conns)
+}
+
+func (l *listener) closeAll() {
+	l.mu.Lock()
+	cs := make([]*conn, 0, len(l.conns))
+	for c := range l.conns {
+		cs = append(cs, c)
+	}
+	l.mu.Unlock()
+	for _, c := range cs {
+		c.abort()
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
