@@ -1,8 +1,8 @@
 package server
 
 import (
-	"reflect"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
