@@ -88,6 +88,13 @@ type Listener struct {
 	MaxConnections int `toml:"max_connections"`
 	// MaxConnectionsPerIP caps concurrent connections from one IP; 0 means 20.
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// IPv6Prefix is how many leading bits of an IPv6 address count as one
+	// client for max_connections_per_ip; 0 means 64 (one site's /64).
+	IPv6Prefix int `toml:"ipv6_prefix"`
+	// GreetingDelay holds the greeting back and marks a client that talks
+	// first (connection.EarlyTalker, for the earlytalker plugin). Default
+	// 0: no delay.
+	GreetingDelay Duration `toml:"greeting_delay"`
 	// MaxErrors closes the connection (421) after this many refused or
 	// unknown commands; 0 means 20.
 	MaxErrors int `toml:"max_errors"`
@@ -242,6 +249,12 @@ func (c *Config) check() error {
 		case "", "reject", "normalize":
 		default:
 			return fmt.Errorf("%s: bare_newline = %q: want \"reject\" or \"normalize\"", where, l.BareNewline)
+		}
+		if l.IPv6Prefix < 0 || l.IPv6Prefix > 128 {
+			return fmt.Errorf("%s: ipv6_prefix = %d: want a prefix length from 1 to 128 (default 64)", where, l.IPv6Prefix)
+		}
+		if l.GreetingDelay.Duration < 0 || l.GreetingDelay.Duration > 5*time.Minute {
+			return fmt.Errorf("%s: greeting_delay = %q: want a duration from \"0s\" to \"5m\" (qpsmtpd's earlytalker waits 1 to 5 seconds)", where, l.GreetingDelay.Duration)
 		}
 		if l.MaxMessageSize < 0 || l.MaxRecipients < 0 || l.MaxHeaderSize < 0 || l.MaxLineLength < 0 ||
 			l.SpoolMemory < 0 || l.MaxJunkCommands < 0 || l.MaxErrors < 0 || l.MaxConnections < 0 || l.MaxConnectionsPerIP < 0 {

@@ -8,6 +8,14 @@ import (
 )
 
 // TEMPORARY: replaced by the hooks-api branch.
-func (ch *Chain) CarriesDSN() bool { return false }
+func (ch *Chain) CarriesDSN() bool {
+	for _, e := range ch.queue {
+		d, ok := any(e.p).(interface{ CarriesDSN() bool })
+		if !ok || !d.CarriesDSN() {
+			return false
+		}
+	}
+	return len(ch.queue) > 0
+}
 func (ch *Chain) RcptOK(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) {
 }

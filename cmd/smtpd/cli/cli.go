@@ -230,6 +230,7 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 			MinDataRate: l.MinDataRate, MinDataRateGrace: l.MinDataRateGrace.Duration,
 			MaxLineLength: l.MaxLineLength, MaxConnections: l.MaxConnections,
 			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors, MaxJunkCommands: l.MaxJunkCommands,
+			IPv6Prefix: l.IPv6Prefix, GreetingDelay: l.GreetingDelay.Duration,
 			BareNewline:      server.BareNewline(l.BareNewline),
 			RequireAuth:      l.RequireAuth,
 			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
