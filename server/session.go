@@ -149,13 +149,6 @@ func (s *Session) Helo(host string, esmtp bool) hooks.Reply {
 	return rep
 }
 
-// The connection notes set by a successful AUTH (c.AuthUser holds the
-// user too).
-const (
-	NoteAuthUser = "auth.user"
-	NoteAuthMech = "auth.mech"
-)
-
 // Auth checks credentials through the auth hook. On success (235) the
 // connection is authenticated: c.AuthUser is set and the client may relay.
 // The password is never logged.
@@ -164,8 +157,8 @@ func (s *Session) Auth(mech, user, password string) hooks.Reply {
 	rep := s.reply(d)
 	if d.Result.Code == hooks.OK || d.Result.Code == hooks.Done {
 		s.conn.AuthUser, s.conn.Relay = user, true
-		s.conn.Notes.Set(NoteAuthUser, user)
-		s.conn.Notes.Set(NoteAuthMech, mech)
+		connection.NoteAuthUser.Set(&s.conn.Notes, user)
+		connection.NoteAuthMech.Set(&s.conn.Notes, mech)
 	}
 	return rep
 }

@@ -47,22 +47,25 @@ type Settings struct {
 	Header string `toml:"header"`
 }
 
-// The notes the plugin sets. Keys are "<plugin>.<key>" so that two plugins
-// never collide; export them as constants so other plugins and tests use
-// the same spelling. Connection notes (c.Notes) last as long as the
-// connection; transaction notes (tx.Notes) as long as one message.
-const (
-	// NoteConn (connection, string) is the connection id, stored at connect.
-	NoteConn = "example.conn"
-	// NoteHelo (connection, string) is the name the client gave in its
-	// latest HELO or EHLO.
-	NoteHelo = "example.helo"
-	// NoteTransactions (connection, int) counts the transactions that
-	// ended on the connection, queued or not.
-	NoteTransactions = "example.transactions"
-	// NoteDenied (transaction, int) counts the recipients refused because
-	// they are in deny_recipients.
-	NoteDenied = "example.denied"
+// The notes the plugin sets. A note is read and written through a typed
+// key, notes.Key[T], named "<plugin>.<key>" so that two plugins never
+// collide. Declare the keys once, as exported package-level variables:
+// other plugins and tests import them, so they spell the name the same way
+// and a reader that expects another type does not compile. Connection
+// notes (c.Notes) last as long as the connection; transaction notes
+// (tx.Notes) as long as one message.
+var (
+	// NoteConn (connection) is the connection id, stored at connect.
+	NoteConn = notes.NewKey[string]("example.conn")
+	// NoteHelo (connection) is the name the client gave in its latest HELO
+	// or EHLO.
+	NoteHelo = notes.NewKey[string]("example.helo")
+	// NoteTransactions (connection) counts the transactions that ended on
+	// the connection, queued or not.
+	NoteTransactions = notes.NewKey[int]("example.transactions")
+	// NoteDenied (transaction) counts the recipients refused because they
+	// are in deny_recipients.
+	NoteDenied = notes.NewKey[int]("example.denied")
 )
 
 // Plugin is one configured instance. One instance serves every connection
@@ -137,7 +140,7 @@ func validFieldName(name string) bool {
 // the 220 greeting). Only return OK when the plugin means to decide for the
 // whole chain: OK stops it.
 func (p *Plugin) Connect(_ context.Context, c *connection.Connection) hooks.Result {
-	notes.Set(&c.Notes, NoteConn, c.ID)
+	NoteConn.Set(&c.Notes, c.ID)
 	return hooks.Result{}
 }
 
@@ -155,7 +158,7 @@ func (p *Plugin) Ehlo(ctx context.Context, c *connection.Connection, host string
 // greeted stores the HELO name. A later HELO or EHLO replaces it (and ends
 // the transaction in progress, as RSET does).
 func (p *Plugin) greeted(c *connection.Connection, host string) hooks.Result {
-	notes.Set(&c.Notes, NoteHelo, host)
+	NoteHelo.Set(&c.Notes, host)
 	return hooks.Result{}
 }
 
@@ -172,8 +175,8 @@ func (p *Plugin) Rcpt(_ context.Context, _ *connection.Connection, tx *transacti
 	if !p.deny[strings.ToLower(rcpt)] {
 		return hooks.Result{}
 	}
-	// notes.Add keeps a counter; the transaction notes start empty for
-	// every message.
+	// notes.Add keeps a counter under a Key[int]; the transaction notes
+	// start empty for every message.
 	notes.Add(&tx.Notes, NoteDenied, 1)
 	// A refusal: Code picks the kind (Deny is permanent, 5xx; DenySoft is
 	// temporary, 4xx), the hook picks the reply code (550 at RCPT), Msg is
@@ -191,14 +194,14 @@ func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *trans
 	if p.header == "" {
 		return hooks.Result{}
 	}
-	// notes.Lookup says whether the note is there with the right type;
-	// notes.Get returns the zero value when it is not. The connect hook
-	// did not run if, say, a test skipped the greeting: fall back on c.ID.
-	id, ok := notes.Lookup[string](&c.Notes, NoteConn)
+	// Lookup says whether the note is set; Get returns the zero value
+	// when it is not. The connect hook did not run if, say, a test skipped
+	// the greeting: fall back on c.ID.
+	id, ok := NoteConn.Lookup(&c.Notes)
 	if !ok {
 		id = c.ID
 	}
-	helo := notes.Get[string](&c.Notes, NoteHelo)
+	helo := NoteHelo.Get(&c.Notes)
 	// Header.Add appends the field at the end of the header (Prepend puts
 	// trace fields on top). A value from the client (the HELO name) is
 	// untrusted, but Add folds any line break it holds, so it can never

@@ -10,7 +10,6 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok" // registers rcptok for Build
 )
@@ -63,7 +62,7 @@ func TestMessage(t *testing.T) {
 	want(t, "MAIL", s.Mail("alice@example.org"), "250 2.1.0 Sender OK")
 	want(t, "RCPT", s.Rcpt("spamtrap@example.test"), "550 5.1.1 no such user")
 	want(t, "RCPT", s.Rcpt("bob@example.test"), "250 2.1.5 Recipient OK")
-	if got := notes.Get[int](&s.Transaction().Notes, example.NoteDenied); got != 1 {
+	if got := example.NoteDenied.Get(&s.Transaction().Notes); got != 1 {
 		t.Errorf("note %s = %d; want 1", example.NoteDenied, got)
 	}
 	rep := s.Data("Subject: hello\r\n\r\nbody\r\n")
@@ -83,7 +82,7 @@ func TestMessage(t *testing.T) {
 	if got := string(q[0].Data); got != wantData {
 		t.Errorf("queued\n%q\nwant\n%q", got, wantData)
 	}
-	if got := q[0].Notes[example.NoteDenied]; got != 1 {
+	if got := q[0].Notes[example.NoteDenied.Name()]; got != 1 {
 		t.Errorf("queued note %s = %v; want 1", example.NoteDenied, got)
 	}
 }
@@ -94,12 +93,12 @@ func TestNotes(t *testing.T) {
 	s := h.Connect("192.0.2.1")
 	s.Greeting()
 	c := s.Conn()
-	if got := notes.Get[string](&c.Notes, example.NoteConn); got != c.ID {
+	if got := example.NoteConn.Get(&c.Notes); got != c.ID {
 		t.Errorf("note %s = %q; want the connection id %q", example.NoteConn, got, c.ID)
 	}
 
 	hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, "Subject: 1\r\n\r\n1\r\n"), 250)
-	if got := notes.Get[string](&c.Notes, example.NoteHelo); got != "client.example.test" {
+	if got := example.NoteHelo.Get(&c.Notes); got != "client.example.test" {
 		t.Errorf("note %s = %q", example.NoteHelo, got)
 	}
 	// A second greeting replaces the name; RSET ends a transaction that
@@ -109,17 +108,17 @@ func TestNotes(t *testing.T) {
 	s.Reset()
 	hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, "Subject: 2\r\n\r\n2\r\n"), 250)
 
-	if got := notes.Get[string](&c.Notes, example.NoteHelo); got != "other.example" {
+	if got := example.NoteHelo.Get(&c.Notes); got != "other.example" {
 		t.Errorf("note %s = %q; want the latest name", example.NoteHelo, got)
 	}
-	if got := notes.Get[int](&c.Notes, example.NoteTransactions); got != 3 {
+	if got := example.NoteTransactions.Get(&c.Notes); got != 3 {
 		t.Errorf("note %s = %d; want 3", example.NoteTransactions, got)
 	}
 	q := h.Queued()
 	if len(q) != 2 || !strings.Contains(string(q[1].Data), "\r\nX-Sluice-Example: conn="+c.ID+" helo=other.example\r\n") {
 		t.Errorf("queued %q", q)
 	}
-	if _, ok := q[1].Notes[example.NoteDenied]; ok {
+	if _, ok := q[1].Notes[example.NoteDenied.Name()]; ok {
 		t.Errorf("transaction note %s leaked into the next transaction", example.NoteDenied)
 	}
 }

@@ -51,7 +51,7 @@ func TestCap(t *testing.T) {
 		if len(q) != 1 || len(q[0].Recipients) != tt.max {
 			t.Fatalf("%s: queued %+v", tt.settings, q)
 		}
-		if got := q[0].Notes[maxrcpt.NoteRefused]; got != 2 {
+		if got := q[0].Notes[maxrcpt.NoteRefused.Name()]; got != 2 {
 			t.Errorf("%s: note %s = %v; want 2", tt.settings, maxrcpt.NoteRefused, got)
 		}
 	}
@@ -72,7 +72,7 @@ func TestPerTransaction(t *testing.T) {
 		t.Errorf("queued %d messages; want 3", len(q))
 	}
 	for _, m := range h.Queued() {
-		if _, ok := m.Notes[maxrcpt.NoteRefused]; ok {
+		if _, ok := m.Notes[maxrcpt.NoteRefused.Name()]; ok {
 			t.Errorf("note %s set on a transaction under the cap", maxrcpt.NoteRefused)
 		}
 	}

@@ -41,7 +41,7 @@ type Settings struct {
 
 // NoteCount is the transaction note holding how many messages the key has
 // sent in the window, this one included.
-const NoteCount = "ratelimit.count"
+var NoteCount = notes.NewKey[int]("ratelimit.count")
 
 // Plugin is a ratelimit instance. Its counters are guarded by mu; it is
 // safe for concurrent use.
@@ -141,7 +141,7 @@ func (p *Plugin) Mail(_ context.Context, c *connection.Connection, tx *transacti
 			Msg:      fmt.Sprintf(p.result, shown),
 		}
 	}
-	notes.Set(&tx.Notes, NoteCount, n)
+	NoteCount.Set(&tx.Notes, n)
 	return hooks.Result{}
 }
 

@@ -152,7 +152,7 @@ func TestCountsTransactions(t *testing.T) {
 		t.Fatalf("queued %d messages; want 2", len(q))
 	}
 	for i, m := range q {
-		if got := m.Notes[ratelimit.NoteCount]; got != i+1 {
+		if got := m.Notes[ratelimit.NoteCount.Name()]; got != i+1 {
 			t.Errorf("message %d: note %s = %v; want %d", i+1, ratelimit.NoteCount, got, i+1)
 		}
 	}

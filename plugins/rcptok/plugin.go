@@ -48,7 +48,7 @@ type Settings struct {
 // NoteRelayed is the transaction note set to true when a recipient outside
 // the local domains was accepted because the client may relay: the message
 // is (at least partly) outbound.
-const NoteRelayed = "rcptok.relayed"
+var NoteRelayed = notes.NewKey[bool]("rcptok.relayed")
 
 // Plugin is an rcptok instance. It is read-only after New and safe for
 // concurrent use.
@@ -157,7 +157,7 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 	// percent-hack "user%other@local", a bang path "other!user@local" or a
 	// source route "@relay:user@local"): only relay clients get it.
 	if p.relayOK && c.Relay {
-		notes.Set(&tx.Notes, NoteRelayed, true)
+		NoteRelayed.Set(&tx.Notes, true)
 		return hooks.Accept("")
 	}
 	return denied

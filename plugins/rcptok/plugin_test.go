@@ -115,10 +115,10 @@ func TestRelayedNote(t *testing.T) {
 	if len(q) != 2 {
 		t.Fatalf("queued %d messages; want 2", len(q))
 	}
-	if v, ok := q[0].Notes[rcptok.NoteRelayed]; ok {
+	if v, ok := q[0].Notes[rcptok.NoteRelayed.Name()]; ok {
 		t.Errorf("inbound message: note %s = %v; want it unset", rcptok.NoteRelayed, v)
 	}
-	if v := q[1].Notes[rcptok.NoteRelayed]; v != true {
+	if v := q[1].Notes[rcptok.NoteRelayed.Name()]; v != true {
 		t.Errorf("relayed message: note %s = %v; want true", rcptok.NoteRelayed, v)
 	}
 	if got := strings.Join(q[1].Recipients, ","); got != "carol@example.test,dave@elsewhere.test" {

@@ -73,7 +73,7 @@ func (a *Allow) UnmarshalTOML(v any) error {
 
 // NoteMismatch is the connection note set to the sender address refused
 // last (a refused MAIL leaves no transaction to note it on).
-const NoteMismatch = "senderlogin.mismatch"
+var NoteMismatch = notes.NewKey[string]("senderlogin.mismatch")
 
 // The modes.
 const (
@@ -210,7 +210,7 @@ func (p *Plugin) Mail(_ context.Context, c *connection.Connection, _ *transactio
 	if p.owns(c.AuthUser, from) {
 		return hooks.Result{}
 	}
-	notes.Set(&c.Notes, NoteMismatch, from)
+	NoteMismatch.Set(&c.Notes, from)
 	return hooks.Result{
 		Code:     hooks.Deny,
 		Reply:    553,

@@ -8,7 +8,6 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/hooks/notes"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/senderlogin"
 )
@@ -44,7 +43,7 @@ func mail(t *testing.T, h *hookstest.Harness, user, from string) (string, string
 		login(s, user)
 	}
 	rep := s.Mail(from).String()
-	return rep, notes.Get[string](&s.Conn().Notes, senderlogin.NoteMismatch)
+	return rep, senderlogin.NoteMismatch.Get(&s.Conn().Notes)
 }
 
 const ok = "250 2.1.0 Sender OK"
@@ -170,7 +169,7 @@ func TestSend(t *testing.T) {
 		t.Fatalf("queued %+v", q)
 	}
 	// The note stays on the connection for later plugins and logs.
-	if got := notes.Get[string](&s.Conn().Notes, senderlogin.NoteMismatch); got != "bob@example.test" {
+	if got := senderlogin.NoteMismatch.Get(&s.Conn().Notes); got != "bob@example.test" {
 		t.Errorf("note %s = %q", senderlogin.NoteMismatch, got)
 	}
 }
