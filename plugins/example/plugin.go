@@ -24,6 +24,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -40,7 +41,8 @@ func init() { hooks.Register("example", New) }
 // these comments are the first docs an operator reads.
 type Settings struct {
 	// DenyRecipients are addresses refused at RCPT with 550 5.1.1,
-	// compared case-insensitively. Default: none.
+	// compared without regard to ASCII case, the domain as a DNS name
+	// (see denyKey). Default: none.
 	DenyRecipients []string `toml:"deny_recipients"`
 	// Header is the name of the header field added to every message.
 	// Default "X-Sluice-Example"; "" adds none.
@@ -74,7 +76,7 @@ var (
 // Never keep per-connection or per-message state in it; that goes in
 // c.Notes and tx.Notes.
 type Plugin struct {
-	deny   map[string]bool // lowercased addresses from deny_recipients
+	deny   map[string]bool // deny_recipients, by denyKey
 	header string          // "" means: add no header
 }
 
@@ -107,16 +109,37 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 
 	p := &Plugin{deny: make(map[string]bool, len(s.DenyRecipients)), header: s.Header}
 	for _, addr := range s.DenyRecipients {
-		local, domain, ok := strings.Cut(addr, "@")
-		if !ok || local == "" || domain == "" || strings.ContainsAny(addr, " \t<>") {
-			return nil, fmt.Errorf("deny_recipients: %q is not an address: want \"user@domain\"", addr)
+		key, ok := denyKey(addr)
+		if !ok || strings.ContainsAny(addr, " \t<>") {
+			return nil, fmt.Errorf("deny_recipients: %+q is not an address: want \"user@domain\"", addr)
 		}
-		p.deny[strings.ToLower(addr)] = true
+		p.deny[key] = true
 	}
 	if s.Header != "" && !validFieldName(s.Header) {
 		return nil, fmt.Errorf("header = %q: want a header field name: printable ASCII without spaces or ':' (e.g. \"X-Sluice-Example\"), or \"\" for none", s.Header)
 	}
 	return p, nil
+}
+
+// denyKey is the form in which addresses are compared: the local part
+// with its ASCII letters lowered, and the domain in the canonical form of
+// package mailaddr (A-labels, ASCII case folding only), so that
+// "Trap@Bücher.example" and "trap@xn--bcher-kva.example" are one address.
+// Never compare addresses or domains with strings.ToLower or
+// strings.EqualFold: they fold Unicode too, and "\u212Aernel.test" (a
+// Kelvin sign) would become kernel.test, which it is not. ok is false when
+// addr is not local@domain with a valid domain: such an address matches
+// nothing.
+func denyKey(addr string) (key string, ok bool) {
+	local, domain, ok := mailaddr.Split(addr)
+	if !ok || local == "" {
+		return "", false
+	}
+	domain, ok = mailaddr.CanonicalDomain(domain)
+	if !ok {
+		return "", false
+	}
+	return mailaddr.LowerASCII(local) + "@" + domain, true
 }
 
 // validFieldName reports whether name is an RFC 5322 field name: printable
@@ -172,7 +195,7 @@ func (p *Plugin) greeted(c *connection.Connection, host string) hooks.Result {
 // answers OK, which ends the hook, and the plugins after it never see the
 // recipient.
 func (p *Plugin) Rcpt(_ context.Context, _ *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
-	if !p.deny[strings.ToLower(rcpt)] {
+	if key, ok := denyKey(rcpt); !ok || !p.deny[key] {
 		return hooks.Result{}
 	}
 	// notes.Add keeps a counter under a Key[int]; the transaction notes

@@ -21,7 +21,7 @@ func newHarness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
 	return hookstest.New(t,
 		hookstest.Plugin("example", hookstest.Build(t, "example", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
+		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test", "bücher.example", "kernel.test"]`)),
 		hookstest.Queue())
 }
 
@@ -34,12 +34,20 @@ func want(t *testing.T, what string, rep hooks.Reply, want string) {
 }
 
 func TestRcpt(t *testing.T) {
-	h := newHarness(t, `deny_recipients = ["spamtrap@example.test", "Old.Address@Example.TEST"]`)
+	h := newHarness(t, `deny_recipients = ["spamtrap@example.test", "Old.Address@Example.TEST", "trap@bücher.example", "trap@kernel.test"]`)
 	for _, tt := range []struct{ rcpt, want string }{
 		{"bob@example.test", "250 2.1.5 Recipient OK"},
 		{"spamtrap@example.test", "550 5.1.1 no such user"},
 		{"SpamTrap@Example.Test", "550 5.1.1 no such user"},
 		{"old.address@example.test", "550 5.1.1 no such user"},
+		// An IDN in either form, in any ASCII case.
+		{"trap@bücher.example", "550 5.1.1 no such user"},
+		{"TRAP@XN--BCHER-KVA.example", "550 5.1.1 no such user"},
+		{"bob@xn--bcher-kva.example", "250 2.1.5 Recipient OK"},
+		// A Unicode case fold is not the listed address: the Kelvin sign
+		// is no k. example declines it; rcptok refuses it as not local.
+		{"trap@\u212Aernel.test", "550 5.7.1 relaying denied"},
+		{"trap@kernel.test", "550 5.1.1 no such user"},
 		// Not refused by example: rcptok decides.
 		{"spamtrap@elsewhere.test", "550 5.7.1 relaying denied"},
 	} {
@@ -147,6 +155,8 @@ func TestBadSettings(t *testing.T) {
 		{`deny_recipients = ["spamtrap"]`, `deny_recipients: "spamtrap" is not an address: want "user@domain"`},
 		{`deny_recipients = ["@example.test"]`, `deny_recipients: "@example.test" is not an address`},
 		{`deny_recipients = ["<a@example.test>"]`, `deny_recipients: "<a@example.test>" is not an address`},
+		{`deny_recipients = ["a@example..test"]`, `deny_recipients: "a@example..test" is not an address`},
+		{"deny_recipients = [\"a@\u212Aernel.test\"]", `deny_recipients: "a@\u212aernel.test" is not an address`},
 		{`header = "X Example"`, `header = "X Example": want a header field name`},
 		{`header = "X-Example:"`, `header = "X-Example:": want a header field name`},
 		{`deny_recipients = "spamtrap@example.test"`, `deny_recipients: expected a list of strings, got a string`},
