@@ -212,7 +212,9 @@ func (p *Plugin) Rcpt(_ context.Context, _ *connection.Connection, tx *transacti
 // DataPost runs once the whole message is spooled, after Sluice added its
 // Received field and before the queue takes the message. Plugins may change
 // tx.Header here; the body (tx.Body) is read-only. To refuse the message,
-// return Reject or Defer; to let it go on, decline.
+// return Reject or Defer; to let it go on, decline. A Reject here answers
+// 552 5.7.1 and a Defer 452 4.7.1 (qpsmtpd's data_post codes, which
+// Sluice keeps), not the 554/451 of a refusal at the DATA command.
 func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
 	if p.header == "" {
 		return hooks.Result{}
