@@ -50,6 +50,17 @@ type Connection struct {
 	Notes notes.Notes
 }
 
+// The connection notes a successful AUTH sets, beside AuthUser. They are
+// here, not in the server, so that plugins read them without importing the
+// server.
+var (
+	// NoteAuthUser is the authenticated identity, as AuthUser.
+	NoteAuthUser = notes.NewKey[string]("auth.user")
+	// NoteAuthMech is the SASL mechanism the client authenticated with
+	// ("PLAIN", "LOGIN").
+	NoteAuthMech = notes.NewKey[string]("auth.mech")
+)
+
 // New returns a Connection with a fresh ID.
 func New(listener, hostname string, local, remote netip.AddrPort) *Connection {
 	return &Connection{

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 )
 
@@ -13,13 +14,6 @@ import (
 // (go-sasl has it only as a client), both checked by the auth hook under
 // the brute-force limiter. The exchange is part of the state machine:
 // after a 334 the next line is the client's response, not a command.
-
-// The connection notes set by a successful AUTH (c.AuthUser holds the
-// user too).
-const (
-	NoteAuthUser = "auth.user"
-	NoteAuthMech = "auth.mech"
-)
 
 // saslExchange is an AUTH in progress.
 type saslExchange struct {
@@ -158,8 +152,8 @@ func (s *Session) verify(ex *saslExchange, authzid, user, password string) error
 		rep = s.reply(d)
 		if d.Result.Code == hooks.OK || d.Result.Code == hooks.Done {
 			s.conn.AuthUser, s.conn.Relay = user, true
-			s.conn.Notes.Set(NoteAuthUser, user)
-			s.conn.Notes.Set(NoteAuthMech, mech)
+			connection.NoteAuthUser.Set(&s.conn.Notes, user)
+			connection.NoteAuthMech.Set(&s.conn.Notes, mech)
 			lim.Succeed(user)
 			s.log.Info("AUTH succeeded", "mech", mech, "ip", ip, "user", user)
 			ex.result = &rep

@@ -18,7 +18,6 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/server"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -385,7 +384,7 @@ func TestAuthRightAfterStartTLSNeedsEHLO(t *testing.T) {
 type noteRecorder struct{ seen chan string }
 
 func (n noteRecorder) Mail(_ context.Context, c *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
-	n.seen <- notes.Get[string](&c.Notes, server.NoteAuthUser) + " " + notes.Get[string](&c.Notes, server.NoteAuthMech) + " " + c.AuthUser
+	n.seen <- connection.NoteAuthUser.Get(&c.Notes) + " " + connection.NoteAuthMech.Get(&c.Notes) + " " + c.AuthUser
 	return hooks.Result{}
 }
 

@@ -264,13 +264,19 @@ func TestHeaderTooLong(t *testing.T) {
 // transactions it sees, and records what it found at each hook.
 type notesProbe struct{ events }
 
+var (
+	probeTx   = notes.NewKey[int]("probe.tx")
+	probeConn = notes.NewKey[int]("probe.conn")
+	probeRcpt = notes.NewKey[bool]("probe.rcpt")
+)
+
 func (p *notesProbe) Mail(_ context.Context, c *connection.Connection, tx *transaction.Transaction, _ string) hooks.Result {
-	p.add("mail tx=%d conn=%d", notes.Add(&tx.Notes, "probe.tx", 1), notes.Add(&c.Notes, "probe.conn", 1))
+	p.add("mail tx=%d conn=%d", notes.Add(&tx.Notes, probeTx, 1), notes.Add(&c.Notes, probeConn, 1))
 	return hooks.Result{}
 }
 
 func (p *notesProbe) Rcpt(_ context.Context, c *connection.Connection, tx *transaction.Transaction, _ string) hooks.Result {
-	notes.Set(&tx.Notes, "probe.rcpt", true)
+	probeRcpt.Set(&tx.Notes, true)
 	return hooks.Accept("")
 }
 
@@ -281,7 +287,7 @@ func TestNotesLifetime(t *testing.T) {
 	s.Helo("c")
 	hookstest.Expect(t, s.Mail("a@example.org"), 250)
 	hookstest.Expect(t, s.Rcpt("b@example.test"), 250)
-	if !notes.Get[bool](&s.Transaction().Notes, "probe.rcpt") {
+	if !probeRcpt.Get(&s.Transaction().Notes) {
 		t.Fatal("a transaction note set at rcpt is gone before DATA")
 	}
 	s.Reset() // RSET
@@ -299,7 +305,7 @@ func TestNotesLifetime(t *testing.T) {
 			t.Fatalf("message %d queued with notes %v", i, m.Notes)
 		}
 	}
-	if got := notes.Get[int](&s.Conn().Notes, "probe.conn"); got != 4 {
+	if got := probeConn.Get(&s.Conn().Notes); got != 4 {
 		t.Fatalf("connection note = %d, want 4", got)
 	}
 }

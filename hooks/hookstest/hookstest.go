@@ -373,8 +373,16 @@ func (s *Session) Cmd(line string) hooks.Reply { return s.Session.Command(line +
 // Helo sends EHLO host.
 func (s *Session) Helo(host string) hooks.Reply { return s.Session.Ehlo(host) }
 
-// Mail sends MAIL FROM:<from>.
-func (s *Session) Mail(from string) hooks.Reply { return s.Session.Mail("FROM:<" + from + ">") }
+// Mail sends MAIL FROM:<from>, with SMTPUTF8 when from is not ASCII (as
+// a real client does: without it the server refuses the address).
+func (s *Session) Mail(from string) hooks.Reply {
+	for i := 0; i < len(from); i++ {
+		if from[i] >= 0x80 {
+			return s.Session.Mail("FROM:<" + from + "> SMTPUTF8")
+		}
+	}
+	return s.Session.Mail("FROM:<" + from + ">")
+}
 
 // Rcpt sends RCPT TO:<to>.
 func (s *Session) Rcpt(to string) hooks.Reply { return s.Session.Rcpt("TO:<" + to + ">") }

@@ -18,6 +18,9 @@ import (
 	"github.com/sluice-mta/sluice/transaction"
 )
 
+// noteDomain is the transaction note domains sets to the domain it accepted.
+var noteDomain = notes.NewKey[string]("hookstesttest.domain")
+
 // domains accepts recipients in its domains and counts connections.
 type domains struct {
 	Domains  []string `toml:"domains"`
@@ -32,7 +35,7 @@ func (p *domains) Connect(context.Context, *connection.Connection) hooks.Result 
 func (p *domains) Rcpt(_ context.Context, _ *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
 	_, domain, _ := strings.Cut(rcpt, "@")
 	if slices.Contains(p.Domains, domain) {
-		notes.Set(&tx.Notes, "hookstesttest.domain", domain)
+		noteDomain.Set(&tx.Notes, domain)
 		return hooks.Accept("")
 	}
 	return hooks.Reject("relaying denied")
@@ -128,7 +131,7 @@ func TestTheDocExample(t *testing.T) {
 	hookstest.Expect(t, s.Rcpt("bob@example.test"), 250)
 	hookstest.Expect(t, s.Data("Subject: hi\r\n\r\nhello\r\n"), 250, "queued as")
 	q := h.Queued()
-	if len(q) != 1 || q[0].Notes["hookstesttest.domain"] != "example.test" || !strings.HasSuffix(string(q[0].Data), "Subject: hi\r\n\r\nhello\r\n") {
+	if len(q) != 1 || q[0].Notes[noteDomain.Name()] != "example.test" || !strings.HasSuffix(string(q[0].Data), "Subject: hi\r\n\r\nhello\r\n") {
 		t.Fatalf("queued %+v", q)
 	}
 	// Queued returns a copy.

@@ -24,6 +24,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -40,29 +41,33 @@ func init() { hooks.Register("example", New) }
 // these comments are the first docs an operator reads.
 type Settings struct {
 	// DenyRecipients are addresses refused at RCPT with 550 5.1.1,
-	// compared case-insensitively. Default: none.
+	// compared without regard to ASCII case, the domain as a DNS name
+	// (see denyKey). Default: none.
 	DenyRecipients []string `toml:"deny_recipients"`
 	// Header is the name of the header field added to every message.
 	// Default "X-Sluice-Example"; "" adds none.
 	Header string `toml:"header"`
 }
 
-// The notes the plugin sets. Keys are "<plugin>.<key>" so that two plugins
-// never collide; export them as constants so other plugins and tests use
-// the same spelling. Connection notes (c.Notes) last as long as the
-// connection; transaction notes (tx.Notes) as long as one message.
-const (
-	// NoteConn (connection, string) is the connection id, stored at connect.
-	NoteConn = "example.conn"
-	// NoteHelo (connection, string) is the name the client gave in its
-	// latest HELO or EHLO.
-	NoteHelo = "example.helo"
-	// NoteTransactions (connection, int) counts the transactions that
-	// ended on the connection, queued or not.
-	NoteTransactions = "example.transactions"
-	// NoteDenied (transaction, int) counts the recipients refused because
-	// they are in deny_recipients.
-	NoteDenied = "example.denied"
+// The notes the plugin sets. A note is read and written through a typed
+// key, notes.Key[T], named "<plugin>.<key>" so that two plugins never
+// collide. Declare the keys once, as exported package-level variables:
+// other plugins and tests import them, so they spell the name the same way
+// and a reader that expects another type does not compile. Connection
+// notes (c.Notes) last as long as the connection; transaction notes
+// (tx.Notes) as long as one message.
+var (
+	// NoteConn (connection) is the connection id, stored at connect.
+	NoteConn = notes.NewKey[string]("example.conn")
+	// NoteHelo (connection) is the name the client gave in its latest HELO
+	// or EHLO.
+	NoteHelo = notes.NewKey[string]("example.helo")
+	// NoteTransactions (connection) counts the transactions that ended on
+	// the connection, queued or not.
+	NoteTransactions = notes.NewKey[int]("example.transactions")
+	// NoteDenied (transaction) counts the recipients refused because they
+	// are in deny_recipients.
+	NoteDenied = notes.NewKey[int]("example.denied")
 )
 
 // Plugin is one configured instance. One instance serves every connection
@@ -71,7 +76,7 @@ const (
 // Never keep per-connection or per-message state in it; that goes in
 // c.Notes and tx.Notes.
 type Plugin struct {
-	deny   map[string]bool // lowercased addresses from deny_recipients
+	deny   map[string]bool // deny_recipients, by denyKey
 	header string          // "" means: add no header
 }
 
@@ -104,16 +109,37 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 
 	p := &Plugin{deny: make(map[string]bool, len(s.DenyRecipients)), header: s.Header}
 	for _, addr := range s.DenyRecipients {
-		local, domain, ok := strings.Cut(addr, "@")
-		if !ok || local == "" || domain == "" || strings.ContainsAny(addr, " \t<>") {
-			return nil, fmt.Errorf("deny_recipients: %q is not an address: want \"user@domain\"", addr)
+		key, ok := denyKey(addr)
+		if !ok || strings.ContainsAny(addr, " \t<>") {
+			return nil, fmt.Errorf("deny_recipients: %+q is not an address: want \"user@domain\"", addr)
 		}
-		p.deny[strings.ToLower(addr)] = true
+		p.deny[key] = true
 	}
 	if s.Header != "" && !validFieldName(s.Header) {
 		return nil, fmt.Errorf("header = %q: want a header field name: printable ASCII without spaces or ':' (e.g. \"X-Sluice-Example\"), or \"\" for none", s.Header)
 	}
 	return p, nil
+}
+
+// denyKey is the form in which addresses are compared: the local part
+// with its ASCII letters lowered, and the domain in the canonical form of
+// package mailaddr (A-labels, ASCII case folding only), so that
+// "Trap@Bücher.example" and "trap@xn--bcher-kva.example" are one address.
+// Never compare addresses or domains with strings.ToLower or
+// strings.EqualFold: they fold Unicode too, and "\u212Aernel.test" (a
+// Kelvin sign) would become kernel.test, which it is not. ok is false when
+// addr is not local@domain with a valid domain: such an address matches
+// nothing.
+func denyKey(addr string) (key string, ok bool) {
+	local, domain, ok := mailaddr.Split(addr)
+	if !ok || local == "" {
+		return "", false
+	}
+	domain, ok = mailaddr.CanonicalDomain(domain)
+	if !ok {
+		return "", false
+	}
+	return mailaddr.LowerASCII(local) + "@" + domain, true
 }
 
 // validFieldName reports whether name is an RFC 5322 field name: printable
@@ -137,7 +163,7 @@ func validFieldName(name string) bool {
 // the 220 greeting). Only return OK when the plugin means to decide for the
 // whole chain: OK stops it.
 func (p *Plugin) Connect(_ context.Context, c *connection.Connection) hooks.Result {
-	notes.Set(&c.Notes, NoteConn, c.ID)
+	NoteConn.Set(&c.Notes, c.ID)
 	return hooks.Result{}
 }
 
@@ -155,7 +181,7 @@ func (p *Plugin) Ehlo(ctx context.Context, c *connection.Connection, host string
 // greeted stores the HELO name. A later HELO or EHLO replaces it (and ends
 // the transaction in progress, as RSET does).
 func (p *Plugin) greeted(c *connection.Connection, host string) hooks.Result {
-	notes.Set(&c.Notes, NoteHelo, host)
+	NoteHelo.Set(&c.Notes, host)
 	return hooks.Result{}
 }
 
@@ -169,11 +195,11 @@ func (p *Plugin) greeted(c *connection.Connection, host string) hooks.Result {
 // answers OK, which ends the hook, and the plugins after it never see the
 // recipient.
 func (p *Plugin) Rcpt(_ context.Context, _ *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
-	if !p.deny[strings.ToLower(rcpt)] {
+	if key, ok := denyKey(rcpt); !ok || !p.deny[key] {
 		return hooks.Result{}
 	}
-	// notes.Add keeps a counter; the transaction notes start empty for
-	// every message.
+	// notes.Add keeps a counter under a Key[int]; the transaction notes
+	// start empty for every message.
 	notes.Add(&tx.Notes, NoteDenied, 1)
 	// A refusal: Code picks the kind (Deny is permanent, 5xx; DenySoft is
 	// temporary, 4xx), the hook picks the reply code (550 at RCPT), Msg is
@@ -186,19 +212,21 @@ func (p *Plugin) Rcpt(_ context.Context, _ *connection.Connection, tx *transacti
 // DataPost runs once the whole message is spooled, after Sluice added its
 // Received field and before the queue takes the message. Plugins may change
 // tx.Header here; the body (tx.Body) is read-only. To refuse the message,
-// return Reject or Defer; to let it go on, decline.
+// return Reject or Defer; to let it go on, decline. A Reject here answers
+// 552 5.7.1 and a Defer 452 4.7.1 (qpsmtpd's data_post codes, which
+// Sluice keeps), not the 554/451 of a refusal at the DATA command.
 func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
 	if p.header == "" {
 		return hooks.Result{}
 	}
-	// notes.Lookup says whether the note is there with the right type;
-	// notes.Get returns the zero value when it is not. The connect hook
-	// did not run if, say, a test skipped the greeting: fall back on c.ID.
-	id, ok := notes.Lookup[string](&c.Notes, NoteConn)
+	// Lookup says whether the note is set; Get returns the zero value
+	// when it is not. The connect hook did not run if, say, a test skipped
+	// the greeting: fall back on c.ID.
+	id, ok := NoteConn.Lookup(&c.Notes)
 	if !ok {
 		id = c.ID
 	}
-	helo := notes.Get[string](&c.Notes, NoteHelo)
+	helo := NoteHelo.Get(&c.Notes)
 	// Header.Add appends the field at the end of the header (Prepend puts
 	// trace fields on top). A value from the client (the HELO name) is
 	// untrusted, but Add folds any line break it holds, so it can never

@@ -10,7 +10,6 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok" // registers rcptok for Build
 )
@@ -22,7 +21,7 @@ func newHarness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
 	return hookstest.New(t,
 		hookstest.Plugin("example", hookstest.Build(t, "example", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
+		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test", "bücher.example", "kernel.test"]`)),
 		hookstest.Queue())
 }
 
@@ -35,18 +34,26 @@ func want(t *testing.T, what string, rep hooks.Reply, want string) {
 }
 
 func TestRcpt(t *testing.T) {
-	h := newHarness(t, `deny_recipients = ["spamtrap@example.test", "Old.Address@Example.TEST"]`)
+	h := newHarness(t, `deny_recipients = ["spamtrap@example.test", "Old.Address@Example.TEST", "trap@bücher.example", "trap@kernel.test"]`)
 	for _, tt := range []struct{ rcpt, want string }{
 		{"bob@example.test", "250 2.1.5 Recipient OK"},
 		{"spamtrap@example.test", "550 5.1.1 no such user"},
 		{"SpamTrap@Example.Test", "550 5.1.1 no such user"},
 		{"old.address@example.test", "550 5.1.1 no such user"},
+		// An IDN in either form, in any ASCII case.
+		{"trap@bücher.example", "550 5.1.1 no such user"},
+		{"TRAP@XN--BCHER-KVA.example", "550 5.1.1 no such user"},
+		{"bob@xn--bcher-kva.example", "250 2.1.5 Recipient OK"},
+		// A Unicode case fold is not the listed address: the Kelvin sign
+		// is no k. example declines it; rcptok refuses it as not local.
+		{"trap@\u212Aernel.test", "550 5.7.1 relaying denied"},
+		{"trap@kernel.test", "550 5.1.1 no such user"},
 		// Not refused by example: rcptok decides.
 		{"spamtrap@elsewhere.test", "550 5.7.1 relaying denied"},
 	} {
 		s := h.Connect("192.0.2.1")
 		hookstest.Expect(t, s.Helo("client.example"), 250)
-		hookstest.Expect(t, s.Mail("alice@example.org"), 250)
+		hookstest.Expect(t, s.Cmd("MAIL FROM:<alice@example.org> SMTPUTF8"), 250) // the IDN recipients need it
 		want(t, "RCPT "+tt.rcpt, s.Rcpt(tt.rcpt), tt.want)
 	}
 }
@@ -64,7 +71,7 @@ func TestMessage(t *testing.T) {
 	want(t, "MAIL", s.Mail("alice@example.org"), "250 2.1.0 Sender OK")
 	want(t, "RCPT", s.Rcpt("spamtrap@example.test"), "550 5.1.1 no such user")
 	want(t, "RCPT", s.Rcpt("bob@example.test"), "250 2.1.5 Recipient OK")
-	if got := notes.Get[int](&s.Transaction().Notes, example.NoteDenied); got != 1 {
+	if got := example.NoteDenied.Get(&s.Transaction().Notes); got != 1 {
 		t.Errorf("note %s = %d; want 1", example.NoteDenied, got)
 	}
 	rep := s.Data("Subject: hello\r\n\r\nbody\r\n")
@@ -84,7 +91,7 @@ func TestMessage(t *testing.T) {
 	if got := string(q[0].Data); got != wantData {
 		t.Errorf("queued\n%q\nwant\n%q", got, wantData)
 	}
-	if got := q[0].Notes[example.NoteDenied]; got != 1 {
+	if got := q[0].Notes[example.NoteDenied.Name()]; got != 1 {
 		t.Errorf("queued note %s = %v; want 1", example.NoteDenied, got)
 	}
 }
@@ -95,12 +102,12 @@ func TestNotes(t *testing.T) {
 	s := h.Connect("192.0.2.1")
 	s.Greeting()
 	c := s.Conn()
-	if got := notes.Get[string](&c.Notes, example.NoteConn); got != c.ID {
+	if got := example.NoteConn.Get(&c.Notes); got != c.ID {
 		t.Errorf("note %s = %q; want the connection id %q", example.NoteConn, got, c.ID)
 	}
 
 	hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, "Subject: 1\r\n\r\n1\r\n"), 250)
-	if got := notes.Get[string](&c.Notes, example.NoteHelo); got != "client.example.test" {
+	if got := example.NoteHelo.Get(&c.Notes); got != "client.example.test" {
 		t.Errorf("note %s = %q", example.NoteHelo, got)
 	}
 	// A second greeting replaces the name; RSET ends a transaction that
@@ -110,17 +117,17 @@ func TestNotes(t *testing.T) {
 	s.Reset()
 	hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, "Subject: 2\r\n\r\n2\r\n"), 250)
 
-	if got := notes.Get[string](&c.Notes, example.NoteHelo); got != "other.example" {
+	if got := example.NoteHelo.Get(&c.Notes); got != "other.example" {
 		t.Errorf("note %s = %q; want the latest name", example.NoteHelo, got)
 	}
-	if got := notes.Get[int](&c.Notes, example.NoteTransactions); got != 3 {
+	if got := example.NoteTransactions.Get(&c.Notes); got != 3 {
 		t.Errorf("note %s = %d; want 3", example.NoteTransactions, got)
 	}
 	q := h.Queued()
 	if len(q) != 2 || !strings.Contains(string(q[1].Data), "\r\nX-Sluice-Example: conn="+c.ID+" helo=other.example\r\n") {
 		t.Errorf("queued %q", q)
 	}
-	if _, ok := q[1].Notes[example.NoteDenied]; ok {
+	if _, ok := q[1].Notes[example.NoteDenied.Name()]; ok {
 		t.Errorf("transaction note %s leaked into the next transaction", example.NoteDenied)
 	}
 }
@@ -149,6 +156,8 @@ func TestBadSettings(t *testing.T) {
 		{`deny_recipients = ["spamtrap"]`, `deny_recipients: "spamtrap" is not an address: want "user@domain"`},
 		{`deny_recipients = ["@example.test"]`, `deny_recipients: "@example.test" is not an address`},
 		{`deny_recipients = ["<a@example.test>"]`, `deny_recipients: "<a@example.test>" is not an address`},
+		{`deny_recipients = ["a@example..test"]`, `deny_recipients: "a@example..test" is not an address`},
+		{"deny_recipients = [\"a@\u212Aernel.test\"]", `deny_recipients: "a@\u212aernel.test" is not an address`},
 		{`header = "X Example"`, `header = "X Example": want a header field name`},
 		{`header = "X-Example:"`, `header = "X-Example:": want a header field name`},
 		{`deny_recipients = "spamtrap@example.test"`, `deny_recipients: expected a list of strings, got a string`},

@@ -8,6 +8,7 @@ import (
 	"errors"
 
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/plugins/smtpforward"
 )
 
@@ -19,7 +20,7 @@ const DefaultHost = "127.0.0.1:24"
 
 // NoteRemoteID is the transaction note that holds the LMTP server's own
 // queue id, when its reply named one.
-const NoteRemoteID = "lmtp.remote_id"
+var NoteRemoteID = notes.NewKey[string]("lmtp.remote_id")
 
 // Settings are the plugin's [plugins.lmtp] table: smtpforward's keys,
 // with lmtp = true and host = DefaultHost by default.

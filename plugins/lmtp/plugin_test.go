@@ -10,7 +10,6 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/plugins/lmtp"
 	"github.com/sluice-mta/sluice/queue/queuetest"
 	"github.com/sluice-mta/sluice/transaction"
@@ -31,7 +30,7 @@ type remoteIDs struct {
 func (r *remoteIDs) QueuePost(_ context.Context, _ *connection.Connection, tx *transaction.Transaction) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.ids = append(r.ids, notes.Get[string](&tx.Notes, lmtp.NoteRemoteID))
+	r.ids = append(r.ids, lmtp.NoteRemoteID.Get(&tx.Notes))
 }
 
 const body = "Subject: hi\r\n\r\nbody\r\n.dot line\r\n"

@@ -34,11 +34,11 @@ type Settings struct {
 }
 
 // The transaction notes loop sets.
-const (
-	// NoteHops is the number of Received and Delivered-To fields (int).
-	NoteHops = "loop.hops"
+var (
+	// NoteHops is the number of Received and Delivered-To fields.
+	NoteHops = notes.NewKey[int]("loop.hops")
 	// NoteDetected is true when the count reached max_hops.
-	NoteDetected = "loop.detected"
+	NoteDetected = notes.NewKey[bool]("loop.detected")
 )
 
 // Plugin is a loop instance. It is read-only after New and safe for
@@ -67,11 +67,11 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 // reply to the final dot.
 func (p *Plugin) DataHeadersEnd(_ context.Context, _ *connection.Connection, tx *transaction.Transaction) hooks.Result {
 	hops := tx.Header.Count("Received") + tx.Header.Count("Delivered-To")
-	notes.Set(&tx.Notes, NoteHops, hops)
+	NoteHops.Set(&tx.Notes, hops)
 	if hops < p.maxHops {
 		return hooks.Result{}
 	}
-	notes.Set(&tx.Notes, NoteDetected, true)
+	NoteDetected.Set(&tx.Notes, true)
 	if !p.reject {
 		return hooks.Result{}
 	}

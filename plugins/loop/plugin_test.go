@@ -75,10 +75,10 @@ func TestHops(t *testing.T) {
 		if len(q) != 1 {
 			t.Fatalf("%s: queued %d messages; want 1", tt.name, len(q))
 		}
-		if got := q[0].Notes[loop.NoteHops]; got != tt.hops {
+		if got := q[0].Notes[loop.NoteHops.Name()]; got != tt.hops {
 			t.Errorf("%s: note %s = %v; want %d", tt.name, loop.NoteHops, got, tt.hops)
 		}
-		if _, ok := q[0].Notes[loop.NoteDetected]; ok {
+		if _, ok := q[0].Notes[loop.NoteDetected.Name()]; ok {
 			t.Errorf("%s: note %s set under the limit", tt.name, loop.NoteDetected)
 		}
 		// The message is queued unchanged, under Sluice's own Received.
@@ -107,10 +107,10 @@ func TestNoteOnly(t *testing.T) {
 	if len(q) != 1 {
 		t.Fatalf("queued %d messages; want 1", len(q))
 	}
-	if got := q[0].Notes[loop.NoteDetected]; got != true {
+	if got := q[0].Notes[loop.NoteDetected.Name()]; got != true {
 		t.Errorf("note %s = %v; want true", loop.NoteDetected, got)
 	}
-	if got := q[0].Notes[loop.NoteHops]; got != 3 {
+	if got := q[0].Notes[loop.NoteHops.Name()]; got != 3 {
 		t.Errorf("note %s = %v; want 3", loop.NoteHops, got)
 	}
 }

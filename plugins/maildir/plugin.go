@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/queue"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -57,11 +58,11 @@ func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transa
 		return queue.Result(err)
 	}
 	tx.QueueID = rc.ID
-	tx.Notes.Set(NoteFile, rc.Path)
+	NoteFile.Set(&tx.Notes, rc.Path)
 	// The client's reply is always "Ok: queued as ID"; this text goes to
 	// the server's log line for the message.
 	return hooks.Result{Code: hooks.OK, Msg: "delivered to " + rc.Path}
 }
 
 // NoteFile is the transaction note holding the delivered file's path.
-const NoteFile = "maildir.file"
+var NoteFile = notes.NewKey[string]("maildir.file")

@@ -34,7 +34,7 @@ type Settings struct {
 
 // NoteRefused is the transaction note counting the recipients refused for
 // being over the cap.
-const NoteRefused = "maxrcpt.refused"
+var NoteRefused = notes.NewKey[int]("maxrcpt.refused")
 
 // Plugin is a maxrcpt instance. It is read-only after New and safe for
 // concurrent use.

@@ -51,7 +51,7 @@ func TestCap(t *testing.T) {
 		if len(q) != 1 || len(q[0].Recipients) != tt.max {
 			t.Fatalf("%s: queued %+v", tt.settings, q)
 		}
-		if got := q[0].Notes[maxrcpt.NoteRefused]; got != 2 {
+		if got := q[0].Notes[maxrcpt.NoteRefused.Name()]; got != 2 {
 			t.Errorf("%s: note %s = %v; want 2", tt.settings, maxrcpt.NoteRefused, got)
 		}
 	}
@@ -75,7 +75,7 @@ func TestPerTransaction(t *testing.T) {
 		t.Fatalf("queued %d messages; want 4, the last to 2 recipients", len(q))
 	}
 	for i, m := range q {
-		if _, ok := m.Notes[maxrcpt.NoteRefused]; ok != (i == 3) {
+		if _, ok := m.Notes[maxrcpt.NoteRefused.Name()]; ok != (i == 3) {
 			t.Errorf("message %d: note %s set %v; want it only on the transaction over the cap", i, maxrcpt.NoteRefused, ok)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -41,7 +42,7 @@ type Settings struct {
 
 // NoteCount is the transaction note holding how many messages the key has
 // sent in the window, this one included.
-const NoteCount = "ratelimit.count"
+var NoteCount = notes.NewKey[int]("ratelimit.count")
 
 // Plugin is a ratelimit instance. Its counters are guarded by mu; it is
 // safe for concurrent use.
@@ -119,13 +120,30 @@ func formatWindow(d time.Duration) string {
 // shows.
 func (p *Plugin) key(c *connection.Connection) (key, shown string) {
 	if !p.byIP && c.AuthUser != "" {
-		return "user:" + c.AuthUser, c.AuthUser
+		return "user:" + userKey(c.AuthUser), c.AuthUser
 	}
 	ip := c.RemoteIP()
 	if !ip.IsValid() {
 		ip = netip.IPv4Unspecified()
 	}
 	return "ip:" + ip.String(), ip.String()
+}
+
+// userKey is the form of a login that is counted: ASCII letters in lower
+// case and the domain, if any, in mailaddr's canonical form (A-labels). An
+// auth backend may take "Alice@EXAMPLE.test" for alice@example.test
+// (Dovecot lowercases logins by default); counting each spelling apart
+// would multiply the limit. A domain IDNA refuses is kept as written,
+// lowered (ASCII only): it is no spelling of a valid domain.
+func userKey(user string) string {
+	local, d, ok := mailaddr.Split(user)
+	if !ok {
+		return mailaddr.LowerASCII(user)
+	}
+	if canon, ok := mailaddr.CanonicalDomain(d); ok {
+		d = canon
+	}
+	return mailaddr.LowerASCII(local + "@" + d)
 }
 
 // Mail counts the message, or defers it when the key has sent max
@@ -141,7 +159,7 @@ func (p *Plugin) Mail(_ context.Context, c *connection.Connection, tx *transacti
 			Msg:      fmt.Sprintf(p.result, shown),
 		}
 	}
-	notes.Set(&tx.Notes, NoteCount, n)
+	NoteCount.Set(&tx.Notes, n)
 	return hooks.Result{}
 }
 

@@ -117,6 +117,14 @@ func TestSlidingWindow(t *testing.T) {
 	if got := mail(connect(t, h, "198.51.100.7", "alice@example.test"), "alice@example.test"); got != over {
 		t.Errorf("alice on a second connection: %q; want %q", got, over)
 	}
+	// Spellings of the login an auth backend may take for the same user
+	// share the count: ASCII case, a trailing dot.
+	for _, user := range []string{"Alice@EXAMPLE.test", "alice@example.test.", "ALICE@Example.Test"} {
+		want := "450 4.7.1 Rate limit exceeded for " + user + ": 3 messages per 1h; try again later"
+		if got := mail(connect(t, h, "198.51.100.8", user), "alice@example.test"); got != want {
+			t.Errorf("%s: %q; want %q", user, got, want)
+		}
+	}
 	if got := mail(connect(t, h, "192.0.2.1", "bob@example.test"), "bob@example.test"); got != ok {
 		t.Errorf("bob from alice's address: %q; want %q", got, ok)
 	}
@@ -152,7 +160,7 @@ func TestCountsTransactions(t *testing.T) {
 		t.Fatalf("queued %d messages; want 2", len(q))
 	}
 	for i, m := range q {
-		if got := m.Notes[ratelimit.NoteCount]; got != i+1 {
+		if got := m.Notes[ratelimit.NoteCount.Name()]; got != i+1 {
 			t.Errorf("message %d: note %s = %v; want %d", i+1, ratelimit.NoteCount, got, i+1)
 		}
 	}
@@ -181,6 +189,30 @@ func TestByUser(t *testing.T) {
 	mail(v6, "someone@example.org")
 	if got, want := mail(v6, "someone@example.org"), "450 4.7.1 Rate limit exceeded for 2001:db8::1: 1 messages per 30m; try again later"; got != want {
 		t.Errorf("IPv6: %q; want %q", got, want)
+	}
+}
+
+// TestLoginSpellings: an IDN login counts once whichever form it is
+// written in; a Unicode case fold is no spelling of it.
+func TestLoginSpellings(t *testing.T) {
+	p, _ := build(t, "max = 1")
+	h := newHarness(t, p)
+	over := func(user string) string {
+		return "450 4.7.1 Rate limit exceeded for " + user + ": 1 messages per 1h; try again later"
+	}
+	for _, tt := range []struct{ user, want string }{
+		{"alice@bücher.example", ok},
+		{"alice@xn--bcher-kva.example", over("alice@xn--bcher-kva.example")},
+		{"ALICE@XN--BCHER-KVA.EXAMPLE.", over("ALICE@XN--BCHER-KVA.EXAMPLE.")},
+		{"alice@kernel.test", ok},
+		{"alice@\u212Aernel.test", ok},
+		{"alice@\u212AERNEL.test", over("alice@\u212AERNEL.test")},
+		{"webapp", ok},
+		{"WebApp", over("WebApp")},
+	} {
+		if got := mail(connect(t, h, "192.0.2.1", tt.user), "someone@example.test"); got != tt.want {
+			t.Errorf("%s: %q; want %q", tt.user, got, tt.want)
+		}
 	}
 }
 

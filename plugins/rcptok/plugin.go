@@ -8,6 +8,12 @@
 // ".example.com" matches every subdomain of example.com (not example.com
 // itself), as in qmail's rcpthosts.
 //
+// Domains are compared in the canonical form of package mailaddr: A-labels
+// with ASCII-only case folding, so bücher.example and xn--bcher-kva.example
+// are one domain, while "victim@\u212Aernel.test" (a Kelvin sign, which
+// strings.ToLower would turn into 'k') is not at kernel.test: a domain
+// that IDNA refuses is never local.
+//
 // rcptok answers OK for the recipients it accepts, which ends the rcpt
 // hook: plugins that may refuse a local recipient (maxrcpt, a spam trap
 // list) must come before it in the listener's plugin list.
@@ -18,13 +24,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -48,14 +54,14 @@ type Settings struct {
 // NoteRelayed is the transaction note set to true when a recipient outside
 // the local domains was accepted because the client may relay: the message
 // is (at least partly) outbound.
-const NoteRelayed = "rcptok.relayed"
+var NoteRelayed = notes.NewKey[bool]("rcptok.relayed")
 
 // Plugin is an rcptok instance. It is read-only after New and safe for
 // concurrent use.
 type Plugin struct {
 	// exact holds the domains that match as written ("example.com",
 	// "[192.0.2.1]"), suffixes the wildcard entries with their leading dot
-	// (".example.com").
+	// (".example.com"), both in mailaddr.CanonicalDomain's form.
 	exact    map[string]bool
 	suffixes map[string]bool
 	relayOK  bool
@@ -119,21 +125,25 @@ func (p *Plugin) add(entry string) error {
 	case strings.ContainsAny(d, "@ \t*!%,;<>\"\\/"):
 		return fmt.Errorf("%q is not a domain: want a name like \"example.com\", \".example.com\" or a literal like \"[192.0.2.1]\"", entry)
 	case strings.HasPrefix(d, "["):
-		lit, ok := normalizeLiteral(d)
+		lit, ok := mailaddr.CanonicalDomain(d)
 		if !ok {
 			return fmt.Errorf("%q is not an address literal: want \"[192.0.2.1]\" or \"[IPv6:2001:db8::1]\"", entry)
 		}
 		p.exact[lit] = true
 		return nil
 	}
-	d = normalizeDomain(d)
-	if d == "" || d == "." || strings.HasSuffix(d, ".") || strings.Contains(d, "..") || strings.ContainsAny(d, "[]:") {
-		return fmt.Errorf("%q is not a domain", entry)
+	wildcard := strings.HasPrefix(d, ".")
+	if wildcard {
+		d = d[1:]
 	}
-	if strings.HasPrefix(d, ".") {
-		p.suffixes[d] = true
+	canon, ok := mailaddr.CanonicalDomain(d)
+	if !ok {
+		return fmt.Errorf("%+q is not a domain: want letters, digits and hyphens in dot-separated labels, or a valid internationalized name (U-labels or xn-- A-labels)", entry)
+	}
+	if wildcard {
+		p.suffixes["."+canon] = true
 	} else {
-		p.exact[d] = true
+		p.exact[canon] = true
 	}
 	return nil
 }
@@ -144,11 +154,12 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 	rcpt = strings.TrimSuffix(strings.TrimPrefix(rcpt, "<"), ">")
 
 	// RFC 5321 4.5.1: <Postmaster>, without a domain, must be accepted.
-	if strings.EqualFold(rcpt, "postmaster") {
+	// ASCII case only: "po\u017Ftmaster" (a long s) is not postmaster.
+	if mailaddr.LowerASCII(rcpt) == "postmaster" {
 		return hooks.Accept("")
 	}
 
-	local, domain, hasAt := cutLast(rcpt, "@")
+	local, domain, hasAt := mailaddr.Split(rcpt)
 	if hasAt && local != "" && !strings.ContainsAny(local, "%!@") && p.isLocal(domain) {
 		return hooks.Accept("")
 	}
@@ -157,7 +168,7 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 	// percent-hack "user%other@local", a bang path "other!user@local" or a
 	// source route "@relay:user@local"): only relay clients get it.
 	if p.relayOK && c.Relay {
-		notes.Set(&tx.Notes, NoteRelayed, true)
+		NoteRelayed.Set(&tx.Notes, true)
 		return hooks.Accept("")
 	}
 	return denied
@@ -166,18 +177,17 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 var denied = hooks.Result{Code: hooks.Deny, Msg: "relaying denied", Enhanced: [3]int{5, 7, 1}}
 
 // isLocal reports whether domain (as written in an address) is a local
-// domain.
+// domain. A domain without a canonical form (IDNA refuses it) never is.
 func (p *Plugin) isLocal(domain string) bool {
-	if strings.HasPrefix(domain, "[") {
-		lit, ok := normalizeLiteral(domain)
-		return ok && p.exact[lit]
-	}
-	d := normalizeDomain(domain)
-	if d == "" || strings.HasPrefix(d, ".") {
+	d, ok := mailaddr.CanonicalDomain(domain)
+	if !ok {
 		return false
 	}
 	if p.exact[d] {
 		return true
+	}
+	if strings.HasPrefix(d, "[") {
+		return false // literals have no subdomains
 	}
 	// "a.b.example.com" matches ".b.example.com" and ".example.com" and
 	// ".com", as qmail's addrallowed does.
@@ -192,49 +202,4 @@ func (p *Plugin) isLocal(domain string) bool {
 		i += 1 + j
 	}
 	return false
-}
-
-// normalizeDomain lowercases a domain and drops the trailing dot of a fully
-// qualified name.
-func normalizeDomain(d string) string {
-	return strings.ToLower(strings.TrimSuffix(d, "."))
-}
-
-// normalizeLiteral returns the canonical form of an address literal:
-// "[192.0.2.1]" or "[ipv6:2001:db8::1]"; ok is false when it is not one.
-func normalizeLiteral(lit string) (string, bool) {
-	inner, ok := strings.CutPrefix(lit, "[")
-	if !ok {
-		return "", false
-	}
-	if inner, ok = strings.CutSuffix(inner, "]"); !ok {
-		return "", false
-	}
-	if v6, ok := cutPrefixFold(inner, "ipv6:"); ok {
-		a, err := netip.ParseAddr(v6)
-		if err != nil || !a.Is6() || a.Zone() != "" {
-			return "", false
-		}
-		return "[ipv6:" + a.String() + "]", true
-	}
-	a, err := netip.ParseAddr(inner)
-	if err != nil || !a.Is4() {
-		return "", false
-	}
-	return "[" + a.String() + "]", true
-}
-
-func cutPrefixFold(s, prefix string) (string, bool) {
-	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
-		return s[len(prefix):], true
-	}
-	return s, false
-}
-
-// cutLast splits s around the last sep.
-func cutLast(s, sep string) (before, after string, found bool) {
-	if i := strings.LastIndex(s, sep); i >= 0 {
-		return s[:i], s[i+len(sep):], true
-	}
-	return s, "", false
 }

@@ -88,6 +88,57 @@ func TestRcpt(t *testing.T) {
 	}
 }
 
+// TestUnicodeDomains: domains compare as A-labels with ASCII-only case
+// folding. A Unicode case fold (the Kelvin sign U+212A is 'k' to
+// strings.ToLower, U+0130 is 'i') must not make a foreign domain local: the
+// address would go downstream unchanged, to a domain this server does not
+// serve. A genuine IDN matches in either form.
+func TestUnicodeDomains(t *testing.T) {
+	const settings = `domains = ["kernel.test", "info.test", "bücher.example", "xn--caf-dma.example", ".bücher.test"]`
+	tests := []struct {
+		rcpt string
+		want string
+	}{
+		{"victim@kernel.test", accepted},
+		{"victim@\u212Aernel.test", denied},    // KELVIN SIGN
+		{"victim@\u212AERNEL.TEST", denied},    // ... in any case
+		{"victim@xn--ernel-r74b.test", denied}, // its A-label
+		{"victim@info.test", accepted},
+		{"victim@INFO.test", accepted},
+		{"victim@\u0130nfo.test", denied}, // CAPITAL I WITH DOT ABOVE
+		{"victim@\u0130NFO.TEST", denied},
+		{"victim@xn--nfo-eua.test", denied},                  // its A-label
+		{"victim@\uFF4Bernel.test", denied},                  // FULLWIDTH k
+		{"victim@kernel\u3002test", denied},                  // IDEOGRAPHIC FULL STOP
+		{"po\u017Ftmaster", badSyntax + ": domain required"}, // a long s is no s: not <Postmaster>, refused by the parser
+		{"bob@bücher.example", accepted},                     // configured as a U-label ...
+		{"bob@xn--bcher-kva.example", accepted},              // ... matches its A-label
+		{"bob@XN--BCHER-KVA.Example", accepted},
+		{"bob@Bücher.example", accepted}, // ASCII case folds
+		{"bob@BÜCHER.example", denied},   // Unicode case does not
+		{"bob@bucher.example", denied},
+		{"bob@café.example", accepted}, // configured as an A-label
+		{"bob@xn--caf-dma.example", accepted},
+		{"bob@mx.bücher.test", accepted}, // a wildcard U-label
+		{"bob@mx.xn--bcher-kva.test", accepted},
+		{"bob@xn--bcher-kva.test", denied}, // the wildcard's own domain
+	}
+	p := hookstest.Build(t, "rcptok", settings)
+	h := hookstest.New(t, hookstest.Plugin("rcptok", p), hookstest.Queue())
+	for _, tt := range tests {
+		s := h.Connect("192.0.2.99")
+		hookstest.Expect(t, s.Helo("client.example"), 250)
+		hookstest.Expect(t, s.Cmd("MAIL FROM:<alice@example.org> SMTPUTF8"), 250)
+		want(t, "RCPT "+tt.rcpt, s.Rcpt(tt.rcpt), tt.want)
+	}
+
+	// A domain IDNA refuses is a configuration error, not an entry that
+	// never matches.
+	for _, d := range []string{"\u212Aernel.test", "xn--ernel-r74b.test", "BÜCHER.example", ".\u0130nfo.test"} {
+		hookstest.ExpectBuildError(t, "rcptok", `domains = ["`+d+`"]`, "is not a domain")
+	}
+}
+
 func TestRelayClientsOK(t *testing.T) {
 	for _, tt := range []struct {
 		settings string
@@ -121,10 +172,10 @@ func TestRelayedNote(t *testing.T) {
 	if len(q) != 2 {
 		t.Fatalf("queued %d messages; want 2", len(q))
 	}
-	if v, ok := q[0].Notes[rcptok.NoteRelayed]; ok {
+	if v, ok := q[0].Notes[rcptok.NoteRelayed.Name()]; ok {
 		t.Errorf("inbound message: note %s = %v; want it unset", rcptok.NoteRelayed, v)
 	}
-	if v := q[1].Notes[rcptok.NoteRelayed]; v != true {
+	if v := q[1].Notes[rcptok.NoteRelayed.Name()]; v != true {
 		t.Errorf("relayed message: note %s = %v; want true", rcptok.NoteRelayed, v)
 	}
 	if got := strings.Join(q[1].Recipients, ","); got != "carol@example.test,dave@elsewhere.test" {

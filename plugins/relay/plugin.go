@@ -27,7 +27,7 @@ type Settings struct {
 }
 
 // NoteClient is the connection note set to true for a relay client.
-const NoteClient = "relay.client"
+var NoteClient = notes.NewKey[bool]("relay.client")
 
 // Plugin is a relay instance. It is read-only after New and safe for
 // concurrent use.
@@ -91,7 +91,7 @@ func (p *Plugin) Connect(_ context.Context, c *connection.Connection) hooks.Resu
 	for _, pfx := range p.allow {
 		if pfx.Contains(ip) {
 			c.Relay = true
-			notes.Set(&c.Notes, NoteClient, true)
+			NoteClient.Set(&c.Notes, true)
 			break
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/hooks/notes"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/relay"
 )
@@ -42,7 +41,7 @@ func TestConnect(t *testing.T) {
 		if c.Relay != tt.relay {
 			t.Errorf("%s: Relay = %v; want %v", tt.remote, c.Relay, tt.relay)
 		}
-		note, ok := notes.Lookup[bool](&c.Notes, relay.NoteClient)
+		note, ok := relay.NoteClient.Lookup(&c.Notes)
 		if tt.relay && (!ok || !note) {
 			t.Errorf("%s: note %s = %v, %v; want true", tt.remote, relay.NoteClient, note, ok)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -73,7 +74,7 @@ func (a *Allow) UnmarshalTOML(v any) error {
 
 // NoteMismatch is the connection note set to the sender address refused
 // last (a refused MAIL leaves no transaction to note it on).
-const NoteMismatch = "senderlogin.mismatch"
+var NoteMismatch = notes.NewKey[string]("senderlogin.mismatch")
 
 // The modes.
 const (
@@ -82,8 +83,11 @@ const (
 	modeDisabled   = "disabled"
 )
 
-// address is an address split at its last '@', the domain in lower case.
-// A login without '@' (and no domain setting) has hasDomain false.
+// address is an address split at its last '@', the domain in
+// mailaddr.CanonicalDomain's form. A login without '@' (and no domain
+// setting) has hasDomain false, and so has an address whose domain is
+// empty or invalid (IDNA refuses it): its local is then the whole string,
+// and it owns nothing and matches no domain.
 type address struct {
 	local, domain string
 	hasDomain     bool
@@ -139,15 +143,20 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	}
 	p := &Plugin{mode: s.Mode, allow: map[string][]pattern{}}
 	if s.Domain != "" {
-		d := strings.ToLower(strings.TrimSpace(s.Domain))
-		if d == "" || strings.ContainsAny(d, "@ \t<>") || strings.HasPrefix(d, ".") {
-			return nil, fmt.Errorf("domain = %q: want a bare domain such as \"example.test\"", s.Domain)
+		d, ok := mailaddr.CanonicalDomain(strings.TrimSpace(s.Domain))
+		if !ok {
+			return nil, fmt.Errorf("domain = %q: want a bare domain such as \"example.test\" (an internationalized one as U-labels or xn-- A-labels)", s.Domain)
 		}
 		p.domain = d
 	}
 	for login, addrs := range s.Allow {
 		if strings.TrimSpace(login) == "" {
 			return nil, fmt.Errorf("allow: an empty login: each key is a login as the client sends it in AUTH (\"alice@example.test\")")
+		}
+		if _, d, ok := mailaddr.Split(login); ok && d != "" {
+			if _, ok := mailaddr.CanonicalDomain(d); !ok {
+				return nil, fmt.Errorf("allow.%q: %+q is not a valid domain", login, d)
+			}
 		}
 		key := p.login(login).String()
 		for _, a := range addrs {
@@ -174,19 +183,22 @@ func parsePattern(s string) (pattern, error) {
 	return pattern{all: a.local == "*", exact: a}, nil
 }
 
-// parseAddress splits s at its last '@' and lowers the domain. Domains are
-// compared without regard to case (they are DNS names); local parts are
-// compared exactly, as RFC 5321 2.4 says only the mailbox's own host may
-// interpret them.
+// parseAddress splits s at its last '@' and puts the domain in canonical
+// form. Domains are compared as DNS names: as A-labels, with ASCII-only
+// case folding (mailaddr); local parts are compared exactly, as RFC 5321
+// 2.4 says only the mailbox's own host may interpret them. ok is false
+// when s has no '@'.
 func parseAddress(s string) (address, bool) {
-	i := strings.LastIndexByte(s, '@')
-	if i < 0 {
+	local, d, ok := mailaddr.Split(s)
+	if !ok {
 		return address{local: s}, false
 	}
-	if i == len(s)-1 {
-		return address{local: s}, true // "alice@": no domain, and not "alice"
+	canon, valid := mailaddr.CanonicalDomain(d)
+	if !valid {
+		// "alice@" or "alice@\u212Aernel.test": no domain, and not "alice".
+		return address{local: s}, true
 	}
-	return address{local: s[:i], domain: strings.ToLower(s[i+1:]), hasDomain: true}, true
+	return address{local: local, domain: canon, hasDomain: true}, true
 }
 
 // login is the address a login owns: the login itself when it has an '@'
@@ -210,7 +222,7 @@ func (p *Plugin) Mail(_ context.Context, c *connection.Connection, _ *transactio
 	if p.owns(c.AuthUser, from) {
 		return hooks.Result{}
 	}
-	notes.Set(&c.Notes, NoteMismatch, from)
+	NoteMismatch.Set(&c.Notes, from)
 	return hooks.Result{
 		Code:     hooks.Deny,
 		Reply:    553,

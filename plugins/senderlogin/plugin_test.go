@@ -8,7 +8,6 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/hooks/notes"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/senderlogin"
 )
@@ -44,7 +43,7 @@ func mail(t *testing.T, h *hookstest.Harness, user, from string) (string, string
 		login(s, user)
 	}
 	rep := s.Mail(from).String()
-	return rep, notes.Get[string](&s.Conn().Notes, senderlogin.NoteMismatch)
+	return rep, senderlogin.NoteMismatch.Get(&s.Conn().Notes)
 }
 
 const ok = "250 2.1.0 Sender OK"
@@ -144,6 +143,33 @@ func TestSameDomain(t *testing.T) {
 	})
 }
 
+// TestUnicodeDomains: domains compare as A-labels with ASCII-only case
+// folding. The Kelvin sign (U+212A) and U+0130 are not 'k' and 'i': a
+// sender at "\u212Aernel.test" is not at kernel.test. An IDN matches in
+// either form.
+func TestUnicodeDomains(t *testing.T) {
+	const kelvin = "alice@\u212Aernel.test"
+	run(t, "[allow]\n\"carol@kernel.test\" = [\"*@bücher.example\"]", []check{
+		{"alice@kernel.test", kelvin, refused(kelvin, "alice@kernel.test")},
+		{"alice@kernel.test", "alice@xn--ernel-r74b.test", refused("alice@xn--ernel-r74b.test", "alice@kernel.test")},
+		{"alice@info.test", "alice@\u0130nfo.test", refused("alice@\u0130nfo.test", "alice@info.test")},
+		// A login whose domain IDNA refuses owns nothing, not even itself.
+		{kelvin, "alice@kernel.test", refused("alice@kernel.test", kelvin)},
+		{kelvin, kelvin, refused(kelvin, kelvin)},
+		// U-label and A-label are one domain.
+		{"alice@bücher.example", "alice@xn--bcher-kva.example", ok},
+		{"alice@XN--BCHER-KVA.example", "alice@Bücher.example", ok},
+		{"alice@bücher.example", "alice@BÜCHER.example", refused("alice@BÜCHER.example", "alice@bücher.example")},
+		{"carol@kernel.test", "news@xn--bcher-kva.example", ok},
+		{"carol@kernel.test", "news@\u212Aernel.test", refused("news@\u212Aernel.test", "carol@kernel.test")},
+	})
+	run(t, "mode = \"same-domain\"\ndomain = \"Bücher.example\"", []check{
+		{"alice", "bob@xn--bcher-kva.example", ok},
+		{"alice@kernel.test", "bob@\u212Aernel.test", refused("bob@\u212Aernel.test", "alice@kernel.test")},
+		{"alice@\u0130nfo.test", "bob@\u0130nfo.test", refused("bob@\u0130nfo.test", "alice@\u0130nfo.test")},
+	})
+}
+
 func TestDisabled(t *testing.T) {
 	run(t, "mode = \"disabled\"", []check{
 		{"alice@example.test", "bob@example.org", ok},
@@ -170,7 +196,7 @@ func TestSend(t *testing.T) {
 		t.Fatalf("queued %+v", q)
 	}
 	// The note stays on the connection for later plugins and logs.
-	if got := notes.Get[string](&s.Conn().Notes, senderlogin.NoteMismatch); got != "bob@example.test" {
+	if got := senderlogin.NoteMismatch.Get(&s.Conn().Notes); got != "bob@example.test" {
 		t.Errorf("note %s = %q", senderlogin.NoteMismatch, got)
 	}
 }
@@ -219,6 +245,10 @@ func TestBadSettings(t *testing.T) {
 		{`domain = "@example.test"`, `domain = "@example.test": want a bare domain such as "example.test"`},
 		{`domain = "alice@example.test"`, `domain = "alice@example.test": want a bare domain`},
 		{`domain = " "`, `domain = " ": want a bare domain`},
+		{`domain = ".example.test"`, `domain = ".example.test": want a bare domain`},
+		{"domain = \"\u212Aernel.test\"", `want a bare domain`},
+		{"[allow]\n\"alice@\u212Aernel.test\" = [\"*\"]", `: "\u212aernel.test" is not a valid domain`},
+		{"[allow]\n\"alice@example.test\" = [\"sales@\u0130nfo.test\"]", "allow.\"alice@example.test\": \"sales@\u0130nfo.test\" is not an address"},
 		{"[allow]\n\"alice@example.test\" = [\"sales\"]", `allow."alice@example.test": "sales" is not an address: want "sales@example.test", "*@example.test" (every address of the domain) or "*" (any address)`},
 		{"[allow]\n\"alice@example.test\" = [\"@example.test\"]", `allow."alice@example.test": "@example.test" is not an address`},
 		{"[allow]\n\"alice@example.test\" = [\"sales@\"]", `allow."alice@example.test": "sales@" is not an address`},

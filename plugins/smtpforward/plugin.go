@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/queue"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -26,7 +27,7 @@ const DefaultHost = "127.0.0.1:10025"
 
 // NoteRemoteID is the transaction note that holds the downstream's own
 // queue id, when its reply named one.
-const NoteRemoteID = "smtpforward.remote_id"
+var NoteRemoteID = notes.NewKey[string]("smtpforward.remote_id")
 
 // Settings are the plugin's [plugins.smtpforward] table.
 type Settings struct {
@@ -48,7 +49,7 @@ type Settings struct {
 type Plugin struct {
 	fw *queue.Forwarder
 	// note is the transaction note for the downstream's queue id.
-	note string
+	note notes.Key[string]
 }
 
 var _ hooks.Queue = (*Plugin)(nil)
@@ -74,7 +75,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 // smtpforward with other defaults, such as lmtp. remoteIDNote is the
 // transaction note the downstream's queue id is stored in ("NAME.remote_id"
 // for the plugin NAME). A bad setting is an error that names it.
-func FromSettings(s Settings, remoteIDNote string) (*Plugin, error) {
+func FromSettings(s Settings, remoteIDNote notes.Key[string]) (*Plugin, error) {
 	fw, err := s.forwarder()
 	if err != nil {
 		return nil, err
@@ -150,7 +151,7 @@ func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transa
 		return queue.Result(err)
 	}
 	if rc.RemoteID != "" {
-		tx.Notes.Set(p.note, rc.RemoteID)
+		p.note.Set(&tx.Notes, rc.RemoteID)
 	}
 	tx.QueueID = rc.ID
 	return hooks.Result{Code: hooks.OK}
