@@ -40,7 +40,7 @@ test: deps vet
 
 TESTFUZZTIME ?= 4s
 FUZZMIN ?= 10s
-SERVER_FUZZ := FuzzGuardSession FuzzDataStream FuzzParseMailArg FuzzParseRcptArg
+SERVER_FUZZ := FuzzSession FuzzDataStream FuzzParseMailArg FuzzParseRcptArg
 
 # Longer fuzzing: make fuzz FUZZTIME=10m. A failing input lands in
 # testdata/fuzz/<Target>/: commit it as a regression seed.

@@ -87,7 +87,7 @@ func BenchmarkServerLoopback(b *testing.B) {
 	}
 }
 
-func benchServer(b *testing.B) string {
+func benchServer(b testing.TB) string {
 	b.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ch, err := hooks.NewChain([]hooks.Instance{{Name: "rcpt", Plugin: acceptRcpt{}}, {Name: "queue", Plugin: dropQueue{}}},

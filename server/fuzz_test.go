@@ -22,7 +22,7 @@ import (
 // The fuzz targets here drive a real server on 127.0.0.1:0, started once
 // per process, with one listener per bare-newline policy; each input is the
 // client's bytes on one connection. The seed corpora are in
-// testdata/fuzz/FuzzGuardSession and testdata/fuzz/FuzzDataStream.
+// testdata/fuzz/FuzzSession and testdata/fuzz/FuzzDataStream.
 
 // panicLog collects every log record that mentions a panic (go-smtp
 // recovers a panic in a connection's goroutine and logs it through the
@@ -219,13 +219,16 @@ func stillServing(t *testing.T, addr string) {
 	}
 }
 
-// FuzzGuardSession feeds arbitrary client bytes to a whole session, under
+// FuzzSession feeds arbitrary client bytes to a whole session, under
 // both bare-newline policies. The server must not panic or hang, every
 // line it writes must be a reply line, every "queued" reply must match one
 // message the queue took (and every message one reply), no queued message
 // may hold a bare CR or LF, and the server must still serve afterwards.
-func FuzzGuardSession(f *testing.F) {
+func FuzzSession(f *testing.F) {
 	f.Add([]byte("EHLO a.example\r\nMAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n"))
+	f.Add([]byte("EHLO a.example\r\nMAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nBDAT 14\r\nSubject: x\r\n\r\nBDAT 6 LAST\r\nbody\n\rQUIT\r\n"))
+	f.Add([]byte("EHLO a.example\r\nMAIL FROM:<a@a.example> RET=FULL\r\nRCPT TO:<b@b.example> NOTIFY=NEVER\r\nBDAT 3\r\nabcDATA\r\nBDAT 0 LAST\r\nQUIT\r\n"))
+	f.Add([]byte("EHLO a.example\r\nAUTH PLAIN\r\n*\r\nMAIL FROM:<a@a.example>\r\nBDAT 4 LAST\r\nQUITRSET\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		if len(in) > 1<<20 {
 			t.Skip("inputs are capped at 1 MiB")

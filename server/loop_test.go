@@ -358,3 +358,33 @@ func TestNoDSNWhereTheQueueDoesNotCarryIt(t *testing.T) {
 	c.expect("MAIL FROM:<a@a.example>", "250")
 	c.expect("RCPT TO:<b@b.example> NOTIFY=NEVER", "555 5.5.4 Unsupported parameter NOTIFY")
 }
+
+// TestGreetingDelayMarksEarlyTalkers: with greeting_delay, a client that
+// talks before the greeting is marked for the plugins (here one that
+// refuses it at connect); a patient one is greeted once the delay is over.
+func TestGreetingDelayMarksEarlyTalkers(t *testing.T) {
+	refuse := connectFuncConn(func(c *connection.Connection) hooks.Result {
+		if c.EarlyTalker {
+			return hooks.Reject("talked before the greeting")
+		}
+		return hooks.Result{}
+	})
+	ts := start(t, func(l *server.ListenerConfig) { l.GreetingDelay = 300 * time.Millisecond }, hooks.Instance{Name: "early", Plugin: refuse})
+
+	c := dial(t, ts.addr)
+	c.send("EHLO rude.example\r\n")
+	c.expect("", "554 5.7.1 talked before the greeting")
+	c.closed()
+
+	c = dial(t, ts.addr)
+	start := time.Now()
+	c.expect("", "220 mx.example.test ESMTP")
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("greeted after %v; want the delay", waited)
+	}
+	c.expect("EHLO polite.example", "250")
+}
+
+type connectFuncConn func(*connection.Connection) hooks.Result
+
+func (f connectFuncConn) Connect(_ context.Context, c *connection.Connection) hooks.Result { return f(c) }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
@@ -351,5 +352,94 @@ func TestLogBuffer(t *testing.T) {
 	out := l.String()
 	if n := strings.Count(out, "level=INFO msg=\"auth failed\" user=u"); n != 8 {
 		t.Fatalf("%d lines of 8 in:\n%s", n, out)
+	}
+}
+
+// slowRcpt waits for its context: it gives up when the hook's deadline
+// passes.
+type slowRcpt struct{}
+
+func (slowRcpt) Rcpt(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
+	<-ctx.Done()
+	return hooks.Result{Code: hooks.DenySoft, Err: ctx.Err()}
+}
+
+// TestHookTimeoutAndChainLogs: NewWithOptions sets the hook deadline, and
+// Harness.Logger, set after New, gets the chain's lines (a plugin's error)
+// as well as the session's.
+func TestHookTimeoutAndChainLogs(t *testing.T) {
+	h := hookstest.NewWithOptions(t, hookstest.Options{Timeout: 50 * time.Millisecond}, hookstest.Plugin("slow", slowRcpt{}))
+	logs := &hookstest.LogBuffer{}
+	h.Logger = logs.Logger()
+	s := h.Connect("192.0.2.1")
+	s.Helo("client.example")
+	s.Mail("a@example.org")
+	start := time.Now()
+	hookstest.ExpectReply(t, s.Rcpt("b@example.test"), "451 4.3.0 Local error in processing; try again later")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the hook ran %v: the 50ms deadline was not applied", d)
+	}
+	if !strings.Contains(logs.String(), "plugin=slow") || !strings.Contains(logs.String(), "deadline exceeded") {
+		t.Fatalf("the chain's log line about the plugin is not in Harness.Logger:\n%s", logs)
+	}
+}
+
+// TestExpectReply compares the whole reply.
+func TestExpectReply(t *testing.T) {
+	rep := hooks.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Msg: "relaying denied"}
+	if msg := failure(t, func(tb testing.TB) { hookstest.ExpectReply(tb, rep, "550 5.7.1 relaying denied") }); msg != "" {
+		t.Fatalf("an exact reply failed: %q", msg)
+	}
+	if msg := failure(t, func(tb testing.TB) { hookstest.ExpectReply(tb, rep, "550 5.7.1 relaying") }); !strings.Contains(msg, "want exactly") {
+		t.Fatalf("a prefix passed ExpectReply: %q", msg)
+	}
+}
+
+// TestBuildAs returns the plugin as its own type.
+func TestBuildAs(t *testing.T) {
+	p := hookstest.BuildAs[*domains](t, "hookstesttestdomains", `domains = ["example.test"]`)
+	if !slices.Equal(p.Domains, []string{"example.test"}) {
+		t.Fatalf("BuildAs: %+v", p)
+	}
+	if msg := failure(t, func(tb testing.TB) { hookstest.BuildAs[slowRcpt](tb, "hookstesttestdomains", `domains = ["x.test"]`) }); !strings.Contains(msg, "not a hookstest_test.slowRcpt") {
+		t.Fatalf("BuildAs with the wrong type: %q", msg)
+	}
+}
+
+// userPass accepts alice's password.
+type userPass struct{}
+
+func (userPass) Auth(_ context.Context, _ *connection.Connection, _, user, pass string) hooks.Result {
+	if user == "alice" && pass == "s3cret" {
+		return hooks.Accept("")
+	}
+	return hooks.Reject("")
+}
+
+// TestTLSAndAuthThroughTheRealPath: the session's TLS and AUTH gates are
+// the server's: AUTH needs TLS, STARTTLS forgets the EHLO, MAIL needs AUTH
+// where the listener requires it, and the raw argument parser runs.
+func TestTLSAndAuthThroughTheRealPath(t *testing.T) {
+	h := hookstest.New(t, hookstest.Plugin("auth", userPass{}), hookstest.Plugin("d", &domains{Domains: []string{"example.test"}}), hookstest.Queue())
+	h.StartTLS, h.RequireAuth = true, true
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Helo("client.example"), 250, "STARTTLS")
+	hookstest.ExpectReply(t, s.AuthPlain("alice", "s3cret"), "538 5.7.11 Encryption required for authentication: use STARTTLS first")
+	hookstest.ExpectReply(t, s.StartTLS(), "220 2.0.0 Ready to start TLS")
+	if s.Conn().TLS == nil || s.Conn().Helo != "" {
+		t.Fatalf("after STARTTLS: TLS %v, HELO %q", s.Conn().TLS, s.Conn().Helo)
+	}
+	hookstest.ExpectReply(t, s.AuthPlain("alice", "s3cret"), "503 5.5.1 Send EHLO first")
+	hookstest.Expect(t, s.Helo("client.example"), 250, "AUTH PLAIN LOGIN")
+	hookstest.ExpectReply(t, s.Mail("a@example.org"), "530 5.7.0 Authentication required")
+	hookstest.ExpectReply(t, s.AuthPlain("alice", "wrong"), "535 5.7.8 Authentication credentials invalid")
+	hookstest.ExpectReply(t, s.AuthPlain("alice", "s3cret"), "235 2.7.0 Authentication successful")
+	if s.Conn().AuthUser != "alice" || connection.NoteAuthUser.Get(&s.Conn().Notes) != "alice" {
+		t.Fatalf("after AUTH: user %q", s.Conn().AuthUser)
+	}
+	hookstest.ExpectReply(t, s.Cmd("MAIL FROM:<a@example.org> SIZE=x"), "501 5.5.4 Bad SIZE value")
+	hookstest.Expect(t, s.Send("a@example.org", []string{"b@example.test"}, "Subject: x\r\n\r\n"), 250)
+	if data := string(h.Queued()[0].Data); !strings.Contains(data, "with ESMTPSA id") {
+		t.Fatalf("Received: %q", data)
 	}
 }
