@@ -244,8 +244,8 @@ func callOne[P any](ch *Chain, ctx *hookContext, hook string, c *connection.Conn
 	}
 	if r.Err != nil {
 		if !r.Code.Rejects() {
-			ch.logFailure(c, hook, e.name, "plugin error", "code", r.Code.String(), "err", r.Err.Error())
-			return Result{Code: DenySoft, Err: r.Err}
+			ch.logFailure(c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
+			return Result{Code: DenySoft, Err: r.Err, Detail: r.Detail}
 		}
 		// A permanent refusal that explains itself (a downstream said "user
 		// unknown") is worth a line; a temporary one (disk full, a backend
@@ -254,9 +254,17 @@ func callOne[P any](ch *Chain, ctx *hookContext, hook string, c *connection.Conn
 		if r.Code == DenySoft || r.Code == DenySoftDisconnect {
 			level = slog.LevelError
 		}
-		ch.logAt(level, c, hook, e.name, "plugin refused", "code", r.Code.String(), "err", r.Err.Error())
+		ch.logAt(level, c, hook, e.name, "plugin refused", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
 	}
 	return r
+}
+
+// withDetail appends r.Detail to log arguments when there is one.
+func withDetail(r Result, args ...any) []any {
+	if r.Detail != "" {
+		args = append(args, "detail", r.Detail)
+	}
+	return args
 }
 
 func (ch *Chain) logFailure(c *connection.Connection, hook, plugin, msg string, args ...any) {

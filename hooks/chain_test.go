@@ -682,3 +682,16 @@ func BenchmarkChainRcptDeclined(b *testing.B) {
 		}
 	}
 }
+
+func TestDetailIsLoggedNotSent(t *testing.T) {
+	secret := errors.New("backend said no")
+	logger, buf := bufLogger()
+	ch := newChain(t, hooks.Options{Logger: logger}, rcpt("p", nil, hooks.Result{Code: hooks.Deny, Msg: "no", Detail: "downstream said 550 unknown", Err: secret}))
+	d := runRcpt(ch)
+	if !strings.Contains(buf.String(), `detail="downstream said 550 unknown"`) {
+		t.Errorf("Detail is not in the log: %s", buf.String())
+	}
+	if rep := hooks.ReplyFor(d.Hook, d.Result); strings.Contains(rep.String(), "downstream") {
+		t.Errorf("Detail reached the reply: %q", rep)
+	}
+}

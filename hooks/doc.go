@@ -39,10 +39,13 @@
 // spaces: a plugin cannot forge a second reply); Enhanced replaces the
 // default RFC 3463 code, its class (the first digit) forced to match the
 // reply's, and is ignored on replies that carry none (the greeting, the
-// HELO/EHLO answer, 354). Reply replaces the reply code within its class (a
-// DenySoft at rcpt may answer 452 rather than 450); a code of another class
-// is ignored, and so is any change to 220, 221, 235 and 354. Err is logged with the plugin's name and never shown to the
-// client: never put an internal error's text in Msg.
+// HELO/EHLO answer, 354). ReplyCode replaces the reply code within its
+// class (a DenySoft at rcpt may answer 452 rather than 450); a code of
+// another class is ignored, and so is any change to 220, 221, 235 and 354.
+// Detail is text for the log only (the file a queue wrote, a downstream's
+// answer): the server logs a queue's OK with it. Err is logged with the
+// plugin's name and never shown to the client: never put an internal
+// error's text in Msg.
 //
 // The chain fails closed. A plugin that panics, that returns an Err with a
 // code that does not reject (Declined, OK, Done), that returns a code that

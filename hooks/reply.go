@@ -198,7 +198,7 @@ func ReplyFor(hook string, r Result) Reply {
 	if !ok {
 		return Reply{}
 	}
-	if r.Code == DenySoft && r.Err != nil && r.Msg == "" && r.Reply == 0 && t.denySoft.Code != 0 &&
+	if r.Code == DenySoft && r.Err != nil && r.Msg == "" && r.ReplyCode == 0 && t.denySoft.Code != 0 &&
 		hook != HookAuth && t.denySoft.Enhanced != [3]int{4, 3, 0} {
 		// A plugin that failed (panicked, returned an error, outlived its
 		// deadline) is a local error, not a policy (x.7.1): the client is
@@ -229,8 +229,8 @@ func ReplyFor(hook string, r Result) Reply {
 		// rcpt_pre, data_headers_end, data_post, queue_pre).
 		return Reply{}
 	}
-	if r.Reply >= 200 && r.Reply <= 599 && r.Reply/100 == rep.Code/100 && !fixedCode(rep.Code) && (r.Reply != 421 || rep.Close) { // 421 promises a close
-		rep.Code = r.Reply
+	if c := r.ReplyCode; c >= 200 && c <= 599 && c/100 == rep.Code/100 && !fixedCode(rep.Code) && (c != 421 || rep.Close) { // 421 promises a close
+		rep.Code = c
 	}
 	if r.Msg != "" {
 		rep.Msg = sanitize(r.Msg)
@@ -245,7 +245,7 @@ func ReplyFor(hook string, r Result) Reply {
 }
 
 // fixedCode reports a reply code whose number the protocol itself gives
-// meaning to, which Result.Reply may not change: the greeting (220), QUIT's
+// meaning to, which Result.ReplyCode may not change: the greeting (220), QUIT's
 // answer (221), AUTH's success (235: the server authenticates on it) and
 // DATA's go-ahead (354).
 func fixedCode(code int) bool {
