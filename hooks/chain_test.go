@@ -695,3 +695,60 @@ func TestDetailIsLoggedNotSent(t *testing.T) {
 		t.Errorf("Detail reached the reply: %q", rep)
 	}
 }
+
+// keeper keeps the context of its mail hook and looks at it again during
+// the rcpt hook of the same transaction.
+type keeper struct {
+	takeDone bool // take Done during the mail hook, as a plugin that waits does
+	kept     context.Context
+	inMail   error // kept.Err() during the mail hook
+	inRcpt   error // kept.Err() during the rcpt hook
+	closed   bool  // kept.Done() closed during the rcpt hook
+	ownErr   error // the rcpt hook's own ctx.Err()
+}
+
+func (k *keeper) Mail(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
+	k.kept = ctx
+	if k.takeDone {
+		_ = ctx.Done()
+	}
+	k.inMail = ctx.Err()
+	return hooks.Result{}
+}
+
+func (k *keeper) Rcpt(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
+	k.inRcpt = k.kept.Err()
+	select {
+	case <-k.kept.Done():
+		k.closed = true
+	default:
+	}
+	k.ownErr = ctx.Err()
+	return hooks.Accept("")
+}
+
+func TestKeptContextStaysDone(t *testing.T) {
+	for _, takeDone := range []bool{false, true} {
+		k := &keeper{takeDone: takeDone}
+		ch := newChain(t, hooks.Options{}, hooks.Instance{Name: "keeper", Plugin: k})
+		ctx, c, tx := context.Background(), newConn(), transaction.New("", 0)
+		ch.Mail(ctx, c, tx, "a@example.org")
+		if k.inMail != nil {
+			t.Fatalf("takeDone=%v: ctx.Err() during its own hook = %v", takeDone, k.inMail)
+		}
+		// The next hooks of the same transaction: the kept context must not
+		// come back to life.
+		for range 3 {
+			ch.Rcpt(ctx, c, tx, "b@example.test")
+			if !errors.Is(k.inRcpt, context.Canceled) || !k.closed {
+				t.Fatalf("takeDone=%v: the mail hook's ctx during rcpt: Err = %v, Done closed = %v; want Canceled and closed", takeDone, k.inRcpt, k.closed)
+			}
+			if k.ownErr != nil {
+				t.Fatalf("takeDone=%v: the rcpt hook's own ctx.Err() = %v", takeDone, k.ownErr)
+			}
+		}
+		if !errors.Is(k.kept.Err(), context.Canceled) {
+			t.Fatalf("takeDone=%v: Err after the transaction = %v", takeDone, k.kept.Err())
+		}
+	}
+}

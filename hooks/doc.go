@@ -55,6 +55,11 @@
 // logged with the plugin's name, and the plugins after it are not called.
 // Watch ctx.Done() in anything that waits.
 //
+// Each run of a hook gives its plugins a fresh ctx, derived from the
+// connection's and cancelled for good when the hook returns: a ctx a
+// plugin keeps past its hook stays done (Err is non-nil, Done is closed),
+// also during the transaction's next hooks.
+//
 // Plugins are shared by every connection of their listeners and must be
 // safe for concurrent use, like an http.Handler. Per-connection state lives
 // in c.Notes, per-message state in tx.Notes (cleared when the transaction
