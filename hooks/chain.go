@@ -41,9 +41,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-type entry[P any] struct {
+// entry is one plugin at one hook.
+type entry struct {
 	name string
-	p    P
+	p    any // implements the hook's interface
 }
 
 // Chain is a listener's ordered plugin list, split per hook when it is
@@ -55,41 +56,10 @@ type Chain struct {
 	queueTimeout time.Duration
 	log          *slog.Logger
 
-	connect        []entry[Connect]
-	helo           []entry[Helo]
-	ehlo           []entry[Ehlo]
-	auth           []entry[Auth]
-	mailPre        []entry[MailPre]
-	mail           []entry[Mail]
-	rcptPre        []entry[RcptPre]
-	rcpt           []entry[Rcpt]
-	data           []entry[Data]
-	dataHeadersEnd []entry[DataHeadersEnd]
-	receivedLine   []entry[ReceivedLine]
-	dataPost       []entry[DataPost]
-	queuePre       []entry[QueuePre]
-	queue          []entry[Queue]
-	queuePost      []entry[QueuePost]
-	reset          []entry[Reset]
-	disconnect     []entry[Disconnect]
-	vrfy           []entry[Vrfy]
-	noop           []entry[Noop]
-	help           []entry[Help]
-	quit           []entry[Quit]
-	unrecognized   []entry[Unrecognized]
-	denyObservers  []entry[DenyObserver]
-	okObservers    []entry[OKObserver]
-	closers        []entry[io.Closer]
-	names          []string
-	maxSize        int64
-}
-
-func add[P any](list *[]entry[P], name string, p any) bool {
-	if v, ok := p.(P); ok {
-		*list = append(*list, entry[P]{name, v})
-		return true
-	}
-	return false
+	plugins [hookCount][]entry // per hook, the plugins that implement it, in config order
+	closers []entry            // the plugins that implement io.Closer
+	names   []string
+	maxSize int64
 }
 
 // NewChain builds a chain from plugin instances in execution order. A plugin
@@ -108,34 +78,16 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 	}
 	for _, in := range instances {
 		p, n := in.Plugin, in.Name
-		hooked := add(&ch.connect, n, p)
-		hooked = add(&ch.helo, n, p) || hooked
-		hooked = add(&ch.ehlo, n, p) || hooked
-		hooked = add(&ch.auth, n, p) || hooked
-		hooked = add(&ch.mailPre, n, p) || hooked
-		hooked = add(&ch.mail, n, p) || hooked
-		hooked = add(&ch.rcptPre, n, p) || hooked
-		hooked = add(&ch.rcpt, n, p) || hooked
-		hooked = add(&ch.data, n, p) || hooked
-		hooked = add(&ch.dataHeadersEnd, n, p) || hooked
-		hooked = add(&ch.receivedLine, n, p) || hooked
-		hooked = add(&ch.dataPost, n, p) || hooked
-		hooked = add(&ch.queuePre, n, p) || hooked
-		hooked = add(&ch.queue, n, p) || hooked
-		hooked = add(&ch.queuePost, n, p) || hooked
-		hooked = add(&ch.reset, n, p) || hooked
-		hooked = add(&ch.disconnect, n, p) || hooked
-		hooked = add(&ch.vrfy, n, p) || hooked
-		hooked = add(&ch.noop, n, p) || hooked
-		hooked = add(&ch.help, n, p) || hooked
-		hooked = add(&ch.quit, n, p) || hooked
-		hooked = add(&ch.unrecognized, n, p) || hooked
-		hooked = add(&ch.denyObservers, n, p) || hooked
-		hooked = add(&ch.okObservers, n, p) || hooked
-		if !hooked {
+		hs := HooksOf(p)
+		if len(hs) == 0 {
 			return nil, fmt.Errorf("plugin %q (%T) implements no hook", n, p)
 		}
-		add(&ch.closers, n, p)
+		for _, h := range hs {
+			ch.plugins[h] = append(ch.plugins[h], entry{n, p})
+		}
+		if _, ok := p.(io.Closer); ok {
+			ch.closers = append(ch.closers, entry{n, p})
+		}
 		if l, ok := p.(SizeLimiter); ok {
 			if m := l.MaxMessageBytes(); m > 0 && (ch.maxSize == 0 || m < ch.maxSize) {
 				ch.maxSize = m
@@ -158,32 +110,33 @@ func (ch *Chain) MaxMessageBytes() int64 { return ch.maxSize }
 func (ch *Chain) Deadlines() (hook, queue time.Duration) { return ch.timeout, ch.queueTimeout }
 
 // HasQueue reports whether some plugin takes messages at the queue hook.
-func (ch *Chain) HasQueue() bool { return len(ch.queue) > 0 }
+func (ch *Chain) HasQueue() bool { return len(ch.plugins[HookQueue]) > 0 }
 
 // Close runs the io.Closer of every plugin that has one, once the chain is
 // no longer used (after a reload or at shutdown).
 func (ch *Chain) Close() error {
 	var errs []error
 	for _, e := range ch.closers {
-		if err := e.p.Close(); err != nil {
+		if err := e.p.(io.Closer).Close(); err != nil {
 			errs = append(errs, fmt.Errorf("plugin %s: close: %w", e.name, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// run calls each plugin of list in order until one does not decline,
+// run calls each plugin of the hook in order until one does not decline,
 // under the chain's deadline, and tells the observers. It returns the
 // deciding plugin's Decision, or a Decision with a Declined result when all
 // declined.
-func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, list []entry[P], call func(context.Context, P) Result) Decision {
+func (ch *Chain) run(ctx context.Context, hook Hook, c *connection.Connection, call func(context.Context, any) Result) Decision {
+	list := ch.plugins[hook]
 	if len(list) == 0 {
 		return Decision{Hook: hook}
 	}
 	hc := newHookContext(ctx, ch.deadline(hook))
 	defer hc.end()
 	for _, e := range list {
-		r := callOne(ch, hc, hook, c, e, call)
+		r := ch.callOne(hc, hook, c, e, call)
 		if r.Code == Declined {
 			continue
 		}
@@ -197,23 +150,24 @@ func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Conne
 }
 
 // deadline is how long hook may take through the chain.
-func (ch *Chain) deadline(hook string) time.Duration {
+func (ch *Chain) deadline(hook Hook) time.Duration {
 	if hook == HookQueue {
 		return ch.queueTimeout
 	}
 	return ch.timeout
 }
 
-// runAll calls every plugin of list, for hooks whose results do not count
-// (queue_post, reset_transaction, disconnect, the observers).
-func runAll[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, list []entry[P], call func(context.Context, P)) {
+// runAll calls every plugin of the hook, for hooks whose results do not
+// count (queue_post, reset_transaction, disconnect, the observers).
+func (ch *Chain) runAll(ctx context.Context, hook Hook, c *connection.Connection, call func(context.Context, any)) {
+	list := ch.plugins[hook]
 	if len(list) == 0 {
 		return
 	}
-	hc := newHookContext(ctx, ch.timeout)
+	hc := newHookContext(ctx, ch.deadline(hook))
 	defer hc.end()
 	for _, e := range list {
-		callOne(ch, hc, hook, c, e, func(ctx context.Context, p P) Result {
+		ch.callOne(hc, hook, c, e, func(ctx context.Context, p any) Result {
 			call(ctx, p)
 			return Result{}
 		})
@@ -224,26 +178,26 @@ func runAll[P any](ch *Chain, ctx context.Context, hook string, c *connection.Co
 // non-rejecting code, a code that is not one of the constants or a blown
 // deadline becomes DenySoft, logged with the plugin's name (and the stack
 // for a panic).
-func callOne[P any](ch *Chain, ctx *hookContext, hook string, c *connection.Connection, e entry[P], call func(context.Context, P) Result) (r Result) {
+func (ch *Chain) callOne(ctx *hookContext, hook Hook, c *connection.Connection, e entry, call func(context.Context, any) Result) (r Result) {
 	defer func() {
 		if v := recover(); v != nil {
-			ch.logFailure(c, hook, e.name, "plugin panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			ch.logAt(slog.LevelError, c, hook, e.name, "plugin panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			r = Result{Code: DenySoft, Err: fmt.Errorf("plugin %s panicked in %s: %v", e.name, hook, v)}
 		}
 	}()
 	r = call(ctx, e.p)
 	if r.Code < Declined || r.Code > Done {
 		err := fmt.Errorf("plugin %s: %s hook: invalid code %v", e.name, hook, r.Code)
-		ch.logFailure(c, hook, e.name, "plugin returned an invalid code", "err", err.Error())
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin returned an invalid code", withDetail(r, "err", err.Error())...)
 		return Result{Code: DenySoft, Err: err}
 	}
 	if err := ctx.expired(); err != nil && !r.Code.Rejects() {
-		ch.logFailure(c, hook, e.name, "plugin outlived its deadline", "timeout", ch.deadline(hook).String())
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin outlived its deadline", withDetail(r, "timeout", ch.deadline(hook).String())...)
 		return Result{Code: DenySoft, Err: fmt.Errorf("plugin %s: %s hook: %w", e.name, hook, err)}
 	}
 	if r.Err != nil {
 		if !r.Code.Rejects() {
-			ch.logFailure(c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
+			ch.logAt(slog.LevelError, c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
 			return Result{Code: DenySoft, Err: r.Err, Detail: r.Detail}
 		}
 		// A permanent refusal that explains itself (a downstream said "user
@@ -266,12 +220,8 @@ func withDetail(r Result, args ...any) []any {
 	return args
 }
 
-func (ch *Chain) logFailure(c *connection.Connection, hook, plugin, msg string, args ...any) {
-	ch.logAt(slog.LevelError, c, hook, plugin, msg, args...)
-}
-
-func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook, plugin, msg string, args ...any) {
-	attrs := []any{"hook", hook, "plugin", plugin}
+func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook Hook, plugin, msg string, args ...any) {
+	attrs := []any{"hook", hook.String(), "plugin", plugin}
 	if c != nil {
 		attrs = append(attrs, "conn", c.ID, "remote", c.Remote.String())
 	}
@@ -281,126 +231,126 @@ func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook, plugin,
 func (ch *Chain) observe(ctx context.Context, c *connection.Connection, d Decision) {
 	switch {
 	case d.Result.Code.Rejects():
-		runAll(ch, ctx, HookDeny, c, ch.denyObservers, func(ctx context.Context, p DenyObserver) { p.Denied(ctx, c, d) })
+		ch.runAll(ctx, HookDeny, c, func(ctx context.Context, p any) { p.(DenyObserver).Denied(ctx, c, d) })
 	case d.Result.Code == OK:
-		runAll(ch, ctx, HookOK, c, ch.okObservers, func(ctx context.Context, p OKObserver) { p.Accepted(ctx, c, d) })
+		ch.runAll(ctx, HookOK, c, func(ctx context.Context, p any) { p.(OKObserver).Accepted(ctx, c, d) })
 	}
 }
 
 // Connect runs the connect hook.
 func (ch *Chain) Connect(ctx context.Context, c *connection.Connection) Decision {
-	return run(ch, ctx, HookConnect, c, ch.connect, func(ctx context.Context, p Connect) Result { return p.Connect(ctx, c) })
+	return ch.run(ctx, HookConnect, c, func(ctx context.Context, p any) Result { return p.(Connect).Connect(ctx, c) })
 }
 
 // Helo runs the helo hook.
 func (ch *Chain) Helo(ctx context.Context, c *connection.Connection, host string) Decision {
-	return run(ch, ctx, HookHelo, c, ch.helo, func(ctx context.Context, p Helo) Result { return p.Helo(ctx, c, host) })
+	return ch.run(ctx, HookHelo, c, func(ctx context.Context, p any) Result { return p.(Helo).Helo(ctx, c, host) })
 }
 
 // Ehlo runs the ehlo hook.
 func (ch *Chain) Ehlo(ctx context.Context, c *connection.Connection, host string) Decision {
-	return run(ch, ctx, HookEhlo, c, ch.ehlo, func(ctx context.Context, p Ehlo) Result { return p.Ehlo(ctx, c, host) })
+	return ch.run(ctx, HookEhlo, c, func(ctx context.Context, p any) Result { return p.(Ehlo).Ehlo(ctx, c, host) })
 }
 
 // Auth runs the auth hook.
 func (ch *Chain) Auth(ctx context.Context, c *connection.Connection, mech, user, password string) Decision {
-	return run(ch, ctx, HookAuth, c, ch.auth, func(ctx context.Context, p Auth) Result { return p.Auth(ctx, c, mech, user, password) })
+	return ch.run(ctx, HookAuth, c, func(ctx context.Context, p any) Result { return p.(Auth).Auth(ctx, c, mech, user, password) })
 }
 
 // HasAuth reports whether some plugin checks credentials at the auth hook.
-func (ch *Chain) HasAuth() bool { return len(ch.auth) > 0 }
+func (ch *Chain) HasAuth() bool { return len(ch.plugins[HookAuth]) > 0 }
 
 // MailPre runs the mail_pre hook; plugins may rewrite *from.
 func (ch *Chain) MailPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from *string) Decision {
-	return run(ch, ctx, HookMailPre, c, ch.mailPre, func(ctx context.Context, p MailPre) Result { return p.MailPre(ctx, c, tx, from) })
+	return ch.run(ctx, HookMailPre, c, func(ctx context.Context, p any) Result { return p.(MailPre).MailPre(ctx, c, tx, from) })
 }
 
 // Mail runs the mail hook.
 func (ch *Chain) Mail(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from string) Decision {
-	return run(ch, ctx, HookMail, c, ch.mail, func(ctx context.Context, p Mail) Result { return p.Mail(ctx, c, tx, from) })
+	return ch.run(ctx, HookMail, c, func(ctx context.Context, p any) Result { return p.(Mail).Mail(ctx, c, tx, from) })
 }
 
 // RcptPre runs the rcpt_pre hook; plugins may rewrite *rcpt.
 func (ch *Chain) RcptPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt *string) Decision {
-	return run(ch, ctx, HookRcptPre, c, ch.rcptPre, func(ctx context.Context, p RcptPre) Result { return p.RcptPre(ctx, c, tx, rcpt) })
+	return ch.run(ctx, HookRcptPre, c, func(ctx context.Context, p any) Result { return p.(RcptPre).RcptPre(ctx, c, tx, rcpt) })
 }
 
 // Rcpt runs the rcpt hook.
 func (ch *Chain) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) Decision {
-	return run(ch, ctx, HookRcpt, c, ch.rcpt, func(ctx context.Context, p Rcpt) Result { return p.Rcpt(ctx, c, tx, rcpt) })
+	return ch.run(ctx, HookRcpt, c, func(ctx context.Context, p any) Result { return p.(Rcpt).Rcpt(ctx, c, tx, rcpt) })
 }
 
 // Data runs the data hook.
 func (ch *Chain) Data(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookData, c, ch.data, func(ctx context.Context, p Data) Result { return p.Data(ctx, c, tx) })
+	return ch.run(ctx, HookData, c, func(ctx context.Context, p any) Result { return p.(Data).Data(ctx, c, tx) })
 }
 
 // DataHeadersEnd runs the data_headers_end hook.
 func (ch *Chain) DataHeadersEnd(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookDataHeadersEnd, c, ch.dataHeadersEnd, func(ctx context.Context, p DataHeadersEnd) Result { return p.DataHeadersEnd(ctx, c, tx) })
+	return ch.run(ctx, HookDataHeadersEnd, c, func(ctx context.Context, p any) Result { return p.(DataHeadersEnd).DataHeadersEnd(ctx, c, tx) })
 }
 
 // ReceivedLine runs the received_line hook; plugins may replace *line.
 func (ch *Chain) ReceivedLine(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, line *string) Decision {
-	return run(ch, ctx, HookReceivedLine, c, ch.receivedLine, func(ctx context.Context, p ReceivedLine) Result {
-		return p.ReceivedLine(ctx, c, tx, line)
+	return ch.run(ctx, HookReceivedLine, c, func(ctx context.Context, p any) Result {
+		return p.(ReceivedLine).ReceivedLine(ctx, c, tx, line)
 	})
 }
 
 // DataPost runs the data_post hook.
 func (ch *Chain) DataPost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookDataPost, c, ch.dataPost, func(ctx context.Context, p DataPost) Result { return p.DataPost(ctx, c, tx) })
+	return ch.run(ctx, HookDataPost, c, func(ctx context.Context, p any) Result { return p.(DataPost).DataPost(ctx, c, tx) })
 }
 
 // QueuePre runs the queue_pre hook.
 func (ch *Chain) QueuePre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookQueuePre, c, ch.queuePre, func(ctx context.Context, p QueuePre) Result { return p.QueuePre(ctx, c, tx) })
+	return ch.run(ctx, HookQueuePre, c, func(ctx context.Context, p any) Result { return p.(QueuePre).QueuePre(ctx, c, tx) })
 }
 
 // Queue runs the queue hook.
 func (ch *Chain) Queue(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookQueue, c, ch.queue, func(ctx context.Context, p Queue) Result { return p.Queue(ctx, c, tx) })
+	return ch.run(ctx, HookQueue, c, func(ctx context.Context, p any) Result { return p.(Queue).Queue(ctx, c, tx) })
 }
 
 // QueuePost runs every queue_post plugin.
 func (ch *Chain) QueuePost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) {
-	runAll(ch, ctx, HookQueuePost, c, ch.queuePost, func(ctx context.Context, p QueuePost) { p.QueuePost(ctx, c, tx) })
+	ch.runAll(ctx, HookQueuePost, c, func(ctx context.Context, p any) { p.(QueuePost).QueuePost(ctx, c, tx) })
 }
 
 // Reset runs every reset_transaction plugin.
 func (ch *Chain) Reset(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) {
-	runAll(ch, ctx, HookReset, c, ch.reset, func(ctx context.Context, p Reset) { p.Reset(ctx, c, tx) })
+	ch.runAll(ctx, HookReset, c, func(ctx context.Context, p any) { p.(Reset).Reset(ctx, c, tx) })
 }
 
 // Disconnect runs every disconnect plugin.
 func (ch *Chain) Disconnect(ctx context.Context, c *connection.Connection) {
-	runAll(ch, ctx, HookDisconnect, c, ch.disconnect, func(ctx context.Context, p Disconnect) { p.Disconnect(ctx, c) })
+	ch.runAll(ctx, HookDisconnect, c, func(ctx context.Context, p any) { p.(Disconnect).Disconnect(ctx, c) })
 }
 
 // Vrfy runs the vrfy hook.
 func (ch *Chain) Vrfy(ctx context.Context, c *connection.Connection, addr string) Decision {
-	return run(ch, ctx, HookVrfy, c, ch.vrfy, func(ctx context.Context, p Vrfy) Result { return p.Vrfy(ctx, c, addr) })
+	return ch.run(ctx, HookVrfy, c, func(ctx context.Context, p any) Result { return p.(Vrfy).Vrfy(ctx, c, addr) })
 }
 
 // Noop runs the noop hook.
 func (ch *Chain) Noop(ctx context.Context, c *connection.Connection) Decision {
-	return run(ch, ctx, HookNoop, c, ch.noop, func(ctx context.Context, p Noop) Result { return p.Noop(ctx, c) })
+	return ch.run(ctx, HookNoop, c, func(ctx context.Context, p any) Result { return p.(Noop).Noop(ctx, c) })
 }
 
 // Help runs the help hook.
 func (ch *Chain) Help(ctx context.Context, c *connection.Connection, topic string) Decision {
-	return run(ch, ctx, HookHelp, c, ch.help, func(ctx context.Context, p Help) Result { return p.Help(ctx, c, topic) })
+	return ch.run(ctx, HookHelp, c, func(ctx context.Context, p any) Result { return p.(Help).Help(ctx, c, topic) })
 }
 
 // Quit runs the quit hook.
 func (ch *Chain) Quit(ctx context.Context, c *connection.Connection) Decision {
-	return run(ch, ctx, HookQuit, c, ch.quit, func(ctx context.Context, p Quit) Result { return p.Quit(ctx, c) })
+	return ch.run(ctx, HookQuit, c, func(ctx context.Context, p any) Result { return p.(Quit).Quit(ctx, c) })
 }
 
 // Unrecognized runs the unrecognized_command hook.
 func (ch *Chain) Unrecognized(ctx context.Context, c *connection.Connection, cmd, arg string) Decision {
-	return run(ch, ctx, HookUnrecognized, c, ch.unrecognized, func(ctx context.Context, p Unrecognized) Result {
-		return p.Unrecognized(ctx, c, cmd, arg)
+	return ch.run(ctx, HookUnrecognized, c, func(ctx context.Context, p any) Result {
+		return p.(Unrecognized).Unrecognized(ctx, c, cmd, arg)
 	})
 }
 

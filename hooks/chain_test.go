@@ -475,77 +475,79 @@ type everyHook struct {
 func (p *everyHook) rec(name string) hooks.Result { p.add(name); return p.result }
 
 func (p *everyHook) Connect(context.Context, *connection.Connection) hooks.Result {
-	return p.rec(hooks.HookConnect)
+	return p.rec(hooks.HookConnect.String())
 }
 func (p *everyHook) Helo(_ context.Context, _ *connection.Connection, h string) hooks.Result {
-	return p.rec(hooks.HookHelo + " " + h)
+	return p.rec(hooks.HookHelo.String() + " " + h)
 }
 func (p *everyHook) Ehlo(_ context.Context, _ *connection.Connection, h string) hooks.Result {
-	return p.rec(hooks.HookEhlo + " " + h)
+	return p.rec(hooks.HookEhlo.String() + " " + h)
 }
 func (p *everyHook) Auth(_ context.Context, _ *connection.Connection, mech, user, _ string) hooks.Result {
-	return p.rec(hooks.HookAuth + " " + mech + " " + user)
+	return p.rec(hooks.HookAuth.String() + " " + mech + " " + user)
 }
 func (p *everyHook) MailPre(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, from *string) hooks.Result {
 	*from = "rewritten@example.org"
-	return p.rec(hooks.HookMailPre)
+	return p.rec(hooks.HookMailPre.String())
 }
 func (p *everyHook) Mail(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, from string) hooks.Result {
-	return p.rec(hooks.HookMail + " " + from)
+	return p.rec(hooks.HookMail.String() + " " + from)
 }
 func (p *everyHook) RcptPre(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to *string) hooks.Result {
 	*to = "rewritten@example.test"
-	return p.rec(hooks.HookRcptPre)
+	return p.rec(hooks.HookRcptPre.String())
 }
 func (p *everyHook) Rcpt(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to string) hooks.Result {
-	return p.rec(hooks.HookRcpt + " " + to)
+	return p.rec(hooks.HookRcpt.String() + " " + to)
 }
 func (p *everyHook) Data(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookData)
+	return p.rec(hooks.HookData.String())
 }
 func (p *everyHook) DataHeadersEnd(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookDataHeadersEnd)
+	return p.rec(hooks.HookDataHeadersEnd.String())
 }
 func (p *everyHook) ReceivedLine(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, line *string) hooks.Result {
 	*line = "custom"
-	return p.rec(hooks.HookReceivedLine)
+	return p.rec(hooks.HookReceivedLine.String())
 }
 func (p *everyHook) DataPost(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookDataPost)
+	return p.rec(hooks.HookDataPost.String())
 }
 func (p *everyHook) QueuePre(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookQueuePre)
+	return p.rec(hooks.HookQueuePre.String())
 }
 func (p *everyHook) Queue(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookQueue)
+	return p.rec(hooks.HookQueue.String())
 }
 func (p *everyHook) QueuePost(context.Context, *connection.Connection, *transaction.Transaction) {
-	p.rec(hooks.HookQueuePost)
+	p.rec(hooks.HookQueuePost.String())
 }
 func (p *everyHook) Reset(context.Context, *connection.Connection, *transaction.Transaction) {
-	p.rec(hooks.HookReset)
+	p.rec(hooks.HookReset.String())
 }
-func (p *everyHook) Disconnect(context.Context, *connection.Connection) { p.rec(hooks.HookDisconnect) }
+func (p *everyHook) Disconnect(context.Context, *connection.Connection) {
+	p.rec(hooks.HookDisconnect.String())
+}
 func (p *everyHook) Vrfy(_ context.Context, _ *connection.Connection, a string) hooks.Result {
-	return p.rec(hooks.HookVrfy + " " + a)
+	return p.rec(hooks.HookVrfy.String() + " " + a)
 }
 func (p *everyHook) Noop(context.Context, *connection.Connection) hooks.Result {
-	return p.rec(hooks.HookNoop)
+	return p.rec(hooks.HookNoop.String())
 }
 func (p *everyHook) Help(_ context.Context, _ *connection.Connection, topic string) hooks.Result {
-	return p.rec(hooks.HookHelp + " " + topic)
+	return p.rec(hooks.HookHelp.String() + " " + topic)
 }
 func (p *everyHook) Quit(context.Context, *connection.Connection) hooks.Result {
-	return p.rec(hooks.HookQuit)
+	return p.rec(hooks.HookQuit.String())
 }
 func (p *everyHook) Unrecognized(_ context.Context, _ *connection.Connection, cmd, arg string) hooks.Result {
-	return p.rec(hooks.HookUnrecognized + " " + cmd + " " + arg)
+	return p.rec(hooks.HookUnrecognized.String() + " " + cmd + " " + arg)
 }
 func (p *everyHook) Denied(_ context.Context, _ *connection.Connection, d hooks.Decision) {
-	p.rec(hooks.HookDeny + " " + d.Hook)
+	p.rec(hooks.HookDeny.String() + " " + d.Hook.String())
 }
 func (p *everyHook) Accepted(_ context.Context, _ *connection.Connection, d hooks.Decision) {
-	p.rec(hooks.HookOK + " " + d.Hook)
+	p.rec(hooks.HookOK.String() + " " + d.Hook.String())
 }
 
 func TestEveryChainMethodCallsItsHook(t *testing.T) {
@@ -578,7 +580,7 @@ func TestEveryChainMethodCallsItsHook(t *testing.T) {
 	ch.Reset(ctx, c, tx)
 	ch.Disconnect(ctx, c)
 
-	wantHooks := []string{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
+	wantHooks := []hooks.Hook{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
 		hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd, hooks.HookReceivedLine,
 		hooks.HookDataPost, hooks.HookQueuePre, hooks.HookQueue, hooks.HookVrfy, hooks.HookNoop, hooks.HookHelp,
 		hooks.HookQuit, hooks.HookUnrecognized}

@@ -24,7 +24,10 @@
 //	}
 //
 // The hooks it implements are read off its method set once, when the chain
-// is built; a plugin that implements no hook is an error. An optional
+// is built (HooksOf); a plugin that implements no hook is an error. Each
+// hook is a Hook constant (HookConnect, HookRcpt, ...) that prints as the
+// name used below, in logs and by `smtpd plugins` ("rcpt", "data_post");
+// ParseHook reads a name back. An optional
 // io.Closer runs when the chain is retired (reload, shutdown), and an
 // optional SizeLimiter lowers the message size cap.
 //

@@ -83,10 +83,18 @@ func Defer(msg string) Result { return Result{Code: DenySoft, Msg: msg} }
 // generic temporary-failure text.
 func Fail(err error) Result { return Result{Code: DenySoft, Err: err} }
 
+// failed reports a result that is a plugin's failure rather than a policy:
+// a DenySoft with an Err and no words of its own (no Msg, no ReplyCode),
+// which is what Fail returns and what the chain makes of a panic, an error
+// with a code that does not reject, an invalid code and a blown deadline.
+func (r Result) failed() bool {
+	return r.Code == DenySoft && r.Err != nil && r.Msg == "" && r.ReplyCode == 0
+}
+
 // Decision is one plugin's non-declining result at one hook, as the chain
 // reports it to observers and logs.
 type Decision struct {
-	Hook   string
+	Hook   Hook
 	Plugin string
 	Result Result
 }

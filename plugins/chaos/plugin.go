@@ -57,7 +57,7 @@ const (
 
 // Hooks are the hooks chaos can break. auth is left out on purpose: a
 // plugin at the auth hook turns AUTH on for its listener.
-var Hooks = []string{
+var Hooks = []hooks.Hook{
 	hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookMailPre, hooks.HookMail,
 	hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd,
 	hooks.HookReceivedLine, hooks.HookDataPost, hooks.HookQueuePre, hooks.HookQueue,
@@ -66,11 +66,11 @@ var Hooks = []string{
 }
 
 // silent are the hooks whose result nobody reads: they cannot fail.
-var silent = []string{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect}
+var silent = []hooks.Hook{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect}
 
 // Plugin is a configured chaos instance; read-only after New.
 type Plugin struct {
-	faults      map[string]fault
+	faults      map[hooks.Hook]fault
 	delay       time.Duration
 	probability float64
 }
@@ -105,21 +105,22 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if err := decode(&s); err != nil {
 		return nil, err
 	}
-	p := &Plugin{faults: map[string]fault{}, probability: s.Probability}
+	p := &Plugin{faults: map[hooks.Hook]fault{}, probability: s.Probability}
 	for _, l := range []struct {
 		key   string
 		hooks []string
 		f     fault
 	}{{"panic", s.Panic, faultPanic}, {"fail", s.Fail, faultFail}, {"hang", s.Hang, faultHang}, {"sleep", s.Sleep, faultSleep}} {
-		for _, h := range l.hooks {
-			if !slices.Contains(Hooks, h) {
-				return nil, fmt.Errorf("%s: unknown hook %q: want one of %s", l.key, h, strings.Join(Hooks, ", "))
+		for _, name := range l.hooks {
+			h, ok := hooks.ParseHook(name)
+			if !ok || !slices.Contains(Hooks, h) {
+				return nil, fmt.Errorf("%s: unknown hook %q: want one of %s", l.key, name, hookNames())
 			}
 			if _, dup := p.faults[h]; dup {
-				return nil, fmt.Errorf("%s: hook %q is already in another list: one fault per hook", l.key, h)
+				return nil, fmt.Errorf("%s: hook %q is already in another list: one fault per hook", l.key, name)
 			}
 			if l.f == faultFail && slices.Contains(silent, h) {
-				return nil, fmt.Errorf("fail: hook %q has no reply to fail: use panic, hang or sleep", h)
+				return nil, fmt.Errorf("fail: hook %q has no reply to fail: use panic, hang or sleep", name)
 			}
 			p.faults[h] = l.f
 		}
@@ -135,16 +136,25 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	return p, nil
 }
 
+// hookNames lists Hooks by name, for error messages.
+func hookNames() string {
+	names := make([]string, len(Hooks))
+	for i, h := range Hooks {
+		names[i] = h.String()
+	}
+	return strings.Join(names, ", ")
+}
+
 // fire injects the fault configured for hook, if any, and otherwise
 // declines.
-func (p *Plugin) fire(ctx context.Context, hook string) hooks.Result {
+func (p *Plugin) fire(ctx context.Context, hook hooks.Hook) hooks.Result {
 	f, ok := p.faults[hook]
 	if !ok || p.probability < 1 && rand.Float64() >= p.probability {
 		return hooks.Result{}
 	}
 	switch f {
 	case faultPanic:
-		panic("chaos: injected panic at " + hook)
+		panic("chaos: injected panic at " + hook.String())
 	case faultFail:
 		return hooks.Result{Err: fmt.Errorf("chaos: injected error at %s", hook)}
 	case faultHang:
