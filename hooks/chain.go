@@ -158,7 +158,7 @@ func (ch *Chain) deadline(hook Hook) time.Duration {
 }
 
 // runAll calls every plugin of the hook, for hooks whose results do not
-// count (queue_post, reset_transaction, disconnect, the observers).
+// count (rcpt_ok, queue_post, reset_transaction, disconnect, the observers).
 func (ch *Chain) runAll(ctx context.Context, hook Hook, c *connection.Connection, call func(context.Context, any)) {
 	list := ch.plugins[hook]
 	if len(list) == 0 {
@@ -278,6 +278,12 @@ func (ch *Chain) RcptPre(ctx context.Context, c *connection.Connection, tx *tran
 // Rcpt runs the rcpt hook.
 func (ch *Chain) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) Decision {
 	return ch.run(ctx, HookRcpt, c, func(ctx context.Context, p any) Result { return p.(Rcpt).Rcpt(ctx, c, tx, rcpt) })
+}
+
+// RcptOK runs every rcpt_ok plugin: the server calls it once rcpt accepted
+// the recipient (OK or Done) and added it to tx.Recipients.
+func (ch *Chain) RcptOK(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) {
+	ch.runAll(ctx, HookRcptOK, c, func(ctx context.Context, p any) { p.(RcptOK).RcptOK(ctx, c, tx, rcpt) })
 }
 
 // Data runs the data hook.

@@ -500,6 +500,9 @@ func (p *everyHook) RcptPre(_ context.Context, _ *connection.Connection, _ *tran
 func (p *everyHook) Rcpt(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to string) hooks.Result {
 	return p.rec(hooks.HookRcpt.String() + " " + to)
 }
+func (p *everyHook) RcptOK(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to string) {
+	p.rec(hooks.HookRcptOK.String() + " " + to)
+}
 func (p *everyHook) Data(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
 	return p.rec(hooks.HookData.String())
 }
@@ -576,6 +579,7 @@ func TestEveryChainMethodCallsItsHook(t *testing.T) {
 		ch.Quit(ctx, c),
 		ch.Unrecognized(ctx, c, "XFOO", "bar"),
 	}
+	ch.RcptOK(ctx, c, tx, to)
 	ch.QueuePost(ctx, c, tx)
 	ch.Reset(ctx, c, tx)
 	ch.Disconnect(ctx, c)
@@ -592,7 +596,7 @@ func TestEveryChainMethodCallsItsHook(t *testing.T) {
 	want := []string{"connect", "helo h1", "ehlo h2", "auth PLAIN alice", "mail_pre", "mail rewritten@example.org", "rcpt_pre",
 		"rcpt rewritten@example.test", "data", "data_headers_end", "received_line", "data_post", "queue_pre",
 		"queue", "vrfy postmaster", "noop", "help mail", "quit", "unrecognized_command XFOO bar",
-		"queue_post", "reset_transaction", "disconnect"}
+		"rcpt_ok rewritten@example.test", "queue_post", "reset_transaction", "disconnect"}
 	if got := p.get(); !slices.Equal(got, want) {
 		t.Fatalf("hooks called:\n got %q\nwant %q", got, want)
 	}
@@ -753,4 +757,55 @@ func TestKeptContextStaysDone(t *testing.T) {
 			t.Fatalf("takeDone=%v: Err after the transaction = %v", takeDone, k.kept.Err())
 		}
 	}
+}
+
+// rcptOKPlugin records the recipients rcpt_ok tells it of.
+type rcptOKPlugin struct {
+	log    *calls
+	name   string
+	ctxErr error
+}
+
+func (p *rcptOKPlugin) RcptOK(ctx context.Context, _ *connection.Connection, tx *transaction.Transaction, rcpt string) {
+	p.ctxErr = ctx.Err()
+	p.log.add(p.name + " " + rcpt + " " + strings.Join(tx.Recipients, ","))
+}
+
+type panicRcptOK struct{}
+
+func (panicRcptOK) RcptOK(context.Context, *connection.Connection, *transaction.Transaction, string) {
+	panic("rcpt_ok boom")
+}
+
+func TestRcptOKRunsEveryPlugin(t *testing.T) {
+	logger, buf := bufLogger()
+	var log calls
+	a, b := &rcptOKPlugin{log: &log, name: "a"}, &rcptOKPlugin{log: &log, name: "b"}
+	obs := &observer{}
+	ch := newChain(t, hooks.Options{Logger: logger},
+		hooks.Instance{Name: "a", Plugin: a},
+		hooks.Instance{Name: "bad", Plugin: panicRcptOK{}},
+		hooks.Instance{Name: "b", Plugin: b},
+		hooks.Instance{Name: "obs", Plugin: obs},
+	)
+	if got := hooks.HooksOf(a); !slices.Equal(got, []hooks.Hook{hooks.HookRcptOK}) {
+		t.Fatalf("HooksOf(rcpt_ok plugin) = %v", got)
+	}
+	tx := transaction.New("", 0)
+	tx.Recipients = append(tx.Recipients, "bob@example.test")
+	ch.RcptOK(context.Background(), newConn(), tx, "bob@example.test")
+	if got := log.get(); !slices.Equal(got, []string{"a bob@example.test bob@example.test", "b bob@example.test bob@example.test"}) {
+		t.Fatalf("rcpt_ok calls = %q, want a then b, after the panic too", got)
+	}
+	if a.ctxErr != nil || b.ctxErr != nil {
+		t.Fatalf("ctx during rcpt_ok: %v, %v", a.ctxErr, b.ctxErr)
+	}
+	if out := buf.String(); !strings.Contains(out, "plugin=bad") || !strings.Contains(out, "hook=rcpt_ok") {
+		t.Fatalf("the rcpt_ok panic was not logged with its hook and plugin: %s", out)
+	}
+	if got := obs.get(); len(got) != 0 {
+		t.Fatalf("observers were told of rcpt_ok: %+v", got)
+	}
+	// A chain without rcpt_ok plugins does nothing.
+	newChain(t, hooks.Options{}, rcpt("x", nil, hooks.Accept(""))).RcptOK(context.Background(), newConn(), tx, "bob@example.test")
 }

@@ -195,6 +195,14 @@
 //	DenyDisconnect      550 5.7.1 Recipient rejected (closes)
 //	DenySoftDisconnect  421 4.7.1 Recipient temporarily rejected (closes)
 //
+// # The rcpt_ok hook
+//
+// Fires at each RCPT TO that the rcpt hook accepted (OK or Done), once the
+// recipient is in tx.Recipients and before the 250 is sent (Haraka's
+// rcpt_ok). Every plugin runs; it returns nothing and cannot change the
+// reply. It lets a plugin see the accepted recipients without being the
+// one that accepts them.
+//
 // # The data hook
 //
 // Fires at DATA, before the 354, once there is at least one recipient. A

@@ -24,6 +24,7 @@ const (
 	HookMail
 	HookRcptPre
 	HookRcpt
+	HookRcptOK
 	HookData
 	HookDataHeadersEnd
 	HookReceivedLine
@@ -146,6 +147,7 @@ var hookTable = [hookCount]hookInfo{
 		denySoftDisconnect: Reply{421, [3]int{4, 7, 1}, "Recipient temporarily rejected", true},
 		failure:            localError,
 	}},
+	HookRcptOK: {"rcpt_ok", implements[RcptOK], replies{}},
 	HookData: {"data", implements[Data], replies{
 		declined:           Reply{354, [3]int{}, "End data with <CR><LF>.<CR><LF>", false},
 		ok:                 Reply{354, [3]int{}, "End data with <CR><LF>.<CR><LF>", false},
@@ -305,6 +307,13 @@ type RcptPre interface {
 // added when the chain accepts it.
 type Rcpt interface {
 	Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) Result
+}
+
+// RcptOK is told of each recipient the chain accepted (OK or Done at the
+// rcpt hook), once it is in tx.Recipients (Haraka's rcpt_ok). It cannot
+// change the outcome.
+type RcptOK interface {
+	RcptOK(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string)
 }
 
 // Data runs at the DATA command, before the 354.

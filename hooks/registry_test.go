@@ -113,7 +113,7 @@ func TestRegisterPanics(t *testing.T) {
 
 func TestHooksOfFiringOrder(t *testing.T) {
 	got := names(hooks.HooksOf(&everyHook{}))
-	want := []string{"connect", "helo", "ehlo", "auth", "mail_pre", "mail", "rcpt_pre", "rcpt", "data", "data_headers_end",
+	want := []string{"connect", "helo", "ehlo", "auth", "mail_pre", "mail", "rcpt_pre", "rcpt", "rcpt_ok", "data", "data_headers_end",
 		"received_line", "data_post", "queue_pre", "queue", "queue_post", "reset_transaction", "disconnect",
 		"vrfy", "noop", "help", "quit", "unrecognized_command", "deny", "ok"}
 	if !slices.Equal(got, want) {

@@ -68,7 +68,7 @@ func (rs *replies) forCode(code Code) Reply {
 // deadline) answers 451 4.3.0 Local error in processing (421 4.3.0 and a
 // close at connect), except where the hook's DenySoft reply stands for it:
 // auth (454 4.7.0), received_line, queue_pre and queue (4.3.0 already) and
-// quit (221). For hooks with no reply of their own (queue_post,
+// quit (221). For hooks with no reply of their own (rcpt_ok, queue_post,
 // reset_transaction, disconnect, deny, ok) and for a value that is no hook,
 // it returns a zero Reply.
 func ReplyFor(hook Hook, r Result) Reply {

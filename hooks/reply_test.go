@@ -117,7 +117,7 @@ func TestReplyForCarryOnHooks(t *testing.T) {
 			}
 		}
 	}
-	for _, hook := range []hooks.Hook{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookDeny, hooks.HookOK, hooks.Hook(0), hooks.Hook(200)} {
+	for _, hook := range []hooks.Hook{hooks.HookRcptOK, hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookDeny, hooks.HookOK, hooks.Hook(0), hooks.Hook(200)} {
 		if rep := hooks.ReplyFor(hook, hooks.Reject("x")); rep != (hooks.Reply{}) {
 			t.Errorf("ReplyFor(%s, Deny) = %q, want the zero Reply", hook, rep)
 		}

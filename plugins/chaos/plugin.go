@@ -59,14 +59,14 @@ const (
 // plugin at the auth hook turns AUTH on for its listener.
 var Hooks = []hooks.Hook{
 	hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookMailPre, hooks.HookMail,
-	hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd,
+	hooks.HookRcptPre, hooks.HookRcpt, hooks.HookRcptOK, hooks.HookData, hooks.HookDataHeadersEnd,
 	hooks.HookReceivedLine, hooks.HookDataPost, hooks.HookQueuePre, hooks.HookQueue,
 	hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookVrfy,
 	hooks.HookNoop, hooks.HookHelp, hooks.HookQuit, hooks.HookUnrecognized,
 }
 
 // silent are the hooks whose result nobody reads: they cannot fail.
-var silent = []hooks.Hook{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect}
+var silent = []hooks.Hook{hooks.HookRcptOK, hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect}
 
 // Plugin is a configured chaos instance; read-only after New.
 type Plugin struct {
@@ -83,6 +83,7 @@ var (
 	_ hooks.Mail           = (*Plugin)(nil)
 	_ hooks.RcptPre        = (*Plugin)(nil)
 	_ hooks.Rcpt           = (*Plugin)(nil)
+	_ hooks.RcptOK         = (*Plugin)(nil)
 	_ hooks.Data           = (*Plugin)(nil)
 	_ hooks.DataHeadersEnd = (*Plugin)(nil)
 	_ hooks.ReceivedLine   = (*Plugin)(nil)
@@ -191,6 +192,10 @@ func (p *Plugin) RcptPre(ctx context.Context, _ *connection.Connection, _ *trans
 
 func (p *Plugin) Rcpt(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
 	return p.fire(ctx, hooks.HookRcpt)
+}
+
+func (p *Plugin) RcptOK(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) {
+	p.fire(ctx, hooks.HookRcptOK)
 }
 
 func (p *Plugin) Data(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction) hooks.Result {
