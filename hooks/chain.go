@@ -60,6 +60,7 @@ type Chain struct {
 	closers []entry            // the plugins that implement io.Closer
 	names   []string
 	maxSize int64
+	dsn     bool
 }
 
 // NewChain builds a chain from plugin instances in execution order. A plugin
@@ -76,6 +77,7 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 	if ch.log == nil {
 		ch.log = slog.Default()
 	}
+	dsn := true
 	for _, in := range instances {
 		p, n := in.Plugin, in.Name
 		hs := HooksOf(p)
@@ -93,8 +95,13 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 				ch.maxSize = m
 			}
 		}
+		if implements[Queue](p) {
+			d, ok := p.(DSNCarrier)
+			dsn = dsn && ok && d.CarriesDSN()
+		}
 		ch.names = append(ch.names, n)
 	}
+	ch.dsn = dsn && ch.HasQueue()
 	return ch, nil
 }
 
@@ -111,6 +118,11 @@ func (ch *Chain) Deadlines() (hook, queue time.Duration) { return ch.timeout, ch
 
 // HasQueue reports whether some plugin takes messages at the queue hook.
 func (ch *Chain) HasQueue() bool { return len(ch.plugins[HookQueue]) > 0 }
+
+// CarriesDSN reports whether the chain has a queue plugin and every queue
+// plugin is a DSNCarrier that answered true when the chain was built: only
+// then may the server offer DSN (RFC 3461).
+func (ch *Chain) CarriesDSN() bool { return ch.dsn }
 
 // Close runs the io.Closer of every plugin that has one, once the chain is
 // no longer used (after a reload or at shutdown).

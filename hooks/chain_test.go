@@ -809,3 +809,52 @@ func TestRcptOKRunsEveryPlugin(t *testing.T) {
 	// A chain without rcpt_ok plugins does nothing.
 	newChain(t, hooks.Options{}, rcpt("x", nil, hooks.Accept(""))).RcptOK(context.Background(), newConn(), tx, "bob@example.test")
 }
+
+// queuePlugin takes messages and is no DSNCarrier; dsnQueue is one.
+type queuePlugin struct{}
+
+func (queuePlugin) Queue(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
+	return hooks.Accept("")
+}
+
+type dsnQueue struct {
+	queuePlugin
+	carries bool
+}
+
+func (q dsnQueue) CarriesDSN() bool { return q.carries }
+
+// dsnRcpt says it carries DSN but is no queue plugin.
+type dsnRcpt struct {
+	*rcptPlugin
+}
+
+func (dsnRcpt) CarriesDSN() bool { return true }
+
+func TestCarriesDSN(t *testing.T) {
+	decline := &rcptPlugin{fn: answer(hooks.Result{})}
+	for _, tc := range []struct {
+		name    string
+		plugins []any
+		want    bool
+	}{
+		{"no queue", []any{&rcptPlugin{fn: answer(hooks.Result{})}}, false},
+		{"a DSNCarrier that is no queue", []any{dsnRcpt{decline}}, false},
+		{"a queue that is no DSNCarrier", []any{queuePlugin{}}, false},
+		{"a queue that says false", []any{dsnQueue{carries: false}}, false},
+		{"a queue that carries DSN", []any{dsnQueue{carries: true}}, true},
+		{"with other plugins", []any{&rcptPlugin{fn: answer(hooks.Result{})}, dsnQueue{carries: true}}, true},
+		{"two queues that carry DSN", []any{dsnQueue{carries: true}, dsnQueue{carries: true}}, true},
+		{"one of two queues does not", []any{dsnQueue{carries: true}, queuePlugin{}}, false},
+		{"one of two queues says false", []any{dsnQueue{carries: false}, dsnQueue{carries: true}}, false},
+		{"a non-queue DSNCarrier does not make up for the queue", []any{dsnRcpt{decline}, queuePlugin{}}, false},
+	} {
+		var ins []hooks.Instance
+		for i, p := range tc.plugins {
+			ins = append(ins, hooks.Instance{Name: string(rune('a' + i)), Plugin: p})
+		}
+		if got := newChain(t, hooks.Options{}, ins...).CarriesDSN(); got != tc.want {
+			t.Errorf("%s: CarriesDSN = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

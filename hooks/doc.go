@@ -27,9 +27,17 @@
 // is built (HooksOf); a plugin that implements no hook is an error. Each
 // hook is a Hook constant (HookConnect, HookRcpt, ...) that prints as the
 // name used below, in logs and by `smtpd plugins` ("rcpt", "data_post");
-// ParseHook reads a name back. An optional
-// io.Closer runs when the chain is retired (reload, shutdown), and an
-// optional SizeLimiter lowers the message size cap.
+// ParseHook reads a name back.
+//
+// Three optional interfaces are not hooks; a plugin implements them beside
+// at least one hook. An io.Closer runs when the chain is retired (reload,
+// shutdown). A SizeLimiter lowers the message size cap. A DSNCarrier is a
+// queue plugin that carries the DSN parameters of RFC 3461 (RET, ENVID,
+// NOTIFY, ORCPT) on to where it hands the message: Chain.CarriesDSN is
+// true only when the chain has at least one queue plugin and every queue
+// plugin is a DSNCarrier whose CarriesDSN returns true (asked once, when
+// the chain is built), and only then may the server offer DSN. A
+// DSNCarrier that is no queue plugin counts for nothing.
 //
 // Plugins run in the order the listener's plugins list gives. At each hook
 // the chain calls them one after the other until one returns something

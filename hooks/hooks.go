@@ -425,3 +425,13 @@ func implements[P any](p any) bool {
 type SizeLimiter interface {
 	MaxMessageBytes() int64
 }
+
+// DSNCarrier is an optional interface for a queue plugin that carries the
+// DSN parameters of RFC 3461 (RET and ENVID of MAIL, NOTIFY and ORCPT of
+// RCPT) on to where it hands the message, so that delivery status
+// notifications are honoured past it. The server offers DSN only when
+// every queue plugin of the chain says it does (Chain.CarriesDSN). The
+// chain asks once, when it is built.
+type DSNCarrier interface {
+	CarriesDSN() bool
+}
