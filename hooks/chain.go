@@ -188,8 +188,10 @@ func (ch *Chain) runAll(ctx context.Context, hook Hook, c *connection.Connection
 
 // callOne runs one plugin and fails closed: a panic, an error with a
 // non-rejecting code, a code that is not one of the constants or a blown
-// deadline becomes DenySoft, logged with the plugin's name (and the stack
-// for a panic).
+// deadline becomes DenySoft, logged at ERROR with the plugin's name (and
+// the stack for a panic). A rejection that carries an Err is logged too:
+// at ERROR when it is a failure (Fail: a DenySoft with no words of its
+// own), at WARN when it is a policy that explains itself.
 func (ch *Chain) callOne(ctx *hookContext, hook Hook, c *connection.Connection, e entry, call func(context.Context, any) Result) (r Result) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -207,19 +209,17 @@ func (ch *Chain) callOne(ctx *hookContext, hook Hook, c *connection.Connection, 
 		ch.logAt(slog.LevelError, c, hook, e.name, "plugin outlived its deadline", withDetail(r, "timeout", ch.deadline(hook).String())...)
 		return Result{Code: DenySoft, Err: fmt.Errorf("plugin %s: %s hook: %w", e.name, hook, err)}
 	}
-	if r.Err != nil {
-		if !r.Code.Rejects() {
-			ch.logAt(slog.LevelError, c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
-			return Result{Code: DenySoft, Err: r.Err, Detail: r.Detail}
-		}
-		// A permanent refusal that explains itself (a downstream said "user
-		// unknown") is worth a line; a temporary one (disk full, a backend
-		// down) is an operator's problem.
-		level := slog.LevelWarn
-		if r.Code == DenySoft || r.Code == DenySoftDisconnect {
-			level = slog.LevelError
-		}
-		ch.logAt(level, c, hook, e.name, "plugin refused", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
+	switch {
+	case r.Err == nil:
+	case !r.Code.Rejects():
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
+		return Result{Code: DenySoft, Err: r.Err, Detail: r.Detail}
+	case r.failed():
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
+	default:
+		// A refusal that explains itself (a downstream said "user unknown",
+		// a greylist): worth a line, not an alarm.
+		ch.logAt(slog.LevelWarn, c, hook, e.name, "plugin refused", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
 	}
 	return r
 }

@@ -858,3 +858,28 @@ func TestCarriesDSN(t *testing.T) {
 		}
 	}
 }
+
+func TestRefusalWithErrLogLevels(t *testing.T) {
+	secret := errors.New("backend said no")
+	for _, tc := range []struct {
+		name string
+		r    hooks.Result
+		want string // the log line's start
+	}{
+		{"Deny with Msg", hooks.Result{Code: hooks.Deny, Msg: "listed", Err: secret}, `level=WARN msg="plugin refused"`},
+		{"Deny without Msg", hooks.Result{Code: hooks.Deny, Err: secret}, `level=WARN msg="plugin refused"`},
+		{"DenySoft with Msg", hooks.Result{Code: hooks.DenySoft, Msg: "greylisted", Err: secret}, `level=WARN msg="plugin refused"`},
+		{"DenySoft with ReplyCode", hooks.Result{Code: hooks.DenySoft, ReplyCode: 452, Err: secret}, `level=WARN msg="plugin refused"`},
+		{"DenySoftDisconnect with Msg", hooks.Result{Code: hooks.DenySoftDisconnect, Msg: "later", Err: secret}, `level=WARN msg="plugin refused"`},
+		{"Fail", hooks.Fail(secret), `level=ERROR msg="plugin error"`},
+		{"OK with Err", hooks.Result{Code: hooks.OK, Err: secret}, `level=ERROR msg="plugin error"`},
+	} {
+		logger, buf := bufLogger()
+		ch := newChain(t, hooks.Options{Logger: logger}, rcpt("p", nil, tc.r))
+		runRcpt(ch)
+		out := buf.String()
+		if !strings.HasPrefix(strings.SplitN(out, " ", 2)[1], tc.want) || !strings.Contains(out, "backend said no") || !strings.Contains(out, "plugin=p") {
+			t.Errorf("%s: log %q, want it to start with %s and carry the error", tc.name, out, tc.want)
+		}
+	}
+}

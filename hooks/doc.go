@@ -63,8 +63,12 @@
 // is not one of the constants, or that is still running when the hook's
 // deadline passes (Options.Timeout, default 30s, carried by ctx) is taken to
 // have answered DenySoft: the client is told to retry later, the failure is
-// logged with the plugin's name, and the plugins after it are not called.
-// Watch ctx.Done() in anything that waits.
+// logged at ERROR with the plugin's name, and the plugins after it are not
+// called. Fail(err), a DenySoft with an Err and neither Msg nor ReplyCode,
+// is a failure too (ERROR, "plugin error"). Any other rejection that
+// carries an Err (a Deny, a DenySoft with words of its own, a queue's
+// refusal) is a decision: it keeps its reply and its Err is logged at WARN
+// ("plugin refused"). Watch ctx.Done() in anything that waits.
 //
 // Each run of a hook gives its plugins a fresh ctx, derived from the
 // connection's and cancelled for good when the hook returns: a ctx a
