@@ -300,8 +300,11 @@
 //
 // # The queue_post hook
 //
-// Fires after a message was queued and the client told so. Every plugin
-// runs; it returns nothing.
+// Fires after a queue plugin answered OK (the message is queued) and
+// before the client is told so: the server runs it before it sends the
+// 250, whose text is already decided and cannot be changed here. Every
+// plugin runs; it returns nothing. The client waits for its 250 meanwhile:
+// keep it short.
 //
 // # The reset_transaction hook
 //

@@ -349,7 +349,9 @@ type Queue interface {
 	Queue(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Result
 }
 
-// QueuePost runs after the message was queued and the client told so.
+// QueuePost runs after a queue plugin answered OK and before the client
+// is told: the server sends its 250 once every queue_post plugin returned.
+// It cannot change the reply.
 type QueuePost interface {
 	QueuePost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction)
 }
