@@ -41,9 +41,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-type entry[P any] struct {
+// entry is one plugin at one hook.
+type entry struct {
 	name string
-	p    P
+	p    any // implements the hook's interface
 }
 
 // Chain is a listener's ordered plugin list, split per hook when it is
@@ -55,41 +56,11 @@ type Chain struct {
 	queueTimeout time.Duration
 	log          *slog.Logger
 
-	connect        []entry[Connect]
-	helo           []entry[Helo]
-	ehlo           []entry[Ehlo]
-	auth           []entry[Auth]
-	mailPre        []entry[MailPre]
-	mail           []entry[Mail]
-	rcptPre        []entry[RcptPre]
-	rcpt           []entry[Rcpt]
-	data           []entry[Data]
-	dataHeadersEnd []entry[DataHeadersEnd]
-	receivedLine   []entry[ReceivedLine]
-	dataPost       []entry[DataPost]
-	queuePre       []entry[QueuePre]
-	queue          []entry[Queue]
-	queuePost      []entry[QueuePost]
-	reset          []entry[Reset]
-	disconnect     []entry[Disconnect]
-	vrfy           []entry[Vrfy]
-	noop           []entry[Noop]
-	help           []entry[Help]
-	quit           []entry[Quit]
-	unrecognized   []entry[Unrecognized]
-	denyObservers  []entry[DenyObserver]
-	okObservers    []entry[OKObserver]
-	closers        []entry[io.Closer]
-	names          []string
-	maxSize        int64
-}
-
-func add[P any](list *[]entry[P], name string, p any) bool {
-	if v, ok := p.(P); ok {
-		*list = append(*list, entry[P]{name, v})
-		return true
-	}
-	return false
+	plugins [hookCount][]entry // per hook, the plugins that implement it, in config order
+	closers []entry            // the plugins that implement io.Closer
+	names   []string
+	maxSize int64
+	dsn     bool
 }
 
 // NewChain builds a chain from plugin instances in execution order. A plugin
@@ -106,43 +77,31 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 	if ch.log == nil {
 		ch.log = slog.Default()
 	}
+	dsn := true
 	for _, in := range instances {
 		p, n := in.Plugin, in.Name
-		hooked := add(&ch.connect, n, p)
-		hooked = add(&ch.helo, n, p) || hooked
-		hooked = add(&ch.ehlo, n, p) || hooked
-		hooked = add(&ch.auth, n, p) || hooked
-		hooked = add(&ch.mailPre, n, p) || hooked
-		hooked = add(&ch.mail, n, p) || hooked
-		hooked = add(&ch.rcptPre, n, p) || hooked
-		hooked = add(&ch.rcpt, n, p) || hooked
-		hooked = add(&ch.data, n, p) || hooked
-		hooked = add(&ch.dataHeadersEnd, n, p) || hooked
-		hooked = add(&ch.receivedLine, n, p) || hooked
-		hooked = add(&ch.dataPost, n, p) || hooked
-		hooked = add(&ch.queuePre, n, p) || hooked
-		hooked = add(&ch.queue, n, p) || hooked
-		hooked = add(&ch.queuePost, n, p) || hooked
-		hooked = add(&ch.reset, n, p) || hooked
-		hooked = add(&ch.disconnect, n, p) || hooked
-		hooked = add(&ch.vrfy, n, p) || hooked
-		hooked = add(&ch.noop, n, p) || hooked
-		hooked = add(&ch.help, n, p) || hooked
-		hooked = add(&ch.quit, n, p) || hooked
-		hooked = add(&ch.unrecognized, n, p) || hooked
-		hooked = add(&ch.denyObservers, n, p) || hooked
-		hooked = add(&ch.okObservers, n, p) || hooked
-		if !hooked {
+		hs := HooksOf(p)
+		if len(hs) == 0 {
 			return nil, fmt.Errorf("plugin %q (%T) implements no hook", n, p)
 		}
-		add(&ch.closers, n, p)
+		for _, h := range hs {
+			ch.plugins[h] = append(ch.plugins[h], entry{n, p})
+		}
+		if _, ok := p.(io.Closer); ok {
+			ch.closers = append(ch.closers, entry{n, p})
+		}
 		if l, ok := p.(SizeLimiter); ok {
 			if m := l.MaxMessageBytes(); m > 0 && (ch.maxSize == 0 || m < ch.maxSize) {
 				ch.maxSize = m
 			}
 		}
+		if implements[Queue](p) {
+			d, ok := p.(DSNCarrier)
+			dsn = dsn && ok && d.CarriesDSN()
+		}
 		ch.names = append(ch.names, n)
 	}
+	ch.dsn = dsn && ch.HasQueue()
 	return ch, nil
 }
 
@@ -158,63 +117,69 @@ func (ch *Chain) MaxMessageBytes() int64 { return ch.maxSize }
 func (ch *Chain) Deadlines() (hook, queue time.Duration) { return ch.timeout, ch.queueTimeout }
 
 // HasQueue reports whether some plugin takes messages at the queue hook.
-func (ch *Chain) HasQueue() bool { return len(ch.queue) > 0 }
+func (ch *Chain) HasQueue() bool { return len(ch.plugins[HookQueue]) > 0 }
+
+// CarriesDSN reports whether the chain has a queue plugin and every queue
+// plugin is a DSNCarrier that answered true when the chain was built: only
+// then may the server offer DSN (RFC 3461).
+func (ch *Chain) CarriesDSN() bool { return ch.dsn }
 
 // Close runs the io.Closer of every plugin that has one, once the chain is
 // no longer used (after a reload or at shutdown).
 func (ch *Chain) Close() error {
 	var errs []error
 	for _, e := range ch.closers {
-		if err := e.p.Close(); err != nil {
+		if err := e.p.(io.Closer).Close(); err != nil {
 			errs = append(errs, fmt.Errorf("plugin %s: close: %w", e.name, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// run calls each plugin of list in order until one does not decline,
+// run calls each plugin of the hook in order until one does not decline,
 // under the chain's deadline, and tells the observers. It returns the
 // deciding plugin's Decision, or a Decision with a Declined result when all
 // declined.
-func run[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, tx *transaction.Transaction, list []entry[P], call func(context.Context, P) Result) Decision {
+func (ch *Chain) run(ctx context.Context, hook Hook, c *connection.Connection, call func(context.Context, any) Result) Decision {
+	list := ch.plugins[hook]
 	if len(list) == 0 {
 		return Decision{Hook: hook}
 	}
-	parent := ctx
-	hc := startHook(ctx, tx, ch.deadline(hook))
+	hc := newHookContext(ctx, ch.deadline(hook))
 	defer hc.end()
 	for _, e := range list {
-		r := callOne(ch, hc, hook, c, e, call)
+		r := ch.callOne(hc, hook, c, e, call)
 		if r.Code == Declined {
 			continue
 		}
 		d := Decision{Hook: hook, Plugin: e.name, Result: r}
 		// The observers get their own deadline: the deciding plugin may
 		// have spent this hook's (a timeout is a DenySoft to report).
-		ch.observe(parent, c, d)
+		ch.observe(ctx, c, d)
 		return d
 	}
 	return Decision{Hook: hook}
 }
 
 // deadline is how long hook may take through the chain.
-func (ch *Chain) deadline(hook string) time.Duration {
+func (ch *Chain) deadline(hook Hook) time.Duration {
 	if hook == HookQueue {
 		return ch.queueTimeout
 	}
 	return ch.timeout
 }
 
-// runAll calls every plugin of list, for hooks whose results do not count
-// (queue_post, reset_transaction, disconnect, the observers).
-func runAll[P any](ch *Chain, ctx context.Context, hook string, c *connection.Connection, tx *transaction.Transaction, list []entry[P], call func(context.Context, P)) {
+// runAll calls every plugin of the hook, for hooks whose results do not
+// count (rcpt_ok, queue_post, reset_transaction, disconnect, the observers).
+func (ch *Chain) runAll(ctx context.Context, hook Hook, c *connection.Connection, call func(context.Context, any)) {
+	list := ch.plugins[hook]
 	if len(list) == 0 {
 		return
 	}
-	hc := startHook(ctx, tx, ch.timeout)
+	hc := newHookContext(ctx, ch.deadline(hook))
 	defer hc.end()
 	for _, e := range list {
-		callOne(ch, hc, hook, c, e, func(ctx context.Context, p P) Result {
+		ch.callOne(hc, hook, c, e, func(ctx context.Context, p any) Result {
 			call(ctx, p)
 			return Result{}
 		})
@@ -223,48 +188,52 @@ func runAll[P any](ch *Chain, ctx context.Context, hook string, c *connection.Co
 
 // callOne runs one plugin and fails closed: a panic, an error with a
 // non-rejecting code, a code that is not one of the constants or a blown
-// deadline becomes DenySoft, logged with the plugin's name (and the stack
-// for a panic).
-func callOne[P any](ch *Chain, ctx *hookContext, hook string, c *connection.Connection, e entry[P], call func(context.Context, P) Result) (r Result) {
+// deadline becomes DenySoft, logged at ERROR with the plugin's name (and
+// the stack for a panic). A rejection that carries an Err is logged too:
+// at ERROR when it is a failure (Fail: a DenySoft with no words of its
+// own), at WARN when it is a policy that explains itself.
+func (ch *Chain) callOne(ctx *hookContext, hook Hook, c *connection.Connection, e entry, call func(context.Context, any) Result) (r Result) {
 	defer func() {
 		if v := recover(); v != nil {
-			ch.logFailure(c, hook, e.name, "plugin panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			ch.logAt(slog.LevelError, c, hook, e.name, "plugin panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			r = Result{Code: DenySoft, Err: fmt.Errorf("plugin %s panicked in %s: %v", e.name, hook, v)}
 		}
 	}()
 	r = call(ctx, e.p)
 	if r.Code < Declined || r.Code > Done {
 		err := fmt.Errorf("plugin %s: %s hook: invalid code %v", e.name, hook, r.Code)
-		ch.logFailure(c, hook, e.name, "plugin returned an invalid code", "err", err.Error())
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin returned an invalid code", withDetail(r, "err", err.Error())...)
 		return Result{Code: DenySoft, Err: err}
 	}
-	if err := ctx.Err(); err != nil && !r.Code.Rejects() {
-		ch.logFailure(c, hook, e.name, "plugin outlived its deadline", "timeout", ch.deadline(hook).String())
+	if err := ctx.expired(); err != nil && !r.Code.Rejects() {
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin outlived its deadline", withDetail(r, "timeout", ch.deadline(hook).String())...)
 		return Result{Code: DenySoft, Err: fmt.Errorf("plugin %s: %s hook: %w", e.name, hook, err)}
 	}
-	if r.Err != nil {
-		if !r.Code.Rejects() {
-			ch.logFailure(c, hook, e.name, "plugin error", "code", r.Code.String(), "err", r.Err.Error())
-			return Result{Code: DenySoft, Err: r.Err}
-		}
-		// A permanent refusal that explains itself (a downstream said "user
-		// unknown") is worth a line; a temporary one (disk full, a backend
-		// down) is an operator's problem.
-		level := slog.LevelWarn
-		if r.Code == DenySoft || r.Code == DenySoftDisconnect {
-			level = slog.LevelError
-		}
-		ch.logAt(level, c, hook, e.name, "plugin refused", "code", r.Code.String(), "err", r.Err.Error())
+	switch {
+	case r.Err == nil:
+	case !r.Code.Rejects():
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
+		return Result{Code: DenySoft, Err: r.Err, Detail: r.Detail}
+	case r.failed():
+		ch.logAt(slog.LevelError, c, hook, e.name, "plugin error", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
+	default:
+		// A refusal that explains itself (a downstream said "user unknown",
+		// a greylist): worth a line, not an alarm.
+		ch.logAt(slog.LevelWarn, c, hook, e.name, "plugin refused", withDetail(r, "code", r.Code.String(), "err", r.Err.Error())...)
 	}
 	return r
 }
 
-func (ch *Chain) logFailure(c *connection.Connection, hook, plugin, msg string, args ...any) {
-	ch.logAt(slog.LevelError, c, hook, plugin, msg, args...)
+// withDetail appends r.Detail to log arguments when there is one.
+func withDetail(r Result, args ...any) []any {
+	if r.Detail != "" {
+		args = append(args, "detail", r.Detail)
+	}
+	return args
 }
 
-func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook, plugin, msg string, args ...any) {
-	attrs := []any{"hook", hook, "plugin", plugin}
+func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook Hook, plugin, msg string, args ...any) {
+	attrs := []any{"hook", hook.String(), "plugin", plugin}
 	if c != nil {
 		attrs = append(attrs, "conn", c.ID, "remote", c.Remote.String())
 	}
@@ -274,187 +243,162 @@ func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook, plugin,
 func (ch *Chain) observe(ctx context.Context, c *connection.Connection, d Decision) {
 	switch {
 	case d.Result.Code.Rejects():
-		runAll(ch, ctx, HookDeny, c, nil, ch.denyObservers, func(ctx context.Context, p DenyObserver) { p.Denied(ctx, c, d) })
+		ch.runAll(ctx, HookDeny, c, func(ctx context.Context, p any) { p.(DenyObserver).Denied(ctx, c, d) })
 	case d.Result.Code == OK:
-		runAll(ch, ctx, HookOK, c, nil, ch.okObservers, func(ctx context.Context, p OKObserver) { p.Accepted(ctx, c, d) })
+		ch.runAll(ctx, HookOK, c, func(ctx context.Context, p any) { p.(OKObserver).Accepted(ctx, c, d) })
 	}
 }
 
 // Connect runs the connect hook.
 func (ch *Chain) Connect(ctx context.Context, c *connection.Connection) Decision {
-	return run(ch, ctx, HookConnect, c, nil, ch.connect, func(ctx context.Context, p Connect) Result { return p.Connect(ctx, c) })
+	return ch.run(ctx, HookConnect, c, func(ctx context.Context, p any) Result { return p.(Connect).Connect(ctx, c) })
 }
 
 // Helo runs the helo hook.
 func (ch *Chain) Helo(ctx context.Context, c *connection.Connection, host string) Decision {
-	return run(ch, ctx, HookHelo, c, nil, ch.helo, func(ctx context.Context, p Helo) Result { return p.Helo(ctx, c, host) })
+	return ch.run(ctx, HookHelo, c, func(ctx context.Context, p any) Result { return p.(Helo).Helo(ctx, c, host) })
 }
 
 // Ehlo runs the ehlo hook.
 func (ch *Chain) Ehlo(ctx context.Context, c *connection.Connection, host string) Decision {
-	return run(ch, ctx, HookEhlo, c, nil, ch.ehlo, func(ctx context.Context, p Ehlo) Result { return p.Ehlo(ctx, c, host) })
+	return ch.run(ctx, HookEhlo, c, func(ctx context.Context, p any) Result { return p.(Ehlo).Ehlo(ctx, c, host) })
 }
 
 // Auth runs the auth hook.
 func (ch *Chain) Auth(ctx context.Context, c *connection.Connection, mech, user, password string) Decision {
-	return run(ch, ctx, HookAuth, c, nil, ch.auth, func(ctx context.Context, p Auth) Result { return p.Auth(ctx, c, mech, user, password) })
+	return ch.run(ctx, HookAuth, c, func(ctx context.Context, p any) Result { return p.(Auth).Auth(ctx, c, mech, user, password) })
 }
 
 // HasAuth reports whether some plugin checks credentials at the auth hook.
-func (ch *Chain) HasAuth() bool { return len(ch.auth) > 0 }
+func (ch *Chain) HasAuth() bool { return len(ch.plugins[HookAuth]) > 0 }
 
 // MailPre runs the mail_pre hook; plugins may rewrite *from.
 func (ch *Chain) MailPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from *string) Decision {
-	return run(ch, ctx, HookMailPre, c, tx, ch.mailPre, func(ctx context.Context, p MailPre) Result { return p.MailPre(ctx, c, tx, from) })
+	return ch.run(ctx, HookMailPre, c, func(ctx context.Context, p any) Result { return p.(MailPre).MailPre(ctx, c, tx, from) })
 }
 
 // Mail runs the mail hook.
 func (ch *Chain) Mail(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from string) Decision {
-	return run(ch, ctx, HookMail, c, tx, ch.mail, func(ctx context.Context, p Mail) Result { return p.Mail(ctx, c, tx, from) })
+	return ch.run(ctx, HookMail, c, func(ctx context.Context, p any) Result { return p.(Mail).Mail(ctx, c, tx, from) })
 }
 
 // RcptPre runs the rcpt_pre hook; plugins may rewrite *rcpt.
 func (ch *Chain) RcptPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt *string) Decision {
-	return run(ch, ctx, HookRcptPre, c, tx, ch.rcptPre, func(ctx context.Context, p RcptPre) Result { return p.RcptPre(ctx, c, tx, rcpt) })
+	return ch.run(ctx, HookRcptPre, c, func(ctx context.Context, p any) Result { return p.(RcptPre).RcptPre(ctx, c, tx, rcpt) })
 }
 
 // Rcpt runs the rcpt hook.
 func (ch *Chain) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) Decision {
-	return run(ch, ctx, HookRcpt, c, tx, ch.rcpt, func(ctx context.Context, p Rcpt) Result { return p.Rcpt(ctx, c, tx, rcpt) })
+	return ch.run(ctx, HookRcpt, c, func(ctx context.Context, p any) Result { return p.(Rcpt).Rcpt(ctx, c, tx, rcpt) })
+}
+
+// RcptOK runs every rcpt_ok plugin: the server calls it once rcpt accepted
+// the recipient (OK or Done) and added it to tx.Recipients.
+func (ch *Chain) RcptOK(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) {
+	ch.runAll(ctx, HookRcptOK, c, func(ctx context.Context, p any) { p.(RcptOK).RcptOK(ctx, c, tx, rcpt) })
 }
 
 // Data runs the data hook.
 func (ch *Chain) Data(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookData, c, tx, ch.data, func(ctx context.Context, p Data) Result { return p.Data(ctx, c, tx) })
+	return ch.run(ctx, HookData, c, func(ctx context.Context, p any) Result { return p.(Data).Data(ctx, c, tx) })
 }
 
 // DataHeadersEnd runs the data_headers_end hook.
 func (ch *Chain) DataHeadersEnd(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookDataHeadersEnd, c, tx, ch.dataHeadersEnd, func(ctx context.Context, p DataHeadersEnd) Result { return p.DataHeadersEnd(ctx, c, tx) })
+	return ch.run(ctx, HookDataHeadersEnd, c, func(ctx context.Context, p any) Result { return p.(DataHeadersEnd).DataHeadersEnd(ctx, c, tx) })
 }
 
 // ReceivedLine runs the received_line hook; plugins may replace *line.
 func (ch *Chain) ReceivedLine(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, line *string) Decision {
-	return run(ch, ctx, HookReceivedLine, c, tx, ch.receivedLine, func(ctx context.Context, p ReceivedLine) Result {
-		return p.ReceivedLine(ctx, c, tx, line)
+	return ch.run(ctx, HookReceivedLine, c, func(ctx context.Context, p any) Result {
+		return p.(ReceivedLine).ReceivedLine(ctx, c, tx, line)
 	})
 }
 
 // DataPost runs the data_post hook.
 func (ch *Chain) DataPost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookDataPost, c, tx, ch.dataPost, func(ctx context.Context, p DataPost) Result { return p.DataPost(ctx, c, tx) })
+	return ch.run(ctx, HookDataPost, c, func(ctx context.Context, p any) Result { return p.(DataPost).DataPost(ctx, c, tx) })
 }
 
 // QueuePre runs the queue_pre hook.
 func (ch *Chain) QueuePre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookQueuePre, c, tx, ch.queuePre, func(ctx context.Context, p QueuePre) Result { return p.QueuePre(ctx, c, tx) })
+	return ch.run(ctx, HookQueuePre, c, func(ctx context.Context, p any) Result { return p.(QueuePre).QueuePre(ctx, c, tx) })
 }
 
 // Queue runs the queue hook.
 func (ch *Chain) Queue(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return run(ch, ctx, HookQueue, c, tx, ch.queue, func(ctx context.Context, p Queue) Result { return p.Queue(ctx, c, tx) })
+	return ch.run(ctx, HookQueue, c, func(ctx context.Context, p any) Result { return p.(Queue).Queue(ctx, c, tx) })
 }
 
 // QueuePost runs every queue_post plugin.
 func (ch *Chain) QueuePost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) {
-	runAll(ch, ctx, HookQueuePost, c, tx, ch.queuePost, func(ctx context.Context, p QueuePost) { p.QueuePost(ctx, c, tx) })
+	ch.runAll(ctx, HookQueuePost, c, func(ctx context.Context, p any) { p.(QueuePost).QueuePost(ctx, c, tx) })
 }
 
 // Reset runs every reset_transaction plugin.
 func (ch *Chain) Reset(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) {
-	runAll(ch, ctx, HookReset, c, tx, ch.reset, func(ctx context.Context, p Reset) { p.Reset(ctx, c, tx) })
+	ch.runAll(ctx, HookReset, c, func(ctx context.Context, p any) { p.(Reset).Reset(ctx, c, tx) })
 }
 
 // Disconnect runs every disconnect plugin.
 func (ch *Chain) Disconnect(ctx context.Context, c *connection.Connection) {
-	runAll(ch, ctx, HookDisconnect, c, nil, ch.disconnect, func(ctx context.Context, p Disconnect) { p.Disconnect(ctx, c) })
+	ch.runAll(ctx, HookDisconnect, c, func(ctx context.Context, p any) { p.(Disconnect).Disconnect(ctx, c) })
 }
 
 // Vrfy runs the vrfy hook.
 func (ch *Chain) Vrfy(ctx context.Context, c *connection.Connection, addr string) Decision {
-	return run(ch, ctx, HookVrfy, c, nil, ch.vrfy, func(ctx context.Context, p Vrfy) Result { return p.Vrfy(ctx, c, addr) })
+	return ch.run(ctx, HookVrfy, c, func(ctx context.Context, p any) Result { return p.(Vrfy).Vrfy(ctx, c, addr) })
 }
 
 // Noop runs the noop hook.
 func (ch *Chain) Noop(ctx context.Context, c *connection.Connection) Decision {
-	return run(ch, ctx, HookNoop, c, nil, ch.noop, func(ctx context.Context, p Noop) Result { return p.Noop(ctx, c) })
+	return ch.run(ctx, HookNoop, c, func(ctx context.Context, p any) Result { return p.(Noop).Noop(ctx, c) })
 }
 
 // Help runs the help hook.
 func (ch *Chain) Help(ctx context.Context, c *connection.Connection, topic string) Decision {
-	return run(ch, ctx, HookHelp, c, nil, ch.help, func(ctx context.Context, p Help) Result { return p.Help(ctx, c, topic) })
+	return ch.run(ctx, HookHelp, c, func(ctx context.Context, p any) Result { return p.(Help).Help(ctx, c, topic) })
 }
 
 // Quit runs the quit hook.
 func (ch *Chain) Quit(ctx context.Context, c *connection.Connection) Decision {
-	return run(ch, ctx, HookQuit, c, nil, ch.quit, func(ctx context.Context, p Quit) Result { return p.Quit(ctx, c) })
+	return ch.run(ctx, HookQuit, c, func(ctx context.Context, p any) Result { return p.(Quit).Quit(ctx, c) })
 }
 
 // Unrecognized runs the unrecognized_command hook.
 func (ch *Chain) Unrecognized(ctx context.Context, c *connection.Connection, cmd, arg string) Decision {
-	return run(ch, ctx, HookUnrecognized, c, nil, ch.unrecognized, func(ctx context.Context, p Unrecognized) Result {
-		return p.Unrecognized(ctx, c, cmd, arg)
+	return ch.run(ctx, HookUnrecognized, c, func(ctx context.Context, p any) Result {
+		return p.(Unrecognized).Unrecognized(ctx, c, cmd, arg)
 	})
 }
 
-// hookContext is the context a hook's plugins get: the caller's context
-// (the connection's) bounded by the hook's deadline. It does the work of
+// hookContext is the context one run of a hook's plugins gets: the
+// caller's context (the connection's) bounded by the hook's deadline, and
+// cancelled for good when the hook returns. It does the work of
 // context.WithTimeout lazily, because most plugins never look at their
 // context: the deadline is checked against the clock when asked (Err, and
 // the chain after each plugin), and a timer and a Done channel exist only
-// once some plugin calls Done. Within a transaction the chain reuses one
-// hookContext from hook to hook (Transaction.ChainScratch) unless a plugin
-// took its Done channel, so a hook whose plugins do not wait allocates
-// nothing. As with context.WithTimeout, the context is cancelled when the
-// hook returns; a plugin must not keep it for later: a kept one may come
-// back to life for the transaction's next hook.
+// once some plugin calls Done. Each run gets a new one (one small
+// allocation), so a context a plugin kept past its hook stays done: Err
+// keeps its error and Done stays closed.
 type hookContext struct {
-	mu      sync.Mutex
-	parent  context.Context
-	start   time.Time     // when the hook started (with its monotonic reading)
-	timeout time.Duration // the hook's time: its deadline is start + timeout
-	err     error         // nil until cancelled or found past the deadline
-	done    chan struct{} // made by the first Done call; closed with err
-	stop    []func() bool // stop what would close done: the timer, the parent's watch
-	ended   bool          // the hook has returned
+	parent   context.Context
+	deadline time.Time // the hook's deadline, with its monotonic reading
+
+	mu         sync.Mutex
+	err        error         // nil until cancelled or found past the deadline
+	done       chan struct{} // made by the first Done call; closed with err
+	timer      *time.Timer   // closes done at the deadline
+	stopParent func() bool   // stops the watch on the parent
 }
 
-// startHook returns the context for one run of a hook's plugins: the
-// transaction's reused one when it can be, otherwise a new one.
-func startHook(parent context.Context, tx *transaction.Transaction, timeout time.Duration) *hookContext {
-	var hc *hookContext
-	if tx != nil {
-		slot := tx.ChainScratch()
-		if old, ok := (*slot).(*hookContext); ok && old.reusable() {
-			hc = old
-		} else {
-			hc = &hookContext{}
-			*slot = hc
-		}
-	} else {
-		hc = &hookContext{}
-	}
-	hc.mu.Lock()
-	hc.parent, hc.start, hc.timeout, hc.err, hc.ended = parent, time.Now(), timeout, nil, false
-	hc.mu.Unlock()
-	return hc
-}
-
-// reusable reports whether the hook has returned and nobody can be waiting
-// on the context (no Done channel was handed out).
-func (hc *hookContext) reusable() bool {
-	hc.mu.Lock()
-	defer hc.mu.Unlock()
-	return hc.ended && hc.done == nil
+// newHookContext returns the context for one run of a hook's plugins.
+func newHookContext(parent context.Context, timeout time.Duration) *hookContext {
+	return &hookContext{parent: parent, deadline: time.Now().Add(timeout)}
 }
 
 // end cancels the context: the hook has returned.
-func (hc *hookContext) end() {
-	hc.mu.Lock()
-	hc.ended = true
-	hc.cancelLocked(context.Canceled)
-	hc.mu.Unlock()
-}
+func (hc *hookContext) end() { hc.cancel(context.Canceled) }
 
 func (hc *hookContext) cancel(err error) {
 	hc.mu.Lock()
@@ -462,7 +406,8 @@ func (hc *hookContext) cancel(err error) {
 	hc.mu.Unlock()
 }
 
-// cancelLocked records the first error and closes done with it.
+// cancelLocked records the first error, closes done with it and stops
+// what would close done.
 func (hc *hookContext) cancelLocked(err error) {
 	if hc.err != nil {
 		return
@@ -470,22 +415,21 @@ func (hc *hookContext) cancelLocked(err error) {
 	hc.err = err
 	if hc.done != nil {
 		close(hc.done)
-		for _, stop := range hc.stop {
-			stop()
+		if hc.timer != nil {
+			hc.timer.Stop()
 		}
-		hc.stop = nil
+		if hc.stopParent != nil {
+			hc.stopParent()
+		}
 	}
 }
 
 // Deadline returns the hook's deadline, or the parent's when it is earlier.
 func (hc *hookContext) Deadline() (time.Time, bool) {
-	hc.mu.Lock()
-	d, parent := hc.start.Add(hc.timeout), hc.parent
-	hc.mu.Unlock()
-	if pd, ok := parent.Deadline(); ok && pd.Before(d) {
+	if pd, ok := hc.parent.Deadline(); ok && pd.Before(hc.deadline) {
 		return pd, true
 	}
-	return d, true
+	return hc.deadline, true
 }
 
 // Done returns a channel closed when the hook's deadline passes, the parent
@@ -497,7 +441,7 @@ func (hc *hookContext) Done() <-chan struct{} {
 		return hc.done
 	}
 	hc.done = make(chan struct{})
-	left := hc.timeout - time.Since(hc.start)
+	left := time.Until(hc.deadline)
 	if hc.err == nil && left <= 0 {
 		hc.err = context.DeadlineExceeded
 	}
@@ -505,36 +449,42 @@ func (hc *hookContext) Done() <-chan struct{} {
 		close(hc.done)
 		return hc.done
 	}
-	t := time.AfterFunc(left, func() { hc.cancel(context.DeadlineExceeded) })
-	hc.stop = append(hc.stop, t.Stop)
+	hc.timer = time.AfterFunc(left, func() { hc.cancel(context.DeadlineExceeded) })
 	if parent := hc.parent; parent.Done() != nil {
-		hc.stop = append(hc.stop, context.AfterFunc(parent, func() { hc.cancel(parent.Err()) }))
+		hc.stopParent = context.AfterFunc(parent, func() { hc.cancel(parent.Err()) })
 	}
 	return hc.done
 }
 
 // Err returns nil while the hook runs within its deadline and the parent
-// is not done; DeadlineExceeded past the deadline; Canceled once the hook
-// has returned; or the parent's error.
+// is not done; DeadlineExceeded past the deadline; the parent's error once
+// it is done; Canceled once the hook has returned. Once non-nil, it stays.
 func (hc *hookContext) Err() error {
 	hc.mu.Lock()
-	if hc.err == nil && time.Since(hc.start) >= hc.timeout {
-		hc.cancelLocked(context.DeadlineExceeded)
+	if hc.err == nil {
+		if time.Until(hc.deadline) <= 0 { // the monotonic clock alone: cheaper than time.Now
+
+			hc.cancelLocked(context.DeadlineExceeded)
+		} else if err := hc.parent.Err(); err != nil {
+			hc.cancelLocked(err)
+		}
 	}
-	err, parent := hc.err, hc.parent
+	err := hc.err
 	hc.mu.Unlock()
-	if err != nil {
-		return err
+	return err
+}
+
+// expired is Err for the chain's check after each plugin, while the hook
+// runs: the deadline or the parent's end, without the lock (nothing else
+// cancels a running hook's context).
+func (hc *hookContext) expired() error {
+	if time.Until(hc.deadline) <= 0 {
+		return context.DeadlineExceeded
 	}
-	return parent.Err()
+	return hc.parent.Err()
 }
 
 // Value returns the parent's value for key.
-func (hc *hookContext) Value(key any) any {
-	hc.mu.Lock()
-	parent := hc.parent
-	hc.mu.Unlock()
-	return parent.Value(key)
-}
+func (hc *hookContext) Value(key any) any { return hc.parent.Value(key) }
 
 var _ context.Context = (*hookContext)(nil)

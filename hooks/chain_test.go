@@ -475,77 +475,82 @@ type everyHook struct {
 func (p *everyHook) rec(name string) hooks.Result { p.add(name); return p.result }
 
 func (p *everyHook) Connect(context.Context, *connection.Connection) hooks.Result {
-	return p.rec(hooks.HookConnect)
+	return p.rec(hooks.HookConnect.String())
 }
 func (p *everyHook) Helo(_ context.Context, _ *connection.Connection, h string) hooks.Result {
-	return p.rec(hooks.HookHelo + " " + h)
+	return p.rec(hooks.HookHelo.String() + " " + h)
 }
 func (p *everyHook) Ehlo(_ context.Context, _ *connection.Connection, h string) hooks.Result {
-	return p.rec(hooks.HookEhlo + " " + h)
+	return p.rec(hooks.HookEhlo.String() + " " + h)
 }
 func (p *everyHook) Auth(_ context.Context, _ *connection.Connection, mech, user, _ string) hooks.Result {
-	return p.rec(hooks.HookAuth + " " + mech + " " + user)
+	return p.rec(hooks.HookAuth.String() + " " + mech + " " + user)
 }
 func (p *everyHook) MailPre(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, from *string) hooks.Result {
 	*from = "rewritten@example.org"
-	return p.rec(hooks.HookMailPre)
+	return p.rec(hooks.HookMailPre.String())
 }
 func (p *everyHook) Mail(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, from string) hooks.Result {
-	return p.rec(hooks.HookMail + " " + from)
+	return p.rec(hooks.HookMail.String() + " " + from)
 }
 func (p *everyHook) RcptPre(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to *string) hooks.Result {
 	*to = "rewritten@example.test"
-	return p.rec(hooks.HookRcptPre)
+	return p.rec(hooks.HookRcptPre.String())
 }
 func (p *everyHook) Rcpt(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to string) hooks.Result {
-	return p.rec(hooks.HookRcpt + " " + to)
+	return p.rec(hooks.HookRcpt.String() + " " + to)
+}
+func (p *everyHook) RcptOK(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, to string) {
+	p.rec(hooks.HookRcptOK.String() + " " + to)
 }
 func (p *everyHook) Data(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookData)
+	return p.rec(hooks.HookData.String())
 }
 func (p *everyHook) DataHeadersEnd(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookDataHeadersEnd)
+	return p.rec(hooks.HookDataHeadersEnd.String())
 }
 func (p *everyHook) ReceivedLine(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, line *string) hooks.Result {
 	*line = "custom"
-	return p.rec(hooks.HookReceivedLine)
+	return p.rec(hooks.HookReceivedLine.String())
 }
 func (p *everyHook) DataPost(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookDataPost)
+	return p.rec(hooks.HookDataPost.String())
 }
 func (p *everyHook) QueuePre(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookQueuePre)
+	return p.rec(hooks.HookQueuePre.String())
 }
 func (p *everyHook) Queue(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
-	return p.rec(hooks.HookQueue)
+	return p.rec(hooks.HookQueue.String())
 }
 func (p *everyHook) QueuePost(context.Context, *connection.Connection, *transaction.Transaction) {
-	p.rec(hooks.HookQueuePost)
+	p.rec(hooks.HookQueuePost.String())
 }
 func (p *everyHook) Reset(context.Context, *connection.Connection, *transaction.Transaction) {
-	p.rec(hooks.HookReset)
+	p.rec(hooks.HookReset.String())
 }
-func (p *everyHook) Disconnect(context.Context, *connection.Connection) { p.rec(hooks.HookDisconnect) }
+func (p *everyHook) Disconnect(context.Context, *connection.Connection) {
+	p.rec(hooks.HookDisconnect.String())
+}
 func (p *everyHook) Vrfy(_ context.Context, _ *connection.Connection, a string) hooks.Result {
-	return p.rec(hooks.HookVrfy + " " + a)
+	return p.rec(hooks.HookVrfy.String() + " " + a)
 }
 func (p *everyHook) Noop(context.Context, *connection.Connection) hooks.Result {
-	return p.rec(hooks.HookNoop)
+	return p.rec(hooks.HookNoop.String())
 }
 func (p *everyHook) Help(_ context.Context, _ *connection.Connection, topic string) hooks.Result {
-	return p.rec(hooks.HookHelp + " " + topic)
+	return p.rec(hooks.HookHelp.String() + " " + topic)
 }
 func (p *everyHook) Quit(context.Context, *connection.Connection) hooks.Result {
-	return p.rec(hooks.HookQuit)
+	return p.rec(hooks.HookQuit.String())
 }
 func (p *everyHook) Unrecognized(_ context.Context, _ *connection.Connection, cmd, arg string) hooks.Result {
-	return p.rec(hooks.HookUnrecognized + " " + cmd + " " + arg)
+	return p.rec(hooks.HookUnrecognized.String() + " " + cmd + " " + arg)
 }
 func (p *everyHook) Denied(_ context.Context, _ *connection.Connection, d hooks.Decision) {
-	p.rec(hooks.HookDeny + " " + d.Hook)
+	p.rec(hooks.HookDeny.String() + " " + d.Hook.String())
 }
 func (p *everyHook) Accepted(_ context.Context, _ *connection.Connection, d hooks.Decision) {
-	p.rec(hooks.HookOK + " " + d.Hook)
+	p.rec(hooks.HookOK.String() + " " + d.Hook.String())
 }
 
 func TestEveryChainMethodCallsItsHook(t *testing.T) {
@@ -574,11 +579,12 @@ func TestEveryChainMethodCallsItsHook(t *testing.T) {
 		ch.Quit(ctx, c),
 		ch.Unrecognized(ctx, c, "XFOO", "bar"),
 	}
+	ch.RcptOK(ctx, c, tx, to)
 	ch.QueuePost(ctx, c, tx)
 	ch.Reset(ctx, c, tx)
 	ch.Disconnect(ctx, c)
 
-	wantHooks := []string{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
+	wantHooks := []hooks.Hook{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
 		hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd, hooks.HookReceivedLine,
 		hooks.HookDataPost, hooks.HookQueuePre, hooks.HookQueue, hooks.HookVrfy, hooks.HookNoop, hooks.HookHelp,
 		hooks.HookQuit, hooks.HookUnrecognized}
@@ -590,7 +596,7 @@ func TestEveryChainMethodCallsItsHook(t *testing.T) {
 	want := []string{"connect", "helo h1", "ehlo h2", "auth PLAIN alice", "mail_pre", "mail rewritten@example.org", "rcpt_pre",
 		"rcpt rewritten@example.test", "data", "data_headers_end", "received_line", "data_post", "queue_pre",
 		"queue", "vrfy postmaster", "noop", "help mail", "quit", "unrecognized_command XFOO bar",
-		"queue_post", "reset_transaction", "disconnect"}
+		"rcpt_ok rewritten@example.test", "queue_post", "reset_transaction", "disconnect"}
 	if got := p.get(); !slices.Equal(got, want) {
 		t.Fatalf("hooks called:\n got %q\nwant %q", got, want)
 	}
@@ -679,6 +685,201 @@ func BenchmarkChainRcptDeclined(b *testing.B) {
 	for b.Loop() {
 		if d := ch.Rcpt(ctx, c, tx, "bob@example.test"); d.Result.Code != hooks.Declined {
 			b.Fatal(d)
+		}
+	}
+}
+
+func TestDetailIsLoggedNotSent(t *testing.T) {
+	secret := errors.New("backend said no")
+	logger, buf := bufLogger()
+	ch := newChain(t, hooks.Options{Logger: logger}, rcpt("p", nil, hooks.Result{Code: hooks.Deny, Msg: "no", Detail: "downstream said 550 unknown", Err: secret}))
+	d := runRcpt(ch)
+	if !strings.Contains(buf.String(), `detail="downstream said 550 unknown"`) {
+		t.Errorf("Detail is not in the log: %s", buf.String())
+	}
+	if rep := hooks.ReplyFor(d.Hook, d.Result); strings.Contains(rep.String(), "downstream") {
+		t.Errorf("Detail reached the reply: %q", rep)
+	}
+}
+
+// keeper keeps the context of its mail hook and looks at it again during
+// the rcpt hook of the same transaction.
+type keeper struct {
+	takeDone bool // take Done during the mail hook, as a plugin that waits does
+	kept     context.Context
+	inMail   error // kept.Err() during the mail hook
+	inRcpt   error // kept.Err() during the rcpt hook
+	closed   bool  // kept.Done() closed during the rcpt hook
+	ownErr   error // the rcpt hook's own ctx.Err()
+}
+
+func (k *keeper) Mail(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
+	k.kept = ctx
+	if k.takeDone {
+		_ = ctx.Done()
+	}
+	k.inMail = ctx.Err()
+	return hooks.Result{}
+}
+
+func (k *keeper) Rcpt(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
+	k.inRcpt = k.kept.Err()
+	select {
+	case <-k.kept.Done():
+		k.closed = true
+	default:
+	}
+	k.ownErr = ctx.Err()
+	return hooks.Accept("")
+}
+
+func TestKeptContextStaysDone(t *testing.T) {
+	for _, takeDone := range []bool{false, true} {
+		k := &keeper{takeDone: takeDone}
+		ch := newChain(t, hooks.Options{}, hooks.Instance{Name: "keeper", Plugin: k})
+		ctx, c, tx := context.Background(), newConn(), transaction.New("", 0)
+		ch.Mail(ctx, c, tx, "a@example.org")
+		if k.inMail != nil {
+			t.Fatalf("takeDone=%v: ctx.Err() during its own hook = %v", takeDone, k.inMail)
+		}
+		// The next hooks of the same transaction: the kept context must not
+		// come back to life.
+		for range 3 {
+			ch.Rcpt(ctx, c, tx, "b@example.test")
+			if !errors.Is(k.inRcpt, context.Canceled) || !k.closed {
+				t.Fatalf("takeDone=%v: the mail hook's ctx during rcpt: Err = %v, Done closed = %v; want Canceled and closed", takeDone, k.inRcpt, k.closed)
+			}
+			if k.ownErr != nil {
+				t.Fatalf("takeDone=%v: the rcpt hook's own ctx.Err() = %v", takeDone, k.ownErr)
+			}
+		}
+		if !errors.Is(k.kept.Err(), context.Canceled) {
+			t.Fatalf("takeDone=%v: Err after the transaction = %v", takeDone, k.kept.Err())
+		}
+	}
+}
+
+// rcptOKPlugin records the recipients rcpt_ok tells it of.
+type rcptOKPlugin struct {
+	log    *calls
+	name   string
+	ctxErr error
+}
+
+func (p *rcptOKPlugin) RcptOK(ctx context.Context, _ *connection.Connection, tx *transaction.Transaction, rcpt string) {
+	p.ctxErr = ctx.Err()
+	p.log.add(p.name + " " + rcpt + " " + strings.Join(tx.Recipients, ","))
+}
+
+type panicRcptOK struct{}
+
+func (panicRcptOK) RcptOK(context.Context, *connection.Connection, *transaction.Transaction, string) {
+	panic("rcpt_ok boom")
+}
+
+func TestRcptOKRunsEveryPlugin(t *testing.T) {
+	logger, buf := bufLogger()
+	var log calls
+	a, b := &rcptOKPlugin{log: &log, name: "a"}, &rcptOKPlugin{log: &log, name: "b"}
+	obs := &observer{}
+	ch := newChain(t, hooks.Options{Logger: logger},
+		hooks.Instance{Name: "a", Plugin: a},
+		hooks.Instance{Name: "bad", Plugin: panicRcptOK{}},
+		hooks.Instance{Name: "b", Plugin: b},
+		hooks.Instance{Name: "obs", Plugin: obs},
+	)
+	if got := hooks.HooksOf(a); !slices.Equal(got, []hooks.Hook{hooks.HookRcptOK}) {
+		t.Fatalf("HooksOf(rcpt_ok plugin) = %v", got)
+	}
+	tx := transaction.New("", 0)
+	tx.Recipients = append(tx.Recipients, "bob@example.test")
+	ch.RcptOK(context.Background(), newConn(), tx, "bob@example.test")
+	if got := log.get(); !slices.Equal(got, []string{"a bob@example.test bob@example.test", "b bob@example.test bob@example.test"}) {
+		t.Fatalf("rcpt_ok calls = %q, want a then b, after the panic too", got)
+	}
+	if a.ctxErr != nil || b.ctxErr != nil {
+		t.Fatalf("ctx during rcpt_ok: %v, %v", a.ctxErr, b.ctxErr)
+	}
+	if out := buf.String(); !strings.Contains(out, "plugin=bad") || !strings.Contains(out, "hook=rcpt_ok") {
+		t.Fatalf("the rcpt_ok panic was not logged with its hook and plugin: %s", out)
+	}
+	if got := obs.get(); len(got) != 0 {
+		t.Fatalf("observers were told of rcpt_ok: %+v", got)
+	}
+	// A chain without rcpt_ok plugins does nothing.
+	newChain(t, hooks.Options{}, rcpt("x", nil, hooks.Accept(""))).RcptOK(context.Background(), newConn(), tx, "bob@example.test")
+}
+
+// queuePlugin takes messages and is no DSNCarrier; dsnQueue is one.
+type queuePlugin struct{}
+
+func (queuePlugin) Queue(context.Context, *connection.Connection, *transaction.Transaction) hooks.Result {
+	return hooks.Accept("")
+}
+
+type dsnQueue struct {
+	queuePlugin
+	carries bool
+}
+
+func (q dsnQueue) CarriesDSN() bool { return q.carries }
+
+// dsnRcpt says it carries DSN but is no queue plugin.
+type dsnRcpt struct {
+	*rcptPlugin
+}
+
+func (dsnRcpt) CarriesDSN() bool { return true }
+
+func TestCarriesDSN(t *testing.T) {
+	decline := &rcptPlugin{fn: answer(hooks.Result{})}
+	for _, tc := range []struct {
+		name    string
+		plugins []any
+		want    bool
+	}{
+		{"no queue", []any{&rcptPlugin{fn: answer(hooks.Result{})}}, false},
+		{"a DSNCarrier that is no queue", []any{dsnRcpt{decline}}, false},
+		{"a queue that is no DSNCarrier", []any{queuePlugin{}}, false},
+		{"a queue that says false", []any{dsnQueue{carries: false}}, false},
+		{"a queue that carries DSN", []any{dsnQueue{carries: true}}, true},
+		{"with other plugins", []any{&rcptPlugin{fn: answer(hooks.Result{})}, dsnQueue{carries: true}}, true},
+		{"two queues that carry DSN", []any{dsnQueue{carries: true}, dsnQueue{carries: true}}, true},
+		{"one of two queues does not", []any{dsnQueue{carries: true}, queuePlugin{}}, false},
+		{"one of two queues says false", []any{dsnQueue{carries: false}, dsnQueue{carries: true}}, false},
+		{"a non-queue DSNCarrier does not make up for the queue", []any{dsnRcpt{decline}, queuePlugin{}}, false},
+	} {
+		var ins []hooks.Instance
+		for i, p := range tc.plugins {
+			ins = append(ins, hooks.Instance{Name: string(rune('a' + i)), Plugin: p})
+		}
+		if got := newChain(t, hooks.Options{}, ins...).CarriesDSN(); got != tc.want {
+			t.Errorf("%s: CarriesDSN = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestRefusalWithErrLogLevels(t *testing.T) {
+	secret := errors.New("backend said no")
+	for _, tc := range []struct {
+		name string
+		r    hooks.Result
+		want string // the log line's start
+	}{
+		{"Deny with Msg", hooks.Result{Code: hooks.Deny, Msg: "listed", Err: secret}, `level=WARN msg="plugin refused"`},
+		{"Deny without Msg", hooks.Result{Code: hooks.Deny, Err: secret}, `level=WARN msg="plugin refused"`},
+		{"DenySoft with Msg", hooks.Result{Code: hooks.DenySoft, Msg: "greylisted", Err: secret}, `level=WARN msg="plugin refused"`},
+		{"DenySoft with ReplyCode", hooks.Result{Code: hooks.DenySoft, ReplyCode: 452, Err: secret}, `level=WARN msg="plugin refused"`},
+		{"DenySoftDisconnect with Msg", hooks.Result{Code: hooks.DenySoftDisconnect, Msg: "later", Err: secret}, `level=WARN msg="plugin refused"`},
+		{"Fail", hooks.Fail(secret), `level=ERROR msg="plugin error"`},
+		{"OK with Err", hooks.Result{Code: hooks.OK, Err: secret}, `level=ERROR msg="plugin error"`},
+	} {
+		logger, buf := bufLogger()
+		ch := newChain(t, hooks.Options{Logger: logger}, rcpt("p", nil, tc.r))
+		runRcpt(ch)
+		out := buf.String()
+		if !strings.HasPrefix(strings.SplitN(out, " ", 2)[1], tc.want) || !strings.Contains(out, "backend said no") || !strings.Contains(out, "plugin=p") {
+			t.Errorf("%s: log %q, want it to start with %s and carry the error", tc.name, out, tc.want)
 		}
 	}
 }

@@ -24,9 +24,20 @@
 //	}
 //
 // The hooks it implements are read off its method set once, when the chain
-// is built; a plugin that implements no hook is an error. An optional
-// io.Closer runs when the chain is retired (reload, shutdown), and an
-// optional SizeLimiter lowers the message size cap.
+// is built (HooksOf); a plugin that implements no hook is an error. Each
+// hook is a Hook constant (HookConnect, HookRcpt, ...) that prints as the
+// name used below, in logs and by `smtpd plugins` ("rcpt", "data_post");
+// ParseHook reads a name back.
+//
+// Three optional interfaces are not hooks; a plugin implements them beside
+// at least one hook. An io.Closer runs when the chain is retired (reload,
+// shutdown). A SizeLimiter lowers the message size cap. A DSNCarrier is a
+// queue plugin that carries the DSN parameters of RFC 3461 (RET, ENVID,
+// NOTIFY, ORCPT) on to where it hands the message: Chain.CarriesDSN is
+// true only when the chain has at least one queue plugin and every queue
+// plugin is a DSNCarrier whose CarriesDSN returns true (asked once, when
+// the chain is built), and only then may the server offer DSN. A
+// DSNCarrier that is no queue plugin counts for nothing.
 //
 // Plugins run in the order the listener's plugins list gives. At each hook
 // the chain calls them one after the other until one returns something
@@ -39,18 +50,30 @@
 // spaces: a plugin cannot forge a second reply); Enhanced replaces the
 // default RFC 3463 code, its class (the first digit) forced to match the
 // reply's, and is ignored on replies that carry none (the greeting, the
-// HELO/EHLO answer, 354). Reply replaces the reply code within its class (a
-// DenySoft at rcpt may answer 452 rather than 450); a code of another class
-// is ignored, and so is any change to 220, 221, 235 and 354. Err is logged with the plugin's name and never shown to the
-// client: never put an internal error's text in Msg.
+// HELO/EHLO answer, 354). ReplyCode replaces the reply code within its
+// class (a DenySoft at rcpt may answer 452 rather than 450); a code of
+// another class is ignored, and so is any change to 220, 221, 235 and 354.
+// Detail is text for the log only (the file a queue wrote, a downstream's
+// answer): the server logs a queue's OK with it. Err is logged with the
+// plugin's name and never shown to the client: never put an internal
+// error's text in Msg.
 //
 // The chain fails closed. A plugin that panics, that returns an Err with a
 // code that does not reject (Declined, OK, Done), that returns a code that
 // is not one of the constants, or that is still running when the hook's
 // deadline passes (Options.Timeout, default 30s, carried by ctx) is taken to
 // have answered DenySoft: the client is told to retry later, the failure is
-// logged with the plugin's name, and the plugins after it are not called.
-// Watch ctx.Done() in anything that waits.
+// logged at ERROR with the plugin's name, and the plugins after it are not
+// called. Fail(err), a DenySoft with an Err and neither Msg nor ReplyCode,
+// is a failure too (ERROR, "plugin error"). Any other rejection that
+// carries an Err (a Deny, a DenySoft with words of its own, a queue's
+// refusal) is a decision: it keeps its reply and its Err is logged at WARN
+// ("plugin refused"). Watch ctx.Done() in anything that waits.
+//
+// Each run of a hook gives its plugins a fresh ctx, derived from the
+// connection's and cancelled for good when the hook returns: a ctx a
+// plugin keeps past its hook stays done (Err is non-nil, Done is closed),
+// also during the transaction's next hooks.
 //
 // Plugins are shared by every connection of their listeners and must be
 // safe for concurrent use, like an http.Handler. Per-connection state lives
@@ -184,6 +207,14 @@
 //	DenyDisconnect      550 5.7.1 Recipient rejected (closes)
 //	DenySoftDisconnect  421 4.7.1 Recipient temporarily rejected (closes)
 //
+// # The rcpt_ok hook
+//
+// Fires at each RCPT TO that the rcpt hook accepted (OK or Done), once the
+// recipient is in tx.Recipients and before the 250 is sent (Haraka's
+// rcpt_ok). Every plugin runs; it returns nothing and cannot change the
+// reply. It lets a plugin see the accepted recipients without being the
+// one that accepts them.
+//
 // # The data hook
 //
 // Fires at DATA, before the 354, once there is at least one recipient. A
@@ -269,8 +300,11 @@
 //
 // # The queue_post hook
 //
-// Fires after a message was queued and the client told so. Every plugin
-// runs; it returns nothing.
+// Fires after a queue plugin answered OK (the message is queued) and
+// before the client is told so: the server runs it before it sends the
+// 250, whose text is already decided and cannot be changed here. Every
+// plugin runs; it returns nothing. The client waits for its 250 meanwhile:
+// keep it short.
 //
 // # The reset_transaction hook
 //

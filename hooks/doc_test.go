@@ -24,19 +24,24 @@ func TestDocTablesMatchReplies(t *testing.T) {
 		codes[name] = c
 	}
 	// Replies the server builds itself rather than ReplyFor.
-	serverMade := map[string]bool{hooks.HookDataPost + " Done": true, hooks.HookQueuePre + " Done": true, hooks.HookQueue + " Done": true}
+	serverMade := map[string]bool{"data_post Done": true, "queue_pre Done": true, "queue Done": true}
 
 	heading := regexp.MustCompile(`^// # The (\S+)(?: and (\S+))? hooks?$`)
 	row := regexp.MustCompile(`^//\t(\w+(?:, \w+)*)\s{2,}(.+)$`)
-	var current []string
-	seen := map[string]map[hooks.Code]bool{}
+	var current []hooks.Hook
+	seen := map[hooks.Hook]map[hooks.Code]bool{}
 	for i, line := range strings.Split(string(src), "\n") {
 		if m := heading.FindStringSubmatch(line); m != nil {
 			current = nil
-			for _, h := range m[1:] {
-				if h != "" {
-					current = append(current, h)
+			for _, name := range m[1:] {
+				if name == "" {
+					continue
 				}
+				h, ok := hooks.ParseHook(name)
+				if !ok {
+					t.Fatalf("doc.go:%d: unknown hook %q", i+1, name)
+				}
+				current = append(current, h)
 			}
 			continue
 		}
@@ -60,7 +65,7 @@ func TestDocTablesMatchReplies(t *testing.T) {
 				seen[hook][code] = true
 				rep := hooks.ReplyFor(hook, hooks.Result{Code: code})
 				switch {
-				case serverMade[hook+" "+name]:
+				case serverMade[hook.String()+" "+name]:
 				case rep.Code == 0:
 					if !strings.HasPrefix(text, "no reply") {
 						t.Errorf("doc.go:%d: %s %s: doc says %q, ReplyFor gives no reply", i+1, hook, name, text)
@@ -77,7 +82,7 @@ func TestDocTablesMatchReplies(t *testing.T) {
 			}
 		}
 	}
-	for _, hook := range []string{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
+	for _, hook := range []hooks.Hook{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
 		hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd, hooks.HookDataPost, hooks.HookQueuePre,
 		hooks.HookQueue, hooks.HookVrfy, hooks.HookNoop, hooks.HookHelp, hooks.HookQuit, hooks.HookUnrecognized} {
 		if len(seen[hook]) != len(codes) {

@@ -16,7 +16,7 @@ type Registration struct {
 	// Name is the plugin's name: its folder, package and config name.
 	Name string
 	// Hooks are the hooks the plugin implements, in firing order.
-	Hooks []string
+	Hooks []Hook
 	// New builds an instance from its settings. Construction is validation:
 	// a bad setting is an error naming the setting.
 	New func(decode Decoder) (any, error)

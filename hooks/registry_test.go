@@ -48,7 +48,7 @@ func TestRegisterAndLookup(t *testing.T) {
 	if !ok {
 		t.Fatal("Lookup did not find the registered plugin")
 	}
-	if want := []string{"connect", "rcpt", "reset_transaction", "deny"}; !slices.Equal(reg.Hooks, want) {
+	if want := []string{"connect", "rcpt", "reset_transaction", "deny"}; !slices.Equal(names(reg.Hooks), want) {
 		t.Fatalf("Hooks = %v, want %v (firing order)", reg.Hooks, want)
 	}
 	p, err := reg.New(func(v any) error { v.(*regPlugin).Zone = "zen.example.net"; return nil })
@@ -112,8 +112,8 @@ func TestRegisterPanics(t *testing.T) {
 }
 
 func TestHooksOfFiringOrder(t *testing.T) {
-	got := hooks.HooksOf(&everyHook{})
-	want := []string{"connect", "helo", "ehlo", "auth", "mail_pre", "mail", "rcpt_pre", "rcpt", "data", "data_headers_end",
+	got := names(hooks.HooksOf(&everyHook{}))
+	want := []string{"connect", "helo", "ehlo", "auth", "mail_pre", "mail", "rcpt_pre", "rcpt", "rcpt_ok", "data", "data_headers_end",
 		"received_line", "data_post", "queue_pre", "queue", "queue_post", "reset_transaction", "disconnect",
 		"vrfy", "noop", "help", "quit", "unrecognized_command", "deny", "ok"}
 	if !slices.Equal(got, want) {
@@ -122,7 +122,53 @@ func TestHooksOfFiringOrder(t *testing.T) {
 	if got := hooks.HooksOf(&noHooks{}); len(got) != 0 {
 		t.Fatalf("HooksOf(no hooks) = %v", got)
 	}
-	if got := hooks.HooksOf(mailFunc(nil)); !slices.Equal(got, []string{"mail"}) {
+	if got := hooks.HooksOf(mailFunc(nil)); !slices.Equal(got, []hooks.Hook{hooks.HookMail}) {
 		t.Fatalf("HooksOf(mail only) = %v", got)
+	}
+}
+
+// names returns the hooks' names.
+func names(hs []hooks.Hook) []string {
+	var out []string
+	for _, h := range hs {
+		out = append(out, h.String())
+	}
+	return out
+}
+
+func TestHookNamesAndParse(t *testing.T) {
+	all := hooks.Hooks()
+	if len(all) == 0 || all[0] != hooks.HookConnect || all[len(all)-1] != hooks.HookOK {
+		t.Fatalf("Hooks() = %v, want connect first and ok last", all)
+	}
+	// Every hook has its own name, and ParseHook finds it again.
+	seen := map[string]bool{}
+	for _, h := range all {
+		name := h.String()
+		if name == "" || strings.HasPrefix(name, "Hook(") || seen[name] {
+			t.Errorf("hook %d: name %q is empty or not unique", int(h), name)
+		}
+		seen[name] = true
+		if got, ok := hooks.ParseHook(name); !ok || got != h {
+			t.Errorf("ParseHook(%q) = %v, %v; want %d", name, got, ok, int(h))
+		}
+		if text, err := h.MarshalText(); err != nil || string(text) != name {
+			t.Errorf("%s.MarshalText() = %q, %v", name, text, err)
+		}
+	}
+	// Every hook is recognised: the plugin implementing them all has all.
+	if got := hooks.HooksOf(&everyHook{}); !slices.Equal(got, all) {
+		t.Errorf("HooksOf(every hook) = %v, want Hooks() = %v", got, all)
+	}
+	for _, name := range []string{"", "RCPT", "rcpt ", "nosuchhook"} {
+		if h, ok := hooks.ParseHook(name); ok {
+			t.Errorf("ParseHook(%q) = %v, want no hook", name, h)
+		}
+	}
+	if got := hooks.Hook(0).String(); got != "Hook(0)" {
+		t.Errorf("the zero Hook prints %q", got)
+	}
+	if got := hooks.Hook(200).String(); got != "Hook(200)" {
+		t.Errorf("Hook(200) prints %q", got)
 	}
 }

@@ -1,6 +1,7 @@
 package hooks_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -24,7 +25,7 @@ func TestReplyForEveryCode(t *testing.T) {
 		DSD = hooks.DenySoftDisconnect
 		Do  = hooks.Done
 	)
-	tests := map[string]map[hooks.Code]want{
+	tests := map[hooks.Hook]map[hooks.Code]want{
 		hooks.HookConnect: {
 			D:   {"220 ESMTP Sluice ready", false},
 			OK:  {"220 ESMTP Sluice ready", false},
@@ -109,14 +110,14 @@ func TestReplyForEveryCode(t *testing.T) {
 func TestReplyForCarryOnHooks(t *testing.T) {
 	// Hooks whose non-rejecting answers let the command go on have no reply
 	// of their own: the zero Reply.
-	for _, hook := range []string{hooks.HookMailPre, hooks.HookRcptPre, hooks.HookDataHeadersEnd, hooks.HookReceivedLine, hooks.HookDataPost, hooks.HookQueuePre} {
+	for _, hook := range []hooks.Hook{hooks.HookMailPre, hooks.HookRcptPre, hooks.HookDataHeadersEnd, hooks.HookReceivedLine, hooks.HookDataPost, hooks.HookQueuePre} {
 		for _, code := range []hooks.Code{hooks.Declined, hooks.OK, hooks.Done} {
 			if rep := hooks.ReplyFor(hook, hooks.Result{Code: code, Msg: "x"}); rep != (hooks.Reply{}) {
 				t.Errorf("ReplyFor(%s, %v) = %q, want the zero Reply", hook, code, rep)
 			}
 		}
 	}
-	for _, hook := range []string{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookDeny, hooks.HookOK, "nosuchhook"} {
+	for _, hook := range []hooks.Hook{hooks.HookRcptOK, hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookDeny, hooks.HookOK, hooks.Hook(0), hooks.Hook(200)} {
 		if rep := hooks.ReplyFor(hook, hooks.Reject("x")); rep != (hooks.Reply{}) {
 			t.Errorf("ReplyFor(%s, Deny) = %q, want the zero Reply", hook, rep)
 		}
@@ -124,7 +125,7 @@ func TestReplyForCarryOnHooks(t *testing.T) {
 }
 
 func TestReplyForEveryHookAndCodeIsConsistent(t *testing.T) {
-	hooksWithReplies := []string{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
+	hooksWithReplies := []hooks.Hook{hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookAuth, hooks.HookMailPre, hooks.HookMail,
 		hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd, hooks.HookDataPost,
 		hooks.HookQueuePre, hooks.HookQueue, hooks.HookVrfy, hooks.HookNoop, hooks.HookHelp, hooks.HookQuit,
 		hooks.HookUnrecognized}
@@ -169,7 +170,7 @@ func TestReplyForEveryHookAndCodeIsConsistent(t *testing.T) {
 
 func TestReplyForPluginMessageAndEnhanced(t *testing.T) {
 	tests := []struct {
-		hook string
+		hook hooks.Hook
 		r    hooks.Result
 		want string
 	}{
@@ -185,18 +186,18 @@ func TestReplyForPluginMessageAndEnhanced(t *testing.T) {
 		{hooks.HookConnect, hooks.Result{Code: hooks.OK, Enhanced: [3]int{2, 0, 0}}, "220 ESMTP Sluice ready"},
 		{hooks.HookEhlo, hooks.Result{Code: hooks.OK, Msg: "hi", Enhanced: [3]int{2, 0, 0}}, "250 hi"},
 		{hooks.HookConnect, hooks.Result{Code: hooks.Deny, Enhanced: [3]int{5, 7, 25}}, "554 5.7.25 Connection refused"},
-		// Reply picks the code within the class; another class is ignored.
-		{hooks.HookRcpt, hooks.Result{Code: hooks.DenySoft, Reply: 452, Msg: "too many recipients", Enhanced: [3]int{4, 5, 3}}, "452 4.5.3 too many recipients"},
-		{hooks.HookMail, hooks.Result{Code: hooks.Deny, Reply: 552}, "552 5.7.1 Sender rejected"},
-		{hooks.HookRcpt, hooks.Result{Code: hooks.DenySoft, Reply: 550}, "450 4.7.1 Recipient temporarily rejected"},
-		{hooks.HookRcpt, hooks.Result{Code: hooks.Deny, Reply: 999}, "550 5.7.1 Recipient rejected"},
-		{hooks.HookData, hooks.Result{Code: hooks.OK, Reply: 350}, "354 End data with <CR><LF>.<CR><LF>"},
-		{hooks.HookRcpt, hooks.Result{Code: hooks.OK, Reply: 251, Msg: "User not local; will forward"}, "251 2.1.5 User not local; will forward"},
+		// ReplyCode picks the code within the class; another class is ignored.
+		{hooks.HookRcpt, hooks.Result{Code: hooks.DenySoft, ReplyCode: 452, Msg: "too many recipients", Enhanced: [3]int{4, 5, 3}}, "452 4.5.3 too many recipients"},
+		{hooks.HookMail, hooks.Result{Code: hooks.Deny, ReplyCode: 552}, "552 5.7.1 Sender rejected"},
+		{hooks.HookRcpt, hooks.Result{Code: hooks.DenySoft, ReplyCode: 550}, "450 4.7.1 Recipient temporarily rejected"},
+		{hooks.HookRcpt, hooks.Result{Code: hooks.Deny, ReplyCode: 999}, "550 5.7.1 Recipient rejected"},
+		{hooks.HookData, hooks.Result{Code: hooks.OK, ReplyCode: 350}, "354 End data with <CR><LF>.<CR><LF>"},
+		{hooks.HookRcpt, hooks.Result{Code: hooks.OK, ReplyCode: 251, Msg: "User not local; will forward"}, "251 2.1.5 User not local; will forward"},
 		// Codes the protocol fixes stay: the server authenticates on 235.
-		{hooks.HookAuth, hooks.Result{Code: hooks.OK, Reply: 250}, "235 2.7.0 Authentication successful"},
-		{hooks.HookAuth, hooks.Result{Code: hooks.Deny, Reply: 534, Msg: "mechanism too weak"}, "534 5.7.8 mechanism too weak"},
-		{hooks.HookConnect, hooks.Result{Code: hooks.OK, Reply: 250}, "220 ESMTP Sluice ready"},
-		{hooks.HookQuit, hooks.Result{Code: hooks.OK, Reply: 250}, "221 2.0.0 Bye"},
+		{hooks.HookAuth, hooks.Result{Code: hooks.OK, ReplyCode: 250}, "235 2.7.0 Authentication successful"},
+		{hooks.HookAuth, hooks.Result{Code: hooks.Deny, ReplyCode: 534, Msg: "mechanism too weak"}, "534 5.7.8 mechanism too weak"},
+		{hooks.HookConnect, hooks.Result{Code: hooks.OK, ReplyCode: 250}, "220 ESMTP Sluice ready"},
+		{hooks.HookQuit, hooks.Result{Code: hooks.OK, ReplyCode: 250}, "221 2.0.0 Bye"},
 		// Only the message: the default enhanced code stays.
 		{hooks.HookRcpt, hooks.Reject("mailbox full"), "550 5.7.1 mailbox full"},
 		{hooks.HookRcpt, hooks.Defer("try later"), "450 4.7.1 try later"},
@@ -259,5 +260,53 @@ func TestCodes(t *testing.T) {
 		if c.Disconnects() != (c == hooks.DenyDisconnect || c == hooks.DenySoftDisconnect) {
 			t.Errorf("%v.Disconnects() = %v", c, c.Disconnects())
 		}
+	}
+}
+
+func TestReplyForFailure(t *testing.T) {
+	// What a plugin's failure (Fail, a panic, an error, a deadline) answers
+	// at each hook: a local error, except where the hook's DenySoft reply
+	// already says what happened.
+	const local = "451 4.3.0 Local error in processing; try again later"
+	want := map[hooks.Hook]want{
+		hooks.HookConnect:        {"421 4.3.0 Local error in processing; try again later", true},
+		hooks.HookHelo:           {local, false},
+		hooks.HookEhlo:           {local, false},
+		hooks.HookAuth:           {"454 4.7.0 Temporary authentication failure", false},
+		hooks.HookMailPre:        {local, false},
+		hooks.HookMail:           {local, false},
+		hooks.HookRcptPre:        {local, false},
+		hooks.HookRcpt:           {local, false},
+		hooks.HookData:           {local, false},
+		hooks.HookDataHeadersEnd: {local, false},
+		hooks.HookReceivedLine:   {local, false},
+		hooks.HookDataPost:       {local, false},
+		hooks.HookQueuePre:       {"452 4.3.0 Queueing temporarily refused", false},
+		hooks.HookQueue:          {"451 4.3.0 Queueing failed; try again later", false},
+		hooks.HookVrfy:           {local, false},
+		hooks.HookNoop:           {local, false},
+		hooks.HookHelp:           {local, false},
+		hooks.HookQuit:           {"221 2.0.0 Bye", true}, // QUIT always ends with 221 and the close
+		hooks.HookUnrecognized:   {local, false},
+	}
+	for _, hook := range hooks.Hooks() {
+		rep := hooks.ReplyFor(hook, hooks.Fail(errors.New("db down")))
+		w, ok := want[hook]
+		if !ok {
+			if rep != (hooks.Reply{}) {
+				t.Errorf("ReplyFor(%s, Fail) = %q, want the zero Reply", hook, rep)
+			}
+			continue
+		}
+		if rep.String() != w.line || rep.Close != w.close {
+			t.Errorf("ReplyFor(%s, Fail) = %q close=%v, want %q close=%v", hook, rep, rep.Close, w.line, w.close)
+		}
+	}
+	// With words of its own, a DenySoft with an Err is a policy.
+	if got := hooks.ReplyFor(hooks.HookRcpt, hooks.Result{Code: hooks.DenySoft, Msg: "greylisted", Err: errors.New("x")}).String(); got != "450 4.7.1 greylisted" {
+		t.Errorf("DenySoft with Msg and Err = %q", got)
+	}
+	if got := hooks.ReplyFor(hooks.HookRcpt, hooks.Result{Code: hooks.DenySoft, ReplyCode: 452, Err: errors.New("x")}).String(); got != "452 4.7.1 Recipient temporarily rejected" {
+		t.Errorf("DenySoft with ReplyCode and Err = %q", got)
 	}
 }

@@ -51,14 +51,21 @@ type Result struct {
 	// Enhanced is the RFC 3463 status code ({5, 7, 1}); zero keeps the
 	// hook's default.
 	Enhanced [3]int
-	// Reply replaces the hook's default SMTP reply code when it is of the
-	// same class: a DenySoft at rcpt may answer 452 (too many recipients)
-	// instead of 450, a Deny at mail 552 instead of 550. Zero keeps the
-	// default; a code of another class is ignored, and so is any change to
-	// 220, 221, 235 and 354, whose numbers the protocol fixes.
-	Reply int
+	// ReplyCode replaces the hook's default SMTP reply code when it is of
+	// the same class: a DenySoft at rcpt may answer 452 (too many
+	// recipients) instead of 450, a Deny at mail 552 instead of 550. Zero
+	// keeps the default; a code of another class is ignored, and so is any
+	// change to 220, 221, 235 and 354, whose numbers the protocol fixes, and
+	// a 421 on a reply that does not close the connection.
+	ReplyCode int
+	// Detail is text for the log, never sent to the client: the file a
+	// queue wrote, a downstream's answer. The server logs a queue's OK with
+	// it (detail= on "message queued"; the client reads "Ok: queued as
+	// QUEUEID" whatever Msg says), and the chain adds it to what it logs
+	// about a plugin's result ("plugin refused", "plugin error").
+	Detail string
 	// Err is logged with the plugin's name and never shown to the client.
-	// A non-nil Err with Declined or OK fails closed: the chain turns it into
+	// A non-nil Err with Declined, OK or Done fails closed: the chain turns it into
 	// DenySoft.
 	Err error
 }
@@ -76,10 +83,18 @@ func Defer(msg string) Result { return Result{Code: DenySoft, Msg: msg} }
 // generic temporary-failure text.
 func Fail(err error) Result { return Result{Code: DenySoft, Err: err} }
 
+// failed reports a result that is a plugin's failure rather than a policy:
+// a DenySoft with an Err and no words of its own (no Msg, no ReplyCode),
+// which is what Fail returns and what the chain makes of a panic, an error
+// with a code that does not reject, an invalid code and a blown deadline.
+func (r Result) failed() bool {
+	return r.Code == DenySoft && r.Err != nil && r.Msg == "" && r.ReplyCode == 0
+}
+
 // Decision is one plugin's non-declining result at one hook, as the chain
 // reports it to observers and logs.
 type Decision struct {
-	Hook   string
+	Hook   Hook
 	Plugin string
 	Result Result
 }

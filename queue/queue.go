@@ -98,7 +98,7 @@ func Result(err error) hooks.Result {
 	if qe.Code != 0 {
 		reply = qe.Code
 	}
-	return hooks.Result{Code: code, Reply: reply, Msg: qe.Msg, Enhanced: qe.Enhanced, Err: err}
+	return hooks.Result{Code: code, ReplyCode: reply, Msg: qe.Msg, Enhanced: qe.Enhanced, Err: err}
 }
 
 // localFailure classifies an error of our own (disk, permissions, a

@@ -149,7 +149,7 @@ func (s *Session) message(tx *transaction.Transaction, r io.Reader) hooks.Reply 
 	s.conn.Messages++
 	if s.log.Enabled(s.ctx, slog.LevelInfo) {
 		s.log.Info("message queued", "queue_id", tx.QueueID, "plugin", d.Plugin, "from", tx.Sender,
-			"rcpts", len(tx.Recipients), "size", tx.MessageSize(), "detail", d.Result.Msg)
+			"rcpts", len(tx.Recipients), "size", tx.MessageSize(), "detail", d.Result.Detail)
 	}
 	s.cfg.Chain.QueuePost(s.ctx, s.conn, tx)
 	return rep

@@ -57,20 +57,20 @@ const (
 
 // Hooks are the hooks chaos can break. auth is left out on purpose: a
 // plugin at the auth hook turns AUTH on for its listener.
-var Hooks = []string{
+var Hooks = []hooks.Hook{
 	hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo, hooks.HookMailPre, hooks.HookMail,
-	hooks.HookRcptPre, hooks.HookRcpt, hooks.HookData, hooks.HookDataHeadersEnd,
+	hooks.HookRcptPre, hooks.HookRcpt, hooks.HookRcptOK, hooks.HookData, hooks.HookDataHeadersEnd,
 	hooks.HookReceivedLine, hooks.HookDataPost, hooks.HookQueuePre, hooks.HookQueue,
 	hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect, hooks.HookVrfy,
 	hooks.HookNoop, hooks.HookHelp, hooks.HookQuit, hooks.HookUnrecognized,
 }
 
 // silent are the hooks whose result nobody reads: they cannot fail.
-var silent = []string{hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect}
+var silent = []hooks.Hook{hooks.HookRcptOK, hooks.HookQueuePost, hooks.HookReset, hooks.HookDisconnect}
 
 // Plugin is a configured chaos instance; read-only after New.
 type Plugin struct {
-	faults      map[string]fault
+	faults      map[hooks.Hook]fault
 	delay       time.Duration
 	probability float64
 }
@@ -83,6 +83,7 @@ var (
 	_ hooks.Mail           = (*Plugin)(nil)
 	_ hooks.RcptPre        = (*Plugin)(nil)
 	_ hooks.Rcpt           = (*Plugin)(nil)
+	_ hooks.RcptOK         = (*Plugin)(nil)
 	_ hooks.Data           = (*Plugin)(nil)
 	_ hooks.DataHeadersEnd = (*Plugin)(nil)
 	_ hooks.ReceivedLine   = (*Plugin)(nil)
@@ -105,21 +106,22 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if err := decode(&s); err != nil {
 		return nil, err
 	}
-	p := &Plugin{faults: map[string]fault{}, probability: s.Probability}
+	p := &Plugin{faults: map[hooks.Hook]fault{}, probability: s.Probability}
 	for _, l := range []struct {
 		key   string
 		hooks []string
 		f     fault
 	}{{"panic", s.Panic, faultPanic}, {"fail", s.Fail, faultFail}, {"hang", s.Hang, faultHang}, {"sleep", s.Sleep, faultSleep}} {
-		for _, h := range l.hooks {
-			if !slices.Contains(Hooks, h) {
-				return nil, fmt.Errorf("%s: unknown hook %q: want one of %s", l.key, h, strings.Join(Hooks, ", "))
+		for _, name := range l.hooks {
+			h, ok := hooks.ParseHook(name)
+			if !ok || !slices.Contains(Hooks, h) {
+				return nil, fmt.Errorf("%s: unknown hook %q: want one of %s", l.key, name, hookNames())
 			}
 			if _, dup := p.faults[h]; dup {
-				return nil, fmt.Errorf("%s: hook %q is already in another list: one fault per hook", l.key, h)
+				return nil, fmt.Errorf("%s: hook %q is already in another list: one fault per hook", l.key, name)
 			}
 			if l.f == faultFail && slices.Contains(silent, h) {
-				return nil, fmt.Errorf("fail: hook %q has no reply to fail: use panic, hang or sleep", h)
+				return nil, fmt.Errorf("fail: hook %q has no reply to fail: use panic, hang or sleep", name)
 			}
 			p.faults[h] = l.f
 		}
@@ -135,16 +137,25 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	return p, nil
 }
 
+// hookNames lists Hooks by name, for error messages.
+func hookNames() string {
+	names := make([]string, len(Hooks))
+	for i, h := range Hooks {
+		names[i] = h.String()
+	}
+	return strings.Join(names, ", ")
+}
+
 // fire injects the fault configured for hook, if any, and otherwise
 // declines.
-func (p *Plugin) fire(ctx context.Context, hook string) hooks.Result {
+func (p *Plugin) fire(ctx context.Context, hook hooks.Hook) hooks.Result {
 	f, ok := p.faults[hook]
 	if !ok || p.probability < 1 && rand.Float64() >= p.probability {
 		return hooks.Result{}
 	}
 	switch f {
 	case faultPanic:
-		panic("chaos: injected panic at " + hook)
+		panic("chaos: injected panic at " + hook.String())
 	case faultFail:
 		return hooks.Result{Err: fmt.Errorf("chaos: injected error at %s", hook)}
 	case faultHang:
@@ -181,6 +192,10 @@ func (p *Plugin) RcptPre(ctx context.Context, _ *connection.Connection, _ *trans
 
 func (p *Plugin) Rcpt(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
 	return p.fire(ctx, hooks.HookRcpt)
+}
+
+func (p *Plugin) RcptOK(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction, _ string) {
+	p.fire(ctx, hooks.HookRcptOK)
 }
 
 func (p *Plugin) Data(ctx context.Context, _ *connection.Connection, _ *transaction.Transaction) hooks.Result {

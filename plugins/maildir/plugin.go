@@ -59,9 +59,9 @@ func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transa
 	}
 	tx.QueueID = rc.ID
 	NoteFile.Set(&tx.Notes, rc.Path)
-	// The client's reply is always "Ok: queued as ID"; this text goes to
+	// The client's reply is always "Ok: queued as ID"; the file goes to
 	// the server's log line for the message.
-	return hooks.Result{Code: hooks.OK, Msg: "delivered to " + rc.Path}
+	return hooks.Result{Code: hooks.OK, Detail: "delivered to " + rc.Path}
 }
 
 // NoteFile is the transaction note holding the delivered file's path.

@@ -57,6 +57,22 @@ func TestQueuedMessageLandsInNew(t *testing.T) {
 	}
 }
 
+func TestDeliveredFileIsLoggedNotSent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mail")
+	h := harness(t, dir)
+	var log hookstest.LogBuffer
+	h.Logger = log.Logger()
+	rep := h.Connect("192.0.2.1").Send("a@example.org", []string{"b@example.test"}, body)
+	hookstest.Expect(t, rep, 250, "Ok: queued as")
+	if strings.Contains(rep.String(), dir) {
+		t.Errorf("reply %q shows the file's path", rep)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "new", "*"))
+	if len(files) != 1 || !strings.Contains(log.String(), `msg="message queued"`) || !strings.Contains(log.String(), `detail="delivered to `+files[0]+`"`) {
+		t.Errorf("the message queued line lacks detail=\"delivered to %v\":\n%s", files, log.String())
+	}
+}
+
 func TestUnwritableMaildirDefers(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "mail")
 	h := harness(t, dir)

@@ -57,9 +57,9 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	p := &Plugin{max: s.Max}
 	switch s.Action {
 	case "defer":
-		p.result = hooks.Result{Code: hooks.DenySoft, Reply: 452, Msg: "Too many recipients", Enhanced: [3]int{4, 5, 3}}
+		p.result = hooks.Result{Code: hooks.DenySoft, ReplyCode: 452, Msg: "Too many recipients", Enhanced: [3]int{4, 5, 3}}
 	case "reject":
-		p.result = hooks.Result{Code: hooks.Deny, Reply: 552, Msg: "Too many recipients", Enhanced: [3]int{5, 5, 3}}
+		p.result = hooks.Result{Code: hooks.Deny, ReplyCode: 552, Msg: "Too many recipients", Enhanced: [3]int{5, 5, 3}}
 	default:
 		return nil, fmt.Errorf("action = %q: want \"defer\" or \"reject\"", s.Action)
 	}

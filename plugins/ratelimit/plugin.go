@@ -153,10 +153,10 @@ func (p *Plugin) Mail(_ context.Context, c *connection.Connection, tx *transacti
 	n, ok := p.take(key)
 	if !ok {
 		return hooks.Result{
-			Code:     hooks.DenySoft,
-			Reply:    450,
-			Enhanced: [3]int{4, 7, 1},
-			Msg:      fmt.Sprintf(p.result, shown),
+			Code:      hooks.DenySoft,
+			ReplyCode: 450,
+			Enhanced:  [3]int{4, 7, 1},
+			Msg:       fmt.Sprintf(p.result, shown),
 		}
 	}
 	NoteCount.Set(&tx.Notes, n)

@@ -224,10 +224,10 @@ func (p *Plugin) Mail(_ context.Context, c *connection.Connection, _ *transactio
 	}
 	NoteMismatch.Set(&c.Notes, from)
 	return hooks.Result{
-		Code:     hooks.Deny,
-		Reply:    553,
-		Enhanced: [3]int{5, 7, 1},
-		Msg:      "<" + from + ">: Sender address rejected: not owned by user " + c.AuthUser,
+		Code:      hooks.Deny,
+		ReplyCode: 553,
+		Enhanced:  [3]int{5, 7, 1},
+		Msg:       "<" + from + ">: Sender address rejected: not owned by user " + c.AuthUser,
 	}
 }
 

@@ -56,7 +56,7 @@ func (p *Plugin) MaxMessageBytes() int64 { return p.max }
 // SIZE=n) is over the limit (RFC 1870 6.1).
 func (p *Plugin) Mail(_ context.Context, _ *connection.Connection, tx *transaction.Transaction, _ string) hooks.Result {
 	if tx.Params.Size > p.max {
-		return hooks.Result{Code: hooks.Deny, Reply: 552, Msg: "Message size exceeds fixed maximum message size", Enhanced: [3]int{5, 3, 4}}
+		return hooks.Result{Code: hooks.Deny, ReplyCode: 552, Msg: "Message size exceeds fixed maximum message size", Enhanced: [3]int{5, 3, 4}}
 	}
 	return hooks.Result{}
 }

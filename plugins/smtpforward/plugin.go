@@ -150,9 +150,12 @@ func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transa
 	if err != nil {
 		return queue.Result(err)
 	}
-	if rc.RemoteID != "" {
-		p.note.Set(&tx.Notes, rc.RemoteID)
-	}
 	tx.QueueID = rc.ID
-	return hooks.Result{Code: hooks.OK}
+	if rc.RemoteID == "" {
+		return hooks.Result{Code: hooks.OK}
+	}
+	p.note.Set(&tx.Notes, rc.RemoteID)
+	// For the server's "message queued" log line; the client reads
+	// "Ok: queued as" our own id.
+	return hooks.Result{Code: hooks.OK, Detail: "downstream queued as " + rc.RemoteID}
 }

@@ -79,6 +79,8 @@ func TestRemoteQueueIDIsNoted(t *testing.T) {
 	p := hookstest.Build(t, "smtpforward", `host = "`+d.Addr+`"`)
 	ids := &remoteIDs{}
 	h := hookstest.New(t, hookstest.Plugin("accept", acceptAll{}), hookstest.Plugin("smtpforward", p), hookstest.Plugin("ids", ids))
+	var log hookstest.LogBuffer
+	h.Logger = log.Logger()
 	rep := h.Connect("192.0.2.1").Send("a@example.org", []string{"b@example.test"}, body)
 	hookstest.Expect(t, rep, 250, "queued as")
 	if strings.Contains(rep.Msg, "4dZ3Kx0Qm9z7") {
@@ -86,6 +88,9 @@ func TestRemoteQueueIDIsNoted(t *testing.T) {
 	}
 	if len(ids.ids) != 1 || ids.ids[0] != "4dZ3Kx0Qm9z7" {
 		t.Errorf("note %s = %v, want [4dZ3Kx0Qm9z7]", smtpforward.NoteRemoteID, ids.ids)
+	}
+	if !strings.Contains(log.String(), `detail="downstream queued as 4dZ3Kx0Qm9z7"`) {
+		t.Errorf("the message queued line lacks the downstream's id:\n%s", log.String())
 	}
 }
 

@@ -148,7 +148,11 @@ func check(args []string, stdout, stderr io.Writer) int {
 
 func listPlugins(stdout io.Writer) int {
 	for _, r := range hooks.Registered() {
-		fmt.Fprintf(stdout, "%-14s %s\n", r.Name, strings.Join(r.Hooks, " "))
+		names := make([]string, len(r.Hooks))
+		for i, h := range r.Hooks {
+			names[i] = h.String()
+		}
+		fmt.Fprintf(stdout, "%-14s %s\n", r.Name, strings.Join(names, " "))
 	}
 	return 0
 }
