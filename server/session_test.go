@@ -772,3 +772,35 @@ func TestReceivedLineFailureDefersAndQueuesNothing(t *testing.T) {
 		t.Fatalf("queued %d messages after a received_line failure", n)
 	}
 }
+
+// rcptOKRecorder records the recipients rcpt_ok reports.
+type rcptOKRecorder struct{ got []string }
+
+func (r *rcptOKRecorder) RcptOK(_ context.Context, _ *connection.Connection, tx *transaction.Transaction, rcpt string) {
+	r.got = append(r.got, fmt.Sprintf("%s (%d in tx)", rcpt, len(tx.Recipients)))
+}
+
+// TestRcptOKFiresForEveryAcceptedRecipient: rcpt_ok runs after a recipient
+// is accepted, by OK or by Done, and is in the transaction; never for a
+// refused one.
+func TestRcptOKFiresForEveryAcceptedRecipient(t *testing.T) {
+	rec := &rcptOKRecorder{}
+	decide := rcptFunc(func(r string) hooks.Result {
+		switch {
+		case strings.HasPrefix(r, "ok@"):
+			return hooks.Accept("")
+		case strings.HasPrefix(r, "done@"):
+			return hooks.Result{Code: hooks.Done, Msg: "taken"}
+		}
+		return hooks.Reject("")
+	})
+	h := hookstest.New(t, hookstest.Plugin("decide", decide), hookstest.Plugin("rec", rec), hookstest.Queue())
+	s := h.Connect("192.0.2.1")
+	tr := s.SendAll("a@example.org", []string{"ok@example.test", "no@example.test", "done@example.test"}, "Subject: x\r\n\r\n")
+	if tr.Rcpt[0].Code != 250 || tr.Rcpt[1].Code != 550 || tr.Rcpt[2].String() != "250 2.1.5 taken" {
+		t.Fatalf("replies: %+v", tr.Rcpt)
+	}
+	if want := []string{"ok@example.test (1 in tx)", "done@example.test (2 in tx)"}; !slices.Equal(rec.got, want) {
+		t.Fatalf("rcpt_ok saw %q; want %q", rec.got, want)
+	}
+}
