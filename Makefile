@@ -25,9 +25,12 @@ run: build
 deps:
 	@bash .ci/deps.sh
 
+# gofmt, go vet and staticcheck (pinned in go.mod's tool line: `go tool
+# staticcheck` builds it from the module proxy on first use).
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 # Every test, then every test again under the race detector, then each fuzz
 # target for a few bounded seconds (their seed corpora already ran as plain

@@ -390,10 +390,7 @@ func addrSplit(arg, keyword, usage string) (path, rest string, err error) {
 	if len(arg) < len(keyword) || !addrEqualFold(arg[:len(keyword)], keyword) {
 		return "", "", addrErr(501, 5, 5, 2, usage)
 	}
-	s := arg[len(keyword):]
-	if strings.HasPrefix(s, " ") {
-		s = s[1:]
-	}
+	s := strings.TrimPrefix(arg[len(keyword):], " ")
 	if !strings.HasPrefix(s, "<") {
 		return "", "", addrErr(501, 5, 5, 2, usage)
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +36,9 @@ func TestMain(m *testing.M) {
 	checkpw = filepath.Join(dir, "checkpw")
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		fmt.Fprintf(os.Stderr, "the go command is not on PATH: %v\n", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
 	}
 	if out, err := exec.Command(goBin, "build", "-o", checkpw, "./testdata/checkpw").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "go build ./testdata/checkpw: %v\n%s", err, out)

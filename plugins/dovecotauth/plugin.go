@@ -164,7 +164,7 @@ func (p *Plugin) auth(ctx context.Context, c *connection.Connection, user, passw
 		}
 		return false, nil
 	case "CONT":
-		return false, errors.New("Dovecot asked for more data after a complete PLAIN response")
+		return false, errors.New("dovecot asked for more data after a complete PLAIN response")
 	}
 	return false, fmt.Errorf("unexpected answer %q", clip(f[0]))
 }
