@@ -387,4 +387,6 @@ func TestGreetingDelayMarksEarlyTalkers(t *testing.T) {
 
 type connectFuncConn func(*connection.Connection) hooks.Result
 
-func (f connectFuncConn) Connect(_ context.Context, c *connection.Connection) hooks.Result { return f(c) }
+func (f connectFuncConn) Connect(_ context.Context, c *connection.Connection) hooks.Result {
+	return f(c)
+}
