@@ -44,6 +44,7 @@ type conn struct {
 	dataStart time.Time // when the message began
 	dataBytes int64     // message bytes read since then
 	pending   string    // a command line read ahead (it ended a BDAT sequence)
+	dot       dotReader // the DATA reader, reused from message to message
 }
 
 // readBufferSize is the read buffer per connection: it bounds a command

@@ -49,8 +49,10 @@ type dotReader struct {
 	done      bool // the final dot was read
 }
 
+// newDotReader readies the connection's DATA reader for a new message.
 func newDotReader(c *conn) *dotReader {
-	return &dotReader{c: c, normalize: c.l.cfg.BareNewline == BareNewlineNormalize, lineStart: true}
+	c.dot = dotReader{c: c, normalize: c.l.cfg.BareNewline == BareNewlineNormalize, lineStart: true}
+	return &c.dot
 }
 
 func (d *dotReader) Read(p []byte) (int, error) {

@@ -79,7 +79,9 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 }
 
 func (s *Session) message(tx *transaction.Transaction, r io.Reader) hooks.Reply {
-	limited := &sizeLimit{r: r, max: s.MaxMessageBytes()}
+	limited := &s.limit // the Session's own: one allocation less per message
+	*limited = sizeLimit{r: r, max: s.MaxMessageBytes()}
+	defer func() { limited.r = nil }()
 	br := messageReaders.Get().(*bufio.Reader)
 	br.Reset(limited)
 	defer func() {

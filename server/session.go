@@ -144,6 +144,7 @@ type Session struct {
 	chunk       chunk
 	bdatFailed  *hooks.Reply // the failure of a BDAT sequence the client may still be sending chunks of
 	inMessage   bool         // the message is being read (Message runs)
+	limit       sizeLimit    // Message's size guard, reused
 }
 
 // NewSession starts the session for c. ctx is the connection's context: it
