@@ -281,8 +281,7 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 		messageReaders.Put(br)
 	}()
 
-	pending, err := tx.ReadHeader(br, s.cfg.Limits.MaxHeaderBytes)
-	if err != nil {
+	if err := tx.ReadHeader(br, transaction.HeaderLimits{MaxBytes: s.cfg.Limits.MaxHeaderBytes}); err != nil {
 		return s.readFailure(err)
 	}
 	if rep := s.reply(s.cfg.Chain.DataHeadersEnd(s.ctx, s.conn, tx)); rep.Code != 0 {
@@ -294,11 +293,6 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 			}
 		}
 		return rep
-	}
-	if len(pending) > 0 {
-		if _, err := tx.Body.Write(pending); err != nil {
-			return s.spoolFailure(err)
-		}
 	}
 	if _, err := br.WriteTo(bodyWriter{tx.Body}); err != nil {
 		var sw spoolWriteError
