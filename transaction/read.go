@@ -9,6 +9,17 @@ import (
 
 // HeaderLimits bound the header section ReadHeader reads, and the memory
 // it keeps of it. A zero field means its default.
+//
+// Past MaxBytes a message is refused; past the index (IndexBytes,
+// IndexFields) it is not. The index is there to bound memory, not to judge
+// mail: RFC 5322 sets no limit on a header, and headers over 100 KiB or
+// 1000 fields, though rare, are legitimate (a To of thousands of
+// addresses, a long References or ARC chain) and were accepted before.
+// Postfix keeps the first header_size_limit bytes of a header field and
+// discards the rest; Sluice keeps the rest instead, unparsed and byte for
+// byte, so that what it accepts is what it delivers. MaxBytes stays the
+// refusal for headers no one should relay (552 5.3.4, as Sendmail's
+// MaxHeadersLength and Exchange Online's header limit refuse).
 type HeaderLimits struct {
 	// MaxBytes caps the header section as received: past it ReadHeader
 	// stops with ErrHeaderTooLong (the server answers 552 5.3.4). A header
