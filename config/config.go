@@ -71,6 +71,12 @@ type Listener struct {
 	MaxRecipients int `toml:"max_recipients"`
 	// MaxHeaderSize caps the header section ("1MB" by default).
 	MaxHeaderSize Bytes `toml:"max_header_size"`
+	// HeaderIndexSize and HeaderIndexFields cap the part of the header
+	// parsed into fields that plugins see ("100KB" and 1000 by default):
+	// what the server keeps of a header in memory. A longer header is not
+	// refused; the rest passes through to the queue verbatim, unparsed.
+	HeaderIndexSize   Bytes `toml:"header_index_size"`
+	HeaderIndexFields int   `toml:"header_index_fields"`
 	// SpoolMemory is how much of a message body stays in memory before it
 	// spools to a file under data_dir/spool. Default "256KB".
 	SpoolMemory Bytes `toml:"spool_memory"`
@@ -256,7 +262,7 @@ func (c *Config) check() error {
 		if l.GreetingDelay.Duration < 0 || l.GreetingDelay.Duration > 5*time.Minute {
 			return fmt.Errorf("%s: greeting_delay = %q: want a duration from \"0s\" to \"5m\" (qpsmtpd's earlytalker waits 1 to 5 seconds)", where, l.GreetingDelay.Duration)
 		}
-		if l.MaxMessageSize < 0 || l.MaxRecipients < 0 || l.MaxHeaderSize < 0 || l.MaxLineLength < 0 ||
+		if l.MaxMessageSize < 0 || l.MaxRecipients < 0 || l.MaxHeaderSize < 0 || l.HeaderIndexSize < 0 || l.HeaderIndexFields < 0 || l.MaxLineLength < 0 ||
 			l.SpoolMemory < 0 || l.MaxJunkCommands < 0 || l.MaxErrors < 0 || l.MaxConnections < 0 || l.MaxConnectionsPerIP < 0 {
 			return fmt.Errorf("%s: limits must not be negative", where)
 		}

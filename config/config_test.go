@@ -97,6 +97,19 @@ zones   = ["zen.example.net"]
 timeout = 30
 `
 
+func TestHeaderLimits(t *testing.T) {
+	c := parse(t, "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"+
+		"max_header_size = \"2MB\"\nheader_index_size = \"64KB\"\nheader_index_fields = 200\n")
+	if l := c.Listeners[0]; l.MaxHeaderSize != 2<<20 || l.HeaderIndexSize != 64<<10 || l.HeaderIndexFields != 200 {
+		t.Fatalf("max_header_size %d, header_index_size %d, header_index_fields %d", l.MaxHeaderSize, l.HeaderIndexSize, l.HeaderIndexFields)
+	}
+	// Unset, they are 0: the server's defaults (transaction.HeaderLimits).
+	c = parse(t, "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n")
+	if l := c.Listeners[0]; l.HeaderIndexSize != 0 || l.HeaderIndexFields != 0 {
+		t.Fatalf("unset: header_index_size %d, header_index_fields %d", l.HeaderIndexSize, l.HeaderIndexFields)
+	}
+}
+
 func parse(t *testing.T, text string) *config.Config {
 	t.Helper()
 	c, err := config.Parse("smtpd.toml", text)
@@ -336,6 +349,7 @@ func TestCheckErrors(t *testing.T) {
 		{"plugin listed twice", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\", \"configtestplugin\"]\n"),
 			[]string{`listener "mx": plugin "configtestplugin" is listed twice`}},
 		{"negative limit", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nmax_recipients = -1\n"), []string{`listener "mx": limits must not be negative`}},
+		{"negative header index", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nheader_index_fields = -1\n"), []string{`listener "mx": limits must not be negative`}},
 		{"bad log level", "log_level = \"loud\"\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"), []string{`log_level = "loud"`}},
 	}
 	for _, tc := range tests {

@@ -44,12 +44,8 @@ func newTx(t testing.TB, from string, to []string, msg string, spoolMemory int64
 	t.Cleanup(func() { tx.Close() })
 	tx.Sender, tx.Recipients = from, to
 	br := bufio.NewReader(strings.NewReader(msg))
-	pending, err := tx.ReadHeader(br, 1<<20)
-	if err != nil {
+	if err := tx.ReadHeader(br, transaction.HeaderLimits{}); err != nil {
 		t.Fatalf("read header: %v", err)
-	}
-	if _, err := tx.Body.Write(pending); err != nil {
-		t.Fatal(err)
 	}
 	if _, err := io.Copy(tx.Body, br); err != nil {
 		t.Fatal(err)

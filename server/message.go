@@ -89,24 +89,25 @@ func (s *Session) message(tx *transaction.Transaction, r io.Reader) hooks.Reply 
 		messageReaders.Put(br)
 	}()
 
-	pending, err := tx.ReadHeader(br, s.cfg.Limits.MaxHeaderBytes)
-	if err != nil {
+	lim := s.cfg.Limits
+	if err := tx.ReadHeader(br, transaction.HeaderLimits{MaxBytes: lim.MaxHeaderBytes, IndexBytes: lim.HeaderIndexBytes, IndexFields: lim.HeaderIndexFields}); err != nil {
+		if errors.Is(err, transaction.ErrSpool) {
+			return s.spoolFailure(err)
+		}
 		return s.readFailure(err)
+	}
+	if n := tx.Header.Unparsed(); n > 0 {
+		s.log.Info("header past the index limits passed through unparsed", "tx", tx.ID, "unparsed_bytes", n)
 	}
 	if rep := s.reply(s.cfg.Chain.DataHeadersEnd(s.ctx, s.conn, tx)); rep.Code != 0 {
 		if !rep.Close {
-			// Drain what is left; past the size limit the rest is go-smtp's
-			// to discard, and the plugin's reply stands.
+			// Drain what is left; past the size limit the rest is the
+			// loop's to discard, and the plugin's reply stands.
 			if _, err := io.Copy(io.Discard, br); err != nil && !errors.Is(err, errTooBig) {
 				return s.readFailure(err)
 			}
 		}
 		return rep
-	}
-	if len(pending) > 0 {
-		if _, err := tx.Body.Write(pending); err != nil {
-			return s.spoolFailure(err)
-		}
 	}
 	if _, err := br.WriteTo(bodyWriter{tx.Body}); err != nil {
 		var sw spoolWriteError

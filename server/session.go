@@ -22,8 +22,14 @@ type Limits struct {
 	// MaxRecipients caps the recipients of one transaction; the next one
 	// gets 452 4.5.3. 0 means DefaultMaxRecipients.
 	MaxRecipients int
-	// MaxHeaderBytes caps the header section. 0 means DefaultMaxHeaderBytes.
+	// MaxHeaderBytes caps the header section; past it the message is
+	// refused (552 5.3.4). 0 means DefaultMaxHeaderBytes.
 	MaxHeaderBytes int64
+	// HeaderIndexBytes and HeaderIndexFields bound the part of the header
+	// parsed into tx.Header (the memory a message holds); the rest passes
+	// through unparsed. 0 means transaction's defaults (100 KiB, 1000).
+	HeaderIndexBytes  int
+	HeaderIndexFields int
 	// SpoolMemory is how much of a body stays in memory before it spools to
 	// a file. 0 means transaction.DefaultSpoolMemory.
 	SpoolMemory int64
@@ -41,7 +47,7 @@ type Limits struct {
 const (
 	DefaultMaxMessageBytes = 25 << 20
 	DefaultMaxRecipients   = 100
-	DefaultMaxHeaderBytes  = 1 << 20
+	DefaultMaxHeaderBytes  = transaction.DefaultMaxHeaderBytes
 	DefaultMaxErrors       = 20
 	DefaultMaxJunkCommands = 100
 )

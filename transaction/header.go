@@ -3,6 +3,8 @@ package transaction
 import (
 	"bytes"
 	"io"
+	"math"
+	"slices"
 	"strings"
 )
 
@@ -16,38 +18,92 @@ type Field struct {
 
 // Value returns the field's value, unfolded and trimmed of surrounding
 // white space.
-func (f Field) Value() string {
-	_, v, _ := bytes.Cut(f.Raw, []byte{':'})
-	s := string(v)
-	s = strings.ReplaceAll(s, "\r\n", "")
-	s = strings.ReplaceAll(s, "\n", "")
-	return strings.TrimSpace(s)
-}
+func (f Field) Value() string { return fieldValue(f.Raw) }
 
-// Header is a message's header section: the fields in order, parsed once
-// while the message is read. Fields a plugin does not touch are written back
-// byte for byte.
+// Header is a message's header section, parsed once while the message is
+// read. Fields a plugin does not touch are written back byte for byte.
+//
+// The memory a header holds is bounded by the HeaderLimits it was read
+// with, not by what the client sent: the text of the parsed fields lives in
+// one buffer, each field is a 12-byte record of offsets into it, and the
+// part of a long header that is past the index (Unparsed) waits in a spool
+// (memory up to a threshold, then an unlinked temporary file) to be written
+// back verbatim. The zero Header is empty and ready to use.
 type Header struct {
-	fields []Field
-	// sep is the empty line that ended the header ("\r\n"), or nil when the
-	// message had no body. When a line that is no header field ended the
-	// header, sep is an empty line of the same ending that Sluice adds, so
-	// that the next reader sees the header end where the plugins saw it.
-	sep []byte
+	// buf holds the raw text of every field in fields, parsed or added,
+	// and of fields since replaced or removed (dead bytes). It is only
+	// appended to (or replaced by a compacted copy), so a Raw slice that
+	// Fields returned stays intact.
+	buf    []byte
+	fields []field
+	dead   int
+	// rest is the header text past the index, written verbatim after the
+	// fields; nil when every field was parsed.
+	rest *Spool
+	// sep is the empty line that ended the header ("\r\n" or "\n"), or ""
+	// when the message had no body. When a line that is no header field
+	// ended the header, sep is an empty line of the same ending that Sluice
+	// adds, so that the next reader sees the header end where the plugins
+	// saw it.
+	sep string
 }
 
-// Fields returns the fields in order. The slice must not be modified.
-func (h *Header) Fields() []Field { return h.fields }
+// field is a header field inside Header.buf: its text is
+// buf[off:off+n] and its name the first name bytes of it.
+type field struct {
+	off, n, name uint32
+}
 
-// Len returns the number of fields.
+func (h *Header) raw(f field) []byte    { return h.buf[f.off : f.off+f.n : f.off+f.n] }
+func (h *Header) nameOf(f field) []byte { return h.buf[f.off : f.off+f.name : f.off+f.name] }
+
+// Fields returns the parsed and added fields in order, not those past the
+// index (see Unparsed). It builds a new slice on every call; changing it
+// changes nothing. Raw shares the header's memory and must not be
+// modified.
+func (h *Header) Fields() []Field {
+	if len(h.fields) == 0 {
+		return nil
+	}
+	fs := make([]Field, len(h.fields))
+	for i, f := range h.fields {
+		fs[i] = Field{Name: string(h.nameOf(f)), Raw: h.raw(f)}
+	}
+	return fs
+}
+
+// Len returns the number of fields Fields returns.
 func (h *Header) Len() int { return len(h.fields) }
+
+// Unparsed returns how many bytes of the received header are past the
+// index (the HeaderLimits ReadHeader was given): they are not in Fields and
+// Get, Values and Count do not see them, but they are written back verbatim
+// after the parsed fields and before the empty line. 0 means every field of
+// the header was parsed. A plugin whose verdict needs every field (one that
+// refuses a forbidden field, say) should refuse or defer a message with
+// Unparsed() > 0 rather than pass it unseen.
+func (h *Header) Unparsed() int64 {
+	if h.rest == nil {
+		return 0
+	}
+	return h.rest.Size()
+}
+
+// Size returns the number of bytes WriteTo writes.
+func (h *Header) Size() int64 {
+	var n int64
+	for _, f := range h.fields {
+		n += int64(f.n)
+	}
+	return n + h.Unparsed() + int64(len(h.sep))
+}
 
 // Get returns the value of the first field named name (case-insensitive),
 // or "".
 func (h *Header) Get(name string) string {
 	for _, f := range h.fields {
-		if strings.EqualFold(f.Name, name) {
-			return f.Value()
+		if equalFold(h.nameOf(f), name) {
+			return fieldValue(h.raw(f))
 		}
 	}
 	return ""
@@ -57,8 +113,8 @@ func (h *Header) Get(name string) string {
 func (h *Header) Values(name string) []string {
 	var vs []string
 	for _, f := range h.fields {
-		if strings.EqualFold(f.Name, name) {
-			vs = append(vs, f.Value())
+		if equalFold(h.nameOf(f), name) {
+			vs = append(vs, fieldValue(h.raw(f)))
 		}
 	}
 	return vs
@@ -68,7 +124,7 @@ func (h *Header) Values(name string) []string {
 func (h *Header) Count(name string) int {
 	n := 0
 	for _, f := range h.fields {
-		if strings.EqualFold(f.Name, name) {
+		if equalFold(h.nameOf(f), name) {
 			n++
 		}
 	}
@@ -78,26 +134,38 @@ func (h *Header) Count(name string) int {
 // Prepend adds a field at the top of the header, where trace fields such as
 // Received and Authentication-Results belong.
 func (h *Header) Prepend(name, value string) {
-	h.fields = append([]Field{newField(name, value)}, h.fields...)
+	h.fields = slices.Insert(h.fields, 0, h.appendField(name, value))
 }
 
-// Add appends a field at the end of the header.
+// Add appends a field after the last field of Fields. When part of the
+// received header was not parsed (Unparsed), that part still comes after
+// it, just before the empty line.
 func (h *Header) Add(name, value string) {
-	if n := len(h.fields); n > 0 && !bytes.HasSuffix(h.fields[n-1].Raw, []byte{'\n'}) {
-		// The message ended inside its last field: end that line first so
-		// the new field does not run into it.
-		h.fields[n-1].Raw = append(h.fields[n-1].Raw, '\r', '\n')
+	if n := len(h.fields); n > 0 {
+		last := &h.fields[n-1]
+		if r := h.raw(*last); len(r) > 0 && r[len(r)-1] != '\n' {
+			// The message ended inside its last field: end that line
+			// first so the new field does not run into it.
+			if int(last.off+last.n) != len(h.buf) {
+				h.dead += int(last.n)
+				last.off = h.grow(r)
+			}
+			h.buf = append(h.buf, '\r', '\n')
+			last.n += 2
+		}
 	}
-	h.fields = append(h.fields, newField(name, value))
+	h.fields = append(h.fields, h.appendField(name, value))
 }
 
 // Set replaces the first field named name and removes the others; it
 // appends the field when there is none.
 func (h *Header) Set(name, value string) {
 	for i, f := range h.fields {
-		if strings.EqualFold(f.Name, name) {
-			h.fields[i] = newField(name, value)
-			h.fields = deleteFields(h.fields, i+1, name)
+		if equalFold(h.nameOf(f), name) {
+			nf := h.appendField(name, value)
+			h.dead += int(f.n)
+			h.fields[i] = nf
+			h.del(i+1, name)
 			return
 		}
 	}
@@ -105,95 +173,226 @@ func (h *Header) Set(name, value string) {
 }
 
 // Del removes every field named name.
-func (h *Header) Del(name string) { h.fields = deleteFields(h.fields, 0, name) }
+func (h *Header) Del(name string) { h.del(0, name) }
 
-func deleteFields(fields []Field, from int, name string) []Field {
-	out := fields[:from]
-	for _, f := range fields[from:] {
-		if !strings.EqualFold(f.Name, name) {
+func (h *Header) del(from int, name string) {
+	out := h.fields[:from]
+	for _, f := range h.fields[from:] {
+		if equalFold(h.nameOf(f), name) {
+			h.dead += int(f.n)
+		} else {
 			out = append(out, f)
 		}
 	}
-	return out
+	clear(h.fields[len(out):])
+	h.fields = out
+	h.compact()
 }
 
-// newField builds a field from name and value. Line breaks in value are
-// kept only as folds (CRLF followed by white space); a bare line break
-// becomes a fold so a plugin can never inject a new field or end the header.
-// Empty and blank lines are dropped: some readers take a blank line for the
-// end of the header.
-func newField(name, value string) Field {
-	value = strings.ReplaceAll(value, "\r\n", "\n")
-	value = strings.ReplaceAll(value, "\r", "\n")
-	lines := strings.Split(value, "\n")
-	var b strings.Builder
-	b.WriteString(name)
-	b.WriteString(": ")
-	for i, l := range lines {
-		if i > 0 {
-			if strings.TrimLeft(l, " \t") == "" {
-				continue
-			}
-			b.WriteString("\r\n")
-			if l[0] != ' ' && l[0] != '\t' {
-				b.WriteString("\t")
-			}
-		}
-		b.WriteString(l)
+// compact copies the live fields into a new buffer once most of the
+// buffer is text that no field uses any more (a plugin setting a field
+// over and over), so the buffer stays proportional to the header.
+func (h *Header) compact() {
+	if h.dead < 4<<10 || h.dead < len(h.buf)/2 {
+		return
 	}
-	b.WriteString("\r\n")
-	return Field{Name: name, Raw: []byte(b.String())}
+	buf := make([]byte, 0, len(h.buf)-h.dead)
+	for i, f := range h.fields {
+		h.fields[i].off = uint32(len(buf))
+		buf = append(buf, h.raw(f)...)
+	}
+	h.buf, h.dead = buf, 0
 }
 
-// WriteTo writes the fields and the empty line that ends the header.
+// grow appends p to buf and returns where it starts.
+func (h *Header) grow(p []byte) uint32 {
+	off := len(h.buf)
+	if off+len(p) > math.MaxUint32 {
+		panic("transaction: header text over 4 GiB")
+	}
+	h.buf = append(h.buf, p...)
+	return uint32(off)
+}
+
+// appendField writes a field built from name and value at the end of buf
+// and returns its record. Line breaks in value (CRLF, CR or LF) are kept
+// only as folds: a line that does not start with white space gets a tab, so
+// a plugin can never inject a new field or end the header. Empty and blank
+// lines are dropped: some readers take a blank line for the end of the
+// header.
+func (h *Header) appendField(name, value string) field {
+	start := len(h.buf)
+	b := append(h.buf, name...)
+	b = append(b, ": "...)
+	for first := true; ; first = false {
+		line := value
+		i := strings.IndexAny(value, "\r\n")
+		if i >= 0 {
+			line = value[:i]
+		}
+		switch {
+		case first:
+			b = append(b, line...)
+		case strings.TrimLeft(line, " \t") != "":
+			b = append(b, '\r', '\n')
+			if line[0] != ' ' && line[0] != '\t' {
+				b = append(b, '\t')
+			}
+			b = append(b, line...)
+		}
+		if i < 0 {
+			break
+		}
+		if value[i] == '\r' && i+1 < len(value) && value[i+1] == '\n' {
+			i++
+		}
+		value = value[i+1:]
+	}
+	b = append(b, '\r', '\n')
+	if len(b) > math.MaxUint32 {
+		panic("transaction: header text over 4 GiB")
+	}
+	h.buf = b
+	return field{off: uint32(start), n: uint32(len(b) - start), name: uint32(len(name))}
+}
+
+// WriteTo writes the fields, the unparsed rest of the received header and
+// the empty line that ends the header.
 func (h *Header) WriteTo(w io.Writer) (int64, error) {
 	var n int64
-	for _, f := range h.fields {
-		m, err := w.Write(f.Raw)
+	for i := 0; i < len(h.fields); {
+		// Fields that follow each other in buf (all the parsed ones of an
+		// untouched header) go out in one write.
+		start, end := h.fields[i].off, h.fields[i].off+h.fields[i].n
+		for i++; i < len(h.fields) && h.fields[i].off == end; i++ {
+			end += h.fields[i].n
+		}
+		m, err := w.Write(h.buf[start:end])
 		n += int64(m)
 		if err != nil {
 			return n, err
 		}
 	}
-	if len(h.sep) > 0 {
-		m, err := w.Write(h.sep)
+	if h.rest != nil {
+		m, err := io.Copy(w, h.rest.Reader())
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	if h.sep != "" {
+		m, err := io.WriteString(w, h.sep)
 		n += int64(m)
 		return n, err
 	}
 	return n, nil
 }
 
-// Bytes returns the header as WriteTo writes it.
+// Bytes returns the header as WriteTo writes it, all of it in memory: for
+// tests and small headers. The queue streams the header with WriteTo.
 func (h *Header) Bytes() []byte {
 	var b bytes.Buffer
+	b.Grow(int(h.Size()))
 	h.WriteTo(&b)
 	return b.Bytes()
 }
 
-// fieldName returns the name of a header line, or "" when line does not
-// start a header field (RFC 5322: printable ASCII but ':' then ':', with
-// the obsolete white space before the ':' that readers still accept).
-func fieldName(line []byte) string {
-	i := bytes.IndexByte(line, ':')
-	if i <= 0 {
-		return ""
+// reader returns a reader over what WriteTo writes.
+func (h *Header) reader() io.Reader {
+	var fields []byte
+	for _, f := range h.fields {
+		fields = append(fields, h.raw(f)...)
 	}
-	name := bytes.TrimRight(line[:i], " \t")
-	if len(name) == 0 {
-		return ""
+	rs := []io.Reader{bytes.NewReader(fields)}
+	if h.rest != nil {
+		rs = append(rs, h.rest.Reader())
 	}
-	for _, c := range name {
-		if c <= ' ' || c >= 127 {
-			return ""
+	if h.sep != "" {
+		rs = append(rs, strings.NewReader(h.sep))
+	}
+	return io.MultiReader(rs...)
+}
+
+// trim gives back the buffer's spare room when it is most of it (a long
+// field that went past the index left the buffer grown and empty).
+func (h *Header) trim() {
+	if cap(h.buf)-len(h.buf) > 4<<10 && cap(h.buf) > 2*len(h.buf) {
+		h.buf = slices.Clone(h.buf)
+	}
+}
+
+// reset empties the header and releases its memory and spool.
+func (h *Header) reset() error {
+	var err error
+	if h.rest != nil {
+		err = h.rest.Close()
+	}
+	*h = Header{}
+	return err
+}
+
+// fieldValue returns the value of a field's raw text: what follows the
+// first ':', with every line break removed (a CR directly before a LF is
+// part of the line break) and surrounding white space trimmed.
+func fieldValue(raw []byte) string {
+	_, v, _ := bytes.Cut(raw, []byte{':'})
+	if i := bytes.IndexByte(v, '\n'); i < 0 || i == len(v)-1 {
+		// One line, the common case: no copy but the string itself.
+		if i >= 0 {
+			v = v[:i]
+			if len(v) > 0 && v[len(v)-1] == '\r' {
+				v = v[:len(v)-1]
+			}
+		}
+		return string(bytes.TrimSpace(v))
+	}
+	u := make([]byte, 0, len(v))
+	for i := 0; i < len(v); i++ {
+		switch {
+		case v[i] == '\n':
+		case v[i] == '\r' && i+1 < len(v) && v[i+1] == '\n':
+			i++
+		default:
+			u = append(u, v[i])
 		}
 	}
-	return string(name)
+	return string(bytes.TrimSpace(u))
 }
 
-func isBlankLine(line []byte) bool {
-	return string(line) == "\r\n" || string(line) == "\n"
+// equalFold reports whether the field name b is s, ignoring case as
+// strings.EqualFold does.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		// Different lengths can still fold to each other outside ASCII
+		// (the Kelvin sign and k).
+		return !isASCII(s) && strings.EqualFold(string(b), s)
+	}
+	for i := 0; i < len(b); i++ {
+		c, d := b[i], s[i]
+		if c == d {
+			continue
+		}
+		if c|d >= 0x80 {
+			return strings.EqualFold(string(b), s)
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= d && d <= 'Z' {
+			d += 'a' - 'A'
+		}
+		if c != d {
+			return false
+		}
+	}
+	return true
 }
 
-func isContinuation(line []byte) bool {
-	return len(line) > 0 && (line[0] == ' ' || line[0] == '\t')
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

@@ -11,17 +11,30 @@ import (
 )
 
 // read parses msg's header into a fresh transaction and returns it with
-// the pending line and what is left of msg.
+// what ReadHeader wrote to the body (nil when nothing: only a line that is
+// no field, ending the header, goes there) and what is left of msg.
 func read(t *testing.T, msg string, max int64) (*Transaction, []byte, string) {
 	t.Helper()
 	tx := New(t.TempDir(), 0)
 	br := bufio.NewReader(strings.NewReader(msg))
-	pending, err := tx.ReadHeader(br, max)
-	if err != nil {
+	if err := tx.ReadHeader(br, HeaderLimits{MaxBytes: max}); err != nil {
 		t.Fatalf("ReadHeader(%q): %v", msg, err)
 	}
 	rest, _ := io.ReadAll(br)
-	return tx, pending, string(rest)
+	return tx, bodyOf(t, tx), string(rest)
+}
+
+// bodyOf returns what tx.Body holds, nil when it is empty.
+func bodyOf(t *testing.T, tx *Transaction) []byte {
+	t.Helper()
+	if tx.Body.Size() == 0 {
+		return nil
+	}
+	b, err := io.ReadAll(tx.Body.Reader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func names(h *Header) []string {
@@ -187,9 +200,9 @@ func TestReadHeaderMaxBytes(t *testing.T) {
 	if _, _, rest := read(t, msg, hdr); rest != "body" {
 		t.Fatalf("a header of exactly maxBytes: rest %q", rest)
 	}
-	for _, max := range []int64{hdr - 1, 10, 0} {
+	for _, max := range []int64{hdr - 1, 10, 1} {
 		tx := New(t.TempDir(), 0)
-		_, err := tx.ReadHeader(bufio.NewReader(strings.NewReader(msg)), max)
+		err := tx.ReadHeader(bufio.NewReader(strings.NewReader(msg)), HeaderLimits{MaxBytes: max})
 		if !errors.Is(err, ErrHeaderTooLong) {
 			t.Errorf("maxBytes %d: err = %v, want ErrHeaderTooLong", max, err)
 		}
@@ -197,11 +210,11 @@ func TestReadHeaderMaxBytes(t *testing.T) {
 	// One endless line, longer than bufio's buffer.
 	long := "X-Long: " + strings.Repeat("a", 100<<10) + "\r\n\r\n"
 	tx := New(t.TempDir(), 0)
-	if _, err := tx.ReadHeader(bufio.NewReaderSize(strings.NewReader(long), 16), 64<<10); !errors.Is(err, ErrHeaderTooLong) {
+	if err := tx.ReadHeader(bufio.NewReaderSize(strings.NewReader(long), 16), HeaderLimits{MaxBytes: 64 << 10}); !errors.Is(err, ErrHeaderTooLong) {
 		t.Fatalf("a 100 KiB line with maxBytes 64 KiB: err = %v", err)
 	}
 	tx = New(t.TempDir(), 0)
-	if _, err := tx.ReadHeader(bufio.NewReaderSize(strings.NewReader(long), 16), 1<<20); err != nil || len(tx.Header.Get("X-Long")) != 100<<10 {
+	if err := tx.ReadHeader(bufio.NewReaderSize(strings.NewReader(long), 16), HeaderLimits{IndexBytes: 1 << 20}); err != nil || len(tx.Header.Get("X-Long")) != 100<<10 {
 		t.Fatalf("a 100 KiB line under the limit: err %v, value %d bytes", err, len(tx.Header.Get("X-Long")))
 	}
 }
@@ -210,7 +223,7 @@ func TestReadHeaderPassesReadErrors(t *testing.T) {
 	boom := errors.New("connection reset")
 	tx := New(t.TempDir(), 0)
 	r := io.MultiReader(strings.NewReader("Subject: x\r\nTo: "), errReader{boom})
-	if _, err := tx.ReadHeader(bufio.NewReader(r), 1<<20); !errors.Is(err, boom) {
+	if err := tx.ReadHeader(bufio.NewReader(r), HeaderLimits{}); !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want the reader's", err)
 	}
 }
@@ -338,7 +351,7 @@ func TestWriteToReproducesInput(t *testing.T) {
 		"Hello.\r\n.dot\r\n\r\n"
 	tx := New(t.TempDir(), 4)
 	br := bufio.NewReader(strings.NewReader(msg))
-	if _, err := tx.ReadHeader(br, 1<<20); err != nil {
+	if err := tx.ReadHeader(br, HeaderLimits{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := br.WriteTo(tx.Body); err != nil {
@@ -368,20 +381,36 @@ func TestWriteToReproducesInput(t *testing.T) {
 	}
 }
 
-type failWriter struct{ after int }
+// failWriter takes up to room bytes, then fails.
+type failWriter struct{ room int }
 
 func (w *failWriter) Write(p []byte) (int, error) {
-	if w.after <= 0 {
-		return 0, errors.New("disk full")
+	if len(p) > w.room {
+		n := w.room
+		w.room = 0
+		return n, errors.New("disk full")
 	}
-	w.after--
+	w.room -= len(p)
 	return len(p), nil
 }
 
 func TestWriteToStopsAtTheFirstError(t *testing.T) {
-	h := headerOf(t, "A: 1\r\nB: 2\r\n\r\n")
-	n, err := h.WriteTo(&failWriter{after: 1})
-	if err == nil || n != int64(len("A: 1\r\n")) {
-		t.Fatalf("WriteTo = %d, %v", n, err)
+	text := "A: 1\r\nB: 2\r\nC: 3\r\n\r\n"
+	tx, _, _ := read(t, text, 1<<20)
+	// C is past the index: WriteTo writes from three places.
+	if err := tx.ReadHeader(bufio.NewReader(strings.NewReader(text)), HeaderLimits{IndexFields: 2}); err != nil {
+		t.Fatal(err)
+	}
+	tx.Header.Prepend("Received", "x")
+	text = "Received: x\r\n" + text
+	for room := 0; room < len(text); room++ {
+		n, err := tx.Header.WriteTo(&failWriter{room: room})
+		if err == nil || n != int64(room) {
+			t.Fatalf("room for %d bytes: WriteTo = %d, %v", room, n, err)
+		}
+	}
+	var b bytes.Buffer
+	if n, err := tx.Header.WriteTo(&b); err != nil || n != int64(len(text)) || b.String() != text {
+		t.Fatalf("WriteTo = %d, %v, %q", n, err, b.String())
 	}
 }

@@ -2,7 +2,6 @@ package transaction
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -95,7 +94,3 @@ func (s *Spool) Close() error {
 	s.size = 0
 	return err
 }
-
-// ErrHeaderTooLong is returned by ReadHeader when the header section is
-// longer than the limit it was given.
-var ErrHeaderTooLong = errors.New("message header section too long")

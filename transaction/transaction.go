@@ -5,9 +5,6 @@
 package transaction
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
 	"io"
 	"time"
 
@@ -98,7 +95,7 @@ func New(dir string, spoolMemory int64) *Transaction {
 // Message returns a reader over the whole message as it will be queued:
 // the (possibly modified) header, the empty line, then the body.
 func (t *Transaction) Message() io.Reader {
-	return io.MultiReader(bytes.NewReader(t.Header.Bytes()), t.Body.Reader())
+	return io.MultiReader(t.Header.reader(), t.Body.Reader())
 }
 
 // WriteTo writes the message as Message returns it.
@@ -113,80 +110,18 @@ func (t *Transaction) WriteTo(w io.Writer) (int64, error) {
 
 // MessageSize returns the size in bytes of what WriteTo writes.
 func (t *Transaction) MessageSize() int64 {
-	var n int64
-	for _, f := range t.Header.fields {
-		n += int64(len(f.Raw))
-	}
-	return n + int64(len(t.Header.sep)) + t.Body.Size()
+	return t.Header.Size() + t.Body.Size()
 }
 
-// Close releases the body spool. The server calls it when the transaction
-// ends.
+// Close releases the header and the body spool: nothing of the message is
+// held once it returns, even if the Transaction itself is kept. The server
+// calls it when the transaction ends.
 func (t *Transaction) Close() error {
-	if t.Body == nil {
-		return nil
-	}
-	return t.Body.Close()
-}
-
-// ReadHeader reads the header section of a message from r, up to and
-// including the empty line that ends it, and parses it into t.Header. The
-// body stays unread in r. A line that is neither a field nor a continuation
-// ends the header without an empty line: it is returned as pending, the
-// first line of the body, to be written to t.Body before the rest of r, and
-// the header gets the empty line the message lacked (so an indented first
-// line cannot become part of a field added later). maxBytes bounds the
-// header section (ErrHeaderTooLong).
-func (t *Transaction) ReadHeader(r *bufio.Reader, maxBytes int64) (pending []byte, err error) {
-	var total int64
-	for {
-		line, err := readLine(r, maxBytes-total)
-		total += int64(len(line))
-		if err == io.EOF && len(line) == 0 {
-			return nil, nil
-		}
-		if err != nil && err != io.EOF {
-			return nil, err
-		}
-		switch {
-		case isBlankLine(line):
-			t.Header.sep = line
-			return nil, nil
-		case isContinuation(line) && len(t.Header.fields) > 0:
-			last := &t.Header.fields[len(t.Header.fields)-1]
-			last.Raw = append(last.Raw, line...)
-		default:
-			name := fieldName(line)
-			if name == "" {
-				// Not a header: the message has no header section end
-				// marker; this line belongs to the body.
-				t.Header.sep = []byte("\r\n")
-				if bytes.HasSuffix(line, []byte("\n")) && !bytes.HasSuffix(line, []byte("\r\n")) {
-					t.Header.sep = []byte("\n")
-				}
-				return line, nil
-			}
-			t.Header.fields = append(t.Header.fields, Field{Name: name, Raw: line})
-		}
-		if err == io.EOF {
-			return nil, nil
+	err := t.Header.reset()
+	if t.Body != nil {
+		if berr := t.Body.Close(); err == nil {
+			err = berr
 		}
 	}
-}
-
-// readLine reads one line including its "\n" (or up to EOF), refusing to
-// read more than max bytes.
-func readLine(r *bufio.Reader, max int64) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := r.ReadSlice('\n')
-		if int64(len(line)+len(chunk)) > max {
-			return nil, ErrHeaderTooLong
-		}
-		line = append(line, chunk...)
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		return line, err
-	}
+	return err
 }

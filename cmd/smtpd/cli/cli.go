@@ -229,6 +229,7 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 			Limits: server.Limits{
 				MaxMessageBytes: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
 				MaxHeaderBytes: int64(l.MaxHeaderSize), SpoolMemory: int64(l.SpoolMemory),
+				HeaderIndexBytes: int(l.HeaderIndexSize), HeaderIndexFields: l.HeaderIndexFields,
 			},
 			ReadTimeout: l.ReadTimeout.Duration, WriteTimeout: l.WriteTimeout.Duration,
 			MinDataRate: l.MinDataRate, MinDataRateGrace: l.MinDataRateGrace.Duration,
