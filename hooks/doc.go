@@ -36,8 +36,11 @@
 // NOTIFY, ORCPT) on to where it hands the message: Chain.CarriesDSN is
 // true only when the chain has at least one queue plugin and every queue
 // plugin is a DSNCarrier whose CarriesDSN returns true (asked once, when
-// the chain is built), and only then may the server offer DSN. A
-// DSNCarrier that is no queue plugin counts for nothing.
+// the chain is built). The server offers DSN exactly then: EHLO lists it,
+// and the four parameters are accepted and kept in tx.Params (Ret, EnvID)
+// and tx.RcptParams (Notify, ORcptType, ORcpt by recipient); elsewhere they
+// get 555 5.5.4. No queue plugin shipped with Sluice is a DSNCarrier yet.
+// A DSNCarrier that is no queue plugin counts for nothing.
 //
 // Plugins run in the order the listener's plugins list gives. At each hook
 // the chain calls them one after the other until one returns something
@@ -105,18 +108,26 @@
 // 2.0.0 HOSTNAME closing connection", and a queued message is answered "250
 // 2.0.0 Ok: queued as QUEUEID".
 //
-// Some replies come from the server before any plugin runs: 503 5.5.1 for
-// commands out of order (a second MAIL, RCPT before MAIL, DATA before MAIL),
-// 554 5.5.1 for DATA with no accepted recipient, 452 4.5.3 past the
-// recipient limit, 552 5.3.4 for a SIZE= or a message over the size limit.
+// Some replies come from the server before any plugin runs. It reads and
+// parses every command itself, strictly, in one state machine
+// (server.Session): 501, 553 or 555 for a malformed command, address or
+// parameter, 503 5.5.1 for commands out of order (a second MAIL, RCPT
+// before MAIL, DATA or BDAT before MAIL), 554 5.5.1 for DATA or BDAT with
+// no accepted recipient, 452 4.5.3 past the recipient limit, 552 5.3.4 for
+// a SIZE= or a message over the size limit. It also answers RSET (250
+// 2.0.0 Session reset), STARTTLS, the SASL exchange of AUTH (the auth hook
+// only checks the credentials) and each BDAT chunk but the last (250 2.0.0
+// N octets received). docs/hooks.md lists every such reply.
 //
 // # The connect hook
 //
-// Fires when a client connects, before the greeting; c.Remote and c.Local
-// are set, c.Helo is not. A plugin may refuse the client (every rejection
-// closes the connection; RFC 5321 wants 554 or 421 here, not qpsmtpd's
-// 550/450), mark it c.Relay, and start slow lookups (DNS) whose answers it
-// keeps in c.Notes for a later hook.
+// Fires when a client connects, before the greeting: after the listener's
+// greeting_delay, which a client that talks first cuts short and which
+// then sets c.EarlyTalker. c.Remote and c.Local are set, c.Helo is not. A
+// plugin may refuse the client (every rejection closes the connection; RFC
+// 5321 wants 554 or 421 here, not qpsmtpd's 550/450), mark it c.Relay, and
+// start slow lookups (DNS) whose answers it keeps in c.Notes for a later
+// hook.
 //
 //	Declined            220 ESMTP Sluice ready
 //	OK, Done            220 ESMTP Sluice ready
@@ -127,10 +138,12 @@
 //
 // # The helo and ehlo hooks
 //
-// Fire at HELO and EHLO with the client's argument; c.Helo and c.ESMTP are
-// already set (and cleared again when the chain rejects). A new HELO or
-// EHLO first ends the transaction in progress, as RSET does. A plugin may
-// check the name and reject it, or note what it found.
+// Fire at HELO and EHLO with the name the client gave, the first word of
+// its argument (the server refuses a missing name, and one with control
+// characters or bytes that are not UTF-8, before the hook); c.Helo and
+// c.ESMTP are already set (and cleared again when the chain rejects). A new
+// HELO or EHLO first ends the transaction in progress, as RSET does. A
+// plugin may check the name and reject it, or note what it found.
 //
 //	Declined            250 Hello
 //	OK, Done            250 Hello
@@ -143,9 +156,11 @@
 //
 // Fires at AUTH (PLAIN or LOGIN) once the client has sent its credentials,
 // over TLS unless the listener allows plaintext, with the mechanism, the
-// user name and the password. The first OK authenticates: the server sets
-// c.AuthUser and c.Relay. A plugin that cannot reach its backend answers
-// DenySoft (or Fail). Never log or note the password.
+// user name and the password; the server runs the SASL exchange (334
+// challenges, a cancel with "*", base64) itself. The first OK
+// authenticates: the server sets c.AuthUser and c.Relay. A plugin that
+// cannot reach its backend answers DenySoft (or Fail). Never log or note
+// the password.
 //
 //	Declined            535 5.7.8 Authentication credentials invalid
 //	OK, Done            235 2.7.0 Authentication successful
@@ -217,9 +232,11 @@
 //
 // # The data hook
 //
-// Fires at DATA, before the 354, once there is at least one recipient. A
-// plugin may refuse the whole transaction here (the last point before the
-// client sends the message).
+// Fires at DATA, before the 354, or at the first BDAT chunk of a message
+// (CHUNKING, RFC 3030; no 354 then: the chunk is read), once there is at
+// least one recipient. A plugin may refuse the whole transaction here (the
+// last point before the client sends the message); a refused BDAT chunk is
+// read and dropped, and so is the rest of its sequence.
 //
 //	Declined            354 End data with <CR><LF>.<CR><LF>
 //	OK, Done            354 End data with <CR><LF>.<CR><LF>
@@ -233,8 +250,9 @@
 // Fires once the header section is read, before the body: tx.Header is
 // set, tx.Body is still empty. A plugin may reject on the header alone.
 // After Deny or DenySoft the server reads and drops the body and answers
-// after the final dot; after the disconnect codes it answers and closes at
-// once. qpsmtpd honours only the disconnect codes here.
+// after the final dot (or the last BDAT chunk); after the disconnect codes
+// it answers and closes at once. qpsmtpd honours only the disconnect codes
+// here.
 //
 //	Declined, OK, Done  no reply: the body is read
 //	Deny                554 5.7.1 Message rejected
@@ -309,9 +327,10 @@
 // # The reset_transaction hook
 //
 // Fires whenever a transaction ends: at RSET, at a new HELO or EHLO, after
-// the end of DATA (queued or not) and at disconnect with a transaction in
-// progress. Every plugin runs; it returns nothing. tx.Notes go with the
-// transaction; c.Notes stay.
+// the end of DATA or of the last BDAT chunk (queued or not), when another
+// command interrupts a BDAT sequence before its last chunk, and at
+// disconnect with a transaction in progress. Every plugin runs; it returns
+// nothing. tx.Notes go with the transaction; c.Notes stay.
 //
 // # The disconnect hook
 //
