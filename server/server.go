@@ -149,6 +149,7 @@ type Server struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	stopping  atomic.Bool
+	startMu   sync.Mutex // orders Serve's wg.Add before Shutdown's wg.Wait
 	wg        sync.WaitGroup
 
 	authLimiter *AuthLimiter
@@ -216,14 +217,23 @@ func (s *Server) Serve() error {
 		if l.ln == nil {
 			return fmt.Errorf("listener %q: call Listen before Serve", l.cfg.Name)
 		}
+	}
+	// The goroutines are counted before Shutdown can wait for them, or
+	// not at all when it came first.
+	s.startMu.Lock()
+	if s.stopping.Load() {
+		s.startMu.Unlock()
+		return nil
+	}
+	s.wg.Add(len(s.listeners) + 1)
+	s.startMu.Unlock()
+	for _, l := range s.listeners {
 		l.log.Info("listening", "address", l.ln.Addr().String(), "plugins", l.chain.Load().Plugins())
-		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			errs <- l.serve()
 		}()
 	}
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.watchdog()
@@ -284,7 +294,9 @@ func (s *Server) inUse(chains []*hooks.Chain) bool {
 // Shutdown stops accepting, closes idle connections with 421, lets
 // transactions in progress finish until ctx ends, then closes what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.startMu.Lock()
 	s.stopping.Store(true)
+	s.startMu.Unlock()
 	s.closeListeners()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
