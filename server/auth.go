@@ -38,8 +38,9 @@ func (s *Session) Auth(arg string) hooks.Reply {
 		return s.finish(hooks.Reply{Code: 502, Enhanced: [3]int{5, 5, 1}, Msg: "AUTH not available on this port"})
 	case !s.authOffered():
 		return s.finish(hooks.Reply{Code: 538, Enhanced: [3]int{5, 7, 11}, Msg: "Encryption required for authentication: use STARTTLS first"})
-	case c.Helo == "":
-		// Also right after STARTTLS, which forgets the EHLO (RFC 3207 4.2).
+	case c.Helo == "" || !c.ESMTP:
+		// AUTH is an ESMTP extension: HELO does not open it. Also right
+		// after STARTTLS, which forgets the EHLO (RFC 3207 4.2).
 		return s.finish(replyBadSequence("Send EHLO first"))
 	case s.Authenticated():
 		return s.finish(replyBadSequence("Already authenticated"))

@@ -250,15 +250,24 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 	return true
 }
 
-// watchEarlyTalker waits up to d before the greeting and marks a client
-// that sends anything meanwhile (connection.EarlyTalker). Its bytes stay
-// unread: they are its first command once it is greeted, unless a plugin
-// refuses the connection.
+// watchEarlyTalker holds the greeting back for d and marks a client that
+// sends anything meanwhile (connection.EarlyTalker). It waits the whole
+// delay either way, as qpsmtpd's check_earlytalker does: talking early
+// must not earn a faster greeting. The early bytes stay unread: they are
+// the client's first command once it is greeted, unless a plugin refuses
+// the connection.
 func (c *conn) watchEarlyTalker(d time.Duration) {
-	c.transport.SetReadDeadline(time.Now().Add(d))
+	end := time.Now().Add(d)
+	c.transport.SetReadDeadline(end)
 	if _, err := c.br.Peek(1); err == nil {
 		c.sess.conn.EarlyTalker = true
 		c.log.Info("client talked before the greeting", "greeting_delay", d.String())
+		t := time.NewTimer(time.Until(end))
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.sess.ctx.Done():
+		}
 	}
 }
 

@@ -342,9 +342,10 @@ func (r *chunkReader) end(p []byte) (int, error) {
 	if r.pendingCR && !r.normalize {
 		return 0, errBareNewline
 	}
+	bareCR := r.pendingCR // under normalize, a line end of its own
 	r.pendingCR = false
 	r.eof = true
-	if r.given == 0 || r.tail == [2]byte{'\r', '\n'} || len(p) < 2 {
+	if r.given == 0 && !bareCR || r.tail == [2]byte{'\r', '\n'} && !bareCR || len(p) < 2 {
 		return 0, io.EOF
 	}
 	p[0], p[1] = '\r', '\n'
@@ -363,6 +364,7 @@ func (r *chunkReader) nextChunk() error {
 		return err
 	}
 	if verb, _ := parseCommand(strings.TrimRight(line, "\r\n")); verb != "BDAT" {
+		r.c.log.Info("BDAT sequence ended by another command before BDAT LAST; message dropped", "command", verb)
 		r.pendingLine = line
 		return errInterrupted
 	}

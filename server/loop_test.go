@@ -372,12 +372,16 @@ func TestGreetingDelayMarksEarlyTalkers(t *testing.T) {
 	ts := start(t, func(l *server.ListenerConfig) { l.GreetingDelay = 300 * time.Millisecond }, hooks.Instance{Name: "early", Plugin: refuse})
 
 	c := dial(t, ts.addr)
+	start := time.Now()
 	c.send("EHLO rude.example\r\n")
 	c.expect("", "554 5.7.1 talked before the greeting")
 	c.closed()
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("the early talker was answered after %v: talking early must not shorten the delay", waited)
+	}
 
 	c = dial(t, ts.addr)
-	start := time.Now()
+	start = time.Now()
 	c.expect("", "220 mx.example.test ESMTP")
 	if waited := time.Since(start); waited < 250*time.Millisecond {
 		t.Fatalf("greeted after %v; want the delay", waited)
@@ -389,4 +393,28 @@ type connectFuncConn func(*connection.Connection) hooks.Result
 
 func (f connectFuncConn) Connect(_ context.Context, c *connection.Connection) hooks.Result {
 	return f(c)
+}
+
+// TestAuthAfterHeloIs503: AUTH is an ESMTP extension; HELO does not open it.
+func TestAuthAfterHeloIs503(t *testing.T) {
+	ts, _ := authServer(t, nil, func(l *server.ListenerConfig) { l.AuthPlaintextLoopback = true })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	c.expect("HELO a.example", "250")
+	c.expect(plain("", "alice", "s3cret"), "503 5.5.1 Send EHLO first")
+	c.expect("EHLO a.example", "250")
+	c.expect(plain("", "alice", "s3cret"), "235 2.7.0")
+}
+
+// TestBdatNormalizeEndsWithABareCR: under normalize, a CR that ends the
+// last chunk is a line end of its own.
+func TestBdatNormalizeEndsWithABareCR(t *testing.T) {
+	ts := start(t, func(l *server.ListenerConfig) { l.BareNewline = server.BareNewlineNormalize })
+	c := bdatStart(t, ts)
+	c.send("BDAT 17 LAST\r\nSubject: x\r\n\r\nhi\r")
+	c.expect("", "250 2.0.0 Ok: queued")
+	c.expect("NOOP", "250 2.0.0 OK")
+	if m := ts.queue.Messages(); len(m) != 1 || !strings.HasSuffix(string(m[0].Data), "\r\nSubject: x\r\n\r\nhi\r\n") {
+		t.Fatalf("queued %q", m)
+	}
 }

@@ -781,12 +781,12 @@ func asciiUpper(s string) string {
 
 // heloName returns the name HELO or EHLO gives: the first word of the
 // argument (RFC 5321: Domain or address-literal; anything after it is
-// ignored, as Postfix does), and whether it may be used: a domain (UTF-8
-// U-labels allowed, RFC 6531) or an address literal, at most 255 octets,
-// with no byte that would reach the Received header and the logs as
-// garbage: control characters (C0, DEL, C1 such as U+0085), line and
-// paragraph separators (U+2028, U+2029), bidirectional controls, and bytes
-// that are not UTF-8.
+// ignored, as Postfix does), and whether it may be used: at most 255
+// octets, with no byte that would reach the Received header and the logs
+// as garbage: control characters (C0, DEL, C1 such as U+0085), line and
+// paragraph separators (U+2028, U+2029), bidirectional controls, and
+// bytes that are not UTF-8. Whether it is a well-formed domain is policy,
+// for a helo plugin to judge.
 func heloName(arg string) (string, bool) {
 	name, _, _ := strings.Cut(arg, " ")
 	if len(name) > 255 || !utf8.ValidString(name) {

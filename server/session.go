@@ -467,16 +467,26 @@ func (s *Session) Rcpt(arg string) hooks.Reply {
 	if rep := s.reply(s.cfg.Chain.RcptPre(s.ctx, c, tx, &rcpt)); rep.Code != 0 && !rep.Positive() {
 		return s.finish(rep)
 	}
+	// The rcpt plugins see the recipient's DSN parameters; they stay only
+	// if it is accepted.
+	prev, hadPrev := tx.RcptParams[rcpt]
+	dsn := r.Notify != nil || r.ORcpt != ""
+	if dsn {
+		if tx.RcptParams == nil {
+			tx.RcptParams = map[string]transaction.RcptParams{}
+		}
+		tx.RcptParams[rcpt] = transaction.RcptParams{Notify: r.Notify, ORcptType: r.ORcptType, ORcpt: r.ORcpt}
+	}
 	rep := s.reply(s.cfg.Chain.Rcpt(s.ctx, c, tx, rcpt))
 	if rep.Positive() {
 		tx.Recipients = append(tx.Recipients, rcpt)
-		if r.Notify != nil || r.ORcpt != "" {
-			if tx.RcptParams == nil {
-				tx.RcptParams = map[string]transaction.RcptParams{}
-			}
-			tx.RcptParams[rcpt] = transaction.RcptParams{Notify: r.Notify, ORcptType: r.ORcptType, ORcpt: r.ORcpt}
-		}
 		s.cfg.Chain.RcptOK(s.ctx, c, tx, rcpt)
+	} else if dsn {
+		if hadPrev {
+			tx.RcptParams[rcpt] = prev
+		} else {
+			delete(tx.RcptParams, rcpt)
+		}
 	}
 	return s.finish(rep)
 }
