@@ -98,7 +98,7 @@ type Listener struct {
 	// client for max_connections_per_ip; 0 means 64 (one site's /64).
 	IPv6Prefix int `toml:"ipv6_prefix"`
 	// GreetingDelay holds the greeting back and marks a client that talks
-	// first (connection.EarlyTalker, for the earlytalker plugin). Default
+	// first (connection.EarlyTalker: a plugin decides what it means). Default
 	// 0: no delay.
 	GreetingDelay Duration `toml:"greeting_delay"`
 	// MaxErrors closes the connection (421) after this many refused or
