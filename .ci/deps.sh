@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: swaks (the SMTP client the
-# end-to-end tests drive), postfix (smtp-sink and smtp-source) and
+# end-to-end tests drive), curl (a scripted submission client), postfix (smtp-sink and smtp-source) and
 # dovecot-core (the real Dovecot the dovecotauth tests authenticate against).
 # As root it installs with apt-get; otherwise it stops and names the package.
 set -euo pipefail
 
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-core)
 

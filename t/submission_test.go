@@ -179,3 +179,34 @@ func TestSubmissionBruteForceLockout(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmissionWithCurlAndLFLineEnds: curl, a common way to send from a
+// script, uploads a file with LF line ends over STARTTLS and AUTH. On a
+// listener that requires AUTH bare_newline defaults to normalize: the
+// message is taken and lands with CRLF line ends, byte for byte otherwise.
+func TestSubmissionWithCurlAndLFLineEnds(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatal("curl is not installed: run `make deps` (Debian package curl)")
+	}
+	s := startSubmission(t)
+	msg := filepath.Join(t.TempDir(), "msg.txt")
+	body := "From: alice@example.test\nTo: friend@elsewhere.test\nSubject: from a script\n\nline one\n.leading dot\nlast line\n"
+	os.WriteFile(msg, []byte(body), 0o600)
+	cmd := exec.Command(curl, "--silent", "--show-error", "--max-time", "20", "--noproxy", "*",
+		"--url", "smtp://"+s.Addr("submission"), "--ssl-reqd", "--insecure",
+		"--user", "alice@example.test:s3cret", "--mail-from", "alice@example.test", "--mail-rcpt", "friend@elsewhere.test",
+		"--upload-file", msg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v\n%s\nsmtpd log:\n%s", err, out, s.Log())
+	}
+	files := maildirFiles(t, filepath.Join(s.dir, "var", "mail"))
+	if len(files) != 1 {
+		t.Fatalf("want 1 message, got %d", len(files))
+	}
+	b, _ := os.ReadFile(files[0])
+	want := strings.ReplaceAll(body, "\n", "\r\n")
+	if !strings.HasSuffix(string(b), "\r\n"+want) {
+		t.Fatalf("queued message:\n%q\nwant it to end with\n%q", b, want)
+	}
+}
