@@ -92,7 +92,6 @@ func (l *listener) admit(raw net.Conn) *conn {
 	}
 	cc := connection.New(l.cfg.Name, l.cfg.Hostname, addrPort(raw.LocalAddr()), remote)
 	ctx, cancel := context.WithCancel(l.srv.ctx)
-	log := l.log.With("conn", cc.ID)
 	sess := NewSession(ctx, cc, SessionConfig{
 		Chain: l.chain.Load(), Limits: l.cfg.Limits, SpoolDir: l.srv.spoolDir, Logger: l.log,
 		ReceivedAuthUser: l.cfg.ReceivedAuthUser,
@@ -101,6 +100,7 @@ func (l *listener) admit(raw net.Conn) *conn {
 		AuthPlaintextLoopback: l.cfg.AuthPlaintextLoopback,
 		AuthLimiter:           l.srv.authLimiter,
 	})
+	log := sess.log // the listener's, with the connection's id: one for both
 	c := newConn(l, transport, sess, log, cancel)
 	l.mu.Lock()
 	l.conns[c] = struct{}{}
