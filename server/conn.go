@@ -279,18 +279,19 @@ var lineReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, re
 // readLine reads the next command line, CRLF included, writing the
 // replies kept back before it waits.
 func (c *conn) readLine() (string, error) {
+	if !c.inData {
+		// Before any wait: shutdown wakes only the connections not busy.
+		c.busy.Store(c.sess.tx != nil)
+		if c.l.shuttingDown() && !c.busy.Load() {
+			return "", errShuttingDown
+		}
+	}
 	if c.br.Buffered() == 0 {
 		if err := c.flush(); err != nil {
 			return "", err
 		}
 		if err := c.waitInput(); err != nil {
 			return "", err
-		}
-	}
-	if !c.inData {
-		c.busy.Store(c.sess.tx != nil)
-		if c.l.shuttingDown() && !c.busy.Load() {
-			return "", errShuttingDown
 		}
 	}
 	c.fill()
