@@ -23,10 +23,13 @@ import (
 // pipelined commands are written together once the client's input is used
 // up (RFC 2920), and always before the loop waits for the client.
 type conn struct {
-	l         *listener
-	raw       net.Conn   // the socket under transport; never changes
-	tmu       sync.Mutex // guards transport against the watchdog's writes
-	transport net.Conn   // the socket, or TLS over it
+	l   *listener
+	raw net.Conn // the socket under transport; never changes
+	// transport is changed (by the handshake) and read on the connection's
+	// own goroutine without a lock; tmu orders the change with the
+	// watchdog's read in stuck.
+	tmu       sync.Mutex
+	transport net.Conn // the socket, or TLS over it
 	br        *bufio.Reader
 	out       []byte // replies not yet written
 	sess      *Session
@@ -84,10 +87,7 @@ type clientReader struct{ c *conn }
 
 func (r clientReader) Read(p []byte) (int, error) {
 	r.c.working.Store(0)
-	r.c.tmu.Lock()
-	t := r.c.transport
-	r.c.tmu.Unlock()
-	n, err := t.Read(p)
+	n, err := r.c.transport.Read(p) // the connection's own goroutine: it alone changes transport
 	r.c.working.Store(time.Now().UnixNano())
 	return n, err
 }
@@ -323,10 +323,7 @@ func (c *conn) ready(fd uintptr) bool {
 // plain TCP socket (TLS keeps buffers of its own); elsewhere the read
 // itself waits.
 func (c *conn) waitInput() error {
-	c.tmu.Lock()
-	plain := c.transport == c.raw
-	c.tmu.Unlock()
-	if c.rc == nil || !plain || c.br.Buffered() > 0 {
+	if c.rc == nil || c.transport != c.raw || c.br.Buffered() > 0 {
 		return nil
 	}
 	c.fill()
@@ -447,10 +444,7 @@ func (c *conn) flush() error {
 	if d := c.l.cfg.WriteTimeout; d > 0 {
 		c.raw.SetWriteDeadline(time.Now().Add(d))
 	}
-	c.tmu.Lock()
-	t := c.transport
-	c.tmu.Unlock()
-	_, err := t.Write(c.out)
+	_, err := c.transport.Write(c.out)
 	if cap(c.out) > 4*flushAt {
 		c.out = nil // a burst of replies leaves no large buffer behind
 	} else {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sluice-mta/sluice/connection"
@@ -160,3 +161,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
 }
+
+// errTooManyFiles is accept's error when the process is out of file
+// descriptors: a reason to wait, not to stop listening.
+var errTooManyFiles = syscall.EMFILE

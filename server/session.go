@@ -215,14 +215,18 @@ func (s *Session) reply(d hooks.Decision) hooks.Reply {
 	return rep
 }
 
+// replyBadSequence is 503 5.5.1 with msg: a command out of sequence.
+func replyBadSequence(msg string) hooks.Reply {
+	return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: msg}
+}
+
+// replySyntax is 501 5.5.4 with msg: a bad argument.
+func replySyntax(msg string) hooks.Reply {
+	return hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: msg}
+}
+
 // Replies of the protocol itself (not of a hook).
 var (
-	replyBadSequence = func(msg string) hooks.Reply {
-		return hooks.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Msg: msg}
-	}
-	replySyntax = func(msg string) hooks.Reply {
-		return hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: msg}
-	}
 	replyBadLine      = hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: commands must end with CRLF, with no bare CR or LF"}
 	replyEmpty        = hooks.Reply{Code: 500, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error: empty command"}
 	replyTooManyErrs  = hooks.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Msg: "Too many errors; closing connection", Close: true}
