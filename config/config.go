@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/resolver"
 )
 
 // DefaultPath is where smtpd looks for its configuration without -config.
@@ -46,6 +49,10 @@ type Config struct {
 	AuthMaxFailures   int      `toml:"auth_max_failures"`
 	AuthFailureWindow Duration `toml:"auth_failure_window"`
 	AuthFailureDelay  Duration `toml:"auth_failure_delay"`
+	// DNS is the [dns] table: the servers and timeout every plugin that
+	// looks names up shares (see package resolver). A plugin instance's
+	// own [plugins.NAME.dns] table overrides it.
+	DNS resolver.Settings `toml:"dns"`
 	// Listeners are the [[listener]] blocks.
 	Listeners []Listener `toml:"listener"`
 	// Plugins are the [plugins.NAME] tables, decoded by the plugins.
@@ -200,6 +207,9 @@ func (c *Config) check() error {
 			h = "localhost"
 		}
 		c.Hostname = h
+	}
+	if err := c.DNS.Check(); err != nil {
+		return fmt.Errorf("%s: %w", c.at(c.lineOfTable("dns")), err)
 	}
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":
@@ -432,6 +442,7 @@ func (c *Config) PluginFor(instance string) string {
 // plugin's settings struct does not have.
 func (c *Config) Decoder(instance string) hooks.Decoder {
 	return func(v any) error {
+		setDNS(v, c.DNS)
 		p, ok := c.Plugins[instance]
 		if !ok {
 			return nil // no table: the plugin's defaults
@@ -440,6 +451,24 @@ func (c *Config) Decoder(instance string) hooks.Decoder {
 			return c.wrap(err, v, 2)
 		}
 		return c.unknownIn(instance)
+	}
+}
+
+// setDNS sets every resolver.Settings field of the struct v points to
+// (a plugin's settings) to the shared [dns] settings, before the plugin's
+// own table, which may override them, is decoded.
+func setDNS(v any, dns resolver.Settings) {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.Elem().Kind() != reflect.Struct {
+		return
+	}
+	rv = rv.Elem()
+	want := reflect.TypeFor[resolver.Settings]()
+	for i := range rv.NumField() {
+		if f := rv.Field(i); f.Type() == want && f.CanSet() {
+			dns.Servers = slices.Clone(dns.Servers)
+			f.Set(reflect.ValueOf(dns))
+		}
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/resolver"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -350,6 +351,8 @@ func TestCheckErrors(t *testing.T) {
 			[]string{`listener "mx": plugin "configtestplugin" is listed twice`}},
 		{"negative limit", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nmax_recipients = -1\n"), []string{`listener "mx": limits must not be negative`}},
 		{"negative header index", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nheader_index_fields = -1\n"), []string{`listener "mx": limits must not be negative`}},
+		{"dns server by name", "[dns]\nservers = [\"ns1.example\"]\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"),
+			[]string{`^smtpd\.toml:1: dns: servers: "ns1.example" is not an IP address`}},
 		{"bad log level", "log_level = \"loud\"\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"), []string{`log_level = "loud"`}},
 	}
 	for _, tc := range tests {
@@ -463,5 +466,70 @@ func TestUnusedTableIsRefusedBeforeAnythingIsBuilt(t *testing.T) {
 	wantErr(t, err, `^smtpd\.toml:7: \[plugins\.a\] is not used`)
 	if closerOpen.Load() != before {
 		t.Fatal("a plugin was built for a configuration that has an unused table")
+	}
+}
+
+// dnsPlugin has the shared resolver settings.
+type dnsPlugin struct {
+	DNS  resolver.Settings `toml:"dns"`
+	Zone string            `toml:"zone"`
+}
+
+func (*dnsPlugin) Noop(context.Context, *connection.Connection) hooks.Result { return hooks.Result{} }
+
+func init() {
+	hooks.Register("configtestdns", func(decode hooks.Decoder) (*dnsPlugin, error) {
+		p := &dnsPlugin{}
+		return p, decode(p)
+	})
+}
+
+// TestSharedDNSSettings: the top-level [dns] table reaches every plugin
+// whose settings have a resolver.Settings field; an instance's own dns
+// table overrides it for that instance only.
+func TestSharedDNSSettings(t *testing.T) {
+	c, err := config.Parse("smtpd.toml", `
+[dns]
+servers = ["127.0.0.1:5353"]
+timeout = "2s"
+
+[[listener]]
+name = "mx"
+address = ":25"
+plugins = ["a", "b", "c"]
+
+[plugins.a]
+use = "configtestdns"
+
+[plugins.b]
+use = "configtestdns"
+zone = "b"
+[plugins.b.dns]
+servers = ["[::1]:53"]
+
+[plugins.c]
+use = "configtestdns"
+[plugins.c.dns]
+timeout = "1s"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := c.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]resolver.Settings{
+		"a": {Servers: []string{"127.0.0.1:5353"}, Timeout: 2 * time.Second},
+		"b": {Servers: []string{"[::1]:53"}, Timeout: 2 * time.Second},
+		"c": {Servers: []string{"127.0.0.1:5353"}, Timeout: time.Second},
+	} {
+		got := built[name].(*dnsPlugin).DNS
+		if !slices.Equal(got.Servers, want.Servers) || got.Timeout != want.Timeout {
+			t.Errorf("plugin %s: dns = %+v, want %+v", name, got, want)
+		}
+	}
+	if c.DNS.Servers[0] != "127.0.0.1:5353" {
+		t.Errorf("an instance's override changed the shared table: %v", c.DNS.Servers)
 	}
 }
