@@ -194,6 +194,26 @@ func Parse(path, text string) (*Config, error) {
 	return c, nil
 }
 
+// Only keeps the listener named name and the plugin tables its plugins
+// use, so that Build builds nothing else: `smtpd stdio` serves one
+// connection on one listener's policy. It reports whether the listener
+// exists.
+func (c *Config) Only(name string) bool {
+	for _, l := range c.Listeners {
+		if l.Name != name {
+			continue
+		}
+		c.Listeners = []Listener{l}
+		for p := range c.Plugins {
+			if !slices.Contains(l.Plugins, p) {
+				delete(c.Plugins, p)
+			}
+		}
+		return true
+	}
+	return false
+}
+
 // Path returns the file the configuration came from.
 func (c *Config) Path() string { return c.path }
 

@@ -533,3 +533,43 @@ timeout = "1s"
 		t.Errorf("an instance's override changed the shared table: %v", c.DNS.Servers)
 	}
 }
+
+// TestOnly: `smtpd stdio` keeps one listener and its plugin tables, so
+// Build builds nothing another listener needs (and finds no unused table).
+func TestOnly(t *testing.T) {
+	c, err := config.Parse("smtpd.toml", `
+[[listener]]
+name = "mx"
+address = ":25"
+plugins = ["a"]
+
+[[listener]]
+name = "submission"
+address = ":587"
+plugins = ["b"]
+
+[plugins.a]
+use = "configtestdns"
+zone = "a"
+
+[plugins.b]
+use = "configtestdns"
+zone = "b"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Only("nope") {
+		t.Fatal(`Only("nope") found a listener`)
+	}
+	if !c.Only("submission") || len(c.Listeners) != 1 || c.Listeners[0].Name != "submission" {
+		t.Fatalf("Only(submission): listeners %+v", c.Listeners)
+	}
+	built, err := c.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(built) != 1 || built["b"].(*dnsPlugin).Zone != "b" {
+		t.Errorf("built %v, want only b", built)
+	}
+}

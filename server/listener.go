@@ -53,7 +53,7 @@ func (l *listener) serve() error {
 			return err
 		}
 		backoff = 0
-		if c := l.admit(raw); c != nil {
+		if c := l.admit(raw, nil); c != nil {
 			go c.serve()
 		}
 	}
@@ -71,9 +71,19 @@ func (l *listener) clientKey(ip netip.Addr) netip.Addr {
 }
 
 // admit applies the caps to a new connection and returns its loop, or
-// refuses it with 421 and returns nil.
-func (l *listener) admit(raw net.Conn) *conn {
-	remote := addrPort(raw.RemoteAddr())
+// refuses it with 421 and returns nil. info, when not nil, describes a
+// connection the server did not accept itself (ServeConn).
+func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
+	if info == nil {
+		info = &ClientInfo{}
+	}
+	remote, local := info.Remote, info.Local
+	if !remote.IsValid() {
+		remote = addrPort(raw.RemoteAddr())
+	}
+	if !local.IsValid() {
+		local = addrPort(raw.LocalAddr())
+	}
 	key := l.clientKey(remote.Addr().Unmap())
 	l.mu.Lock()
 	total, fromIP := len(l.conns), l.perIP[key]
@@ -91,10 +101,15 @@ func (l *listener) admit(raw net.Conn) *conn {
 	if l.cfg.ImplicitTLS && l.cfg.TLS != nil {
 		transport = tls.Server(raw, l.cfg.TLS)
 	}
-	cc := connection.New(l.cfg.Name, l.cfg.Hostname, addrPort(raw.LocalAddr()), remote)
+	cc := connection.New(l.cfg.Name, l.cfg.Hostname, local, remote)
+	cc.RemoteHost, cc.Relay = info.RemoteHost, info.Relay
+	limits := l.cfg.Limits
+	if info.MaxMessageSize > 0 {
+		limits.MaxMessageBytes = info.MaxMessageSize
+	}
 	ctx, cancel := context.WithCancel(l.srv.ctx)
 	sess := NewSession(ctx, cc, SessionConfig{
-		Chain: l.chain.Load(), Limits: l.cfg.Limits, SpoolDir: l.srv.spoolDir, Logger: l.log,
+		Chain: l.chain.Load(), Limits: limits, SpoolDir: l.srv.spoolDir, Logger: l.log, RcptSuffix: info.RcptSuffix,
 		ReceivedAuthUser: l.cfg.ReceivedAuthUser,
 		StartTLS:         l.cfg.TLS != nil && !l.cfg.ImplicitTLS,
 		RequireTLS:       l.cfg.RequireTLS, RequireAuth: l.cfg.RequireAuth,

@@ -45,7 +45,7 @@ func TestPerIPCapCountsAnIPv6Prefix(t *testing.T) {
 	l := srv.listeners[0]
 	admit := func(addr string) bool {
 		f := &fakeConn{remote: netip.MustParseAddrPort(addr)}
-		return l.admit(f) != nil
+		return l.admit(f, nil) != nil
 	}
 	for i, addr := range []string{"[2001:db8:1:1::1]:1000", "[2001:db8:1:1::2]:1000", "[2001:db8:1:1:ffff::3]:1000"} {
 		if !admit(addr) {

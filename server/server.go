@@ -236,13 +236,78 @@ func (s *Server) Serve() error {
 	}
 	go func() {
 		defer s.wg.Done()
-		s.watchdog()
+		s.watchdog(s.ctx.Done())
 	}()
 	for range s.listeners {
 		if err := <-errs; err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// ClientInfo describes a connection the server did not accept itself,
+// such as one on stdin and stdout under ucspi-tcp's tcpserver or inetd:
+// what its launcher knows of the client and the settings it gives this one
+// client (tcprules' variables). The zero value takes everything from the
+// connection and the listener.
+type ClientInfo struct {
+	// Remote and Local are the client's and the server's address and
+	// port (TCPREMOTEIP/TCPREMOTEPORT, TCPLOCALIP/TCPLOCALPORT); zero
+	// means the connection's own.
+	Remote, Local netip.AddrPort
+	// RemoteHost is the client's name as the launcher looked it up
+	// (TCPREMOTEHOST).
+	RemoteHost string
+	// Relay lets the client send to any domain (RELAYCLIENT set), as a
+	// relay plugin or AUTH would.
+	Relay bool
+	// RcptSuffix is appended to every recipient address (RELAYCLIENT's
+	// value, qmail-smtpd's rule; almost always empty).
+	RcptSuffix string
+	// MaxMessageSize replaces the listener's limit for this client when
+	// positive (DATABYTES).
+	MaxMessageSize int64
+}
+
+// ServeConn serves one connection that the server did not accept on the
+// named listener's policy (its plugin chain, limits and TLS settings), and
+// returns when the client is done. The listener need not listen: this is
+// how `smtpd stdio` serves the connection tcpserver or inetd hands it on
+// stdin and stdout. The per-IP and per-listener caps count the connection
+// as any other; the launcher (tcpserver -c) caps processes.
+func (s *Server) ServeConn(name string, nc net.Conn, info ClientInfo) error {
+	var l *listener
+	for _, cand := range s.listeners {
+		if cand.cfg.Name == name {
+			l = cand
+		}
+	}
+	if l == nil {
+		nc.Close()
+		return fmt.Errorf("no listener named %q", name)
+	}
+	s.startMu.Lock()
+	if s.stopping.Load() {
+		s.startMu.Unlock()
+		refuse(nc)
+		return nil
+	}
+	s.wg.Add(1)
+	s.startMu.Unlock()
+	defer s.wg.Done()
+	c := l.admit(nc, &info)
+	if c == nil {
+		return nil
+	}
+	done, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		s.watchdog(done)
+	}()
+	c.serve()
+	close(done)
+	<-watched
 	return nil
 }
 
@@ -354,7 +419,7 @@ func stuckAfter(ch *hooks.Chain) time.Duration {
 // conn.stuck), until the server stops. Nothing else interrupts a plugin
 // that ignores its context: the chain checks the deadline when the plugin
 // returns.
-func (s *Server) watchdog() {
+func (s *Server) watchdog(done <-chan struct{}) {
 	period := time.Second
 	for _, l := range s.listeners {
 		period = min(period, max(stuckAfter(l.chain.Load())/4, 10*time.Millisecond))
@@ -365,7 +430,7 @@ func (s *Server) watchdog() {
 	var since []time.Duration
 	for {
 		select {
-		case <-s.ctx.Done():
+		case <-done:
 			return
 		case <-tick.C:
 		}

@@ -100,6 +100,10 @@ type SessionConfig struct {
 	// AuthLimiter counts failed AUTHs; nil means one of the session's own
 	// with the default limits.
 	AuthLimiter *AuthLimiter
+	// RcptSuffix is appended to every accepted recipient's address before
+	// the rcpt hooks see it: qmail-smtpd's rule for a non-empty
+	// RELAYCLIENT (see ClientInfo).
+	RcptSuffix string
 }
 
 // step is what the protocol loop does once it has written a command's
@@ -467,7 +471,7 @@ func (s *Session) Rcpt(arg string) hooks.Reply {
 	if len(tx.Recipients) >= s.cfg.Limits.MaxRecipients {
 		return s.finish(hooks.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Msg: "Too many recipients"})
 	}
-	rcpt := r.Rcpt
+	rcpt := r.Rcpt + s.cfg.RcptSuffix
 	if rep := s.reply(s.cfg.Chain.RcptPre(s.ctx, c, tx, &rcpt)); rep.Code != 0 && !rep.Positive() {
 		return s.finish(rep)
 	}

@@ -2,6 +2,7 @@
 //
 //	smtpd [-config FILE]          serve (default config: /etc/sluice/smtpd.toml)
 //	smtpd check [-config FILE]    validate the configuration, build every plugin, exit
+//	smtpd stdio [-config FILE]    serve one connection on stdin/stdout (tcpserver, inetd)
 //	smtpd plugins                 list the compiled-in plugins and their hooks
 //	smtpd passwd [-file F] USER   set USER's password in an authfile password file
 //	smtpd version                 print the version

@@ -58,6 +58,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return serve(args, stderr)
 	case "check":
 		return check(args, stdout, stderr)
+	case "stdio":
+		return stdio(args, os.LookupEnv, stderr)
 	case "plugins":
 		return listPlugins(stdout)
 	case "passwd":
@@ -79,6 +81,8 @@ func usage(w io.Writer) {
 	fmt.Fprintf(w, `usage:
   smtpd [-config FILE]            serve mail (default config %s)
   smtpd check [-config FILE]      validate the configuration and build every plugin
+  smtpd stdio [-config FILE] [-listener NAME]
+                                  serve one connection on stdin/stdout (under tcpserver or inetd)
   smtpd plugins                   list the compiled-in plugins and the hooks each implements
   smtpd passwd [-file FILE] USER  set USER's password in an authfile password file
   smtpd version                   print the version
