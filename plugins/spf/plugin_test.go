@@ -37,6 +37,7 @@ var zone = []string{
 	`web.example.org. 300 IN A 203.0.113.2`,
 	`mech.example.org. 300 IN MX 10 mx1.mech.example.org.`,
 	`mx1.mech.example.org. 300 IN A 203.0.113.3`,
+	`xn--bcher-kva.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
 }
 
 // start returns the DNS server with zone, broken.example.org answering
@@ -152,6 +153,16 @@ func TestResults(t *testing.T) {
 			spf.Verdict{Result: authres.ResultTempError, Identity: "mailfrom", Domain: "broken.example.org", Sender: "alice@broken.example.org", Reason: "DNS lookup of broken.example.org failed temporarily"},
 			"Received-SPF: temperror (mx.example.test: temporary error checking domain of alice@broken.example.org: DNS lookup of broken.example.org failed temporarily)\r\n" +
 				"\tclient-ip=198.51.100.1; envelope-from=\"alice@broken.example.org\"; helo=client.example.org;\r\n" +
+				"\treceiver=mx.example.test; identity=mailfrom\r\n"},
+		{"internationalized domain", "192.0.2.1", "client.example.org", "alice@bücher.example",
+			spf.Verdict{Result: authres.ResultPass, Identity: "mailfrom", Domain: "xn--bcher-kva.example", Sender: "alice@xn--bcher-kva.example", Reason: "matched ip"},
+			"Received-SPF: pass (mx.example.test: domain of alice@xn--bcher-kva.example designates 192.0.2.1 as permitted sender)\r\n" +
+				"\tclient-ip=192.0.2.1; envelope-from=\"alice@bücher.example\"; helo=client.example.org;\r\n" +
+				"\treceiver=mx.example.test; identity=mailfrom\r\n"},
+		{"quoted local part: escaped in the comment and the value", "192.0.2.1", "client.example.org", `"a(b)\"c"@example.org`,
+			spf.Verdict{Result: authres.ResultPass, Identity: "mailfrom", Domain: "example.org", Sender: `"a(b)\"c"@example.org`, Reason: "matched ip"},
+			`Received-SPF: pass (mx.example.test: domain of "a\(b\)\\"c"@example.org designates 192.0.2.1 as permitted sender)` + "\r\n" +
+				"\t" + `client-ip=192.0.2.1; envelope-from="\"a(b)\\\"c\"@example.org"; helo=client.example.org;` + "\r\n" +
 				"\treceiver=mx.example.test; identity=mailfrom\r\n"},
 		{"IPv6 pass", "2001:db8::25", "client.example.org", "alice@example.org",
 			spf.Verdict{Result: authres.ResultPass, Identity: "mailfrom", Domain: "example.org", Sender: "alice@example.org", Reason: "matched ip"},
