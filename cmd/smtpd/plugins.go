@@ -21,4 +21,5 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/senderlogin"
 	_ "github.com/sluice-mta/sluice/plugins/size"
 	_ "github.com/sluice-mta/sluice/plugins/smtpforward"
+	_ "github.com/sluice-mta/sluice/plugins/spf"
 )
