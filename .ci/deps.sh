@@ -2,7 +2,8 @@
 # Installs what the tests need when it is missing: swaks (the SMTP client the
 # end-to-end tests drive), curl (a scripted submission client), postfix (smtp-sink and smtp-source) and
 # dovecot-core (the real Dovecot the dovecotauth tests authenticate against),
-# ucspi-tcp (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do).
+# ucspi-tcp (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
+# tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read).
 # As root it installs with apt-get; otherwise it stops and names the package.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-core)
 command -v tcpserver >/dev/null 2>&1 || missing+=(ucspi-tcp)
+command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/qmailctl"
 	"github.com/sluice-mta/sluice/resolver"
 )
 
@@ -53,6 +54,15 @@ type Config struct {
 	// looks names up shares (see package resolver). A plugin instance's
 	// own [plugins.NAME.dns] table overrides it.
 	DNS resolver.Settings `toml:"dns"`
+	// Qmail is the [qmail] table: a qmail control directory whose files
+	// give defaults (see package qmailctl): me for hostname, smtpgreeting
+	// for each listener's greeting, databytes for max_message_size,
+	// timeoutsmtpd for read_timeout. A key set in this file wins. The
+	// qmailcontrol plugin reads the same directory for its checks.
+	Qmail qmailctl.Settings `toml:"qmail"`
+	// Warnings are what loading found and ignored (lines of qmail control
+	// files that qmail ignores too); smtpd logs them.
+	Warnings []string `toml:"-"`
 	// Listeners are the [[listener]] blocks.
 	Listeners []Listener `toml:"listener"`
 	// Plugins are the [plugins.NAME] tables, decoded by the plugins.
@@ -68,6 +78,10 @@ type Listener struct {
 	Name     string `toml:"name"`
 	Address  string `toml:"address"`
 	Hostname string `toml:"hostname"`
+	// Greeting replaces the text of the 220 greeting after the code
+	// (default: the hostname and "ESMTP Sluice ready"); a connect plugin
+	// that answers with a message of its own still wins.
+	Greeting string `toml:"greeting"`
 	// Plugins is the chain, in execution order: instance names, each a
 	// [plugins.NAME] table or a compiled-in plugin's name.
 	Plugins []string `toml:"plugins"`
@@ -220,6 +234,9 @@ func (c *Config) Path() string { return c.path }
 func (c *Config) check() error {
 	if c.DataDir == "" {
 		c.DataDir = "./var"
+	}
+	if err := c.applyQmail(); err != nil {
+		return err
 	}
 	if c.Hostname == "" {
 		h, err := os.Hostname()
@@ -462,7 +479,7 @@ func (c *Config) PluginFor(instance string) string {
 // plugin's settings struct does not have.
 func (c *Config) Decoder(instance string) hooks.Decoder {
 	return func(v any) error {
-		setDNS(v, c.DNS)
+		c.setShared(v)
 		p, ok := c.Plugins[instance]
 		if !ok {
 			return nil // no table: the plugin's defaults
@@ -474,20 +491,61 @@ func (c *Config) Decoder(instance string) hooks.Decoder {
 	}
 }
 
-// setDNS sets every resolver.Settings field of the struct v points to
-// (a plugin's settings) to the shared [dns] settings, before the plugin's
-// own table, which may override them, is decoded.
-func setDNS(v any, dns resolver.Settings) {
+// applyQmail reads the [qmail] control directory, when there is one, and
+// takes its files as defaults for what this file leaves unset.
+func (c *Config) applyQmail() error {
+	if c.Qmail.ControlDir == "" {
+		return nil
+	}
+	q, err := qmailctl.Read(c.Qmail.ControlDir)
+	if err != nil {
+		return fmt.Errorf("%s: [qmail]: %w", c.at(c.lineOfTable("qmail")), err)
+	}
+	defer q.Close()
+	c.Warnings = append(c.Warnings, q.Warnings...)
+	if c.Hostname == "" {
+		c.Hostname = q.Me
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.Greeting == "" && q.SMTPGreeting != "" {
+			l.Greeting = q.SMTPGreeting + " ESMTP"
+		}
+		if l.MaxMessageSize == 0 && q.Databytes > 0 {
+			l.MaxMessageSize = Bytes(q.Databytes)
+		}
+		if l.ReadTimeout.Duration == 0 && q.TimeoutSMTPD > 0 {
+			l.ReadTimeout.Duration = q.TimeoutSMTPD
+		}
+	}
+	return nil
+}
+
+// setShared sets the fields of the struct v points to (a plugin's
+// settings) that have the type of a shared table, [dns] (resolver.Settings)
+// or [qmail] (qmailctl.Settings, usually embedded), to that table's
+// values, before the plugin's own table, which may override them, is
+// decoded.
+func (c *Config) setShared(v any) {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.Elem().Kind() != reflect.Struct {
 		return
 	}
 	rv = rv.Elem()
-	want := reflect.TypeFor[resolver.Settings]()
 	for i := range rv.NumField() {
-		if f := rv.Field(i); f.Type() == want && f.CanSet() {
+		f := rv.Field(i)
+		if !f.CanSet() {
+			continue
+		}
+		switch f.Type() {
+		case reflect.TypeFor[resolver.Settings]():
+			dns := c.DNS
 			dns.Servers = slices.Clone(dns.Servers)
 			f.Set(reflect.ValueOf(dns))
+		case reflect.TypeFor[qmailctl.Settings]():
+			if c.Qmail.ControlDir != "" {
+				f.Set(reflect.ValueOf(c.Qmail))
+			}
 		}
 	}
 }

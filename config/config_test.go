@@ -3,6 +3,7 @@ package config_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -572,4 +573,55 @@ zone = "b"
 	if len(built) != 1 || built["b"].(*dnsPlugin).Zone != "b" {
 		t.Errorf("built %v, want only b", built)
 	}
+}
+
+// TestQmailControlDefaults: a [qmail] control directory gives defaults
+// for what the file leaves unset (me, smtpgreeting, databytes,
+// timeoutsmtpd), a key set in the file wins, and lines qmail ignores
+// become warnings.
+func TestQmailControlDefaults(t *testing.T) {
+	dir := t.TempDir()
+	for name, text := range map[string]string{
+		"me": "mx.example.com\n", "smtpgreeting": "greetings.example.com\n",
+		"databytes": "1000000\n", "timeoutsmtpd": "120\n", "rcpthosts": "example.com\n*.example.net\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := config.Parse("smtpd.toml", fmt.Sprintf(`
+[qmail]
+control_dir = %q
+
+[[listener]]
+name = "smtp"
+address = ":25"
+plugins = ["configtestplugin"]
+
+[[listener]]
+name = "other"
+address = ":26"
+plugins = ["configtestplugin"]
+greeting = "other.example.com ESMTP"
+max_message_size = "5M"
+read_timeout = "1m"
+`, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Hostname != "mx.example.com" {
+		t.Errorf("hostname %q, want control/me", c.Hostname)
+	}
+	smtp, other := c.Listeners[0], c.Listeners[1]
+	if smtp.Greeting != "greetings.example.com ESMTP" || smtp.MaxMessageSize != 1000000 || smtp.ReadTimeout.Duration != 2*time.Minute || smtp.Hostname != "mx.example.com" {
+		t.Errorf("listener smtp: greeting %q, max_message_size %d, read_timeout %v, hostname %q", smtp.Greeting, smtp.MaxMessageSize, smtp.ReadTimeout.Duration, smtp.Hostname)
+	}
+	if other.Greeting != "other.example.com ESMTP" || other.MaxMessageSize != 5<<20 || other.ReadTimeout.Duration != time.Minute {
+		t.Errorf("listener other: the file's own keys must win: %q %d %v", other.Greeting, other.MaxMessageSize, other.ReadTimeout.Duration)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], `rcpthosts:2: "*.example.net" ignored`) {
+		t.Errorf("warnings %q", c.Warnings)
+	}
+	_, err = config.Parse("smtpd.toml", "[qmail]\ncontrol_dir = \"/nonexistent/qmail/control\"\n[[listener]]\nname = \"a\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n")
+	wantErr(t, err, `^smtpd\.toml:1: \[qmail\]: qmail control directory: stat /nonexistent/qmail/control: no such file or directory`)
 }

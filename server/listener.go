@@ -109,7 +109,7 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 	}
 	ctx, cancel := context.WithCancel(l.srv.ctx)
 	sess := NewSession(ctx, cc, SessionConfig{
-		Chain: l.chain.Load(), Limits: limits, SpoolDir: l.srv.spoolDir, Logger: l.log, RcptSuffix: info.RcptSuffix,
+		Chain: l.chain.Load(), Limits: limits, SpoolDir: l.srv.spoolDir, Logger: l.log, RcptSuffix: info.RcptSuffix, Greeting: l.cfg.Greeting,
 		ReceivedAuthUser: l.cfg.ReceivedAuthUser,
 		StartTLS:         l.cfg.TLS != nil && !l.cfg.ImplicitTLS,
 		RequireTLS:       l.cfg.RequireTLS, RequireAuth: l.cfg.RequireAuth,

@@ -33,6 +33,9 @@ type ListenerConfig struct {
 	Name     string
 	Address  string
 	Hostname string
+	// Greeting replaces the 220 greeting's text (default: Hostname and
+	// "ESMTP Sluice ready"); a connect plugin's own message wins.
+	Greeting string
 	Chain    *hooks.Chain
 	Limits   Limits
 	// ReadTimeout is the idle time allowed between two reads from the

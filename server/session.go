@@ -100,6 +100,9 @@ type SessionConfig struct {
 	// AuthLimiter counts failed AUTHs; nil means one of the session's own
 	// with the default limits.
 	AuthLimiter *AuthLimiter
+	// Greeting replaces the default 220 text (Hostname and "ESMTP Sluice
+	// ready").
+	Greeting string
 	// RcptSuffix is appended to every accepted recipient's address before
 	// the rcpt hooks see it: qmail-smtpd's rule for a non-empty
 	// RELAYCLIENT (see ClientInfo).
@@ -330,7 +333,11 @@ func (s *Session) Command(line string) hooks.Reply {
 func (s *Session) Connect() hooks.Reply {
 	rep := s.reply(s.cfg.Chain.Connect(s.ctx, s.conn))
 	if rep.Code == 220 && rep.Msg == hooks.ReplyFor(hooks.HookConnect, hooks.Result{}).Msg {
-		rep.Msg = s.conn.Hostname + " " + rep.Msg
+		if s.cfg.Greeting != "" {
+			rep.Msg = s.cfg.Greeting
+		} else {
+			rep.Msg = s.conn.Hostname + " " + rep.Msg
+		}
 	}
 	if rep.Close {
 		s.ended = true

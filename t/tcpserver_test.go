@@ -87,18 +87,35 @@ func tcpserver(t *testing.T, dir, cfg, rules string) (addr string, log func() st
 }
 
 // TestStdioUnderTcpserver: a qmail site replaces qmail-smtpd with
-// `smtpd stdio` in its run script and keeps its tcprules: swaks delivers
-// through it; RELAYCLIENT from the rules lets one address relay and not
-// another; DATABYTES from the rules caps that client's messages (and is
-// what EHLO's SIZE says); plugins and logs see the client's address.
+// `smtpd stdio` in its run script and keeps its control files and
+// tcprules: swaks delivers through it with the greeting of
+// control/smtpgreeting; rcpthosts decides what is local; RELAYCLIENT from
+// the rules lets one address relay and not another; DATABYTES from the
+// rules caps that client's messages (and is what EHLO's SIZE says);
+// plugins and logs see the client's address.
 func TestStdioUnderTcpserver(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	addr, log := tcpserver(t, dir, listenerConfig(`"rcptok", "maildir"`, "", ""),
-		"127.0.0.2:allow,RELAYCLIENT=\"\"\n:allow,DATABYTES=\"2000\"\n")
+	control := filepath.Join(dir, "control")
+	os.Mkdir(control, 0o755)
+	writeFile(t, control, "me", "mx.example.test\n")
+	writeFile(t, control, "smtpgreeting", "qmail.example.test\n")
+	writeFile(t, control, "rcpthosts", "example.test\n")
+	cfg := `[qmail]
+control_dir = "control"
+
+[[listener]]
+name = "smtp"
+address = "127.0.0.1:0"
+plugins = ["qmailcontrol", "maildir"]
+
+[plugins.maildir]
+path = "./var/mail"
+`
+	addr, log := tcpserver(t, dir, cfg, "127.0.0.2:allow,RELAYCLIENT=\"\"\n:allow,DATABYTES=\"2000\"\n")
 
 	out, code := swaks(t, addr, "--from", "alice@example.net", "--to", "bob@example.test", "--ehlo", "client.example")
-	if code != 0 || !strings.Contains(out, "250 2.0.0 Ok: queued") || !strings.Contains(out, "SIZE 2000") {
+	if code != 0 || !strings.Contains(out, "250 2.0.0 Ok: queued") || !strings.Contains(out, "SIZE 2000") || !strings.Contains(out, "<-  220 qmail.example.test ESMTP\n") {
 		t.Fatalf("delivery through tcpserver: exit %d\n%s", code, out)
 	}
 	files := maildirFiles(t, filepath.Join(dir, "var/mail"))
@@ -112,12 +129,12 @@ func TestStdioUnderTcpserver(t *testing.T) {
 	if !strings.HasPrefix(string(b), "Received: from client.example ([127.0.0.1])") {
 		t.Errorf("the Received field does not name the client as tcpserver gave it:\n%.300s", b)
 	}
-	if !strings.Contains(log(), "msg=connect listener=mx") || !strings.Contains(log(), "remote=127.0.0.1:") {
+	if !strings.Contains(log(), "msg=connect listener=smtp") || !strings.Contains(log(), "remote=127.0.0.1:") {
 		t.Errorf("smtpd's log does not name the client's address")
 	}
 
 	out, _ = swaks(t, addr, "--from", "alice@example.net", "--to", "carol@elsewhere.example", "--quit-after", "RCPT")
-	if !strings.Contains(out, "550 5.7.1 relaying denied") {
+	if !strings.Contains(out, "553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts") {
 		t.Errorf("127.0.0.1 has no RELAYCLIENT in the rules, yet relaying was not refused:\n%s", out)
 	}
 	out, code = swaks(t, addr, "--local-interface", "127.0.0.2", "--from", "alice@example.net", "--to", "carol@elsewhere.example")

@@ -195,6 +195,9 @@ func (b *built) close(log *slog.Logger) {
 // build turns the configuration into a server configuration: every plugin
 // built once, one chain per listener, the TLS certificates loaded.
 func build(cfg *config.Config, log *slog.Logger) (*built, error) {
+	for _, w := range cfg.Warnings {
+		log.Warn("config: " + w)
+	}
 	plugins, err := cfg.Build()
 	if err != nil {
 		return nil, err
@@ -229,7 +232,7 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 		}
 		b.chains[l.Name] = ch
 		lc := server.ListenerConfig{
-			Name: l.Name, Address: l.Address, Hostname: l.Hostname, Chain: ch,
+			Name: l.Name, Address: l.Address, Hostname: l.Hostname, Greeting: l.Greeting, Chain: ch,
 			Limits: server.Limits{
 				MaxMessageBytes: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
 				MaxHeaderBytes: int64(l.MaxHeaderSize), SpoolMemory: int64(l.SpoolMemory),
