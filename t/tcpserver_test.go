@@ -149,3 +149,43 @@ path = "./var/mail"
 		t.Errorf("%d messages in the Maildir, want 2 (one local, one relayed)", n)
 	}
 }
+
+// TestSIGHUPRereadsQmailControlFiles: a listening smtpd with a [qmail]
+// control directory rereads rcpthosts on SIGHUP, as qmail-smtpd reads it
+// afresh for each connection; a changed smtpgreeting (a listener setting)
+// is logged as waiting for a restart. (Under tcpserver every connection
+// is a new process and reads every file.)
+func TestSIGHUPRereadsQmailControlFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	control := filepath.Join(dir, "control")
+	os.Mkdir(control, 0o755)
+	writeFile(t, control, "me", "mx.example.test\n")
+	writeFile(t, control, "rcpthosts", "example.test\n")
+	s := startSmtpdIn(t, dir, `[qmail]
+control_dir = "control"
+
+[[listener]]
+name = "smtp"
+address = "127.0.0.1:0"
+plugins = ["qmailcontrol", "maildir"]
+
+[plugins.maildir]
+path = "./var/mail"
+`)
+	out, _ := swaks(t, s.Addr("smtp"), "--from", "a@example.net", "--to", "bob@new.example", "--quit-after", "RCPT")
+	if !strings.Contains(out, "<-  220 mx.example.test ESMTP\n") || !strings.Contains(out, "553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts") {
+		t.Fatalf("before the reload:\n%s", out)
+	}
+	writeFile(t, control, "rcpthosts", "example.test\nnew.example\n")
+	writeFile(t, control, "smtpgreeting", "renamed.example.test\n")
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	s.waitLog("msg=reloaded")
+	out, code := swaks(t, s.Addr("smtp"), "--from", "a@example.net", "--to", "bob@new.example")
+	if code != 0 || !strings.Contains(out, "250 2.0.0 Ok: queued") {
+		t.Fatalf("after SIGHUP, the new rcpthosts line was not read:\nexit %d\n%s", code, out)
+	}
+	if !strings.Contains(s.Log(), `only take effect after a restart" settings="listener \"smtp\" settings"`) {
+		t.Errorf("the changed smtpgreeting was not logged as needing a restart")
+	}
+}
