@@ -165,8 +165,13 @@ func (p *Plugin) verify(ctx context.Context, tx *transaction.Transaction) ([]Sig
 	}
 	for i := range sigs {
 		if i >= len(verifs) {
-			sigs[i].Result = authres.ResultPolicy
-			sigs[i].Reason = fmt.Sprintf("not verified: more than %d signatures (max_verifications)", p.max)
+			if i >= p.max {
+				sigs[i].Result = authres.ResultPolicy
+				sigs[i].Reason = fmt.Sprintf("not verified: more than %d signatures (max_verifications)", p.max)
+			} else {
+				// Not expected: the library found fewer fields.
+				sigs[i].Result, sigs[i].Reason = authres.ResultPermError, "not verified: the field cannot be read"
+			}
 			continue
 		}
 		v := verifs[i]
