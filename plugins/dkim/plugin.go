@@ -123,7 +123,8 @@ func (p *Plugin) DataPost(ctx context.Context, _ *connection.Connection, tx *tra
 		ReplyCode: 451,
 		Enhanced:  [3]int{4, 7, 20},
 		Msg:       "DKIM signature could not be verified; try again later",
-		Detail:    fmt.Sprintf("d=%s s=%s: %s", temp.Domain, temp.Selector, temp.Reason),
+		// Logged as "plugin refused" at WARN, never sent.
+		Err: fmt.Errorf("no signature passed; d=%s s=%s: %s", temp.Domain, temp.Selector, temp.Reason),
 	}
 }
 
@@ -212,8 +213,9 @@ func reason(err error) string { return strings.TrimPrefix(err.Error(), "dkim: ")
 // bounded by the hook's context. go-msgauth tells a temporary DNS error
 // from a missing key by net.Error's Temporary: only a name or record
 // that does not exist is permanent, anything else (SERVFAIL, a timeout,
-// a refused query) is temporary. The server's address is left out of
-// the error, which becomes the reason of the result.
+// a refused query) is temporary. The error becomes the reason of the
+// result, which may end up in a header: the DNS server's address is left
+// out of it.
 func (p *Plugin) lookup(ctx context.Context) func(string) ([]string, error) {
 	return func(name string) ([]string, error) {
 		txts, err := p.r.LookupTXT(ctx, name)
@@ -226,6 +228,9 @@ func (p *Plugin) lookup(ctx context.Context) func(string) ([]string, error) {
 		}
 		e := *de
 		e.Server = ""
+		if e.IsTimeout {
+			e.Err = "timed out" // not "dial udp 192.0.2.53:53: i/o timeout"
+		}
 		if !resolver.IsNotFound(err) {
 			e.IsTemporary = true
 		}
