@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: swaks (the SMTP client the
-# end-to-end tests drive), curl (a scripted submission client), postfix (smtp-sink and smtp-source) and
-# dovecot-core (the real Dovecot the dovecotauth tests authenticate against),
-# ucspi-tcp (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
-# tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read).
+# end-to-end tests drive), curl (a scripted submission client), postfix
+# (smtp-sink, smtp-source and the private Postfix instances), dovecot-core
+# (the real Dovecot the dovecotauth tests authenticate against), ucspi-tcp
+# (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
+# tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
+# opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
+# dkimsign tests meet) and postgrey (the real policy server the policy
+# plugin's tests ask).
 # As root it installs with apt-get; otherwise it stops and names the package.
+# The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
 
 missing=()
@@ -14,6 +19,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-core)
 command -v tcpserver >/dev/null 2>&1 || missing+=(ucspi-tcp)
 command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
+[ -x /usr/sbin/opendkim ] || missing+=(opendkim)
+{ [ -x /usr/sbin/opendkim-genkey ] && [ -x /usr/sbin/opendkim-testkey ]; } || missing+=(opendkim-tools)
+[ -x /usr/sbin/postgrey ] || missing+=(postgrey)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -26,5 +34,12 @@ fi
 echo "installing ${missing[*]} ..." >&2
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
+# policy-rc.d: no package starts its daemon (postgrey, opendkim, postfix).
+rcd=/usr/sbin/policy-rc.d
+placed=
+if [ ! -e "$rcd" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$rcd" && chmod 755 "$rcd" && placed=1
+fi
+trap '[ -n "$placed" ] && rm -f "$rcd"' EXIT
 apt-get update -qq >/dev/null
 apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -9,9 +9,14 @@ import (
 // Signature is the verification result of one DKIM-Signature header.
 type Signature struct {
 	// Domain is the signing domain (d=), Selector the key's selector
-	// (s=), Identifier the agent or user identifier (i=).
+	// (s=), Identifier the agent or user identifier (i=, "@" and the
+	// domain when the signature has none).
 	Domain, Selector, Identifier string
-	// Result is pass, fail, neutral, temperror or permerror (RFC 8601).
+	// Algorithm is the signature's algorithm (a=): "rsa-sha256",
+	// "ed25519-sha256".
+	Algorithm string
+	// Result is pass, fail, policy, temperror or permerror (RFC 8601
+	// section 2.7.1).
 	Result authres.ResultValue
 	// Reason says why a signature did not pass ("body hash did not
 	// verify", "no key for signature").
