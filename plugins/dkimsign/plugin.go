@@ -157,11 +157,11 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	records := map[string]bool{}
 	for i, ks := range s.Keys {
 		where := fmt.Sprintf("key %d", i+1)
-		d, ok := mailaddr.CanonicalDomain(ks.Domain)
-		if !ok || strings.HasPrefix(d, "[") || !strings.Contains(d, ".") {
+		d, ok := SigningDomain(ks.Domain)
+		if !ok {
 			return nil, fmt.Errorf("%s: domain = %q: want a domain name such as \"example.com\"", where, ks.Domain)
 		}
-		if !selectorRe.MatchString(ks.Selector) {
+		if !ValidSelector(ks.Selector) {
 			return nil, fmt.Errorf("%s (%s): selector = %q: want a DNS label such as \"mail2026\" (letters, digits, hyphens; dots between labels)", where, d, ks.Selector)
 		}
 		rec := mailaddr.LowerASCII(ks.Selector) + "._domainkey." + d
@@ -180,6 +180,21 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	}
 	return p, nil
 }
+
+// SigningDomain returns domain as a d= tag carries it (ASCII, lower case,
+// A-labels, no trailing dot); ok is false for what is not a domain name
+// with at least two labels.
+func SigningDomain(domain string) (d string, ok bool) {
+	d, ok = mailaddr.CanonicalDomain(domain)
+	if !ok || strings.HasPrefix(d, "[") || !strings.Contains(d, ".") {
+		return "", false
+	}
+	return d, true
+}
+
+// ValidSelector reports whether s is a selector: dot-separated labels of
+// letters, digits and hyphens (RFC 6376 3.1).
+func ValidSelector(s string) bool { return selectorRe.MatchString(s) }
 
 func canon(c string) bool {
 	return c == string(dkim.CanonicalizationRelaxed) || c == string(dkim.CanonicalizationSimple)

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 
-	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/plugins/dkimsign"
 )
 
@@ -44,9 +43,13 @@ func dkimKeygen(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	d, ok := mailaddr.CanonicalDomain(*domain)
+	d, ok := dkimsign.SigningDomain(*domain)
 	if !ok {
 		fmt.Fprintf(stderr, "smtpd dkim-keygen: -domain %q is not a domain name\n", *domain)
+		return 2
+	}
+	if !dkimsign.ValidSelector(*selector) {
+		fmt.Fprintf(stderr, "smtpd dkim-keygen: -selector %q: want a DNS label such as \"mail2026\" (letters, digits, hyphens; dots between labels)\n", *selector)
 		return 2
 	}
 	path := *out
