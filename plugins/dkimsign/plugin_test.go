@@ -11,21 +11,27 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 
 	"github.com/sluice-mta/sluice/config"
+	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/authfile"
 	"github.com/sluice-mta/sluice/plugins/dkimsign"
 	"github.com/sluice-mta/sluice/resolver/dnstest"
+	"github.com/sluice-mta/sluice/transaction"
 
 	// The other plugins of the README's example, so it builds whole.
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
@@ -595,3 +601,115 @@ func TestTXTRecordSplitsLongKeys(t *testing.T) {
 }
 
 var _ hooks.QueuePre = (*dkimsign.Plugin)(nil)
+
+// nullQueue is a queue plugin that reads the message as a queue would and
+// keeps nothing, so what a message costs in memory is the chain's own.
+type nullQueue struct{ n int64 }
+
+func (q *nullQueue) Queue(_ context.Context, _ *connection.Connection, tx *transaction.Transaction) hooks.Result {
+	n, err := tx.WriteTo(io.Discard)
+	if err != nil {
+		return hooks.Fail(err)
+	}
+	q.n = n
+	return hooks.Accept("")
+}
+
+// peakHeap returns the most heap in use, over what was in use before,
+// seen while one session sends msg through a chain with dkimsign built
+// from settings ("" for none). The garbage collector runs often meanwhile
+// (GOGC=5), so what it sees is what the chain holds, not garbage.
+func peakHeap(t *testing.T, settings, msg string) uint64 {
+	t.Helper()
+	ins := []hooks.Instance{
+		hookstest.Plugin("authfile", hookstest.Build(t, "authfile", fmt.Sprintf("path = %q", passwdFile))),
+		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.net"]`)),
+	}
+	if settings != "" {
+		ins = append(ins, hookstest.Plugin("dkimsign", hookstest.Build(t, "dkimsign", settings)))
+	}
+	q := &nullQueue{}
+	h := hookstest.New(t, append(ins, hookstest.Plugin("queue", q))...)
+	h.AuthPlaintextLoopback = true
+	s := loggedIn(t, h)
+	defer debug.SetGCPercent(debug.SetGCPercent(5))
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	base := m.HeapInuse
+	peak := base
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() { // samples the heap while the message goes through
+		defer close(sampled)
+		var m runtime.MemStats
+		for {
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	rep := s.Send("alice@example.com", []string{"bob@example.net"}, msg)
+	close(done)
+	<-sampled
+	hookstest.Expect(t, rep, 250, "queued")
+	if q.n < int64(len(msg)) {
+		t.Fatalf("the queue read %d bytes; want at least %d", q.n, len(msg))
+	}
+	return peak - base
+}
+
+// Signing reads the message from the spool as it streams by: with two
+// keys, an 8 MB message makes the heap grow by less than a copy of it
+// (2 to 5 MB more than without signing, measured: go-msgauth's
+// canonicalizers allocate per chunk, garbage the collector has not yet
+// taken when the heap is sampled; a copy held would add 8 MB to that).
+func TestSigningDoesNotCopyTheMessage(t *testing.T) {
+	dir := t.TempDir()
+	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
+	ek := newKey(t, dir, "ed25519", "example.com", "ed2026")
+	msg := message + strings.Repeat("A line of a long message, long enough to spool to a file.\r\n", 8<<20/60)
+	without := peakHeap(t, "", msg)
+	with := peakHeap(t, rk.toml()+ek.toml(), msg)
+	t.Logf("an %d-byte message: the heap grew by %d bytes at most without dkimsign, %d with it (two keys)", len(msg), without, with)
+	if with > without+uint64(len(msg)) { // a copy would be all of it, and the churn on top
+		t.Errorf("signing an %d-byte message grew the heap by %d bytes more than not signing it; want well under a copy of it", len(msg), with-without)
+	}
+}
+
+func BenchmarkSign(b *testing.B) {
+	dir := b.TempDir()
+	rk := newKey(b, dir, "rsa", "example.com", "rsa2026")
+	ek := newKey(b, dir, "ed25519", "example.com", "ed2026")
+	body := strings.Repeat("A line of a message of a usual size, some tens of kilobytes.\r\n", 30<<10/64)
+	for _, c := range []struct{ name, settings string }{
+		{"none", ""},
+		{"rsa2048", rk.toml()},
+		{"ed25519", ek.toml()},
+		{"both", rk.toml() + ek.toml()},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ins := []hooks.Instance{
+				hookstest.Plugin("authfile", hookstest.Build(b, "authfile", fmt.Sprintf("path = %q", passwdFile))),
+				hookstest.Plugin("rcptok", hookstest.Build(b, "rcptok", `domains = ["example.net"]`)),
+			}
+			if c.settings != "" {
+				ins = append(ins, hookstest.Plugin("dkimsign", hookstest.Build(b, "dkimsign", c.settings)))
+			}
+			h := hookstest.New(b, append(ins, hookstest.Plugin("queue", &nullQueue{}))...)
+			h.AuthPlaintextLoopback = true
+			h.Logger = slog.New(slog.DiscardHandler)
+			s := loggedIn(b, h)
+			b.SetBytes(int64(len(message) + len(body)))
+			for b.Loop() {
+				if rep := s.Send("alice@example.com", []string{"bob@example.net"}, message+body); rep.Code != 250 {
+					b.Fatal(rep)
+				}
+			}
+		})
+	}
+}
