@@ -5,6 +5,8 @@
 //	smtpd stdio [-config FILE]    serve one connection on stdin/stdout (tcpserver, inetd)
 //	smtpd plugins                 list the compiled-in plugins and their hooks
 //	smtpd passwd [-file F] USER   set USER's password in an authfile password file
+//	smtpd dkim-keygen -domain D -selector S [-algorithm rsa|ed25519] [-bits N] [-out F]
+//	                              write a DKIM signing key, print its DNS record
 //	smtpd version                 print the version
 //
 // The command itself is package cli; plugins.go beside this file is the

@@ -1,5 +1,5 @@
-// Package cli is the smtpd command line: serve, check, plugins, passwd and
-// version. cmd/smtpd is this plus the list of compiled-in plugins; a custom
+// Package cli is the smtpd command line: serve, check, plugins, passwd,
+// dkim-keygen and version. cmd/smtpd is this plus the list of compiled-in plugins; a custom
 // smtpd with plugins of its own is the same two files in another module:
 //
 //	package main
@@ -19,6 +19,8 @@
 //	smtpd check [-config FILE]    validate the configuration, build every plugin, exit
 //	smtpd plugins                 list the compiled-in plugins and their hooks
 //	smtpd passwd [-file F] USER   set USER's password in an authfile password file
+//	smtpd dkim-keygen -domain D -selector S [-algorithm rsa|ed25519] [-bits N] [-out F]
+//	                              write a DKIM signing key, print its DNS record
 //	smtpd version                 print the version
 package cli
 
@@ -64,6 +66,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return listPlugins(stdout)
 	case "passwd":
 		return passwd(args, stdin, stdout, stderr)
+	case "dkim-keygen":
+		return dkimKeygen(args, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "smtpd (Sluice) %s\n", Version)
 		return 0
@@ -85,6 +89,8 @@ func usage(w io.Writer) {
                                   serve one connection on stdin/stdout (under tcpserver or inetd)
   smtpd plugins                   list the compiled-in plugins and the hooks each implements
   smtpd passwd [-file FILE] USER  set USER's password in an authfile password file
+  smtpd dkim-keygen -domain D -selector S [-algorithm rsa|ed25519] [-bits 2048] [-out FILE]
+                                  write a DKIM signing key (mode 0600) and print its DNS TXT record
   smtpd version                   print the version
   smtpd help                      print this text
 `, config.DefaultPath)
