@@ -8,6 +8,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/chaos"
 	_ "github.com/sluice-mta/sluice/plugins/checkpassword"
 	_ "github.com/sluice-mta/sluice/plugins/discard"
+	_ "github.com/sluice-mta/sluice/plugins/dmarc"
 	_ "github.com/sluice-mta/sluice/plugins/dovecotauth"
 	_ "github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/lmtp"
