@@ -157,7 +157,7 @@ func (p *Plugin) DataPost(ctx context.Context, c *connection.Connection, tx *tra
 // and returns what the client gets.
 func (p *Plugin) enforce(v *verdict, tx *transaction.Transaction) hooks.Result {
 	policy := v.Policy
-	if pct := v.pct; pct < 100 && p.sample(100) >= pct {
+	if pct := v.pct; pct < 100 && policy != "none" && p.sample(100) >= pct {
 		// Sampled out: the next policy down applies (RFC 7489 6.3, pct).
 		switch policy {
 		case "reject":

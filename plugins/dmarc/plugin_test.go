@@ -427,6 +427,18 @@ func TestFromField(t *testing.T) {
 	}
 }
 
+func TestFromPastTheHeaderIndexIsPermError(t *testing.T) {
+	srv := dnstest.Start(t, dnstest.TXT("_dmarc.example.com", "v=DMARC1; p=reject"))
+	h := harness(t, &seed{}, build(t, srv, ""))
+	h.Limits.HeaderIndexFields = 2 // the From below is past the fields plugins see
+	rep, m := send(t, h, "Received: from a\r\nReceived: from b\r\nReceived: from c\r\n"+msg)
+	hookstest.Expect(t, rep, 250)
+	want := dmarc.Verdict{Result: authres.ResultPermError, Disposition: "none", Reason: "no From field in the parsed part of an overlong header"}
+	if v := verdict(t, m); v != want {
+		t.Fatalf("verdict\n%+v, want\n%+v", v, want)
+	}
+}
+
 func TestRelayClientsAreSkipped(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.TXT("_dmarc.example.com", "v=DMARC1; p=reject"))
 	h := harness(t, &seed{}, build(t, srv, ""))
