@@ -18,7 +18,9 @@ type Verdict struct {
 	Policy string
 	// Disposition is what the plugin did about a fail: "none",
 	// "quarantine" (a header and this note, for a later plugin) or
-	// "reject"; "none" when pct= sampled the message out.
+	// "reject", after the admin's settings. When pct= sampled the message
+	// out, the next policy down applied (RFC 7489 6.3): a reject became
+	// a quarantine, a quarantine none.
 	Disposition string
 	// SPFAligned and DKIMAligned say which identifier aligned with From.
 	SPFAligned, DKIMAligned bool
