@@ -1,9 +1,9 @@
 // Package authresults writes the Authentication-Results header field (RFC
 // 8601) that tells the mailbox side what the spf, dkim and dmarc plugins
 // found, and removes the fields a sender forged under this server's
-// authserv-id. It is the header half of Haraka's auth plugins
-// (spf, dkim_verify, dmarc write it there) and of qpsmtpd's dkim and
-// dmarc plugins.
+// authserv-id. It is the header half of Haraka's spf, dkim and dmarc
+// plugins (Haraka writes the field from their auth_results) and of
+// qpsmtpd's dkim and dmarc plugins.
 //
 // It runs at data_post, after spf, dkim and dmarc in the chain: they have
 // checked the message as it was sent (a DKIM signature that covered a
