@@ -175,6 +175,26 @@ func (h *Header) Set(name, value string) {
 // Del removes every field named name.
 func (h *Header) Del(name string) { h.del(0, name) }
 
+// DelFunc removes every field for which drop returns true, keeping the
+// others in order, and returns how many it removed: to remove some fields
+// of a name and keep the rest (an Authentication-Results field that claims
+// to come from this server, say). drop sees the fields Fields returns.
+func (h *Header) DelFunc(drop func(Field) bool) int {
+	out := h.fields[:0]
+	for _, f := range h.fields {
+		if drop(Field{Name: string(h.nameOf(f)), Raw: h.raw(f)}) {
+			h.dead += int(f.n)
+		} else {
+			out = append(out, f)
+		}
+	}
+	n := len(h.fields) - len(out)
+	clear(h.fields[len(out):])
+	h.fields = out
+	h.compact()
+	return n
+}
+
 func (h *Header) del(from int, name string) {
 	out := h.fields[:from]
 	for _, f := range h.fields[from:] {

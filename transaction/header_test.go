@@ -295,6 +295,28 @@ func TestHeaderEdits(t *testing.T) {
 	}
 }
 
+func TestHeaderDelFunc(t *testing.T) {
+	h := headerOf(t, "X-A: keep\r\nSubject: s\r\nx-a: drop\r\n folded\r\nX-A: keep too\r\n\r\n")
+	var seen []string
+	n := h.DelFunc(func(f Field) bool {
+		seen = append(seen, f.Name+"="+f.Value())
+		return strings.EqualFold(f.Name, "X-A") && strings.HasPrefix(f.Value(), "drop")
+	})
+	if n != 1 {
+		t.Fatalf("DelFunc removed %d fields, want 1", n)
+	}
+	if want := []string{"X-A=keep", "Subject=s", "x-a=drop folded", "X-A=keep too"}; !slices.Equal(seen, want) {
+		t.Fatalf("drop saw %q, want %q", seen, want)
+	}
+	want := "X-A: keep\r\nSubject: s\r\nX-A: keep too\r\n\r\n"
+	if got := string(h.Bytes()); got != want {
+		t.Fatalf("Bytes() = %q\nwant      %q", got, want)
+	}
+	if n := h.DelFunc(func(Field) bool { return false }); n != 0 || string(h.Bytes()) != want {
+		t.Fatalf("dropping nothing removed %d: %q", n, h.Bytes())
+	}
+}
+
 func TestNewFieldCannotInjectAField(t *testing.T) {
 	for _, value := range []string{
 		"x\r\nBcc: evil@example.net",

@@ -5,6 +5,7 @@ package main
 // `smtpd plugins` prints them with the hooks each implements.
 import (
 	_ "github.com/sluice-mta/sluice/plugins/authfile"
+	_ "github.com/sluice-mta/sluice/plugins/authresults"
 	_ "github.com/sluice-mta/sluice/plugins/chaos"
 	_ "github.com/sluice-mta/sluice/plugins/checkpassword"
 	_ "github.com/sluice-mta/sluice/plugins/discard"
