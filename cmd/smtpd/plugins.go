@@ -14,6 +14,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/loop"
 	_ "github.com/sluice-mta/sluice/plugins/maildir"
 	_ "github.com/sluice-mta/sluice/plugins/maxrcpt"
+	_ "github.com/sluice-mta/sluice/plugins/policy"
 	_ "github.com/sluice-mta/sluice/plugins/qmailqueue"
 	_ "github.com/sluice-mta/sluice/plugins/ratelimit"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
