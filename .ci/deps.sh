@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: swaks (the SMTP client the
-# end-to-end tests drive), curl (a scripted submission client), postfix (smtp-sink and smtp-source) and
-# dovecot-core (the real Dovecot the dovecotauth tests authenticate against).
+# end-to-end tests drive), curl (a scripted submission client), postfix (smtp-sink and smtp-source),
+# dovecot-core (the real Dovecot the dovecotauth tests authenticate against) and
+# postgrey (the real policy server the policy plugin's tests ask).
 # As root it installs with apt-get; otherwise it stops and names the package.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-core)
+[ -x /usr/sbin/postgrey ] || missing+=(postgrey)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
