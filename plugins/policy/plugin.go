@@ -271,7 +271,7 @@ func (p *Plugin) DataPost(ctx context.Context, c *connection.Connection, tx *tra
 		name, value, _ := strings.Cut(prepend[i], ":")
 		tx.Header.Prepend(name, strings.TrimLeft(value, " \t"))
 	}
-	if text, ok := NoteDiscard.Lookup(&tx.Notes); ok && r.Code == hooks.Declined {
+	if text, ok := NoteDiscard.Lookup(&tx.Notes); ok {
 		p.log.Warn("policy server discarded the message", "conn", c.ID, "tx", tx.ID, "text", text)
 		// As Postfix does, the client is told the message was queued.
 		return hooks.Result{Code: hooks.Done, Msg: "Ok: queued as " + tx.ID, Detail: "discarded by the policy server: " + text}

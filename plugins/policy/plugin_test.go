@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -611,5 +612,78 @@ func TestCloseClosesIdleConnections(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the kept connection is still open 5s after Close")
+	}
+}
+
+// Sessions at the same time each take a connection of their own; the
+// pool keeps at most max_idle of them for later.
+func TestConcurrentSessions(t *testing.T) {
+	srv := startServer(t, "tcp", "127.0.0.1:0", action("DUNNO"))
+	h, _ := chain(t, fmt.Sprintf("address = %q\nmax_idle = 2", srv.addr()))
+	const sessions, each = 8, 5
+	var wg sync.WaitGroup
+	for range sessions {
+		s := h.Connect("192.0.2.1")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				hookstest.Expect(t, s.Send("alice@example.org", []string{"bob@example.test"}, msg), 250, "queued as")
+			}
+		}()
+	}
+	wg.Wait()
+	got, conns := srv.stats()
+	if len(got) != sessions*each || conns > sessions*each || conns < 1 {
+		t.Errorf("%d requests on %d connections; want %d", len(got), conns, sessions*each)
+	}
+	t.Logf("%d requests on %d connections", len(got), conns)
+}
+
+// BenchmarkRcpt measures one RCPT asked of a loopback policy server over a
+// kept connection.
+func BenchmarkRcpt(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if line == "\n" {
+						c.Write([]byte("action=DUNNO\n\n"))
+					}
+				}
+			}()
+		}
+	}()
+	p := hookstest.BuildAs[*policy.Plugin](b, "policy", fmt.Sprintf("address = %q", ln.Addr().String()))
+	h := hookstest.New(b, hookstest.Plugin("policy", p),
+		hookstest.Plugin("rcptok", hookstest.Build(b, "rcptok", `domains = ["example.test"]`)))
+	h.Logger = slog.New(slog.DiscardHandler)
+	s := h.Connect("192.0.2.1")
+	s.Helo("client.example")
+	s.Mail("alice@example.org")
+	b.ResetTimer()
+	for i := range b.N {
+		if rep := s.Rcpt("bob@example.test"); rep.Code != 250 {
+			b.Fatalf("%v", rep)
+		}
+		if i%50 == 49 {
+			s.Reset()
+			s.Mail("alice@example.org")
+		}
 	}
 }
