@@ -16,6 +16,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -34,7 +35,8 @@ func init() { hooks.Register("external", New) }
 type Settings struct {
 	// Command is the program and its arguments, run as they are (no shell:
 	// write ["sh", "-c", "..."] for one). The program is looked up in
-	// $PATH. Required.
+	// $PATH, or taken as a path when it has a slash (from Dir when it is
+	// relative and Dir is set). Required.
 	Command []string `toml:"command"`
 	// Dir is the program's working directory. Default: smtpd's.
 	Dir string `toml:"dir"`
@@ -89,6 +91,7 @@ type Plugin struct {
 	backoff0  time.Duration
 	backoffMx time.Duration
 	hello     []byte
+	grace     time.Duration // Close's wait between steps
 
 	// Set by the first handshake, read-only after New.
 	declared   [32]bool // by hooks.Hook
@@ -100,12 +103,13 @@ type Plugin struct {
 
 	callMu sync.Mutex // one call at a time, unless the program is concurrent
 
-	mu      sync.Mutex
-	proc    *process // nil while down
-	retryAt time.Time
-	backoff time.Duration
-	lastErr error // why it is down
-	closed  bool
+	mu       sync.Mutex
+	proc     *process // nil while down
+	retryAt  time.Time
+	backoff  time.Duration
+	lastErr  error         // why it is down
+	starting chan struct{} // closed when the start under way ends; nil when none is
+	closed   bool
 }
 
 // The hooks the plugin implements; each declines at once unless the
@@ -149,16 +153,24 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return nil, errors.New(`command: required: the program and its arguments, such as ["python3", "/etc/sluice/blocklist.py"]`)
 	}
 	argv := slices.Clone(s.Command)
-	prog, err := exec.LookPath(argv[0])
+	if s.Dir != "" {
+		info, err := os.Stat(s.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("dir: %w", err)
+		}
+		if !info.IsDir() {
+			return nil, fmt.Errorf("dir: %q is not a directory", s.Dir)
+		}
+	}
+	prog := argv[0]
+	if s.Dir != "" && strings.Contains(prog, "/") && !filepath.IsAbs(prog) {
+		prog = filepath.Join(s.Dir, prog) // the child runs in dir
+	}
+	prog, err := exec.LookPath(prog)
 	if err != nil {
 		return nil, fmt.Errorf("command: %w", err)
 	}
 	argv[0] = prog
-	if s.Dir != "" {
-		if info, err := os.Stat(s.Dir); err != nil || !info.IsDir() {
-			return nil, fmt.Errorf("dir: %q is not a directory", s.Dir)
-		}
-	}
 	for name, d := range map[string]time.Duration{
 		"timeout": s.Timeout.Duration, "start_timeout": s.StartTimeout.Duration,
 		"restart_backoff": s.RestartBackoff.Duration, "restart_backoff_max": s.RestartBackoffMax.Duration,
@@ -190,7 +202,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		timeout: s.Timeout.Duration, start0: s.StartTimeout.Duration,
 		declines: s.OnFailure == "decline", maxBody: int64(s.MaxBody),
 		backoff0: s.RestartBackoff.Duration, backoffMx: s.RestartBackoffMax.Duration,
-		backoff: s.RestartBackoff.Duration,
+		backoff: s.RestartBackoff.Duration, grace: stopGrace,
 	}
 	names := make([]string, len(forwarded))
 	for i, h := range forwarded {
@@ -249,47 +261,92 @@ func (p *Plugin) logger() *slog.Logger {
 // two seconds apart. Calls after Close fail.
 func (p *Plugin) Close() error {
 	p.mu.Lock()
+	p.closed = true
+	starting := p.starting
+	p.mu.Unlock()
+	if starting != nil {
+		<-starting // the start sees closed and stops what it started
+	}
+	p.mu.Lock()
 	pr := p.proc
-	p.proc, p.closed = nil, true
+	p.proc = nil
 	p.mu.Unlock()
 	if pr != nil {
-		pr.stop(stopGrace)
+		pr.stop(p.grace)
 	}
 	return nil
 }
 
-// running returns the running process, starting one when the program is
-// down and its back-off has passed.
-func (p *Plugin) running(deadline time.Time) (*process, error) {
+// running returns the running process. When the program is down and its
+// back-off has passed, it starts it again in the background, under
+// start_timeout rather than the call's deadline (an interpreter may take
+// longer to start than a call may last), and waits for it until the
+// call's deadline.
+func (p *Plugin) running(ctx context.Context, deadline time.Time) (*process, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
-		return nil, errStopped
-	}
-	if pr := p.proc; pr != nil {
+	for waited := false; ; waited = true {
+		if p.closed {
+			return nil, errStopped
+		}
+		if pr := p.proc; pr != nil {
+			select {
+			case <-pr.dead:
+				p.downLocked(pr, pr.reason())
+			default:
+				return pr, nil
+			}
+		}
+		if p.starting == nil {
+			if waited {
+				return nil, fmt.Errorf("the program did not start: %w", p.lastErr)
+			}
+			if wait := time.Until(p.retryAt); wait > 0 {
+				return nil, fmt.Errorf("the program is down (%v); next start in %v", p.lastErr, wait.Round(time.Millisecond))
+			}
+			p.starting = make(chan struct{})
+			go p.restart(p.starting)
+		}
+		starting := p.starting
+		p.mu.Unlock()
+		t := time.NewTimer(time.Until(deadline))
 		select {
-		case <-pr.dead:
-			p.downLocked(pr, pr.reason())
-		default:
-			return pr, nil
+		case <-starting:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		p.mu.Lock()
+		if p.proc == nil && p.starting == starting {
+			return nil, errors.New("the program is starting again and did not answer the hello in time for this call")
 		}
 	}
-	if wait := time.Until(p.retryAt); wait > 0 {
-		return nil, fmt.Errorf("the program is down (%v); next start in %v", p.lastErr, wait.Round(time.Millisecond))
-	}
-	pr, h, err := p.start(min(p.start0, time.Until(deadline)))
-	if err != nil {
+}
+
+// restart starts the program again and closes done.
+func (p *Plugin) restart(done chan struct{}) {
+	pr, h, err := p.start(p.start0)
+	p.mu.Lock()
+	defer func() {
+		p.starting = nil
+		p.mu.Unlock()
+		close(done)
+	}()
+	switch {
+	case err != nil:
+		p.logger().Error("external program did not start", "plugin", p.instance(), "err", err.Error())
 		p.lastErr = err
 		p.retryAt = time.Now().Add(p.backoff)
 		p.backoff = min(2*p.backoff, p.backoffMx)
-		return nil, err
+	case p.closed:
+		pr.stop(p.grace)
+	default:
+		if !sameHooks(p, h) {
+			p.logger().Warn("external program declares other hooks than at start: the first declaration stays until a reload",
+				"plugin", p.instance(), "hooks", h.Hooks)
+		}
+		p.proc = pr
 	}
-	if !sameHooks(p, h) {
-		p.logger().Warn("external program declares other hooks than at start: the first declaration stays until a reload",
-			"plugin", p.instance(), "hooks", h.Hooks)
-	}
-	p.proc = pr
-	return pr, nil
 }
 
 func sameHooks(p *Plugin, h *handshake) bool {
@@ -362,11 +419,11 @@ func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.C
 		p.callMu.Lock()
 		defer p.callMu.Unlock()
 	}
-	deadline := time.Now().Add(p.timeout)
+	deadline, limit := time.Now().Add(p.timeout), fmt.Sprintf("within the timeout (%v)", p.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+		deadline, limit = d, "before the hook's deadline"
 	}
-	pr, err := p.running(deadline)
+	pr, err := p.running(ctx, deadline)
 	if err != nil {
 		return hooks.Result{}, err
 	}
@@ -395,8 +452,7 @@ func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.C
 		p.down(pr, err)
 		return hooks.Result{}, err
 	}
-	wait := time.Until(deadline)
-	t := time.NewTimer(wait)
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	var resp *response
 	select {
@@ -412,7 +468,7 @@ func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.C
 		}
 	case <-t.C:
 		pr.unregister(req.ID)
-		err := fmt.Errorf("no answer within %v: killed, it restarts", wait.Round(time.Millisecond))
+		err := fmt.Errorf("no answer %s: killed, it restarts", limit)
 		p.down(pr, err)
 		return hooks.Result{}, err
 	case <-ctx.Done():
