@@ -1,6 +1,7 @@
 package external_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -24,6 +25,28 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/relay"
 	"github.com/sluice-mta/sluice/transaction"
 )
+
+// TestMain makes the test binary a minimal program of its own when
+// EXTERNAL_TEST_RESPONDER=1: it declares rcpt and declines every call, to
+// measure the plugin's own cost per call.
+func TestMain(m *testing.M) {
+	if os.Getenv("EXTERNAL_TEST_RESPONDER") == "1" {
+		in := bufio.NewScanner(os.Stdin)
+		in.Buffer(nil, 1<<20)
+		in.Scan() // the hello
+		out := bufio.NewWriter(os.Stdout)
+		out.WriteString(`{"hooks":["rcpt"]}` + "\n")
+		out.Flush()
+		for in.Scan() {
+			var r struct{ ID uint64 }
+			json.Unmarshal(in.Bytes(), &r)
+			fmt.Fprintf(out, `{"id":%d,"code":"declined"}`+"\n", r.ID)
+			out.Flush()
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
 
 const msg = "Subject: hi\r\nFrom: <a@example.org>\r\n\r\nHello.\r\n"
 
@@ -407,15 +430,20 @@ func TestReadmeExamplesWork(t *testing.T) {
 	}
 }
 
-// BenchmarkRcptCall measures one rcpt hook call through the Python
-// example: the request encoded, written, answered, decoded.
+// BenchmarkRcptCall measures one rcpt hook call: the request encoded,
+// written, answered by the program, read and decoded. "go" is the test
+// binary as a minimal program (the plugin's own cost and the pipes'),
+// "python" and "sh" the examples.
 func BenchmarkRcptCall(b *testing.B) {
 	for _, ex := range []struct{ name, command string }{
 		{"python", `["python3", "examples/blocklist.py"]`},
-		{"cat-like-sh", `["sh", "-c", "read -r h; echo '{\"hooks\":[\"rcpt\"]}'; while IFS= read -r l; do id=${l#'{\"id\":'}; echo \"{\\\"id\\\":${id%%,*},\\\"code\\\":\\\"declined\\\"}\"; done"]`},
+		{"go", fmt.Sprintf("[%q]\nenv = { EXTERNAL_TEST_RESPONDER = \"1\" }", os.Args[0])},
+		{"sh", `["sh", "examples/blocklist.sh"]`},
 	} {
 		b.Run(ex.name, func(b *testing.B) {
 			p := hookstest.BuildAs[*external.Plugin](b, "external", "command = "+ex.command)
+			external.SetLogger(p, (&hookstest.LogBuffer{}).Logger())
+			b.Cleanup(func() { p.Close() })
 			c := connection.New("mx", "mx.example.test", netip.MustParseAddrPort("127.0.0.1:25"), netip.MustParseAddrPort("192.0.2.1:1234"))
 			c.Helo = "client.example.org"
 			tx := transaction.New(b.TempDir(), 0)
@@ -428,5 +456,42 @@ func BenchmarkRcptCall(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// pairs is a concurrent program: it waits for two requests, then answers
+// the second first, each with a refusal naming its recipient.
+const pairs = `["python3", "-c", """
+import json, sys
+sys.stdin.readline()
+print(json.dumps({"hooks": ["rcpt"], "concurrent": True}), flush=True)
+held = []
+for line in sys.stdin:
+    held.append(json.loads(line))
+    if len(held) == 2:
+        for r in reversed(held):
+            print(json.dumps({"id": r["id"], "code": "deny", "msg": "No " + r["args"]["recipient"]}), flush=True)
+        held = []
+"""]`
+
+func TestConcurrentProgramAnswersInAnyOrder(t *testing.T) {
+	h, _, _ := harness(t, pairs, "")
+	var sessions [2]*hookstest.Session
+	for i := range sessions {
+		sessions[i] = h.Connect("192.0.2.1")
+		mail(t, sessions[i])
+	}
+	var replies [2]hooks.Reply
+	done := make(chan int)
+	for i, s := range sessions {
+		go func() {
+			replies[i] = s.Rcpt(fmt.Sprintf("u%d@example.test", i))
+			done <- i
+		}()
+	}
+	<-done
+	<-done
+	for i, r := range replies {
+		hookstest.ExpectReply(t, r, fmt.Sprintf("550 5.7.1 No u%d@example.test", i))
 	}
 }
