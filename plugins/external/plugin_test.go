@@ -161,16 +161,16 @@ func TestExamplesCrashFailsClosedThenRestarts(t *testing.T) {
 func TestExamplesHangTimesOutAndRestarts(t *testing.T) {
 	for _, ex := range examples {
 		t.Run(ex.name, func(t *testing.T) {
-			h, p, l := harness(t, ex.command, "env = { BLOCKLIST_TEST_FAULTS = \"1\" }\ntimeout = \"300ms\"\nrestart_backoff = \"20ms\"")
+			h, p, l := harness(t, ex.command, "env = { BLOCKLIST_TEST_FAULTS = \"1\" }\ntimeout = \"1s\"\nrestart_backoff = \"20ms\"")
 			first := external.PID(p)
 			s := h.Connect("192.0.2.1")
 			mail(t, s)
 			start := time.Now()
 			hookstest.ExpectReply(t, s.Rcpt("hang@example.test"), "451 4.3.0 Local error in processing; try again later")
 			if took := time.Since(start); took > 3*time.Second {
-				t.Errorf("the hung call took %v; timeout is 300ms", took)
+				t.Errorf("the hung call took %v; timeout is 1s", took)
 			}
-			if log := l.String(); !strings.Contains(log, "no answer within the timeout (300ms): killed, it restarts") {
+			if log := l.String(); !strings.Contains(log, "no answer within the timeout (1s): killed, it restarts") {
 				t.Errorf("the log does not say why:\n%s", log)
 			}
 			// The hung process is gone: killed with its process group.

@@ -83,6 +83,14 @@ func (p *Plugin) start(timeout time.Duration) (*process, *handshake, error) {
 
 	deadline := time.Now().Add(timeout)
 	if err := pr.write(p.hello, deadline); err != nil {
+		// Most likely it exited already (a broken pipe): say so.
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case <-pr.exited:
+			return nil, nil, fmt.Errorf("%s exited before its handshake (%v)", p.argv[0], pr.cmd.ProcessState)
+		case <-t.C:
+		}
 		pr.kill(err)
 		return nil, nil, fmt.Errorf("sending the hello: %w", err)
 	}
