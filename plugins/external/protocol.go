@@ -232,11 +232,13 @@ func args(kv ...string) *json.RawMessage {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		k, _ := json.Marshal(kv[i])
-		v, _ := json.Marshal(kv[i+1])
-		b.Write(k)
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false) // as the rest of the request: "&" stays "&"
+		enc.Encode(kv[i])
+		b.Truncate(b.Len() - 1) // Encode's newline
 		b.WriteByte(':')
-		b.Write(v)
+		enc.Encode(kv[i+1])
+		b.Truncate(b.Len() - 1)
 	}
 	b.WriteByte('}')
 	raw := json.RawMessage(b.Bytes())
