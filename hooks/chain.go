@@ -95,6 +95,9 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 				ch.maxSize = m
 			}
 		}
+		if nm, ok := p.(InstanceNamer); ok {
+			nm.SetInstanceName(n)
+		}
 		if implements[Queue](p) {
 			d, ok := p.(DSNCarrier)
 			dsn = dsn && ok && d.CarriesDSN()

@@ -884,3 +884,21 @@ func TestRefusalWithErrLogLevels(t *testing.T) {
 		}
 	}
 }
+
+// named records the instance name the chain gives it.
+type named struct{ got []string }
+
+func (n *named) Noop(context.Context, *connection.Connection) hooks.Result { return hooks.Result{} }
+func (n *named) SetInstanceName(name string)                               { n.got = append(n.got, name) }
+
+func TestChainTellsAnInstanceNamerItsName(t *testing.T) {
+	n := &named{}
+	for range 2 { // two listeners share the instance: told twice, the same name
+		if _, err := hooks.NewChain([]hooks.Instance{{Name: "blocklist", Plugin: n}}, hooks.Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Join(n.got, ",") != "blocklist,blocklist" {
+		t.Fatalf("SetInstanceName calls: %q", n.got)
+	}
+}

@@ -437,3 +437,13 @@ type SizeLimiter interface {
 type DSNCarrier interface {
 	CarriesDSN() bool
 }
+
+// InstanceNamer is an optional interface for a plugin that needs the name
+// it is configured under: its instance name, the config key, which is not
+// its registered name when the table says use = "..." (the external
+// plugin namespaces the notes of the program it runs under it). NewChain
+// calls SetInstanceName when it builds a chain holding the plugin, before
+// any hook runs: once per chain, always with the same name.
+type InstanceNamer interface {
+	SetInstanceName(name string)
+}
