@@ -112,17 +112,20 @@ func (c *Checker) Check(ctx context.Context, req Request) Verdict {
 	}
 	s := server.NewSession(ctx, conn, c.Session)
 	defer s.Close()
+	// Postfix is the SMTP server here: what its parser accepted and Sluice's
+	// refuses is Postfix's business, and is answered DUNNO.
+	unparsed := func(rep hooks.Reply) bool {
+		c.log().Warn("policy request not checked: Sluice cannot parse what Postfix accepted",
+			"conn", conn.ID, "state", state, "reply", rep.String())
+		return true
+	}
 	refused := func(rep hooks.Reply) bool {
-		if rep.Positive() {
+		switch {
+		case rep.Positive():
 			return false
-		}
-		if rep.Code >= 500 && rep.Code <= 504 {
-			// A syntax or sequence error: Sluice's parser refused what
-			// Postfix accepted. Postfix is the SMTP server here; its own
-			// rules stand.
-			c.log().Warn("policy request not checked: Sluice cannot parse what Postfix accepted",
-				"conn", conn.ID, "state", state, "reply", rep.String())
-			return true
+		case rep.Code >= 500 && rep.Code <= 504:
+			// A syntax or sequence error (a HELO name Sluice refuses).
+			return unparsed(rep)
 		}
 		v.Reply = rep
 		v.Action = action(rep)
@@ -154,6 +157,10 @@ func (c *Checker) Check(ctx context.Context, req Request) Verdict {
 	if n, err := strconv.ParseInt(req["size"], 10, 64); err == nil && n > 0 {
 		arg += " SIZE=" + strconv.FormatInt(n, 10)
 	}
+	if _, err := server.ParseMailArg(arg, false); err != nil {
+		unparsed(addrReply(err))
+		return v
+	}
 	if refused(s.Mail(arg)) || state == "MAIL" {
 		return v
 	}
@@ -162,7 +169,19 @@ func (c *Checker) Check(ctx context.Context, req Request) Verdict {
 	tx.Recipients = append(tx.Recipients, c.recall(key, req)...)
 	rcpt := req["recipient"]
 	if state == "RCPT" || (len(tx.Recipients) == 0 && rcpt != "") {
-		if refused(s.Rcpt("TO:<" + rcpt + ">")) {
+		arg := "TO:<" + rcpt + ">"
+		if _, err := server.ParseRcptArg(arg, tx.Params.UTF8, false, false); err != nil {
+			unparsed(addrReply(err))
+			return v
+		}
+		rep := s.Rcpt(arg)
+		if rep == rcptDefault {
+			// Every rcpt plugin declined: the relay decision is
+			// Postfix's own (its reject_unauth_destination), and for
+			// Sluice's plugins the recipient is accepted.
+			tx.Recipients = append(tx.Recipients, rcpt)
+			c.Session.Chain.RcptOK(ctx, conn, tx, rcpt)
+		} else if refused(rep) {
 			return v
 		}
 		if state == "RCPT" {
@@ -177,6 +196,19 @@ func (c *Checker) Check(ctx context.Context, req Request) Verdict {
 	}
 	refused(s.Data(""))
 	return v
+}
+
+// rcptDefault is the rcpt hook's reply when every plugin declines
+// (qpsmtpd's "450 4.7.1 No plugin decided if relaying is allowed"): in
+// policy mode that decision is Postfix's, so it is no refusal.
+var rcptDefault = hooks.ReplyFor(hooks.HookRcpt, hooks.Result{})
+
+// addrReply is the reply to a refused address, for the log.
+func addrReply(err error) hooks.Reply {
+	if ae, ok := err.(*server.AddrError); ok {
+		return hooks.Reply{Code: ae.Code, Enhanced: ae.Enhanced, Msg: ae.Msg}
+	}
+	return hooks.Reply{Code: 501, Msg: err.Error()}
 }
 
 // action is the policy action for a refusal: the SMTP reply itself, which
