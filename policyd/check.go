@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,11 +20,11 @@ import (
 // own relay check among them).
 const Dunno = "DUNNO"
 
-// Fed lists the hooks a policy request can feed: the ones a Checker runs.
+// fed lists the hooks a policy request can feed: the ones a Checker runs.
 // A plugin's other hooks (data_headers_end, data_post, the queue hooks,
 // auth, vrfy...) need what the protocol does not carry, the message above
 // all, and never run in policy mode.
-var Fed = []hooks.Hook{
+var fed = []hooks.Hook{
 	hooks.HookConnect, hooks.HookHelo, hooks.HookEhlo,
 	hooks.HookMailPre, hooks.HookMail, hooks.HookRcptPre, hooks.HookRcpt, hooks.HookRcptOK,
 	hooks.HookData, hooks.HookReset, hooks.HookDisconnect, hooks.HookDeny, hooks.HookOK,
@@ -34,11 +35,7 @@ var Fed = []hooks.Hook{
 func Unfed(p any) []hooks.Hook {
 	var out []hooks.Hook
 	for _, h := range hooks.HooksOf(p) {
-		fed := false
-		for _, f := range Fed {
-			fed = fed || f == h
-		}
-		if !fed {
+		if !slices.Contains(fed, h) {
 			out = append(out, h)
 		}
 	}
