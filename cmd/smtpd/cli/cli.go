@@ -62,6 +62,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return check(args, stdout, stderr)
 	case "stdio":
 		return stdio(args, os.LookupEnv, stderr)
+	case "policy":
+		return policy(args, stdout, stderr)
 	case "plugins":
 		return listPlugins(stdout)
 	case "passwd":
@@ -87,6 +89,8 @@ func usage(w io.Writer) {
   smtpd check [-config FILE]      validate the configuration and build every plugin
   smtpd stdio [-config FILE] [-listener NAME]
                                   serve one connection on stdin/stdout (under tcpserver or inetd)
+  smtpd policy [-config FILE] [-listener NAME] [-address ADDR] | -test [-address ADDR] [name=value ...]
+                                  serve Postfix's policy delegation protocol (check_policy_service), or ask one
   smtpd plugins                   list the compiled-in plugins and the hooks each implements
   smtpd passwd [-file FILE] USER  set USER's password in an authfile password file
   smtpd dkim-keygen -domain D -selector S [-algorithm rsa|ed25519] [-bits 2048] [-out FILE]
