@@ -1,5 +1,5 @@
-// Package cli is the smtpd command line: serve, check, plugins, passwd,
-// dkim-keygen and version. cmd/smtpd is this plus the list of compiled-in plugins; a custom
+// Package cli is the smtpd command line: serve, check, stdio, policy,
+// plugins, passwd, dkim-keygen and version. cmd/smtpd is this plus the list of compiled-in plugins; a custom
 // smtpd with plugins of its own is the same two files in another module:
 //
 //	package main
@@ -17,6 +17,8 @@
 //
 //	smtpd [-config FILE]          serve (default config: /etc/sluice/smtpd.toml)
 //	smtpd check [-config FILE]    validate the configuration, build every plugin, exit
+//	smtpd stdio [-config FILE]    serve one connection on stdin/stdout (tcpserver, inetd)
+//	smtpd policy [-config FILE]   serve Postfix's policy delegation protocol
 //	smtpd plugins                 list the compiled-in plugins and their hooks
 //	smtpd passwd [-file F] USER   set USER's password in an authfile password file
 //	smtpd dkim-keygen -domain D -selector S [-algorithm rsa|ed25519] [-bits N] [-out F]
