@@ -63,16 +63,9 @@ flags:
 		fmt.Fprintf(stderr, "smtpd policy: %v\n", err)
 		return 1
 	}
-	cfg, err := config.Load(*path)
+	cfg, listener, err := loadListener(*path, *name)
 	if err != nil {
 		return fail(err)
-	}
-	listener := cfg.Listeners[0].Name
-	if *name != "" {
-		listener = *name
-	}
-	if !cfg.Only(listener) {
-		return fail(fmt.Errorf("%s has no listener named %q", *path, listener))
 	}
 	log := newLogger(cfg.LogLevel, stderr)
 	slog.SetDefault(log)

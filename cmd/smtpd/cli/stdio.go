@@ -48,18 +48,9 @@ func stdio(args []string, lookupEnv func(string) (string, bool), stderr io.Write
 		fmt.Fprintf(stderr, "smtpd stdio: %v\n", err)
 		return 1
 	}
-	cfg, err := config.Load(*path)
+	cfg, listener, err := loadListener(*path, *name)
 	if err != nil {
 		return fail(err)
-	}
-	listener := cfg.Listeners[0].Name
-	if *name != "" {
-		listener = *name
-	}
-	// Build only what this connection uses: the process serves one
-	// client and exits.
-	if !cfg.Only(listener) {
-		return fail(fmt.Errorf("%s has no listener named %q", *path, listener))
 	}
 	info, err := clientFromEnv(lookupEnv)
 	if err != nil {
@@ -87,6 +78,23 @@ func stdio(args []string, lookupEnv func(string) (string, bool), stderr io.Write
 		return fail(err)
 	}
 	return 0
+}
+
+// loadListener loads the config at path and keeps only the listener
+// named name (the first when name is empty) and the plugins it uses:
+// stdio and policy serve one listener's chain and build nothing else.
+func loadListener(path, name string) (*config.Config, string, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, "", err
+	}
+	if name == "" {
+		name = cfg.Listeners[0].Name
+	}
+	if !cfg.Only(name) {
+		return nil, "", fmt.Errorf("%s has no listener named %q", path, name)
+	}
+	return cfg, name, nil
 }
 
 // clientFromEnv reads what tcpserver (and tcprules) or an inetd wrapper
