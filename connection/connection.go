@@ -28,6 +28,9 @@ type Connection struct {
 	Local, Remote netip.AddrPort
 	// RemoteHost is the client's reverse DNS name when a plugin looked it up.
 	RemoteHost string
+	// RemoteInfo is what the client's ident server (RFC 1413) said, when
+	// the program that started smtpd asked (tcpserver's TCPREMOTEINFO).
+	RemoteInfo string
 	// Helo is the argument of the latest HELO or EHLO; ESMTP is true after EHLO.
 	Helo  string
 	ESMTP bool

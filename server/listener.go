@@ -102,7 +102,7 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 		transport = tls.Server(raw, l.cfg.TLS)
 	}
 	cc := connection.New(l.cfg.Name, l.cfg.Hostname, local, remote)
-	cc.RemoteHost, cc.Relay = info.RemoteHost, info.Relay
+	cc.RemoteHost, cc.RemoteInfo, cc.Relay = info.RemoteHost, info.RemoteInfo, info.Relay
 	limits := l.cfg.Limits
 	if info.MaxMessageSize > 0 {
 		limits.MaxMessageBytes = info.MaxMessageSize

@@ -262,6 +262,8 @@ type ClientInfo struct {
 	// RemoteHost is the client's name as the launcher looked it up
 	// (TCPREMOTEHOST).
 	RemoteHost string
+	// RemoteInfo is the client's ident answer (TCPREMOTEINFO).
+	RemoteInfo string
 	// Relay lets the client send to any domain (RELAYCLIENT set), as a
 	// relay plugin or AUTH would.
 	Relay bool

@@ -103,6 +103,7 @@ func loadListener(path, name string) (*config.Config, string, error) {
 //	TCPREMOTEIP, TCPREMOTEPORT  the client's address and port
 //	TCPLOCALIP, TCPLOCALPORT    the server's
 //	TCPREMOTEHOST               the client's name, when tcpserver looked it up
+//	TCPREMOTEINFO               the client's ident answer, when tcpserver asked
 //	RELAYCLIENT                 set (even empty): the client may relay; its
 //	                            value is appended to each recipient (qmail's rule)
 //	DATABYTES                   the message size limit for this client
@@ -121,6 +122,7 @@ func clientFromEnv(lookupEnv func(string) (string, bool)) (server.ClientInfo, er
 		return info, err
 	}
 	info.RemoteHost = getenv("TCPREMOTEHOST")
+	info.RemoteInfo = getenv("TCPREMOTEINFO")
 	if v, ok := lookupEnv("RELAYCLIENT"); ok {
 		info.Relay, info.RcptSuffix = true, v
 	}
