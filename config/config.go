@@ -60,9 +60,6 @@ type Config struct {
 	// timeoutsmtpd for read_timeout. A key set in this file wins. The
 	// qmailcontrol plugin reads the same directory for its checks.
 	Qmail qmailctl.Settings `toml:"qmail"`
-	// Warnings are what loading found and ignored (lines of qmail control
-	// files that qmail ignores too); smtpd logs them.
-	Warnings []string `toml:"-"`
 	// Listeners are the [[listener]] blocks.
 	Listeners []Listener `toml:"listener"`
 	// Plugins are the [plugins.NAME] tables, decoded by the plugins.
@@ -497,12 +494,10 @@ func (c *Config) applyQmail() error {
 	if c.Qmail.ControlDir == "" {
 		return nil
 	}
-	q, err := qmailctl.Read(c.Qmail.ControlDir)
+	q, err := qmailctl.ReadServer(c.Qmail.ControlDir)
 	if err != nil {
 		return fmt.Errorf("%s: [qmail]: %w", c.at(c.lineOfTable("qmail")), err)
 	}
-	defer q.Close()
-	c.Warnings = append(c.Warnings, q.Warnings...)
 	if c.Hostname == "" {
 		c.Hostname = q.Me
 	}

@@ -74,6 +74,32 @@ type Control struct {
 // default; an unreadable one, or a number that does not parse, is an
 // error naming the file.
 func Read(dir string) (*Control, error) {
+	c, err := ReadServer(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.readRcpthosts(); err != nil {
+		return nil, err
+	}
+	if c.BadMailFrom, err = c.addresses("badmailfrom"); err != nil {
+		return nil, err
+	}
+	if c.BadRcptTo, err = c.addresses("badrcptto"); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "morercpthosts.cdb")
+	if c.MoreRcpthosts, err = OpenCDB(path); errors.Is(err, fs.ErrNotExist) {
+		c.MoreRcpthosts = nil
+	} else if err != nil {
+		return nil, fmt.Errorf("qmail control file %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ReadServer reads only the server-wide files of dir: me, smtpgreeting,
+// localiphost, databytes and timeoutsmtpd (what config takes as
+// defaults); the lists are left for the qmailcontrol plugin's Read.
+func ReadServer(dir string) (*Control, error) {
 	c := &Control{Dir: dir}
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -105,25 +131,10 @@ func Read(dir string) (*Control, error) {
 		return nil, err
 	}
 	c.TimeoutSMTPD = time.Duration(secs) * time.Second
-	if err := c.readRcpthosts(); err != nil {
-		return nil, err
-	}
-	if c.BadMailFrom, err = c.addresses("badmailfrom"); err != nil {
-		return nil, err
-	}
-	if c.BadRcptTo, err = c.addresses("badrcptto"); err != nil {
-		return nil, err
-	}
-	path := filepath.Join(dir, "morercpthosts.cdb")
-	if c.MoreRcpthosts, err = OpenCDB(path); errors.Is(err, fs.ErrNotExist) {
-		c.MoreRcpthosts = nil
-	} else if err != nil {
-		return nil, fmt.Errorf("qmail control file %s: %w", path, err)
-	}
 	return c, nil
 }
 
-// Close closes morercpthosts.cdb.
+// Close closes morercpthosts.cdb, if Read opened it.
 func (c *Control) Close() error {
 	if c.MoreRcpthosts != nil {
 		return c.MoreRcpthosts.Close()

@@ -207,9 +207,6 @@ func (b *built) close(log *slog.Logger) {
 // build turns the configuration into a server configuration: every plugin
 // built once, one chain per listener, the TLS certificates loaded.
 func build(cfg *config.Config, log *slog.Logger) (*built, error) {
-	for _, w := range cfg.Warnings {
-		log.Warn("config: " + w)
-	}
 	plugins, err := cfg.Build()
 	if err != nil {
 		return nil, err
