@@ -56,11 +56,8 @@ func stdio(args []string, lookupEnv func(string) (string, bool), stderr io.Write
 	if err != nil {
 		return fail(err)
 	}
-	nc, err := stdioConn()
-	if err != nil {
-		return fail(err)
-	}
-	if !info.Remote.IsValid() && !addrOf(nc.RemoteAddr()).IsValid() {
+	nc := stdioConn()
+	if _, tcp := nc.(*net.TCPConn); !tcp && !info.Remote.IsValid() {
 		return fail(errors.New("stdin is not a socket and TCPREMOTEIP is not set: run smtpd stdio under tcpserver or inetd, or set TCPREMOTEIP and TCPREMOTEPORT"))
 	}
 	log := newLogger(cfg.LogLevel, stderr)
@@ -160,11 +157,11 @@ func envAddr(getenv func(string) string, ipVar, portVar string) (netip.AddrPort,
 // itself under tcpserver and inetd (both descriptors are the client's
 // socket), or the two pipes when smtpd stdio is run by hand or by a test
 // (no read timeouts then: a pipe has none).
-func stdioConn() (net.Conn, error) {
+func stdioConn() net.Conn {
 	if c, err := net.FileConn(os.Stdin); err == nil {
-		return c, nil
+		return c
 	}
-	return &pipeConn{in: os.Stdin, out: os.Stdout}, nil
+	return &pipeConn{in: os.Stdin, out: os.Stdout}
 }
 
 // pipeConn is a net.Conn over two pipes.
@@ -194,10 +191,3 @@ type pipeAddr struct{}
 
 func (pipeAddr) Network() string { return "pipe" }
 func (pipeAddr) String() string  { return "stdio" }
-
-func addrOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort()
-	}
-	return netip.AddrPort{}
-}
