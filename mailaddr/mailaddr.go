@@ -17,6 +17,7 @@
 package mailaddr
 
 import (
+	"iter"
 	"net/netip"
 	"strings"
 
@@ -78,6 +79,20 @@ func Split(addr string) (local, domain string, ok bool) {
 		return addr, "", false
 	}
 	return addr[:i], addr[i+1:], true
+}
+
+// ParentSuffixes yields the suffixes of domain that start at each of its
+// dots, longest first: "a.b.example.com" gives ".b.example.com",
+// ".example.com" and ".com". They are the keys a ".example.com" entry of
+// qmail's rcpthosts (or rcptok's domains) is stored under.
+func ParentSuffixes(domain string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for i, c := range []byte(domain) {
+			if c == '.' && !yield(domain[i:]) {
+				return
+			}
+		}
+	}
 }
 
 // LowerASCII maps A-Z to a-z and leaves every other byte alone: the case

@@ -2,6 +2,7 @@ package mailaddr_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -147,5 +148,18 @@ func ExampleCanonicalDomain() {
 func BenchmarkCanonicalDomainASCII(b *testing.B) {
 	for b.Loop() {
 		mailaddr.CanonicalDomain("Mail.Example.Test")
+	}
+}
+
+func TestParentSuffixes(t *testing.T) {
+	for domain, want := range map[string][]string{
+		"a.b.example.com": {".b.example.com", ".example.com", ".com"},
+		"localhost":       nil,
+		"":                nil,
+	} {
+		got := slices.Collect(mailaddr.ParentSuffixes(domain))
+		if !slices.Equal(got, want) {
+			t.Errorf("ParentSuffixes(%q) = %q, want %q", domain, got, want)
+		}
 	}
 }

@@ -253,24 +253,26 @@ func (c *Control) addresses(name string) (map[string]bool, error) {
 // parents written with a leading dot. domain is in canonical form
 // (mailaddr.CanonicalDomain).
 func (c *Control) Allowed(domain string) (bool, error) {
-	for i := 0; i >= 0; {
-		key := domain[i:]
-		if c.Rcpthosts[key] {
-			return true, nil
+	if ok, err := c.has(domain); ok || err != nil {
+		return ok, err
+	}
+	for suffix := range mailaddr.ParentSuffixes(domain) {
+		if ok, err := c.has(suffix); ok || err != nil {
+			return ok, err
 		}
-		if c.MoreRcpthosts != nil {
-			ok, err := c.MoreRcpthosts.Has([]byte(key))
-			if err != nil || ok {
-				return ok, err
-			}
-		}
-		j := strings.IndexByte(domain[i+1:], '.')
-		if j < 0 {
-			break
-		}
-		i += 1 + j
 	}
 	return false, nil
+}
+
+// has looks key up in rcpthosts, then in morercpthosts.cdb.
+func (c *Control) has(key string) (bool, error) {
+	if c.Rcpthosts[key] {
+		return true, nil
+	}
+	if c.MoreRcpthosts == nil {
+		return false, nil
+	}
+	return c.MoreRcpthosts.Has([]byte(key))
 }
 
 // Listed reports whether addr is in a badmailfrom or badrcptto list: the

@@ -191,15 +191,10 @@ func (p *Plugin) isLocal(domain string) bool {
 	}
 	// "a.b.example.com" matches ".b.example.com" and ".example.com" and
 	// ".com", as qmail's addrallowed does.
-	for i := strings.IndexByte(d, '.'); i >= 0; {
-		if p.suffixes[d[i:]] {
+	for suffix := range mailaddr.ParentSuffixes(d) {
+		if p.suffixes[suffix] {
 			return true
 		}
-		j := strings.IndexByte(d[i+1:], '.')
-		if j < 0 {
-			break
-		}
-		i += 1 + j
 	}
 	return false
 }
