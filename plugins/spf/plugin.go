@@ -140,7 +140,7 @@ func parseAction(key, value string, allowed ...action) (action, error) {
 // (unless check_auth) or a relay client (unless check_relay). AUTH also
 // sets Relay, so an authenticated client is governed by check_auth alone.
 func (p *Plugin) skip(c *connection.Connection) bool {
-	if c.AuthUser != "" || connection.NoteAuthUser.Get(&c.Notes) != "" {
+	if c.AuthUser != "" {
 		return !p.checkAuth
 	}
 	return c.Relay && !p.checkRelay
