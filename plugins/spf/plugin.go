@@ -187,40 +187,44 @@ func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *trans
 
 // policy turns a verdict into the reply its setting asks for.
 func (p *Plugin) policy(c *connection.Connection, v Verdict) hooks.Result {
-	ip := c.RemoteIP().String()
-	detail := fmt.Sprintf("spf=%s identity=%s domain=%s reason=%q", v.Result, v.Identity, v.Domain, v.Reason)
 	var a action
-	var enh [3]int
-	var text string
+	var enh [3]int // the first digit follows the action
 	switch v.Result {
 	case authres.ResultFail:
-		a, enh = p.fail, [3]int{5, 7, 23}
-		text = fmt.Sprintf("SPF fail: %s does not designate %s as a permitted sender", v.Domain, ip)
+		a, enh = p.fail, [3]int{0, 7, 23}
 	case authres.ResultSoftFail:
-		a, enh = p.softFail, [3]int{5, 7, 23}
-		text = fmt.Sprintf("SPF softfail: %s does not designate %s as a permitted sender", v.Domain, ip)
+		a, enh = p.softFail, [3]int{0, 7, 23}
 	case authres.ResultTempError:
-		a, enh = p.tempError, [3]int{4, 7, 24}
-		text = fmt.Sprintf("SPF temperror: temporary error checking the SPF policy of %s for %s; try again later", v.Domain, ip)
+		a, enh = p.tempError, [3]int{0, 7, 24}
 	case authres.ResultPermError:
-		a, enh = p.permError, [3]int{5, 7, 24}
-		text = fmt.Sprintf("SPF permerror: the SPF record of %s is invalid; cannot check %s", v.Domain, ip)
+		a, enh = p.permError, [3]int{0, 7, 24}
 	default:
 		return hooks.Result{}
 	}
-	switch a {
-	case reject:
+	if a == note {
+		return hooks.Result{}
+	}
+	ip := c.RemoteIP().String()
+	var text string
+	switch v.Result {
+	case authres.ResultFail, authres.ResultSoftFail:
+		text = fmt.Sprintf("SPF %s: %s does not designate %s as a permitted sender", v.Result, v.Domain, ip)
+	case authres.ResultTempError:
+		text = fmt.Sprintf("SPF temperror: temporary error checking the SPF policy of %s for %s; try again later", v.Domain, ip)
+	case authres.ResultPermError:
+		text = fmt.Sprintf("SPF permerror: the SPF record of %s is invalid; cannot check %s", v.Domain, ip)
+	}
+	detail := fmt.Sprintf("spf=%s identity=%s domain=%s reason=%q", v.Result, v.Identity, v.Domain, v.Reason)
+	if a == reject {
 		enh[0] = 5
 		return hooks.Result{Code: hooks.Deny, Msg: text, Enhanced: enh, ReplyCode: 550, Detail: detail}
-	case deferred:
-		enh[0] = 4
-		code := 450
-		if v.Result == authres.ResultTempError {
-			code = 451
-		}
-		return hooks.Result{Code: hooks.DenySoft, Msg: text, Enhanced: enh, ReplyCode: code, Detail: detail}
 	}
-	return hooks.Result{}
+	enh[0] = 4
+	code := 450
+	if v.Result == authres.ResultTempError {
+		code = 451
+	}
+	return hooks.Result{Code: hooks.DenySoft, Msg: text, Enhanced: enh, ReplyCode: code, Detail: detail}
 }
 
 // Check evaluates the SPF policy for the client of c sending from (the
