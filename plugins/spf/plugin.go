@@ -328,54 +328,46 @@ func receivedSPF(c *connection.Connection, sender string, v Verdict) string {
 	var b strings.Builder
 	b.WriteString(string(v.Result))
 	b.WriteString(" (")
-	b.WriteString(comment(c.Hostname + ": " + why))
+	escape(&b, c.Hostname, `()\`) // an RFC 5322 comment
+	b.WriteString(": ")
+	escape(&b, why, `()\`)
 	b.WriteString(")\r\n\tclient-ip=")
-	b.WriteString(token(ip))
+	writeToken(&b, ip)
 	b.WriteString("; envelope-from=")
-	b.WriteString(token(sender))
+	writeToken(&b, sender)
 	b.WriteString("; helo=")
-	b.WriteString(token(c.Helo))
+	writeToken(&b, c.Helo)
 	b.WriteString(";\r\n\treceiver=")
-	b.WriteString(token(c.Hostname))
+	writeToken(&b, c.Hostname)
 	b.WriteString("; identity=")
 	b.WriteString(v.Identity)
 	if v.Result == authres.ResultPermError && v.Reason != "" {
 		b.WriteString("; problem=")
-		b.WriteString(token(v.Reason))
+		writeToken(&b, v.Reason)
 	}
 	return b.String()
 }
 
-// comment escapes s for an RFC 5322 comment: parentheses and backslashes
-// get a backslash, control characters become spaces.
-func comment(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case r == '(' || r == ')' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r < ' ' || r == 0x7f:
-			b.WriteByte(' ')
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
-}
-
-// token returns s as a dot-atom when it is one, else as a quoted string
-// (RFC 5322 3.2.3, 3.2.4; UTF-8 is atext under RFC 6532): the value of a
-// Received-SPF key-value pair.
-func token(s string) string {
+// writeToken writes s as a dot-atom when it is one, else as a quoted
+// string (RFC 5322 3.2.3, 3.2.4; UTF-8 is atext under RFC 6532): the value
+// of a Received-SPF key-value pair.
+func writeToken(b *strings.Builder, s string) {
 	if isDotAtom(s) {
-		return s
+		b.WriteString(s)
+		return
 	}
-	var b strings.Builder
 	b.WriteByte('"')
+	escape(b, s, `"\`)
+	b.WriteByte('"')
+}
+
+// escape writes s with a backslash before each rune of special, and
+// control characters as spaces: the text of a comment (special "()\\")
+// or of a quoted string (special "\"\\").
+func escape(b *strings.Builder, s, special string) {
 	for _, r := range s {
 		switch {
-		case r == '"' || r == '\\':
+		case strings.ContainsRune(special, r):
 			b.WriteByte('\\')
 			b.WriteRune(r)
 		case r < ' ' || r == 0x7f:
@@ -384,8 +376,6 @@ func token(s string) string {
 			b.WriteRune(r)
 		}
 	}
-	b.WriteByte('"')
-	return b.String()
 }
 
 func isDotAtom(s string) bool {
