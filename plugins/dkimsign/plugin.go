@@ -253,11 +253,12 @@ func (p *Plugin) QueuePre(ctx context.Context, c *connection.Connection, tx *tra
 	// One pass over the spool feeds every signer: the message is read, not
 	// copied (each signer holds the header and hashes the body as it
 	// streams by).
-	if _, err := tx.WriteTo(ctxWriter{ctx, io.MultiWriter(ws...)}); err != nil {
+	w := io.MultiWriter(ws...)
+	if _, err := tx.WriteTo(ctxWriter{ctx, w}); err != nil {
 		return hooks.Fail(fmt.Errorf("dkimsign: read the message: %w", err))
 	}
 	if end := headerEnd(tx); end != "" {
-		if _, err := io.WriteString(io.MultiWriter(ws...), end); err != nil {
+		if _, err := io.WriteString(w, end); err != nil {
 			return hooks.Fail(fmt.Errorf("dkimsign: sign: %w", err))
 		}
 	}
