@@ -87,11 +87,8 @@ var (
 )
 
 func TestOpenDKIMVerifiesTheSignatures(t *testing.T) {
-	dir := t.TempDir()
-	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
-	ek := newKey(t, dir, "ed25519", "example.com", "ed2026")
-	srv := dnstest.Start(t, rk.record, ek.record)
-	big := strings.Repeat("A line of a long message, long enough to spool to a file.\r\n", 20000)
+	rk, ek, srv := bothKeys(t)
+	big := spooledBody()
 	both := map[string]string{"rsa2026": "pass", "ed2026": "pass"}
 	for _, c := range []struct{ name, canon, msg string }{
 		{"relaxed", "relaxed/relaxed", message},
@@ -102,8 +99,7 @@ func TestOpenDKIMVerifiesTheSignatures(t *testing.T) {
 		{"spooled to a file", "relaxed/simple", "From: alice@example.com\r\nSubject: big\r\n\r\n" + big},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			h := submission(t, fmt.Sprintf("canonicalization = %q\n", c.canon)+rk.toml()+ek.toml())
-			msg := sendOne(t, h, loggedIn(t, h), c.msg)
+			msg := signBoth(t, c.canon, rk, ek, c.msg)
 			if got := opendkimResults(t, srv, msg); !maps.Equal(got, both) {
 				t.Errorf("OpenDKIM's results %v; want %v", got, both)
 			}
@@ -114,10 +110,7 @@ func TestOpenDKIMVerifiesTheSignatures(t *testing.T) {
 // OpenDKIM does check: a changed body, or a From field added above the
 // signed one (what oversigning guards against), fails.
 func TestOpenDKIMFailsAChangedMessage(t *testing.T) {
-	dir := t.TempDir()
-	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
-	ek := newKey(t, dir, "ed25519", "example.com", "ed2026")
-	srv := dnstest.Start(t, rk.record, ek.record)
+	rk, ek, srv := bothKeys(t)
 	h := submission(t, rk.toml()+ek.toml())
 	msg := sendOne(t, h, loggedIn(t, h), message)
 	for _, c := range []struct{ name, from, to string }{
