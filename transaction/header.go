@@ -180,9 +180,21 @@ func (h *Header) Del(name string) { h.del(0, name) }
 // of a name and keep the rest (an Authentication-Results field that claims
 // to come from this server, say). drop sees the fields Fields returns.
 func (h *Header) DelFunc(drop func(Field) bool) int {
-	out := h.fields[:0]
-	for _, f := range h.fields {
-		if drop(Field{Name: string(h.nameOf(f)), Raw: h.raw(f)}) {
+	return h.delWhere(0, func(f field) bool {
+		return drop(Field{Name: string(h.nameOf(f)), Raw: h.raw(f)})
+	})
+}
+
+func (h *Header) del(from int, name string) {
+	h.delWhere(from, func(f field) bool { return equalFold(h.nameOf(f), name) })
+}
+
+// delWhere removes the fields from index from on for which drop returns
+// true, keeping the others in order, and returns how many it removed.
+func (h *Header) delWhere(from int, drop func(field) bool) int {
+	out := h.fields[:from]
+	for _, f := range h.fields[from:] {
+		if drop(f) {
 			h.dead += int(f.n)
 		} else {
 			out = append(out, f)
@@ -193,20 +205,6 @@ func (h *Header) DelFunc(drop func(Field) bool) int {
 	h.fields = out
 	h.compact()
 	return n
-}
-
-func (h *Header) del(from int, name string) {
-	out := h.fields[:from]
-	for _, f := range h.fields[from:] {
-		if equalFold(h.nameOf(f), name) {
-			h.dead += int(f.n)
-		} else {
-			out = append(out, f)
-		}
-	}
-	clear(h.fields[len(out):])
-	h.fields = out
-	h.compact()
 }
 
 // compact copies the live fields into a new buffer once most of the

@@ -23,8 +23,16 @@ import (
 // its Nameservers setting (with Debian's build, which resolves through
 // libunbound, an address may carry a port as IP@PORT).
 
-// opendkimBin is OpenDKIM's filter.
-const opendkimBin = "/usr/sbin/opendkim"
+// openDKIMProgram returns the path of an OpenDKIM program, failing the
+// test with the Debian package to install when it is missing.
+func openDKIMProgram(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p := "/usr/sbin/" + name
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s is missing: install the Debian package %s (`make deps` does, or apt-get install -y opendkim opendkim-tools)", p, pkg)
+	}
+	return p
+}
 
 // opendkimResults verifies msg with OpenDKIM, its key lookups going to
 // srv and nowhere else, and returns its verdict for each signature, by
@@ -32,9 +40,7 @@ const opendkimBin = "/usr/sbin/opendkim"
 // would add.
 func opendkimResults(t *testing.T, srv *dnstest.Server, msg []byte) map[string]string {
 	t.Helper()
-	if _, err := os.Stat(opendkimBin); err != nil {
-		t.Fatalf("%s is missing: install the Debian package opendkim (`make deps` does, or apt-get install -y opendkim opendkim-tools)", opendkimBin)
-	}
+	opendkim := openDKIMProgram(t, "opendkim", "opendkim")
 	// Not t.TempDir: -t takes a comma-separated list of files, and a
 	// subtest's name may have a comma.
 	dir, err := os.MkdirTemp("", "opendkim")
@@ -52,7 +58,7 @@ func opendkimResults(t *testing.T, srv *dnstest.Server, msg []byte) map[string]s
 		t.Fatal(err)
 	}
 	// -vv prints the header fields the filter would insert.
-	out, err := exec.Command(opendkimBin, "-x", conf, "-vv", "-t", file).CombinedOutput()
+	out, err := exec.Command(opendkim, "-x", conf, "-vv", "-t", file).CombinedOutput()
 	if err != nil {
 		t.Fatalf("opendkim -t: %v\n%s", err, out)
 	}
@@ -87,11 +93,8 @@ var (
 )
 
 func TestOpenDKIMVerifiesTheSignatures(t *testing.T) {
-	dir := t.TempDir()
-	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
-	ek := newKey(t, dir, "ed25519", "example.com", "ed2026")
-	srv := dnstest.Start(t, rk.record, ek.record)
-	big := strings.Repeat("A line of a long message, long enough to spool to a file.\r\n", 20000)
+	rk, ek, srv := bothKeys(t)
+	big := spooledBody()
 	both := map[string]string{"rsa2026": "pass", "ed2026": "pass"}
 	for _, c := range []struct{ name, canon, msg string }{
 		{"relaxed", "relaxed/relaxed", message},
@@ -102,8 +105,7 @@ func TestOpenDKIMVerifiesTheSignatures(t *testing.T) {
 		{"spooled to a file", "relaxed/simple", "From: alice@example.com\r\nSubject: big\r\n\r\n" + big},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			h := submission(t, fmt.Sprintf("canonicalization = %q\n", c.canon)+rk.toml()+ek.toml())
-			msg := sendOne(t, h, loggedIn(t, h), c.msg)
+			msg := signBoth(t, c.canon, rk, ek, c.msg)
 			if got := opendkimResults(t, srv, msg); !maps.Equal(got, both) {
 				t.Errorf("OpenDKIM's results %v; want %v", got, both)
 			}
@@ -114,10 +116,7 @@ func TestOpenDKIMVerifiesTheSignatures(t *testing.T) {
 // OpenDKIM does check: a changed body, or a From field added above the
 // signed one (what oversigning guards against), fails.
 func TestOpenDKIMFailsAChangedMessage(t *testing.T) {
-	dir := t.TempDir()
-	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
-	ek := newKey(t, dir, "ed25519", "example.com", "ed2026")
-	srv := dnstest.Start(t, rk.record, ek.record)
+	rk, ek, srv := bothKeys(t)
 	h := submission(t, rk.toml()+ek.toml())
 	msg := sendOne(t, h, loggedIn(t, h), message)
 	for _, c := range []struct{ name, from, to string }{
@@ -136,10 +135,7 @@ func TestOpenDKIMFailsAChangedMessage(t *testing.T) {
 // well as one of ours: dkimsign loads its PEM, and both verifiers pass the
 // signature against the record opendkim-genkey wrote.
 func TestOpenDKIMGenkeyKeySigns(t *testing.T) {
-	const genkey = "/usr/sbin/opendkim-genkey"
-	if _, err := os.Stat(genkey); err != nil {
-		t.Fatalf("%s is missing: install the Debian package opendkim-tools (`make deps` does)", genkey)
-	}
+	genkey := openDKIMProgram(t, "opendkim-genkey", "opendkim-tools")
 	dir := t.TempDir()
 	// -a: the record's name is fully qualified, as dnstest wants it.
 	if out, err := exec.Command(genkey, "-D", dir, "-d", "example.com", "-s", "odk2026", "-a").CombinedOutput(); err != nil {
@@ -167,10 +163,7 @@ func TestOpenDKIMGenkeyKeySigns(t *testing.T) {
 // that MarshalKey writes, looking it up in the test's DNS server through a
 // libunbound configuration (its ResolverConfiguration setting).
 func TestOpenDKIMTestkeyAcceptsOurKeys(t *testing.T) {
-	const testkey = "/usr/sbin/opendkim-testkey"
-	if _, err := os.Stat(testkey); err != nil {
-		t.Fatalf("%s is missing: install the Debian package opendkim-tools (`make deps` does)", testkey)
-	}
+	testkey := openDKIMProgram(t, "opendkim-testkey", "opendkim-tools")
 	dir := t.TempDir()
 	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
 	srv := dnstest.Start(t, rk.record)

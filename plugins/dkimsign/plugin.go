@@ -85,12 +85,18 @@ var NoteSigned = notes.NewKey[[]string]("dkimsign.signed")
 // Plugin is a dkimsign instance. It is read-only after New and safe for
 // concurrent use.
 type Plugin struct {
-	keys     map[string][]key // by canonical From domain, in config order
-	headers  []string
-	oversign map[string]bool // lowercased names of oversigned fields
-	canonH   dkim.Canonicalization
-	canonB   dkim.Canonicalization
-	relay    bool
+	keys    map[string][]key // by canonical From domain, in config order
+	headers []signedField
+	canonH  dkim.Canonicalization
+	canonB  dkim.Canonicalization
+	relay   bool
+}
+
+// signedField is a field of the headers setting, and whether it is in
+// oversign too.
+type signedField struct {
+	name     string
+	oversign bool
 }
 
 type key struct {
@@ -119,7 +125,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if err := decode(&s); err != nil {
 		return nil, err
 	}
-	p := &Plugin{keys: map[string][]key{}, oversign: map[string]bool{}, relay: s.SignRelayClients}
+	p := &Plugin{keys: map[string][]key{}, relay: s.SignRelayClients}
 
 	h, b, ok := strings.Cut(s.Canonicalization, "/")
 	if !ok || !canon(h) || !canon(b) {
@@ -127,28 +133,29 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	}
 	p.canonH, p.canonB = dkim.Canonicalization(h), dkim.Canonicalization(b)
 
-	seen := map[string]bool{}
+	seen := map[string]int{} // index in p.headers, by lowercased name
 	for _, name := range s.Headers {
 		if !fieldNameRe.MatchString(name) {
 			return nil, fmt.Errorf("headers: %q is not a header field name", name)
 		}
-		if l := mailaddr.LowerASCII(name); !seen[l] {
-			seen[l] = true
-			p.headers = append(p.headers, name)
+		l := mailaddr.LowerASCII(name)
+		if _, ok := seen[l]; !ok {
+			seen[l] = len(p.headers)
+			p.headers = append(p.headers, signedField{name: name})
 		}
 	}
-	if !seen["from"] {
+	if _, ok := seen["from"]; !ok {
 		return nil, errors.New("headers: From must be signed (RFC 6376 5.4): add \"From\"")
 	}
 	for _, name := range s.Oversign {
 		if !fieldNameRe.MatchString(name) {
 			return nil, fmt.Errorf("oversign: %q is not a header field name", name)
 		}
-		l := mailaddr.LowerASCII(name)
-		if !seen[l] {
+		i, ok := seen[mailaddr.LowerASCII(name)]
+		if !ok {
 			return nil, fmt.Errorf("oversign: %q is not in headers: a field is only oversigned if it is signed", name)
 		}
-		p.oversign[l] = true
+		p.headers[i].oversign = true
 	}
 
 	if len(s.Keys) == 0 {
@@ -246,11 +253,12 @@ func (p *Plugin) QueuePre(ctx context.Context, c *connection.Connection, tx *tra
 	// One pass over the spool feeds every signer: the message is read, not
 	// copied (each signer holds the header and hashes the body as it
 	// streams by).
-	if _, err := tx.WriteTo(ctxWriter{ctx, io.MultiWriter(ws...)}); err != nil {
+	w := io.MultiWriter(ws...)
+	if _, err := tx.WriteTo(ctxWriter{ctx, w}); err != nil {
 		return hooks.Fail(fmt.Errorf("dkimsign: read the message: %w", err))
 	}
 	if end := headerEnd(tx); end != "" {
-		if _, err := io.WriteString(io.MultiWriter(ws...), end); err != nil {
+		if _, err := io.WriteString(w, end); err != nil {
 			return hooks.Fail(fmt.Errorf("dkimsign: sign: %w", err))
 		}
 	}
@@ -277,13 +285,13 @@ func (p *Plugin) QueuePre(ctx context.Context, c *connection.Connection, tx *tra
 // as many times as the message has it, the oversigned ones once more.
 func (p *Plugin) headerKeys(h *transaction.Header) []string {
 	var fields []string
-	for _, name := range p.headers {
-		n := h.Count(name)
-		if p.oversign[mailaddr.LowerASCII(name)] {
+	for _, f := range p.headers {
+		n := h.Count(f.name)
+		if f.oversign {
 			n++
 		}
 		for range n {
-			fields = append(fields, name)
+			fields = append(fields, f.name)
 		}
 	}
 	return fields

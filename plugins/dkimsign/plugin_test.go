@@ -69,6 +69,29 @@ func newKey(t testing.TB, dir, algorithm, domain, selector string) testKey {
 	return testKey{domain: domain, selector: selector, file: file, record: rec}
 }
 
+// bothKeys makes an RSA key (selector rsa2026) and an Ed25519 key
+// (ed2026) for example.com, and a DNS server that publishes both.
+func bothKeys(t *testing.T) (rk, ek testKey, srv *dnstest.Server) {
+	t.Helper()
+	dir := t.TempDir()
+	rk = newKey(t, dir, "rsa", "example.com", "rsa2026")
+	ek = newKey(t, dir, "ed25519", "example.com", "ed2026")
+	return rk, ek, dnstest.Start(t, rk.record, ek.record)
+}
+
+// signBoth sends msg as alice through a submission chain that signs with
+// rk and ek in canonicalization canon, and returns it as queued.
+func signBoth(t *testing.T, canon string, rk, ek testKey, msg string) []byte {
+	t.Helper()
+	h := submission(t, fmt.Sprintf("canonicalization = %q\n", canon)+rk.toml()+ek.toml())
+	return sendOne(t, h, loggedIn(t, h), msg)
+}
+
+// spooledBody returns a body long enough to spool to a file (1.2 MB).
+func spooledBody() string {
+	return strings.Repeat("A line of a long message, long enough to spool to a file.\r\n", 20000)
+}
+
 // toml is the key's [[plugins.dkimsign.key]] table, for a settings
 // snippet (whose own keys must come before it).
 func (k testKey) toml() string {
@@ -220,10 +243,7 @@ func TestSignsAnAuthenticatedUsersMessage(t *testing.T) {
 }
 
 func TestBothAlgorithmsGiveTwoSignatures(t *testing.T) {
-	dir := t.TempDir()
-	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
-	ek := newKey(t, dir, "ed25519", "example.com", "ed2026")
-	srv := dnstest.Start(t, rk.record, ek.record)
+	rk, ek, srv := bothKeys(t)
 	h := submission(t, rk.toml()+ek.toml())
 	msg := sendOne(t, h, loggedIn(t, h), message)
 
@@ -370,11 +390,8 @@ func TestFromDomainIsMatchedAsADomain(t *testing.T) {
 }
 
 func TestUnusualMessagesVerify(t *testing.T) {
-	dir := t.TempDir()
-	rk := newKey(t, dir, "rsa", "example.com", "rsa2026")
-	ek := newKey(t, dir, "ed25519", "example.com", "ed2026")
-	srv := dnstest.Start(t, rk.record, ek.record)
-	big := strings.Repeat("A line of a long message, long enough to spool to a file.\r\n", 20000) // 1.2 MB
+	rk, ek, srv := bothKeys(t)
+	big := spooledBody()
 	for _, c := range []struct{ name, canon, msg string }{
 		{"no body", "relaxed/relaxed", "From: alice@example.com\r\nSubject: empty\r\n"},
 		{"no body, simple", "simple/simple", "From: alice@example.com\r\nSubject: empty\r\n"},
@@ -383,8 +400,7 @@ func TestUnusualMessagesVerify(t *testing.T) {
 		{"spooled to a file", "relaxed/relaxed", "From: alice@example.com\r\nSubject: big\r\n\r\n" + big},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			h := submission(t, fmt.Sprintf("canonicalization = %q\n", c.canon)+rk.toml()+ek.toml())
-			msg := sendOne(t, h, loggedIn(t, h), c.msg)
+			msg := signBoth(t, c.canon, rk, ek, c.msg)
 			verified := msg
 			if !bytes.Contains(msg, []byte("\r\n\r\n")) {
 				// go-msgauth's verifier wants the empty line; a body

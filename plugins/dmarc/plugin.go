@@ -226,7 +226,7 @@ func (p *Plugin) evaluate(ctx context.Context, tx *transaction.Transaction) verd
 		why = append(why, "no SPF result")
 	} else if sv.Result != authres.ResultPass {
 		why = append(why, fmt.Sprintf("SPF %s for %s", sv.Result, sv.Domain))
-	} else if aligned(sv.Domain, from, rec.SPFAlignment) {
+	} else if aligned(sv.Domain, from, org, rec.SPFAlignment) {
 		v.SPFAligned = true
 		why = append(why, "SPF pass for "+sv.Domain+" aligned")
 	} else {
@@ -238,7 +238,7 @@ func (p *Plugin) evaluate(ctx context.Context, tx *transaction.Transaction) verd
 		if s.Result != authres.ResultPass {
 			continue
 		}
-		if aligned(s.Domain, from, rec.DKIMAlignment) {
+		if aligned(s.Domain, from, org, rec.DKIMAlignment) {
 			v.DKIMAligned = true
 			why = append(why, "DKIM pass for d="+s.Domain+" aligned")
 			break
@@ -324,17 +324,17 @@ func orgDomain(d string) string {
 }
 
 // aligned reports whether the authenticated domain d is aligned with the
-// From domain from, strictly (equal) or relaxed (same organizational
-// domain).
-func aligned(d, from string, mode msgdmarc.AlignmentMode) bool {
+// From domain from (whose organizational domain is org), strictly (equal)
+// or relaxed (same organizational domain).
+func aligned(d, from, org string, mode msgdmarc.AlignmentMode) bool {
 	cd, ok := mailaddr.CanonicalDomain(d)
-	if !ok {
+	switch {
+	case !ok:
 		return false
+	case cd == from:
+		return true
 	}
-	if mode == msgdmarc.AlignmentStrict {
-		return cd == from
-	}
-	return orgDomain(cd) == orgDomain(from)
+	return mode != msgdmarc.AlignmentStrict && orgDomain(cd) == org
 }
 
 // lookup finds the policy record of from, or of its organizational domain

@@ -140,7 +140,7 @@ func parseAction(key, value string, allowed ...action) (action, error) {
 // (unless check_auth) or a relay client (unless check_relay). AUTH also
 // sets Relay, so an authenticated client is governed by check_auth alone.
 func (p *Plugin) skip(c *connection.Connection) bool {
-	if c.AuthUser != "" || connection.NoteAuthUser.Get(&c.Notes) != "" {
+	if c.AuthUser != "" {
 		return !p.checkAuth
 	}
 	return c.Relay && !p.checkRelay
@@ -187,40 +187,44 @@ func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *trans
 
 // policy turns a verdict into the reply its setting asks for.
 func (p *Plugin) policy(c *connection.Connection, v Verdict) hooks.Result {
-	ip := c.RemoteIP().String()
-	detail := fmt.Sprintf("spf=%s identity=%s domain=%s reason=%q", v.Result, v.Identity, v.Domain, v.Reason)
 	var a action
-	var enh [3]int
-	var text string
+	var enh [3]int // the first digit follows the action
 	switch v.Result {
 	case authres.ResultFail:
-		a, enh = p.fail, [3]int{5, 7, 23}
-		text = fmt.Sprintf("SPF fail: %s does not designate %s as a permitted sender", v.Domain, ip)
+		a, enh = p.fail, [3]int{0, 7, 23}
 	case authres.ResultSoftFail:
-		a, enh = p.softFail, [3]int{5, 7, 23}
-		text = fmt.Sprintf("SPF softfail: %s does not designate %s as a permitted sender", v.Domain, ip)
+		a, enh = p.softFail, [3]int{0, 7, 23}
 	case authres.ResultTempError:
-		a, enh = p.tempError, [3]int{4, 7, 24}
-		text = fmt.Sprintf("SPF temperror: temporary error checking the SPF policy of %s for %s; try again later", v.Domain, ip)
+		a, enh = p.tempError, [3]int{0, 7, 24}
 	case authres.ResultPermError:
-		a, enh = p.permError, [3]int{5, 7, 24}
-		text = fmt.Sprintf("SPF permerror: the SPF record of %s is invalid; cannot check %s", v.Domain, ip)
+		a, enh = p.permError, [3]int{0, 7, 24}
 	default:
 		return hooks.Result{}
 	}
-	switch a {
-	case reject:
+	if a == note {
+		return hooks.Result{}
+	}
+	ip := c.RemoteIP().String()
+	var text string
+	switch v.Result {
+	case authres.ResultFail, authres.ResultSoftFail:
+		text = fmt.Sprintf("SPF %s: %s does not designate %s as a permitted sender", v.Result, v.Domain, ip)
+	case authres.ResultTempError:
+		text = fmt.Sprintf("SPF temperror: temporary error checking the SPF policy of %s for %s; try again later", v.Domain, ip)
+	case authres.ResultPermError:
+		text = fmt.Sprintf("SPF permerror: the SPF record of %s is invalid; cannot check %s", v.Domain, ip)
+	}
+	detail := fmt.Sprintf("spf=%s identity=%s domain=%s reason=%q", v.Result, v.Identity, v.Domain, v.Reason)
+	if a == reject {
 		enh[0] = 5
 		return hooks.Result{Code: hooks.Deny, Msg: text, Enhanced: enh, ReplyCode: 550, Detail: detail}
-	case deferred:
-		enh[0] = 4
-		code := 450
-		if v.Result == authres.ResultTempError {
-			code = 451
-		}
-		return hooks.Result{Code: hooks.DenySoft, Msg: text, Enhanced: enh, ReplyCode: code, Detail: detail}
 	}
-	return hooks.Result{}
+	enh[0] = 4
+	code := 450
+	if v.Result == authres.ResultTempError {
+		code = 451
+	}
+	return hooks.Result{Code: hooks.DenySoft, Msg: text, Enhanced: enh, ReplyCode: code, Detail: detail}
 }
 
 // Check evaluates the SPF policy for the client of c sending from (the
@@ -324,54 +328,46 @@ func receivedSPF(c *connection.Connection, sender string, v Verdict) string {
 	var b strings.Builder
 	b.WriteString(string(v.Result))
 	b.WriteString(" (")
-	b.WriteString(comment(c.Hostname + ": " + why))
+	escape(&b, c.Hostname, `()\`) // an RFC 5322 comment
+	b.WriteString(": ")
+	escape(&b, why, `()\`)
 	b.WriteString(")\r\n\tclient-ip=")
-	b.WriteString(token(ip))
+	writeToken(&b, ip)
 	b.WriteString("; envelope-from=")
-	b.WriteString(token(sender))
+	writeToken(&b, sender)
 	b.WriteString("; helo=")
-	b.WriteString(token(c.Helo))
+	writeToken(&b, c.Helo)
 	b.WriteString(";\r\n\treceiver=")
-	b.WriteString(token(c.Hostname))
+	writeToken(&b, c.Hostname)
 	b.WriteString("; identity=")
 	b.WriteString(v.Identity)
 	if v.Result == authres.ResultPermError && v.Reason != "" {
 		b.WriteString("; problem=")
-		b.WriteString(token(v.Reason))
+		writeToken(&b, v.Reason)
 	}
 	return b.String()
 }
 
-// comment escapes s for an RFC 5322 comment: parentheses and backslashes
-// get a backslash, control characters become spaces.
-func comment(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case r == '(' || r == ')' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r < ' ' || r == 0x7f:
-			b.WriteByte(' ')
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
-}
-
-// token returns s as a dot-atom when it is one, else as a quoted string
-// (RFC 5322 3.2.3, 3.2.4; UTF-8 is atext under RFC 6532): the value of a
-// Received-SPF key-value pair.
-func token(s string) string {
+// writeToken writes s as a dot-atom when it is one, else as a quoted
+// string (RFC 5322 3.2.3, 3.2.4; UTF-8 is atext under RFC 6532): the value
+// of a Received-SPF key-value pair.
+func writeToken(b *strings.Builder, s string) {
 	if isDotAtom(s) {
-		return s
+		b.WriteString(s)
+		return
 	}
-	var b strings.Builder
 	b.WriteByte('"')
+	escape(b, s, `"\`)
+	b.WriteByte('"')
+}
+
+// escape writes s with a backslash before each rune of special, and
+// control characters as spaces: the text of a comment (special "()\\")
+// or of a quoted string (special "\"\\").
+func escape(b *strings.Builder, s, special string) {
 	for _, r := range s {
 		switch {
-		case r == '"' || r == '\\':
+		case strings.ContainsRune(special, r):
 			b.WriteByte('\\')
 			b.WriteRune(r)
 		case r < ' ' || r == 0x7f:
@@ -380,8 +376,6 @@ func token(s string) string {
 			b.WriteRune(r)
 		}
 	}
-	b.WriteByte('"')
-	return b.String()
 }
 
 func isDotAtom(s string) bool {
