@@ -17,7 +17,10 @@
 package mailaddr
 
 import (
+	"io"
 	"iter"
+	"mime"
+	"net/mail"
 	"net/netip"
 	"strings"
 
@@ -80,6 +83,18 @@ func Split(addr string) (local, domain string, ok bool) {
 	}
 	return addr[:i], addr[i+1:], true
 }
+
+// ParseAddressList parses the addresses of a header field such as From
+// (RFC 5322 section 3.4) whatever the charset of an encoded display name
+// (=?windows-1252?...?=, =?iso-2022-jp?...?=, which net/mail alone
+// refuses): a plugin that wants the addresses must not fail on the names.
+func ParseAddressList(value string) ([]*mail.Address, error) {
+	return addressParser.ParseList(value)
+}
+
+var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}
 
 // ParentSuffixes yields the suffixes of domain that start at each of its
 // dots, longest first: "a.b.example.com" gives ".b.example.com",

@@ -163,3 +163,18 @@ func TestParentSuffixes(t *testing.T) {
 		}
 	}
 }
+
+func TestParseAddressListTakesAnyCharset(t *testing.T) {
+	for _, v := range []string{
+		"=?windows-1252?q?Al=EFce?= <alice@example.com>",
+		"=?iso-2022-jp?B?GyRCJUElJiVkGyhC?= <alice@example.com>, bob@example.com",
+	} {
+		addrs, err := mailaddr.ParseAddressList(v)
+		if err != nil || addrs[0].Address != "alice@example.com" {
+			t.Errorf("ParseAddressList(%q) = %v, %v", v, addrs, err)
+		}
+	}
+	if _, err := mailaddr.ParseAddressList("not an address"); err == nil {
+		t.Error("a value without an address parsed")
+	}
+}

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/mail"
 	"regexp"
 	"strings"
 
@@ -308,7 +307,7 @@ func fromDomain(h *transaction.Header) (domain, why string) {
 	default:
 		return "", "more than one From field"
 	}
-	addrs, err := mail.ParseAddressList(froms[0])
+	addrs, err := mailaddr.ParseAddressList(froms[0])
 	if err != nil || len(addrs) == 0 {
 		return "", "the From field does not parse"
 	}

@@ -381,6 +381,10 @@ func TestFromDomainIsMatchedAsADomain(t *testing.T) {
 		"From: ALICE@EXAMPLE.COM",
 		"From: \"Alice, Sales\" <alice@Example.Com>, bob@example.com",
 		"From: =?utf-8?q?Al=C3=AFce?= <alice@example.com>",
+		// Display names in charsets net/mail does not decode must not
+		// leave the message unsigned.
+		"From: =?windows-1252?q?Al=EFce?= <alice@example.com>",
+		"From: =?iso-2022-jp?B?GyRCJUElJiVkGyhC?= <alice@example.com>",
 	} {
 		msg := sendOne(t, h, s, from+"\r\nSubject: hi\r\n\r\nHello\r\n")
 		if vs := verify(t, srv, msg); len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "example.com" {

@@ -13,10 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"mime"
-	"net/mail"
 	"strings"
 
 	"github.com/emersion/go-msgauth/authres"
@@ -276,7 +273,7 @@ func fromDomain(h *transaction.Header) (string, authres.ResultValue, string) {
 	case len(values) > 1:
 		return "", authres.ResultPermError, fmt.Sprintf("%d From fields (RFC 5322 allows one)", len(values))
 	}
-	addrs, err := fromParser.ParseList(values[0])
+	addrs, err := mailaddr.ParseAddressList(values[0])
 	if err != nil {
 		return "", authres.ResultPermError, "From field does not parse: " + err.Error()
 	}
@@ -305,12 +302,6 @@ func fromDomain(h *transaction.Header) (string, authres.ResultValue, string) {
 	}
 	return domain, "", ""
 }
-
-// fromParser parses From fields whatever the charset of an encoded display
-// name: only the address matters here.
-var fromParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
-	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
-}}
 
 // orgDomain returns the organizational domain of a canonical domain: its
 // public suffix and one label more, or the domain itself when it is a
