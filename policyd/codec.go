@@ -71,7 +71,7 @@ func protocolError(format string, args ...any) error {
 // MaxLineBytes, past MaxAttributes, an empty request, or a request cut off
 // by the end of the input.
 func ReadRequest(r *bufio.Reader) (Request, error) {
-	req := Request{}
+	req := make(Request, 32) // Postfix 3 sends about 30 attributes
 	n, err := readAttributes(r, MaxLineBytes, MaxAttributes, func(name, value []byte) {
 		req[string(name)] = string(value)
 	})
