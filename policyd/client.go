@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -32,6 +33,9 @@ func Query(ctx context.Context, address string, req Request) (string, error) {
 		return "", fmt.Errorf("sending the request to %s: %w", address, err)
 	}
 	action, err := ReadAction(bufio.NewReader(nc))
+	if err == io.EOF {
+		return "", fmt.Errorf("reading the answer of %s: the server closed the connection without an answer", address)
+	}
 	if err != nil {
 		return "", fmt.Errorf("reading the answer of %s: %w", address, err)
 	}

@@ -5,8 +5,9 @@
 // line, and the policy service answers `action=...` and an empty line, on
 // a connection Postfix keeps open for further requests.
 //
-// The package has three parts: the codec (Request, ReadRequest,
-// WriteAction, and Query for the client side of a test), the Checker that
+// The package has three parts: the codec of both sides (Request,
+// ReadRequest, WriteAction; ReadAction, AppendAttribute and Query for a
+// client: `smtpd policy -test` and the policy plugin), the Checker that
 // runs a Sluice plugin chain on one request through a server.Session, and
 // the Server that accepts connections (TCP or a unix socket), applies the
 // timeouts and the connection limit, and answers each request with the
@@ -15,6 +16,7 @@ package policyd
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -31,72 +33,142 @@ const (
 	MaxAttributes = 200
 )
 
+// Limits on one answer, which is an action and little else: a longer line
+// or more attributes is a garbled answer.
+const (
+	maxAnswerLineBytes  = 4096
+	maxAnswerAttributes = 64
+)
+
 // Request is one policy request: its attributes by name. A name Postfix
 // sends twice keeps its last value.
 type Request map[string]string
 
-// ErrProtocol is wrapped by the errors ReadRequest returns for input that
-// is not the policy protocol: the server logs it and closes the
-// connection, as SMTPD_POLICY_README asks of a server in trouble.
+// ErrProtocol is matched (errors.Is) by the errors ReadRequest and
+// ReadAction return for input that is not the policy protocol, each a
+// *ProtocolError: the server logs it and closes the connection, as
+// SMTPD_POLICY_README asks of a server in trouble; a client does not send
+// the request again.
 var ErrProtocol = errors.New("policy protocol error")
+
+// ProtocolError is input that is not the policy protocol; Problem says
+// what is wrong with it ("a line longer than 4096 bytes").
+type ProtocolError struct{ Problem string }
+
+func (e *ProtocolError) Error() string { return ErrProtocol.Error() + ": " + e.Problem }
+
+// Is makes errors.Is(err, ErrProtocol) hold.
+func (e *ProtocolError) Is(target error) bool { return target == ErrProtocol }
+
+func protocolError(format string, args ...any) error {
+	return &ProtocolError{Problem: fmt.Sprintf(format, args...)}
+}
 
 // ReadRequest reads one request from r: name=value lines up to an empty
 // line. A line may end with LF (as Postfix sends) or CRLF (a person at a
-// terminal). It returns io.EOF when r ends before a request starts, and an
-// error wrapping ErrProtocol for a line without "=", with an empty name,
-// longer than MaxLineBytes, past MaxAttributes, or a request cut off by
-// the end of the input.
+// terminal). It returns io.EOF when r ends before a request starts, and a
+// *ProtocolError for a line without "=", with an empty name, longer than
+// MaxLineBytes, past MaxAttributes, an empty request, or a request cut off
+// by the end of the input.
 func ReadRequest(r *bufio.Reader) (Request, error) {
-	req := Request{}
+	req := make(Request, 32) // Postfix 3 sends about 30 attributes
+	n, err := readAttributes(r, MaxLineBytes, MaxAttributes, func(name, value []byte) {
+		req[string(name)] = string(value)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, protocolError("an empty request")
+	}
+	return req, nil
+}
+
+// ReadAction reads a policy server's answer: attribute lines up to the
+// empty line, of which it returns the value of the (first) action. It
+// returns io.EOF when r ends before the answer starts (the server closed
+// the connection), and a *ProtocolError for an answer that breaks the
+// protocol as ReadRequest says (with a line limit of 4096 bytes and 64
+// attributes) or has no action.
+func ReadAction(r *bufio.Reader) (string, error) {
+	var action string
+	found := false
+	_, err := readAttributes(r, maxAnswerLineBytes, maxAnswerAttributes, func(name, value []byte) {
+		if !found && string(name) == "action" {
+			action, found = string(value), true
+		}
+	})
+	if err != nil {
+		return "", err
+	}
+	if !found {
+		return "", protocolError("no action attribute")
+	}
+	return action, nil
+}
+
+// readAttributes reads name=value lines from r up to the empty line,
+// passing each attribute to fn (its slices are valid only during the
+// call), and returns how many it read. It returns io.EOF when r ends
+// before the first line, r's own errors, and a *ProtocolError for a line
+// without "=" or with an empty name, one longer than maxLine bytes (its
+// newline included), more than maxAttrs attributes, or input cut off
+// before the empty line.
+func readAttributes(r *bufio.Reader, maxLine, maxAttrs int, fn func(name, value []byte)) (int, error) {
 	for n := 0; ; n++ {
-		line, err := readLine(r)
+		line, err := readLine(r, maxLine)
+		if err == io.EOF && n > 0 {
+			err = protocolError("cut off before its empty line")
+		}
 		if err != nil {
-			if err == io.EOF && n == 0 {
-				return nil, io.EOF
-			}
-			if err == io.EOF {
-				return nil, fmt.Errorf("%w: the request ended without its empty line", ErrProtocol)
-			}
-			return nil, err
+			return n, err
 		}
-		if line == "" {
-			if n == 0 {
-				return nil, fmt.Errorf("%w: an empty request", ErrProtocol)
-			}
-			return req, nil
+		if len(line) == 0 {
+			return n, nil
 		}
-		if n >= MaxAttributes {
-			return nil, fmt.Errorf("%w: more than %d attributes", ErrProtocol, MaxAttributes)
+		if n >= maxAttrs {
+			return n, protocolError("more than %d attributes", maxAttrs)
 		}
-		name, value, ok := strings.Cut(line, "=")
-		if !ok || name == "" {
-			return nil, fmt.Errorf("%w: line %d is not name=value: %.40q", ErrProtocol, n+1, line)
+		name, value, ok := bytes.Cut(line, []byte("="))
+		if !ok || len(name) == 0 {
+			return n, protocolError("line %d: %.80q is no name=value attribute", n+1, line)
 		}
-		req[name] = value
+		fn(name, value)
 	}
 }
 
-// readLine reads one line without its LF or CRLF.
-func readLine(r *bufio.Reader) (string, error) {
-	var b []byte
-	for {
-		frag, err := r.ReadSlice('\n')
-		b = append(b, frag...)
-		if len(b) > MaxLineBytes {
-			return "", fmt.Errorf("%w: a line longer than %d bytes", ErrProtocol, MaxLineBytes)
+// readLine reads one line without its LF or CRLF. The slice is valid until
+// the next read of r (it is r's buffer unless the line is longer).
+func readLine(r *bufio.Reader, maxLine int) ([]byte, error) {
+	line, err := r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		long := append([]byte(nil), line...)
+		for errors.Is(err, bufio.ErrBufferFull) && len(long) <= maxLine {
+			line, err = r.ReadSlice('\n')
+			long = append(long, line...)
 		}
-		switch {
-		case err == nil:
-			s := strings.TrimSuffix(string(b[:len(b)-1]), "\r")
-			return s, nil
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue
-		case err == io.EOF && len(b) > 0:
-			return "", fmt.Errorf("%w: the request ended in the middle of a line", ErrProtocol)
-		default:
-			return "", err
-		}
+		line = long
 	}
+	if len(line) > maxLine {
+		return nil, protocolError("a line longer than %d bytes", maxLine)
+	}
+	switch {
+	case err == nil:
+		return bytes.TrimSuffix(line[:len(line)-1], []byte("\r")), nil
+	case err == io.EOF && len(line) > 0:
+		return nil, protocolError("cut off in the middle of a line")
+	default:
+		return nil, err
+	}
+}
+
+// AppendAttribute appends the attribute line name=value to b. The caller
+// sees to it that name holds no "=" and neither a newline.
+func AppendAttribute(b []byte, name, value string) []byte {
+	b = append(b, name...)
+	b = append(b, '=')
+	b = append(b, value...)
+	return append(b, '\n')
 }
 
 // WriteTo writes the request as Postfix sends it: name=value lines in
@@ -104,50 +176,34 @@ func readLine(r *bufio.Reader) (string, error) {
 // newline; one that does is an error and nothing is written.
 func (r Request) WriteTo(w io.Writer) (int64, error) {
 	names := make([]string, 0, len(r))
+	size := 1
 	for name := range r {
 		if strings.ContainsAny(name, "=\n") || strings.Contains(r[name], "\n") {
 			return 0, fmt.Errorf("attribute %q: names may not contain = or a newline, values no newline", name)
 		}
 		names = append(names, name)
+		size += len(name) + len(r[name]) + 2
 	}
 	sort.Strings(names)
 	// "request" first, as Postfix sends it.
 	sort.SliceStable(names, func(i, j int) bool { return names[i] == "request" && names[j] != "request" })
-	var b strings.Builder
+	b := make([]byte, 0, size)
 	for _, name := range names {
-		b.WriteString(name)
-		b.WriteByte('=')
-		b.WriteString(r[name])
-		b.WriteByte('\n')
+		b = AppendAttribute(b, name, r[name])
 	}
-	b.WriteByte('\n')
-	n, err := io.WriteString(w, b.String())
+	n, err := w.Write(append(b, '\n'))
 	return int64(n), err
 }
+
+var oneLine = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ")
 
 // WriteAction writes the answer to one request: "action=" and action, then
 // the empty line. A newline in action (a plugin's multi-line text) becomes
 // a space: the protocol has one line per attribute.
 func WriteAction(w io.Writer, action string) error {
-	action = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(action)
-	_, err := io.WriteString(w, "action="+action+"\n\n")
+	if strings.ContainsAny(action, "\r\n") {
+		action = oneLine.Replace(action)
+	}
+	_, err := w.Write(append(AppendAttribute(nil, "action", action), '\n'))
 	return err
-}
-
-// ReadAction reads a policy server's answer: attribute lines up to the
-// empty line, of which it returns the action's value. An answer without an
-// action is an error.
-func ReadAction(r *bufio.Reader) (string, error) {
-	resp, err := ReadRequest(r)
-	if err == io.EOF {
-		return "", fmt.Errorf("%w: the server closed the connection without an answer", ErrProtocol)
-	}
-	if err != nil {
-		return "", err
-	}
-	action, ok := resp["action"]
-	if !ok {
-		return "", fmt.Errorf("%w: the answer has no action attribute", ErrProtocol)
-	}
-	return action, nil
 }

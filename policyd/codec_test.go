@@ -93,3 +93,29 @@ func TestRefusal(t *testing.T) {
 		}
 	}
 }
+
+// ReadAction reads a line longer than the reader's buffer up to its limit,
+// takes the first action, and tells a closed connection (io.EOF) from a
+// garbled answer.
+func TestReadActionLimitsAndErrors(t *testing.T) {
+	long := "REJECT " + strings.Repeat("x", 2000)
+	r := bufio.NewReaderSize(strings.NewReader("action="+long+"\naction=DUNNO\n\n"), 16)
+	if action, err := policyd.ReadAction(r); err != nil || action != long {
+		t.Errorf("ReadAction of a 2000-byte line = %.20q, %v", action, err)
+	}
+	if _, err := policyd.ReadAction(bufio.NewReader(strings.NewReader(""))); err != io.EOF {
+		t.Errorf("ReadAction at the end: %v, want io.EOF", err)
+	}
+	for name, in := range map[string]string{
+		"line too long": "action=" + strings.Repeat("x", 4096) + "\n\n",
+		"cut off":       "action=DUNNO\n",
+		"empty answer":  "\n",
+		"no equals":     "Hello there\n\n",
+	} {
+		_, err := policyd.ReadAction(bufio.NewReader(strings.NewReader(in)))
+		var pe *policyd.ProtocolError
+		if !errors.As(err, &pe) || !errors.Is(err, policyd.ErrProtocol) {
+			t.Errorf("%s: err = %v, want a *ProtocolError", name, err)
+		}
+	}
+}

@@ -2,24 +2,19 @@ package policy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/sluice-mta/sluice/policyd"
 )
 
-// The bounds on a policy server's reply: a line longer than maxReplyLine
-// bytes, or more than maxReplyAttrs attributes, is a garbled reply.
-const (
-	maxReplyLine  = 4096
-	maxReplyAttrs = 64
-)
-
-// errGarbled marks a reply that breaks the protocol: such a connection is
-// closed, and the request is not retried.
+// errGarbled marks a reply that breaks the protocol (policyd.ReadAction's
+// limits and rules): such a connection is closed, and the request is not
+// retried.
 var errGarbled = errors.New("garbled reply")
 
 // pool is the client side of the policy delegation protocol: it keeps a few
@@ -148,44 +143,15 @@ func (c *conn) roundTrip(ctx context.Context, deadline time.Time, req []byte) (s
 	if _, err := c.Write(req); err != nil {
 		return "", fmt.Errorf("send to policy server: %w", err)
 	}
-	var action string
-	found := false
-	for n := 0; ; n++ {
-		line, err := c.r.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) || len(line) > maxReplyLine {
-			return "", fmt.Errorf("policy server: %w: a line longer than %d bytes", errGarbled, maxReplyLine)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return "", fmt.Errorf("read from policy server: %w", ctx.Err())
-			}
-			return "", fmt.Errorf("read from policy server: %w", err)
-		}
-		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
-		if len(line) == 0 {
-			break
-		}
-		if n >= maxReplyAttrs {
-			return "", fmt.Errorf("policy server: %w: more than %d attributes", errGarbled, maxReplyAttrs)
-		}
-		name, value, ok := bytes.Cut(line, []byte("="))
-		if !ok {
-			return "", fmt.Errorf("policy server: %w: %q is no name=value attribute", errGarbled, clip(line))
-		}
-		if string(name) == "action" && !found {
-			action, found = string(value), true
-		}
-	}
-	if !found {
-		return "", fmt.Errorf("policy server: %w: no action attribute", errGarbled)
+	action, err := policyd.ReadAction(c.r)
+	var pe *policyd.ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		return "", fmt.Errorf("policy server: %w: %s", errGarbled, pe.Problem)
+	case err != nil && ctx.Err() != nil:
+		return "", fmt.Errorf("read from policy server: %w", ctx.Err())
+	case err != nil:
+		return "", fmt.Errorf("read from policy server: %w", err)
 	}
 	return action, nil
-}
-
-// clip shortens b for an error message.
-func clip(b []byte) []byte {
-	if len(b) > 80 {
-		return b[:80]
-	}
-	return b
 }

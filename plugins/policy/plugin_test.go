@@ -30,7 +30,6 @@ const (
 // server is a policy server in the test: it records each request and
 // answers with answer(attributes), written as it is.
 type server struct {
-	t      *testing.T
 	ln     net.Listener
 	answer func(req map[string]string) string
 	// closeAfter closes each connection after its reply (a server that
@@ -50,7 +49,7 @@ func startServer(t *testing.T, network, address string, answer func(map[string]s
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, ln: ln, answer: answer, done: make(chan struct{})}
+	s := &server{ln: ln, answer: answer, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); close(s.done); wg.Wait() })
 	wg.Add(1)
@@ -143,6 +142,16 @@ func chain(t *testing.T, settings string) (*hookstest.Harness, *policy.Plugin) {
 
 const msg = "Subject: hi\r\n\r\nhello\r\n"
 
+// afterMail connects from 192.0.2.1 and sends HELO and a MAIL FROM
+// that must be accepted: the session is ready for RCPT.
+func afterMail(t testing.TB, h *hookstest.Harness) *hookstest.Session {
+	t.Helper()
+	s := h.Connect("192.0.2.1")
+	s.Helo("client.example")
+	hookstest.ExpectReply(t, s.Mail("alice@example.org"), "250 2.1.0 Sender OK")
+	return s
+}
+
 func TestActionsAtRcpt(t *testing.T) {
 	for _, tc := range []struct {
 		action, rcpt string
@@ -182,9 +191,7 @@ func TestActionsAtRcpt(t *testing.T) {
 		t.Run(tc.action+" "+tc.rcpt, func(t *testing.T) {
 			srv := startServer(t, "tcp", "127.0.0.1:0", action(tc.action))
 			h, _ := chain(t, fmt.Sprintf("address = %q\nok_accepts = %v", srv.addr(), tc.okAccepts))
-			s := h.Connect("192.0.2.1")
-			s.Helo("client.example")
-			hookstest.ExpectReply(t, s.Mail("alice@example.org"), "250 2.1.0 Sender OK")
+			s := afterMail(t, h)
 			hookstest.ExpectReply(t, s.Rcpt(tc.rcpt), tc.want)
 		})
 	}
@@ -197,9 +204,7 @@ func TestDisconnectingCodes(t *testing.T) {
 	} {
 		srv := startServer(t, "tcp", "127.0.0.1:0", action(tc.action))
 		h, _ := chain(t, fmt.Sprintf("address = %q", srv.addr()))
-		s := h.Connect("192.0.2.1")
-		s.Helo("client.example")
-		s.Mail("alice@example.org")
+		s := afterMail(t, h)
 		rep := s.Rcpt("bob@example.test")
 		hookstest.ExpectReply(t, rep, tc.want)
 		if !rep.Close {
@@ -391,9 +396,7 @@ func TestDiscardAcceptsAndDrops(t *testing.T) {
 	h, p := chain(t, fmt.Sprintf("address = %q", srv.addr()))
 	var log hookstest.LogBuffer
 	p.SetLogger(log.Logger())
-	s := h.Connect("192.0.2.1")
-	s.Helo("client.example")
-	s.Mail("alice@example.org")
+	s := afterMail(t, h)
 	id := s.Transaction().ID
 	hookstest.ExpectReply(t, s.Rcpt("bob@example.test"), "250 2.1.5 Recipient OK")
 	hookstest.ExpectReply(t, s.Data(msg), "250 2.0.0 Ok: queued as "+id)
@@ -444,9 +447,7 @@ func TestReconnectsWhenTheServerClosedTheConnection(t *testing.T) {
 func TestUnixSocket(t *testing.T) {
 	srv := startServer(t, "unix", filepath.Join(t.TempDir(), "policy.sock"), action("REJECT 5.7.0 Not here"))
 	h, _ := chain(t, fmt.Sprintf("address = %q", srv.addr()))
-	s := h.Connect("192.0.2.1")
-	s.Helo("client.example")
-	s.Mail("alice@example.org")
+	s := afterMail(t, h)
 	hookstest.ExpectReply(t, s.Rcpt("bob@example.test"), "550 5.7.0 Not here")
 }
 
@@ -471,9 +472,7 @@ func TestFailureActionDefer(t *testing.T) {
 			h, _ := chain(t, fmt.Sprintf("address = %q\ntimeout = \"300ms\"", srv.addr()))
 			var log hookstest.LogBuffer
 			h.Logger = log.Logger()
-			s := h.Connect("192.0.2.1")
-			s.Helo("client.example")
-			s.Mail("alice@example.org")
+			s := afterMail(t, h)
 			start := time.Now()
 			hookstest.ExpectReply(t, s.Rcpt("bob@example.test"), "451 4.3.5 Server configuration problem")
 			if d := time.Since(start); d > 3*time.Second {
@@ -493,9 +492,7 @@ func TestFailureActionAccept(t *testing.T) {
 			h, p := chain(t, fmt.Sprintf("address = %q\ntimeout = \"300ms\"\nfailure_action = \"accept\"", srv.addr()))
 			var log hookstest.LogBuffer
 			p.SetLogger(log.Logger())
-			s := h.Connect("192.0.2.1")
-			s.Helo("client.example")
-			s.Mail("alice@example.org")
+			s := afterMail(t, h)
 			// The next plugin decides: rcptok accepts a local recipient and
 			// still refuses to relay.
 			hookstest.ExpectReply(t, s.Rcpt("bob@example.test"), "250 2.1.5 Recipient OK")
@@ -517,9 +514,7 @@ func TestServerDown(t *testing.T) {
 	h, _ := chain(t, fmt.Sprintf("address = %q", addr))
 	var log hookstest.LogBuffer
 	h.Logger = log.Logger()
-	s := h.Connect("192.0.2.1")
-	s.Helo("client.example")
-	s.Mail("alice@example.org")
+	s := afterMail(t, h)
 	hookstest.ExpectReply(t, s.Rcpt("bob@example.test"), "451 4.3.5 Server configuration problem")
 	if want := "connect to policy server " + addr; !strings.Contains(log.String(), want) || !strings.Contains(log.String(), "connection refused") {
 		t.Errorf("log lacks %q:\n%s", want, log.String())
@@ -537,9 +532,7 @@ func TestHookDeadlineBoundsTheRequest(t *testing.T) {
 	p := hookstest.BuildAs[*policy.Plugin](t, "policy", fmt.Sprintf("address = %q\ntimeout = \"1m\"", srv.addr()))
 	h := hookstest.NewWithOptions(t, hookstest.Options{Timeout: 300 * time.Millisecond}, hookstest.Plugin("policy", p),
 		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)))
-	s := h.Connect("192.0.2.1")
-	s.Helo("client.example")
-	s.Mail("alice@example.org")
+	s := afterMail(t, h)
 	start := time.Now()
 	hookstest.ExpectReply(t, s.Rcpt("bob@example.test"), "451 4.3.5 Server configuration problem")
 	if d := time.Since(start); d > 5*time.Second {
@@ -673,9 +666,7 @@ func BenchmarkRcpt(b *testing.B) {
 	h := hookstest.New(b, hookstest.Plugin("policy", p),
 		hookstest.Plugin("rcptok", hookstest.Build(b, "rcptok", `domains = ["example.test"]`)))
 	h.Logger = slog.New(slog.DiscardHandler)
-	s := h.Connect("192.0.2.1")
-	s.Helo("client.example")
-	s.Mail("alice@example.org")
+	s := afterMail(b, h)
 	b.ResetTimer()
 	for i := range b.N {
 		if rep := s.Rcpt("bob@example.test"); rep.Code != 250 {

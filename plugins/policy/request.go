@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/policyd"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -14,14 +15,8 @@ import (
 // SMTPD_POLICY_README lists them, ended by the empty line. Every attribute
 // Postfix sends is sent, empty when Sluice has no value, as Postfix does.
 func (p *Plugin) request(c *connection.Connection, tx *transaction.Transaction, st stage, rcpt string) []byte {
-	var b strings.Builder
-	b.Grow(768)
-	attr := func(name, value string) {
-		b.WriteString(name)
-		b.WriteByte('=')
-		b.WriteString(sanitize(value))
-		b.WriteByte('\n')
-	}
+	b := make([]byte, 0, 768)
+	attr := func(name, value string) { b = policyd.AppendAttribute(b, name, sanitize(value)) }
 	protocol := "SMTP"
 	if c.ESMTP {
 		protocol = "ESMTP"
@@ -78,8 +73,7 @@ func (p *Plugin) request(c *connection.Connection, tx *transaction.Transaction, 
 	attr("policy_context", p.policyContext)
 	attr("server_address", c.Local.Addr().Unmap().String())
 	attr("server_port", strconv.Itoa(int(c.Local.Port())))
-	b.WriteByte('\n')
-	return []byte(b.String())
+	return append(b, '\n')
 }
 
 // sanitize makes a value safe for one attribute line: a control character

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"strings"
@@ -184,10 +185,7 @@ var policyTestDefaults = policyd.Request{
 // prints its action: exit 0 for an action that lets the mail through
 // (DUNNO, OK, ...), 1 for a refusal, 2 when there is no answer.
 func policyTest(address string, args []string, stdout, stderr io.Writer) int {
-	req := policyd.Request{}
-	for k, v := range policyTestDefaults {
-		req[k] = v
-	}
+	req := maps.Clone(policyTestDefaults)
 	var id [6]byte
 	rand.Read(id[:])
 	req["instance"] = "sluice-test." + hex.EncodeToString(id[:])
