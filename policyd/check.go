@@ -1,7 +1,21 @@
+// Package policyd is the server side of Postfix's SMTP access policy
+// delegation protocol (Postfix's SMTPD_POLICY_README): Postfix's smtpd,
+// told `check_policy_service inet:127.0.0.1:10040` in one of its
+// restriction lists, sends a request of name=value lines ended by an empty
+// line, and the policy service answers `action=...` and an empty line, on
+// a connection Postfix keeps open for further requests.
+//
+// The package has two parts, over the wire format of package
+// policyd/wire: the Checker that
+// runs a Sluice plugin chain on one request through a server.Session, and
+// the Server that accepts connections (TCP or a unix socket), applies the
+// timeouts and the connection limit, and answers each request with the
+// Checker's action.
 package policyd
 
 import (
 	"context"
+	"github.com/sluice-mta/sluice/policyd/wire"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -95,7 +109,7 @@ type Verdict struct {
 // and for DATA and END-OF-MESSAGE the data hook. The first refusal is the
 // action; otherwise Dunno. Requests of other states (VRFY, ETRN) and of
 // other kinds than smtpd_access_policy get Dunno without running anything.
-func (c *Checker) Check(ctx context.Context, req Request) Verdict {
+func (c *Checker) Check(ctx context.Context, req wire.Request) Verdict {
 	state := strings.ToUpper(req["protocol_state"])
 	conn := c.connection(req)
 	v := Verdict{Action: Dunno, Conn: conn.ID}
@@ -220,7 +234,7 @@ func action(rep hooks.Reply) string {
 }
 
 // connection is the Connection a request runs as.
-func (c *Checker) connection(req Request) *connection.Connection {
+func (c *Checker) connection(req wire.Request) *connection.Connection {
 	conn := connection.New(c.Listener, c.Hostname, addrPort(req["server_address"], req["server_port"]),
 		addrPort(req["client_address"], req["client_port"]))
 	if name := req["client_name"]; name != "" && name != "unknown" {
@@ -249,7 +263,7 @@ func addrPort(ip, port string) netip.AddrPort {
 
 // recall returns the recipients remembered for the request's transaction:
 // those answered Dunno earlier with the same instance, client and sender.
-func (c *Checker) recall(key string, req Request) []string {
+func (c *Checker) recall(key string, req wire.Request) []string {
 	if key == "" {
 		return nil
 	}
@@ -264,7 +278,7 @@ func (c *Checker) recall(key string, req Request) []string {
 
 // remember adds an accepted recipient to the request's transaction,
 // forgetting the oldest transaction past MaxInstances.
-func (c *Checker) remember(key string, req Request, rcpt string) {
+func (c *Checker) remember(key string, req wire.Request, rcpt string) {
 	if key == "" {
 		return
 	}

@@ -3,6 +3,7 @@ package policyd_test
 import (
 	"context"
 	"fmt"
+	"github.com/sluice-mta/sluice/policyd/wire"
 	"strings"
 	"sync"
 	"testing"
@@ -77,8 +78,8 @@ func newChecker(t *testing.T, plugins ...hooks.Instance) (*policyd.Checker, *hoo
 
 // rcptRequest is a RCPT request as Postfix 3.7 sends it, with over's
 // attributes.
-func rcptRequest(over ...string) policyd.Request {
-	req := policyd.Request{
+func rcptRequest(over ...string) wire.Request {
+	req := wire.Request{
 		"request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
 		"client_address": "192.0.2.7", "client_port": "40000", "client_name": "client.example.org",
 		"reverse_client_name": "client.example.org", "server_address": "192.0.2.1", "server_port": "25",
@@ -97,7 +98,7 @@ func TestCheckRunsTheHooksOfTheState(t *testing.T) {
 	c, _ := newChecker(t, hookstest.Plugin("rec", rec))
 	for _, tc := range []struct {
 		name  string
-		req   policyd.Request
+		req   wire.Request
 		calls string
 	}{
 		{"RCPT", rcptRequest("size=1234"), `connect 192.0.2.7:40000 name=client.example.org local=192.0.2.1:25 auth=

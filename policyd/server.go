@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sluice-mta/sluice/policyd/wire"
 	"io"
 	"log/slog"
 	"net"
@@ -167,7 +168,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	r := bufio.NewReader(nc)
 	for {
 		nc.SetReadDeadline(time.Now().Add(idle))
-		req, err := ReadRequest(r)
+		req, err := wire.ReadRequest(r)
 		if err != nil {
 			var ne net.Error
 			switch {
@@ -191,7 +192,7 @@ func (s *Server) serveConn(nc net.Conn) {
 			"helo", req["helo_name"], "sender", req["sender"], "recipient", req["recipient"], "instance", req["instance"],
 			"action", v.Action, "duration", time.Since(start).Round(time.Microsecond).String())
 		nc.SetWriteDeadline(time.Now().Add(write))
-		if err := WriteAction(nc, v.Action); err != nil {
+		if err := wire.WriteAction(nc, v.Action); err != nil {
 			log.Warn("writing the policy answer failed", "err", err)
 			return
 		}

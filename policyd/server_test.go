@@ -3,6 +3,7 @@ package policyd_test
 import (
 	"bufio"
 	"context"
+	"github.com/sluice-mta/sluice/policyd/wire"
 	"io"
 	"net"
 	"os"
@@ -61,7 +62,7 @@ func TestServerAnswersEachRequestOfAConnection(t *testing.T) {
 		if _, err := rcptRequest("protocol_state=" + state).WriteTo(nc); err != nil {
 			t.Fatal(err)
 		}
-		action, err := policyd.ReadAction(r)
+		action, err := wire.ReadAction(r)
 		want := "450 4.5.3 only 0 recipients"
 		if state == "CONNECT" {
 			want = "DUNNO"
@@ -91,12 +92,12 @@ func TestServerConnectionLimit(t *testing.T) {
 	// The first connection is being served once it has an answer.
 	first.SetDeadline(time.Now().Add(10 * time.Second))
 	rcptRequest("protocol_state=CONNECT").WriteTo(first)
-	if a, err := policyd.ReadAction(bufio.NewReader(first)); err != nil || a != "DUNNO" {
+	if a, err := wire.ReadAction(bufio.NewReader(first)); err != nil || a != "DUNNO" {
 		t.Fatalf("first connection: %q, %v", a, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := policyd.Query(ctx, addr, rcptRequest()); err == nil {
+	if _, err := wire.Query(ctx, addr, rcptRequest()); err == nil {
 		t.Error("a connection over the limit was answered")
 	}
 	if !strings.Contains(log.String(), "too many connections") {
@@ -106,7 +107,7 @@ func TestServerConnectionLimit(t *testing.T) {
 	// Once the first is gone, another one is served.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		a, err := policyd.Query(ctx, addr, rcptRequest("protocol_state=CONNECT"))
+		a, err := wire.Query(ctx, addr, rcptRequest("protocol_state=CONNECT"))
 		if err == nil && a == "DUNNO" {
 			break
 		}

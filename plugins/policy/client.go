@@ -5,14 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sluice-mta/sluice/policyd/wire"
 	"net"
 	"sync"
 	"time"
-
-	"github.com/sluice-mta/sluice/policyd"
 )
 
-// errGarbled marks a reply that breaks the protocol (policyd.ReadAction's
+// errGarbled marks a reply that breaks the protocol (wire.ReadAction's
 // limits and rules): such a connection is closed, and the request is not
 // retried.
 var errGarbled = errors.New("garbled reply")
@@ -143,8 +142,8 @@ func (c *conn) roundTrip(ctx context.Context, deadline time.Time, req []byte) (s
 	if _, err := c.Write(req); err != nil {
 		return "", fmt.Errorf("send to policy server: %w", err)
 	}
-	action, err := policyd.ReadAction(c.r)
-	var pe *policyd.ProtocolError
+	action, err := wire.ReadAction(c.r)
+	var pe *wire.ProtocolError
 	switch {
 	case errors.As(err, &pe):
 		return "", fmt.Errorf("policy server: %w: %s", errGarbled, pe.Problem)

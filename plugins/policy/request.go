@@ -3,11 +3,11 @@ package policy
 import (
 	"crypto/sha256"
 	"crypto/tls"
+	"github.com/sluice-mta/sluice/policyd/wire"
 	"strconv"
 	"strings"
 
 	"github.com/sluice-mta/sluice/connection"
-	"github.com/sluice-mta/sluice/policyd"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -16,7 +16,7 @@ import (
 // Postfix sends is sent, empty when Sluice has no value, as Postfix does.
 func (p *Plugin) request(c *connection.Connection, tx *transaction.Transaction, st stage, rcpt string) []byte {
 	b := make([]byte, 0, 768)
-	attr := func(name, value string) { b = policyd.AppendAttribute(b, name, sanitize(value)) }
+	attr := func(name, value string) { b = wire.AppendAttribute(b, name, sanitize(value)) }
 	protocol := "SMTP"
 	if c.ESMTP {
 		protocol = "ESMTP"

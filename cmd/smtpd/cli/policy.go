@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/sluice-mta/sluice/policyd/wire"
 	"io"
 	"log/slog"
 	"maps"
@@ -149,7 +150,7 @@ func warnUnfed(cfg *config.Config, listener string, plugins map[string]any, log 
 
 // policyTestDefaults are the attributes `smtpd policy -test` sends unless
 // an argument overrides them: a RCPT request as Postfix 3 sends it.
-var policyTestDefaults = policyd.Request{
+var policyTestDefaults = wire.Request{
 	"request":             "smtpd_access_policy",
 	"protocol_state":      "RCPT",
 	"protocol_name":       "ESMTP",
@@ -199,13 +200,13 @@ func policyTest(address string, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	action, err := policyd.Query(ctx, address, req)
+	action, err := wire.Query(ctx, address, req)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpd policy -test: %v\n", err)
 		return 2
 	}
 	fmt.Fprintf(stdout, "action=%s\n", action)
-	if policyd.Refusal(action) {
+	if wire.Refusal(action) {
 		return 1
 	}
 	return 0

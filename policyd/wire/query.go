@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"bufio"

@@ -1,4 +1,4 @@
-package policyd_test
+package wire_test
 
 import (
 	"bufio"
@@ -7,14 +7,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/policyd"
+	"github.com/sluice-mta/sluice/policyd/wire"
 )
 
 func TestReadRequestSeveralOnOneConnection(t *testing.T) {
 	in := "request=smtpd_access_policy\nprotocol_state=RCPT\nsender=\nrecipient=a@example.test\nccert_subject=CN=x=y\n\n" +
 		"request=smtpd_access_policy\r\nrecipient=b@example.test\r\nrecipient=c@example.test\r\n\r\n"
 	r := bufio.NewReader(strings.NewReader(in))
-	req, err := policyd.ReadRequest(r)
+	req, err := wire.ReadRequest(r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,14 +24,14 @@ func TestReadRequestSeveralOnOneConnection(t *testing.T) {
 	if v, ok := req["sender"]; !ok || v != "" {
 		t.Errorf("an empty value must be kept as empty: %q, %v", v, ok)
 	}
-	req, err = policyd.ReadRequest(r)
+	req, err = wire.ReadRequest(r)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if req["recipient"] != "c@example.test" {
 		t.Errorf("second request (CRLF, a name twice: the last wins) = %v", req)
 	}
-	if _, err := policyd.ReadRequest(r); err != io.EOF {
+	if _, err := wire.ReadRequest(r); err != io.EOF {
 		t.Errorf("after the last request: %v, want io.EOF", err)
 	}
 }
@@ -43,11 +43,11 @@ func TestReadRequestRefusesWhatIsNotTheProtocol(t *testing.T) {
 		"empty request":      "\n",
 		"cut off":            "request=smtpd_access_policy\nrecipient=a@example.test\n",
 		"cut in a line":      "request=smtpd_access_policy\nrecip",
-		"line too long":      "recipient=" + strings.Repeat("a", policyd.MaxLineBytes) + "\n\n",
-		"too many attribute": strings.Repeat("a=b\n", policyd.MaxAttributes+1) + "\n",
+		"line too long":      "recipient=" + strings.Repeat("a", wire.MaxLineBytes) + "\n\n",
+		"too many attribute": strings.Repeat("a=b\n", wire.MaxAttributes+1) + "\n",
 	} {
-		_, err := policyd.ReadRequest(bufio.NewReader(strings.NewReader(in)))
-		if !errors.Is(err, policyd.ErrProtocol) {
+		_, err := wire.ReadRequest(bufio.NewReader(strings.NewReader(in)))
+		if !errors.Is(err, wire.ErrProtocol) {
 			t.Errorf("%s: err = %v, want a protocol error", name, err)
 		}
 	}
@@ -55,14 +55,14 @@ func TestReadRequestRefusesWhatIsNotTheProtocol(t *testing.T) {
 
 func TestWriteActionAndRequest(t *testing.T) {
 	var b strings.Builder
-	if err := policyd.WriteAction(&b, "550 5.7.1 two\nlines"); err != nil {
+	if err := wire.WriteAction(&b, "550 5.7.1 two\nlines"); err != nil {
 		t.Fatal(err)
 	}
 	if b.String() != "action=550 5.7.1 two lines\n\n" {
 		t.Errorf("WriteAction wrote %q", b.String())
 	}
 	b.Reset()
-	req := policyd.Request{"recipient": "a@example.test", "request": "smtpd_access_policy", "client_address": "192.0.2.1"}
+	req := wire.Request{"recipient": "a@example.test", "request": "smtpd_access_policy", "client_address": "192.0.2.1"}
 	if _, err := req.WriteTo(&b); err != nil {
 		t.Fatal(err)
 	}
@@ -70,14 +70,14 @@ func TestWriteActionAndRequest(t *testing.T) {
 	if b.String() != want {
 		t.Errorf("WriteTo wrote %q, want %q", b.String(), want)
 	}
-	if _, err := (policyd.Request{"sender": "a\nb"}).WriteTo(&b); err == nil {
+	if _, err := (wire.Request{"sender": "a\nb"}).WriteTo(&b); err == nil {
 		t.Error("a value with a newline was written")
 	}
-	action, err := policyd.ReadAction(bufio.NewReader(strings.NewReader("action=DEFER_IF_PERMIT greylisted\n\n")))
+	action, err := wire.ReadAction(bufio.NewReader(strings.NewReader("action=DEFER_IF_PERMIT greylisted\n\n")))
 	if err != nil || action != "DEFER_IF_PERMIT greylisted" {
 		t.Errorf("ReadAction = %q, %v", action, err)
 	}
-	if _, err := policyd.ReadAction(bufio.NewReader(strings.NewReader("foo=bar\n\n"))); err == nil {
+	if _, err := wire.ReadAction(bufio.NewReader(strings.NewReader("foo=bar\n\n"))); err == nil {
 		t.Error("an answer without action was read")
 	}
 }
@@ -88,7 +88,7 @@ func TestRefusal(t *testing.T) {
 		"REJECT": true, "reject no": true, "DEFER_IF_PERMIT greylisted": true, "DEFER": true,
 		"550 5.7.1 relaying denied": true, "451 4.7.1 later": true, "450": true, "250 fine": false, "55 x": false,
 	} {
-		if got := policyd.Refusal(action); got != want {
+		if got := wire.Refusal(action); got != want {
 			t.Errorf("Refusal(%q) = %v, want %v", action, got, want)
 		}
 	}
@@ -100,10 +100,10 @@ func TestRefusal(t *testing.T) {
 func TestReadActionLimitsAndErrors(t *testing.T) {
 	long := "REJECT " + strings.Repeat("x", 2000)
 	r := bufio.NewReaderSize(strings.NewReader("action="+long+"\naction=DUNNO\n\n"), 16)
-	if action, err := policyd.ReadAction(r); err != nil || action != long {
+	if action, err := wire.ReadAction(r); err != nil || action != long {
 		t.Errorf("ReadAction of a 2000-byte line = %.20q, %v", action, err)
 	}
-	if _, err := policyd.ReadAction(bufio.NewReader(strings.NewReader(""))); err != io.EOF {
+	if _, err := wire.ReadAction(bufio.NewReader(strings.NewReader(""))); err != io.EOF {
 		t.Errorf("ReadAction at the end: %v, want io.EOF", err)
 	}
 	for name, in := range map[string]string{
@@ -112,9 +112,9 @@ func TestReadActionLimitsAndErrors(t *testing.T) {
 		"empty answer":  "\n",
 		"no equals":     "Hello there\n\n",
 	} {
-		_, err := policyd.ReadAction(bufio.NewReader(strings.NewReader(in)))
-		var pe *policyd.ProtocolError
-		if !errors.As(err, &pe) || !errors.Is(err, policyd.ErrProtocol) {
+		_, err := wire.ReadAction(bufio.NewReader(strings.NewReader(in)))
+		var pe *wire.ProtocolError
+		if !errors.As(err, &pe) || !errors.Is(err, wire.ErrProtocol) {
 			t.Errorf("%s: err = %v, want a *ProtocolError", name, err)
 		}
 	}

@@ -1,18 +1,12 @@
-// Package policyd is the server side of Postfix's SMTP access policy
-// delegation protocol (Postfix's SMTPD_POLICY_README): Postfix's smtpd,
-// told `check_policy_service inet:127.0.0.1:10040` in one of its
-// restriction lists, sends a request of name=value lines ended by an empty
-// line, and the policy service answers `action=...` and an empty line, on
-// a connection Postfix keeps open for further requests.
-//
-// The package has three parts: the codec of both sides (Request,
-// ReadRequest, WriteAction; ReadAction, AppendAttribute and Query for a
-// client: `smtpd policy -test` and the policy plugin), the Checker that
-// runs a Sluice plugin chain on one request through a server.Session, and
-// the Server that accepts connections (TCP or a unix socket), applies the
-// timeouts and the connection limit, and answers each request with the
-// Checker's action.
-package policyd
+// Package wire is the wire format of Postfix's SMTP access policy
+// delegation protocol (Postfix's SMTPD_POLICY_README), for both sides: a
+// request is name=value lines ended by an empty line, the answer is
+// `action=...` and an empty line, on a connection kept open for further
+// requests. Request, ReadRequest and WriteAction are the server's side
+// (package policyd, `smtpd policy`); AppendAttribute, ReadAction and Query
+// the client's (the policy plugin, `smtpd policy -test`). A leaf package:
+// a client needs none of the server.
+package wire
 
 import (
 	"bufio"
