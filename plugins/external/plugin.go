@@ -101,7 +101,7 @@ type Plugin struct {
 	log  atomic.Pointer[slog.Logger]
 	ids  atomic.Uint64
 
-	callMu sync.Mutex // one call at a time, unless the program is concurrent
+	turn chan struct{} // held by the one call under way, unless the program is concurrent
 
 	mu       sync.Mutex
 	proc     *process // nil while down
@@ -203,6 +203,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		declines: s.OnFailure == "decline", maxBody: int64(s.MaxBody),
 		backoff0: s.RestartBackoff.Duration, backoffMx: s.RestartBackoffMax.Duration,
 		backoff: s.RestartBackoff.Duration, grace: stopGrace,
+		turn: make(chan struct{}, 1),
 	}
 	names := make([]string, len(forwarded))
 	for i, h := range forwarded {
@@ -416,8 +417,13 @@ func (p *Plugin) notify(ctx context.Context, hook hooks.Hook, c *connection.Conn
 
 func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.Connection, tx *transaction.Transaction, kv []string) (hooks.Result, error) {
 	if !p.concurrent {
-		p.callMu.Lock()
-		defer p.callMu.Unlock()
+		// Wait for the call under way no longer than the hook may last.
+		select {
+		case p.turn <- struct{}{}:
+			defer func() { <-p.turn }()
+		case <-ctx.Done():
+			return hooks.Result{}, fmt.Errorf("the hook's deadline passed while the program was busy with another call (%w)", ctx.Err())
+		}
 	}
 	deadline, limit := time.Now().Add(p.timeout), fmt.Sprintf("within the timeout (%v)", p.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -426,6 +432,10 @@ func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.C
 	pr, err := p.running(ctx, deadline)
 	if err != nil {
 		return hooks.Result{}, err
+	}
+	if ctx.Err() != nil || !time.Now().Before(deadline) {
+		// Waiting for a start used it all: the program is not to blame.
+		return hooks.Result{}, errors.New("no time left to send the request")
 	}
 
 	req := request{ID: p.ids.Add(1), Hook: hook.String(), Connection: connectionInfo(c), Args: args(kv...)}
