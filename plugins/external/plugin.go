@@ -425,9 +425,9 @@ func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.C
 			return hooks.Result{}, fmt.Errorf("the hook's deadline passed while the program was busy with another call (%w)", ctx.Err())
 		}
 	}
-	deadline, limit := time.Now().Add(p.timeout), fmt.Sprintf("within the timeout (%v)", p.timeout)
+	deadline, hookFirst := time.Now().Add(p.timeout), false
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline, limit = d, "before the hook's deadline"
+		deadline, hookFirst = d, true
 	}
 	pr, err := p.running(ctx, deadline)
 	if err != nil {
@@ -478,7 +478,10 @@ func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.C
 		}
 	case <-t.C:
 		pr.unregister(req.ID)
-		err := fmt.Errorf("no answer %s: killed, it restarts", limit)
+		err := fmt.Errorf("no answer within the timeout (%v): killed, it restarts", p.timeout)
+		if hookFirst {
+			err = errors.New("no answer before the hook's deadline: killed, it restarts")
+		}
 		p.down(pr, err)
 		return hooks.Result{}, err
 	case <-ctx.Done():
