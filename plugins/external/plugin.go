@@ -336,9 +336,7 @@ func (p *Plugin) restart(done chan struct{}) {
 	switch {
 	case err != nil:
 		p.logger().Error("external program did not start", "plugin", p.instance(), "err", err.Error())
-		p.lastErr = err
-		p.retryAt = time.Now().Add(p.backoff)
-		p.backoff = min(2*p.backoff, p.backoffMx)
+		p.backOffLocked(err)
 	case p.closed:
 		pr.stop(p.grace)
 	default:
@@ -374,6 +372,12 @@ func (p *Plugin) downLocked(pr *process, why error) {
 		return
 	}
 	p.proc = nil
+	p.backOffLocked(why)
+}
+
+// backOffLocked records why the program is down and puts its next start
+// off by the back-off, which doubles for the next time.
+func (p *Plugin) backOffLocked(why error) {
 	p.lastErr = why
 	p.retryAt = time.Now().Add(p.backoff)
 	p.backoff = min(2*p.backoff, p.backoffMx)
