@@ -212,7 +212,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	p.hello, _ = json.Marshal(hello{Sluice: Version, Hooks: names, Timeout: p.timeout.Milliseconds(), MaxBody: p.maxBody})
 	p.hello = append(p.hello, '\n')
 
-	pr, h, err := p.start(p.start0)
+	pr, h, err := p.start()
 	if err != nil {
 		return nil, fmt.Errorf("command %q: %w", s.Command, err)
 	}
@@ -326,7 +326,7 @@ func (p *Plugin) running(ctx context.Context, deadline time.Time) (*process, err
 
 // restart starts the program again and closes done.
 func (p *Plugin) restart(done chan struct{}) {
-	pr, h, err := p.start(p.start0)
+	pr, h, err := p.start()
 	p.mu.Lock()
 	defer func() {
 		p.starting = nil
