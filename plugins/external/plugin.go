@@ -225,19 +225,25 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 }
 
 // declare records the hooks and the mode of the first handshake.
-func (p *Plugin) declare(h *handshake) error {
+func (p *Plugin) declare(h *handshake) (err error) {
+	p.declared, err = hookSet(h)
+	p.concurrent = h.Concurrent
+	return err
+}
+
+// hookSet returns the hooks a handshake declares, by hooks.Hook.
+func hookSet(h *handshake) (set [32]bool, err error) {
 	if len(h.Hooks) == 0 {
-		return errors.New(`it declares no hook: answer the hello with {"hooks": ["rcpt", ...]}`)
+		return set, errors.New(`it declares no hook: answer the hello with {"hooks": ["rcpt", ...]}`)
 	}
 	for _, name := range h.Hooks {
 		hk, ok := hooks.ParseHook(name)
 		if !ok || !slices.Contains(forwarded, hk) {
-			return fmt.Errorf("hook %q: the external plugin forwards only %v", name, forwarded)
+			return set, fmt.Errorf("hook %q: the external plugin forwards only %v", name, forwarded)
 		}
-		p.declared[hk] = true
+		set[hk] = true
 	}
-	p.concurrent = h.Concurrent
-	return nil
+	return set, nil
 }
 
 // SetInstanceName is told the instance name by the chain: the program's
@@ -340,7 +346,7 @@ func (p *Plugin) restart(done chan struct{}) {
 	case p.closed:
 		pr.stop(p.grace)
 	default:
-		if !sameHooks(p, h) {
+		if !p.sameHooks(h) {
 			p.logger().Warn("external program declares other hooks than at start: the first declaration stays until a reload",
 				"plugin", p.instance(), "hooks", h.Hooks)
 		}
@@ -348,14 +354,10 @@ func (p *Plugin) restart(done chan struct{}) {
 	}
 }
 
-func sameHooks(p *Plugin, h *handshake) bool {
-	var d [32]bool
-	for _, name := range h.Hooks {
-		if hk, ok := hooks.ParseHook(name); ok {
-			d[hk] = true
-		}
-	}
-	return d == p.declared && h.Concurrent == p.concurrent
+// sameHooks reports whether a later handshake declares what the first did.
+func (p *Plugin) sameHooks(h *handshake) bool {
+	set, err := hookSet(h)
+	return err == nil && set == p.declared && h.Concurrent == p.concurrent
 }
 
 // down kills pr, if it is still the running process, and schedules the
