@@ -171,12 +171,15 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return nil, fmt.Errorf("command: %w", err)
 	}
 	argv[0] = prog
-	for name, d := range map[string]time.Duration{
-		"timeout": s.Timeout.Duration, "start_timeout": s.StartTimeout.Duration,
-		"restart_backoff": s.RestartBackoff.Duration, "restart_backoff_max": s.RestartBackoffMax.Duration,
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"timeout", s.Timeout.Duration}, {"start_timeout", s.StartTimeout.Duration},
+		{"restart_backoff", s.RestartBackoff.Duration}, {"restart_backoff_max", s.RestartBackoffMax.Duration},
 	} {
-		if d <= 0 {
-			return nil, fmt.Errorf("%s: %v: want a positive duration like \"5s\"", name, d)
+		if d.v <= 0 {
+			return nil, fmt.Errorf("%s: %v: want a positive duration like \"5s\"", d.name, d.v)
 		}
 	}
 	if s.RestartBackoffMax.Duration < s.RestartBackoff.Duration {
