@@ -270,19 +270,15 @@ type stderrLog struct {
 
 func (s *stderrLog) Write(b []byte) (int, error) {
 	n := len(b)
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			room := stderrLineMax - len(s.line)
-			s.line = append(s.line, b[:min(room, len(b))]...)
-			break
+	for {
+		line, rest, ended := bytes.Cut(b, []byte{'\n'})
+		s.line = append(s.line, line[:min(stderrLineMax-len(s.line), len(line))]...)
+		if !ended {
+			return n, nil
 		}
-		room := stderrLineMax - len(s.line)
-		s.line = append(s.line, b[:min(room, i)]...)
 		s.flush()
-		b = b[i+1:]
+		b = rest
 	}
-	return n, nil
 }
 
 func (s *stderrLog) flush() {
