@@ -101,7 +101,7 @@ type Plugin struct {
 	log  atomic.Pointer[slog.Logger]
 	ids  atomic.Uint64
 
-	callMu sync.Mutex // one call at a time, unless the program is concurrent
+	turn chan struct{} // held by the one call under way, unless the program is concurrent
 
 	mu       sync.Mutex
 	proc     *process // nil while down
@@ -171,12 +171,15 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return nil, fmt.Errorf("command: %w", err)
 	}
 	argv[0] = prog
-	for name, d := range map[string]time.Duration{
-		"timeout": s.Timeout.Duration, "start_timeout": s.StartTimeout.Duration,
-		"restart_backoff": s.RestartBackoff.Duration, "restart_backoff_max": s.RestartBackoffMax.Duration,
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"timeout", s.Timeout.Duration}, {"start_timeout", s.StartTimeout.Duration},
+		{"restart_backoff", s.RestartBackoff.Duration}, {"restart_backoff_max", s.RestartBackoffMax.Duration},
 	} {
-		if d <= 0 {
-			return nil, fmt.Errorf("%s: %v: want a positive duration like \"5s\"", name, d)
+		if d.v <= 0 {
+			return nil, fmt.Errorf("%s: %v: want a positive duration like \"5s\"", d.name, d.v)
 		}
 	}
 	if s.RestartBackoffMax.Duration < s.RestartBackoff.Duration {
@@ -203,6 +206,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		declines: s.OnFailure == "decline", maxBody: int64(s.MaxBody),
 		backoff0: s.RestartBackoff.Duration, backoffMx: s.RestartBackoffMax.Duration,
 		backoff: s.RestartBackoff.Duration, grace: stopGrace,
+		turn: make(chan struct{}, 1),
 	}
 	names := make([]string, len(forwarded))
 	for i, h := range forwarded {
@@ -211,7 +215,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	p.hello, _ = json.Marshal(hello{Sluice: Version, Hooks: names, Timeout: p.timeout.Milliseconds(), MaxBody: p.maxBody})
 	p.hello = append(p.hello, '\n')
 
-	pr, h, err := p.start(p.start0)
+	pr, h, err := p.start()
 	if err != nil {
 		return nil, fmt.Errorf("command %q: %w", s.Command, err)
 	}
@@ -224,19 +228,25 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 }
 
 // declare records the hooks and the mode of the first handshake.
-func (p *Plugin) declare(h *handshake) error {
+func (p *Plugin) declare(h *handshake) (err error) {
+	p.declared, err = hookSet(h)
+	p.concurrent = h.Concurrent
+	return err
+}
+
+// hookSet returns the hooks a handshake declares, by hooks.Hook.
+func hookSet(h *handshake) (set [32]bool, err error) {
 	if len(h.Hooks) == 0 {
-		return errors.New(`it declares no hook: answer the hello with {"hooks": ["rcpt", ...]}`)
+		return set, errors.New(`it declares no hook: answer the hello with {"hooks": ["rcpt", ...]}`)
 	}
 	for _, name := range h.Hooks {
 		hk, ok := hooks.ParseHook(name)
 		if !ok || !slices.Contains(forwarded, hk) {
-			return fmt.Errorf("hook %q: the external plugin forwards only %v", name, forwarded)
+			return set, fmt.Errorf("hook %q: the external plugin forwards only %v", name, forwarded)
 		}
-		p.declared[hk] = true
+		set[hk] = true
 	}
-	p.concurrent = h.Concurrent
-	return nil
+	return set, nil
 }
 
 // SetInstanceName is told the instance name by the chain: the program's
@@ -325,7 +335,7 @@ func (p *Plugin) running(ctx context.Context, deadline time.Time) (*process, err
 
 // restart starts the program again and closes done.
 func (p *Plugin) restart(done chan struct{}) {
-	pr, h, err := p.start(p.start0)
+	pr, h, err := p.start()
 	p.mu.Lock()
 	defer func() {
 		p.starting = nil
@@ -335,13 +345,11 @@ func (p *Plugin) restart(done chan struct{}) {
 	switch {
 	case err != nil:
 		p.logger().Error("external program did not start", "plugin", p.instance(), "err", err.Error())
-		p.lastErr = err
-		p.retryAt = time.Now().Add(p.backoff)
-		p.backoff = min(2*p.backoff, p.backoffMx)
+		p.backOffLocked(err)
 	case p.closed:
 		pr.stop(p.grace)
 	default:
-		if !sameHooks(p, h) {
+		if !p.sameHooks(h) {
 			p.logger().Warn("external program declares other hooks than at start: the first declaration stays until a reload",
 				"plugin", p.instance(), "hooks", h.Hooks)
 		}
@@ -349,14 +357,10 @@ func (p *Plugin) restart(done chan struct{}) {
 	}
 }
 
-func sameHooks(p *Plugin, h *handshake) bool {
-	var d [32]bool
-	for _, name := range h.Hooks {
-		if hk, ok := hooks.ParseHook(name); ok {
-			d[hk] = true
-		}
-	}
-	return d == p.declared && h.Concurrent == p.concurrent
+// sameHooks reports whether a later handshake declares what the first did.
+func (p *Plugin) sameHooks(h *handshake) bool {
+	set, err := hookSet(h)
+	return err == nil && set == p.declared && h.Concurrent == p.concurrent
 }
 
 // down kills pr, if it is still the running process, and schedules the
@@ -373,6 +377,12 @@ func (p *Plugin) downLocked(pr *process, why error) {
 		return
 	}
 	p.proc = nil
+	p.backOffLocked(why)
+}
+
+// backOffLocked records why the program is down and puts its next start
+// off by the back-off, which doubles for the next time.
+func (p *Plugin) backOffLocked(why error) {
 	p.lastErr = why
 	p.retryAt = time.Now().Add(p.backoff)
 	p.backoff = min(2*p.backoff, p.backoffMx)
@@ -416,16 +426,25 @@ func (p *Plugin) notify(ctx context.Context, hook hooks.Hook, c *connection.Conn
 
 func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.Connection, tx *transaction.Transaction, kv []string) (hooks.Result, error) {
 	if !p.concurrent {
-		p.callMu.Lock()
-		defer p.callMu.Unlock()
+		// Wait for the call under way no longer than the hook may last.
+		select {
+		case p.turn <- struct{}{}:
+			defer func() { <-p.turn }()
+		case <-ctx.Done():
+			return hooks.Result{}, fmt.Errorf("the hook's deadline passed while the program was busy with another call (%w)", ctx.Err())
+		}
 	}
-	deadline, limit := time.Now().Add(p.timeout), fmt.Sprintf("within the timeout (%v)", p.timeout)
+	deadline, hookFirst := time.Now().Add(p.timeout), false
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline, limit = d, "before the hook's deadline"
+		deadline, hookFirst = d, true
 	}
 	pr, err := p.running(ctx, deadline)
 	if err != nil {
 		return hooks.Result{}, err
+	}
+	if ctx.Err() != nil || !time.Now().Before(deadline) {
+		// Waiting for a start used it all: the program is not to blame.
+		return hooks.Result{}, errors.New("no time left to send the request")
 	}
 
 	req := request{ID: p.ids.Add(1), Hook: hook.String(), Connection: connectionInfo(c), Args: args(kv...)}
@@ -468,7 +487,10 @@ func (p *Plugin) roundTrip(ctx context.Context, hook hooks.Hook, c *connection.C
 		}
 	case <-t.C:
 		pr.unregister(req.ID)
-		err := fmt.Errorf("no answer %s: killed, it restarts", limit)
+		err := fmt.Errorf("no answer within the timeout (%v): killed, it restarts", p.timeout)
+		if hookFirst {
+			err = errors.New("no answer before the hook's deadline: killed, it restarts")
+		}
 		p.down(pr, err)
 		return hooks.Result{}, err
 	case <-ctx.Done():

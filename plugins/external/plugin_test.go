@@ -495,3 +495,35 @@ func TestConcurrentProgramAnswersInAnyOrder(t *testing.T) {
 		hookstest.ExpectReply(t, r, fmt.Sprintf("550 5.7.1 No u%d@example.test", i))
 	}
 }
+
+// slow answers every rcpt call with declined after half a second, one call
+// at a time.
+const slow = `["sh", "-c", "read -r h; echo '{\"hooks\":[\"rcpt\"]}'; while IFS= read -r l; do sleep 0.5; id=${l#'{\"id\":'}; id=${id%%,*}; echo \"{\\\"id\\\":$id,\\\"code\\\":\\\"declined\\\"}\"; done"]`
+
+func TestCallQueuedPastItsDeadlineLeavesTheProgramRunning(t *testing.T) {
+	p := hookstest.BuildAs[*external.Plugin](t, "external", "command = "+slow)
+	l := &hookstest.LogBuffer{}
+	external.SetLogger(p, l.Logger())
+	t.Cleanup(func() { p.Close() })
+	c := connection.New("mx", "mx.example.test", netip.MustParseAddrPort("127.0.0.1:25"), netip.MustParseAddrPort("192.0.2.1:1234"))
+	tx := transaction.New(t.TempDir(), 0)
+	first := external.PID(p)
+	done := make(chan hooks.Result)
+	go func() { done <- p.Rcpt(context.Background(), c, tx, "a@example.test") }()
+	time.Sleep(100 * time.Millisecond) // the first call is under way
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if r := p.Rcpt(ctx, c, tx, "b@example.test"); r.Err == nil || !strings.Contains(r.Err.Error(), "busy with another call") {
+		t.Errorf("the queued call = %+v; want a failure saying the program was busy", r)
+	}
+	if took := time.Since(start); took > 300*time.Millisecond {
+		t.Errorf("the queued call took %v; its deadline was 100ms", took)
+	}
+	if r := <-done; r.Code != hooks.Declined || r.Err != nil {
+		t.Errorf("the first call = %+v", r)
+	}
+	if pid := external.PID(p); pid != first {
+		t.Errorf("pid %d, was %d: the program was killed for a call that never reached it\n%s", pid, first, l.String())
+	}
+}

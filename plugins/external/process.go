@@ -44,8 +44,8 @@ type process struct {
 }
 
 // start runs the program, sends the hello and reads the handshake, within
-// timeout.
-func (p *Plugin) start(timeout time.Duration) (*process, *handshake, error) {
+// start_timeout.
+func (p *Plugin) start() (*process, *handshake, error) {
 	cmd := exec.Command(p.argv[0], p.argv[1:]...)
 	cmd.Dir = p.dir
 	cmd.Env = p.env
@@ -81,7 +81,7 @@ func (p *Plugin) start(timeout time.Duration) (*process, *handshake, error) {
 	go pr.read(outR, p)
 	p.logger().Info("external program started", "plugin", p.instance(), "pid", cmd.Process.Pid, "command", p.argv)
 
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(p.start0)
 	if err := pr.write(p.hello, deadline); err != nil {
 		// Most likely it exited already (a broken pipe): say so.
 		t := time.NewTimer(time.Until(deadline))
@@ -109,7 +109,7 @@ func (p *Plugin) start(timeout time.Duration) (*process, *handshake, error) {
 		}
 	case <-t.C:
 		pr.kill(nil)
-		return nil, nil, fmt.Errorf("no handshake from %s within %v", p.argv[0], timeout)
+		return nil, nil, fmt.Errorf("no handshake from %s within %v", p.argv[0], p.start0)
 	}
 	var h handshake
 	if err := json.Unmarshal(line, &h); err != nil {
@@ -270,19 +270,15 @@ type stderrLog struct {
 
 func (s *stderrLog) Write(b []byte) (int, error) {
 	n := len(b)
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			room := stderrLineMax - len(s.line)
-			s.line = append(s.line, b[:min(room, len(b))]...)
-			break
+	for {
+		line, rest, ended := bytes.Cut(b, []byte{'\n'})
+		s.line = append(s.line, line[:min(stderrLineMax-len(s.line), len(line))]...)
+		if !ended {
+			return n, nil
 		}
-		room := stderrLineMax - len(s.line)
-		s.line = append(s.line, b[:min(room, i)]...)
 		s.flush()
-		b = b[i+1:]
+		b = rest
 	}
-	return n, nil
 }
 
 func (s *stderrLog) flush() {

@@ -49,11 +49,11 @@ type handshake struct {
 // comes first and "hook" second, so a program that does not parse JSON
 // (a shell loop) can cut them off the front of the line.
 type request struct {
-	ID          uint64           `json:"id"`
-	Hook        string           `json:"hook"`
-	Connection  connInfo         `json:"connection"`
-	Transaction *txInfo          `json:"transaction,omitempty"`
-	Args        *json.RawMessage `json:"args"`
+	ID          uint64          `json:"id"`
+	Hook        string          `json:"hook"`
+	Connection  connInfo        `json:"connection"`
+	Transaction *txInfo         `json:"transaction,omitempty"`
+	Args        json.RawMessage `json:"args"`
 }
 
 type connInfo struct {
@@ -224,23 +224,25 @@ func transactionInfo(hook hooks.Hook, tx *transaction.Transaction, maxBody int64
 	return t, nil
 }
 
-// args encodes a hook's own arguments as a JSON object.
-func args(kv ...string) *json.RawMessage {
+// args encodes a hook's own arguments, name and value pairs, as a JSON
+// object.
+func args(kv ...string) json.RawMessage {
 	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // as the rest of the request: "&" stays "&"
+	str := func(s string) {
+		enc.Encode(s)
+		b.Truncate(b.Len() - 1) // Encode's newline
+	}
 	b.WriteByte('{')
 	for i := 0; i+1 < len(kv); i += 2 {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(false) // as the rest of the request: "&" stays "&"
-		enc.Encode(kv[i])
-		b.Truncate(b.Len() - 1) // Encode's newline
+		str(kv[i])
 		b.WriteByte(':')
-		enc.Encode(kv[i+1])
-		b.Truncate(b.Len() - 1)
+		str(kv[i+1])
 	}
 	b.WriteByte('}')
-	raw := json.RawMessage(b.Bytes())
-	return &raw
+	return b.Bytes()
 }
