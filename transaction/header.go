@@ -414,3 +414,18 @@ func isASCII(s string) bool {
 	}
 	return true
 }
+
+// ValidFieldName reports whether name is a header field name (RFC 5322
+// section 3.6.8): one or more printable US-ASCII characters but ':'. Check
+// a configured or received name with it before Add, Prepend or Set.
+func ValidFieldName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 127 || c == ':' {
+			return false
+		}
+	}
+	return true
+}

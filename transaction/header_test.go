@@ -436,3 +436,14 @@ func TestWriteToStopsAtTheFirstError(t *testing.T) {
 		t.Fatalf("WriteTo = %d, %v, %q", n, err, b.String())
 	}
 }
+
+func TestValidFieldName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"X-Spam-Flag": true, "DKIM-Signature": true, "a": true, "!#~": true,
+		"": false, "X Spam": false, "X:Spam": false, "X-\u00e9": false, "X\tY": false, "X\x7f": false,
+	} {
+		if got := ValidFieldName(name); got != want {
+			t.Errorf("ValidFieldName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

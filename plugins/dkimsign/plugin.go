@@ -109,9 +109,6 @@ var _ hooks.QueuePre = (*Plugin)(nil)
 // hyphens (RFC 6376 3.1).
 var selectorRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
 
-// fieldNameRe is a header field name (RFC 5322 3.6.8).
-var fieldNameRe = regexp.MustCompile(`^[!-9;-~]+$`)
-
 // New builds a dkimsign instance from its settings: it reads every key
 // file, so a missing or unreadable key stops smtpd from starting (and
 // `smtpd check` reports it) instead of leaving mail unsigned.
@@ -134,7 +131,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 
 	seen := map[string]int{} // index in p.headers, by lowercased name
 	for _, name := range s.Headers {
-		if !fieldNameRe.MatchString(name) {
+		if !transaction.ValidFieldName(name) {
 			return nil, fmt.Errorf("headers: %q is not a header field name", name)
 		}
 		l := mailaddr.LowerASCII(name)
@@ -147,7 +144,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return nil, errors.New("headers: From must be signed (RFC 6376 5.4): add \"From\"")
 	}
 	for _, name := range s.Oversign {
-		if !fieldNameRe.MatchString(name) {
+		if !transaction.ValidFieldName(name) {
 			return nil, fmt.Errorf("oversign: %q is not a header field name", name)
 		}
 		i, ok := seen[mailaddr.LowerASCII(name)]

@@ -99,7 +99,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	default:
 		return nil, fmt.Errorf("temperror = %q: want \"note\" or \"defer\"", s.TempError)
 	}
-	if !validFieldName(s.Header) {
+	if !transaction.ValidFieldName(s.Header) {
 		return nil, fmt.Errorf("header = %q: want a header field name: printable ASCII without spaces or ':' (e.g. \"X-Sluice-DMARC\")", s.Header)
 	}
 	if s.NoteOnly {
@@ -111,20 +111,6 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	}
 	return &Plugin{reject: s.Reject, quarantine: s.Quarantine, tempError: s.TempError, header: s.Header,
 		checkRelay: s.CheckRelayClients, dns: r, sample: rand.IntN}, nil
-}
-
-// validFieldName reports whether name is a non-empty RFC 5322 field name:
-// printable US-ASCII except ':'.
-func validFieldName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c <= ' ' || c >= 127 || c == ':' {
-			return false
-		}
-	}
-	return true
 }
 
 // DataPost evaluates the message, sets NoteResult and applies the action.

@@ -115,7 +115,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		}
 		p.deny[key] = true
 	}
-	if s.Header != "" && !validFieldName(s.Header) {
+	if s.Header != "" && !transaction.ValidFieldName(s.Header) {
 		return nil, fmt.Errorf("header = %q: want a header field name: printable ASCII without spaces or ':' (e.g. \"X-Sluice-Example\"), or \"\" for none", s.Header)
 	}
 	return p, nil
@@ -140,17 +140,6 @@ func denyKey(addr string) (key string, ok bool) {
 		return "", false
 	}
 	return mailaddr.LowerASCII(local) + "@" + domain, true
-}
-
-// validFieldName reports whether name is an RFC 5322 field name: printable
-// US-ASCII except ':'.
-func validFieldName(name string) bool {
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c <= ' ' || c >= 127 || c == ':' {
-			return false
-		}
-	}
-	return true
 }
 
 // Connect runs when a client connects, before the greeting. Here it only

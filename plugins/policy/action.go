@@ -43,7 +43,7 @@ func (p *Plugin) apply(c *connection.Connection, tx *transaction.Transaction, st
 		return refusal(hooks.DenySoft, 0, text, [3]int{4, 7, 1}, "Service unavailable")
 	case v == "prepend":
 		name, value, ok := strings.Cut(text, ":")
-		if !ok || !validFieldName(name) {
+		if !ok || !transaction.ValidFieldName(name) {
 			return p.failure(c, tx, st, fmt.Errorf("policy server: %w: PREPEND %q is no header field", errGarbled, replyText(text, "")))
 		}
 		list := NotePrepend.Get(&tx.Notes)
@@ -138,19 +138,6 @@ func allDigits(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// validFieldName reports an RFC 5322 field name: printable ASCII but ':'.
-func validFieldName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		if name[i] < '!' || name[i] > '~' || name[i] == ':' {
 			return false
 		}
 	}
