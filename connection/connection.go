@@ -64,6 +64,13 @@ var (
 	NoteAuthMech = notes.NewKey[string]("auth.mech")
 )
 
+// NoteWhitelisted is the connection note a black/white list plugin (bwl)
+// sets when the client is whitelisted; its value names the rule that
+// matched ("client 192.0.2.0/24"). Plugins that judge a client's
+// reputation (dnsbl, rhsbl, greylist, karma) skip a whitelisted client. A
+// whitelist never makes a client a relay: that is Relay's job.
+var NoteWhitelisted = notes.NewKey[string]("bwl.whitelisted")
+
 // New returns a Connection with a fresh ID.
 func New(listener, hostname string, local, remote netip.AddrPort) *Connection {
 	return &Connection{

@@ -43,6 +43,13 @@ type RcptParams struct {
 	ORcpt     string
 }
 
+// NoteWhitelisted is the transaction note a black/white list plugin (bwl)
+// sets when the sender is whitelisted; its value names the rule that
+// matched ("sender friend@example.org"). dnsbl, rhsbl, greylist and karma
+// skip a whitelisted transaction. A whitelist never makes a recipient
+// acceptable: the plugins that accept recipients (rcptok) decide that.
+var NoteWhitelisted = notes.NewKey[string]("bwl.whitelisted_sender")
+
 // Transaction is one message on its way through the chain.
 type Transaction struct {
 	// ID names the transaction in logs; it becomes the queue id.
