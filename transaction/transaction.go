@@ -5,6 +5,8 @@
 package transaction
 
 import (
+	"bufio"
+	"fmt"
 	"io"
 	"time"
 
@@ -131,4 +133,52 @@ func (t *Transaction) Close() error {
 		}
 	}
 	return err
+}
+
+// ReplaceBody replaces the body with what r gives, spooled as the original
+// was (in memory up to the same threshold, then in an unlinked file), for
+// a filter that rewrites the body (a milter's replace-body action). On an
+// error the original body stays.
+func (t *Transaction) ReplaceBody(r io.Reader) error {
+	ns := t.newSpool()
+	if _, err := io.Copy(ns, r); err != nil {
+		ns.Close()
+		return fmt.Errorf("replace the message body: %w", err)
+	}
+	old := t.Body
+	t.Body = ns
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// ReplaceMessage replaces the header and the body with the message r gives
+// (a header section, the empty line, the body), read under l as the server
+// reads a message, for a filter that rewrites the whole message (an exec
+// filter's output). On an error, including a header past l.MaxBytes
+// (ErrHeaderTooLong), the original message stays.
+func (t *Transaction) ReplaceMessage(r io.Reader, l HeaderLimits) error {
+	tmp := &Transaction{Body: t.newSpool()}
+	br := bufio.NewReader(r)
+	err := tmp.ReadHeader(br, l)
+	if err == nil {
+		_, err = io.Copy(tmp.Body, br)
+	}
+	if err != nil {
+		tmp.Close()
+		return fmt.Errorf("replace the message: %w", err)
+	}
+	t.Header, tmp.Header = tmp.Header, t.Header
+	t.Body, tmp.Body = tmp.Body, t.Body
+	tmp.Close()
+	return nil
+}
+
+// newSpool returns an empty spool like the body's.
+func (t *Transaction) newSpool() *Spool {
+	if t.Body == nil {
+		return NewSpool("", DefaultSpoolMemory)
+	}
+	return NewSpool(t.Body.dir, t.Body.threshold)
 }
