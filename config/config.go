@@ -472,6 +472,39 @@ func (c *Config) PluginFor(instance string) string {
 	return instance
 }
 
+// Enforces reports whether an instance's refusals apply: true unless its
+// table says enforce = false (observe-only: the chain logs and notes what
+// the plugin would have refused, and goes on).
+func (c *Config) Enforces(instance string) bool {
+	if p, ok := c.Plugins[instance]; ok {
+		var e struct {
+			Enforce *bool `toml:"enforce"`
+		}
+		c.md.PrimitiveDecode(p, &e)
+		if e.Enforce != nil {
+			return *e.Enforce
+		}
+	}
+	return true
+}
+
+// checkEnforce reports an enforce key that is not a boolean.
+func (c *Config) checkEnforce(instance string) error {
+	p, ok := c.Plugins[instance]
+	if !ok {
+		return nil
+	}
+	var e struct {
+		Enforce any `toml:"enforce"`
+	}
+	c.md.PrimitiveDecode(p, &e)
+	if _, isBool := e.Enforce.(bool); e.Enforce != nil && !isBool {
+		return fmt.Errorf("%s: [plugins.%s] enforce = %v: must be true or false (false runs the plugin observe-only: it logs what it would refuse)",
+			c.at(c.lineOfKeyString("plugins."+instance+".enforce")), instance, e.Enforce)
+	}
+	return nil
+}
+
 // Decoder returns the decoder for one instance's table. It rejects keys the
 // plugin's settings struct does not have.
 func (c *Config) Decoder(instance string) hooks.Decoder {
@@ -549,7 +582,7 @@ func (c *Config) setShared(v any) {
 func (c *Config) unknownIn(instance string) error {
 	return c.unknownKeys(func(k toml.Key) bool {
 		mine := len(k) >= 3 && k[0] == "plugins" && k[1] == instance
-		return !mine || (len(k) == 3 && k[2] == "use")
+		return !mine || (len(k) == 3 && (k[2] == "use" || k[2] == "enforce"))
 	})
 }
 
@@ -591,6 +624,9 @@ func (c *Config) Build() (map[string]any, error) {
 		for _, name := range l.Plugins {
 			if _, done := built[name]; done {
 				continue
+			}
+			if err := c.checkEnforce(name); err != nil {
+				return nil, err
 			}
 			pname := c.PluginFor(name)
 			reg, ok := hooks.Lookup(pname)

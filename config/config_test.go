@@ -403,6 +403,7 @@ func TestWrongTypesSayWhatWasExpected(t *testing.T) {
 		{"plugin: int for a bool", table + "reject = 1\n", `^smtpd\.toml:6: plugins\.configtestplugin\.reject: expected true or false, got an integer$`},
 		{"plugin: int in a list of strings", table + "zones = [\"a\", 1]\n", `^smtpd\.toml:6: plugins\.configtestplugin\.zones: expected a list of strings, got a list holding an integer$`},
 		{"plugin: a value for the table", listener + "[plugins]\nconfigtestplugin = 5\n", `^smtpd\.toml:6: plugins\.configtestplugin: expected a table, got an integer$`},
+		{"enforce not a bool", table + "enforce = \"no\"\n", `^smtpd\.toml:6: \[plugins\.configtestplugin\] enforce = no: must be true or false`},
 		{"instance with use", "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"strict\"]\n[plugins.strict]\nuse = \"configtestplugin\"\nreject = \"yes\"\n", `^smtpd\.toml:7: plugins\.strict\.reject: expected true or false, got a string$`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -622,4 +623,27 @@ read_timeout = "1m"
 	// (qmailctl's tests): the server-wide defaults load past it.
 	_, err = config.Parse("smtpd.toml", "[qmail]\ncontrol_dir = \"/nonexistent/qmail/control\"\n[[listener]]\nname = \"a\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n")
 	wantErr(t, err, `^smtpd\.toml:1: \[qmail\]: qmail control directory: stat /nonexistent/qmail/control: no such file or directory`)
+}
+
+// TestEnforce: enforce = false is read per instance, and is no key the
+// plugin's own settings must know.
+func TestEnforce(t *testing.T) {
+	text := "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"watch\", \"configtestplugin\"]\n" +
+		"[plugins.watch]\nuse = \"configtestplugin\"\nenforce = false\n[plugins.configtestplugin]\nenforce = true\n"
+	c, err := config.Parse("smtpd.toml", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Build(); err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	if c.Enforces("watch") {
+		t.Error("Enforces(watch) = true with enforce = false")
+	}
+	if !c.Enforces("configtestplugin") {
+		t.Error("Enforces(configtestplugin) = false with enforce = true")
+	}
+	if !c.Enforces("absent") {
+		t.Error("Enforces of an instance without a table = false, want the default true")
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/connection"
+	"github.com/sluice-mta/sluice/hooks/notes"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -25,6 +26,12 @@ const DefaultQueueTimeout = 10 * time.Minute
 type Instance struct {
 	Name   string
 	Plugin any
+	// ObserveOnly is the instance's `enforce = false`: its refusals (any
+	// Deny code, and its failures) do not refuse. The chain logs a "plugin
+	// would refuse" line with the reply the client would have had, adds
+	// the Decision to NoteWouldRefuse and goes on as if the plugin had
+	// declined. Its OK and Done stand.
+	ObserveOnly bool
 }
 
 // Options tune a Chain.
@@ -43,8 +50,9 @@ type Options struct {
 
 // entry is one plugin at one hook.
 type entry struct {
-	name string
-	p    any // implements the hook's interface
+	name        string
+	p           any // implements the hook's interface
+	observeOnly bool
 }
 
 // Chain is a listener's ordered plugin list, split per hook when it is
@@ -85,10 +93,10 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 			return nil, fmt.Errorf("plugin %q (%T) implements no hook", n, p)
 		}
 		for _, h := range hs {
-			ch.plugins[h] = append(ch.plugins[h], entry{n, p})
+			ch.plugins[h] = append(ch.plugins[h], entry{n, p, in.ObserveOnly})
 		}
 		if _, ok := p.(io.Closer); ok {
-			ch.closers = append(ch.closers, entry{n, p})
+			ch.closers = append(ch.closers, entry{name: n, p: p})
 		}
 		if l, ok := p.(SizeLimiter); ok {
 			if m := l.MaxMessageBytes(); m > 0 && (ch.maxSize == 0 || m < ch.maxSize) {
@@ -143,7 +151,7 @@ func (ch *Chain) Close() error {
 // under the chain's deadline, and tells the observers. It returns the
 // deciding plugin's Decision, or a Decision with a Declined result when all
 // declined.
-func (ch *Chain) run(ctx context.Context, hook Hook, c *connection.Connection, call func(context.Context, any) Result) Decision {
+func (ch *Chain) run(ctx context.Context, hook Hook, c *connection.Connection, tx *transaction.Transaction, call func(context.Context, any) Result) Decision {
 	list := ch.plugins[hook]
 	if len(list) == 0 {
 		return Decision{Hook: hook}
@@ -156,6 +164,10 @@ func (ch *Chain) run(ctx context.Context, hook Hook, c *connection.Connection, c
 			continue
 		}
 		d := Decision{Hook: hook, Plugin: e.name, Result: r}
+		if e.observeOnly && r.Code.Rejects() {
+			ch.wouldRefuse(c, tx, d)
+			continue
+		}
 		// The observers get their own deadline: the deciding plugin may
 		// have spent this hook's (a timeout is a DenySoft to report).
 		ch.observe(ctx, c, d)
@@ -243,6 +255,33 @@ func (ch *Chain) logAt(level slog.Level, c *connection.Connection, hook Hook, pl
 	ch.log.Log(context.Background(), level, msg, append(attrs, args...)...)
 }
 
+// NoteWouldRefuse lists, in order, the refusals of the plugins running
+// with `enforce = false` (Instance.ObserveOnly) that the chain did not
+// apply: a transaction note for those at the transaction's hooks, a
+// connection note for those at connect, helo, ehlo, auth and the other
+// hooks outside a transaction.
+var NoteWouldRefuse = notes.NewKey[[]Decision]("chain.would_refuse")
+
+// wouldRefuse logs and notes the refusal d of an observe-only plugin.
+func (ch *Chain) wouldRefuse(c *connection.Connection, tx *transaction.Transaction, d Decision) {
+	args := []any{"code", d.Result.Code.String(), "reply", ReplyFor(d.Hook, d.Result).String()}
+	if d.Result.Err != nil {
+		args = append(args, "err", d.Result.Err.Error())
+	}
+	ch.logAt(slog.LevelWarn, c, d.Hook, d.Plugin, "plugin would refuse (enforce = false)", withDetail(d.Result, args...)...)
+	var n *notes.Notes
+	switch {
+	case tx != nil:
+		n = &tx.Notes
+	case c != nil:
+		n = &c.Notes
+	default:
+		return
+	}
+	list, _ := NoteWouldRefuse.Lookup(n)
+	NoteWouldRefuse.Set(n, append(list, d))
+}
+
 func (ch *Chain) observe(ctx context.Context, c *connection.Connection, d Decision) {
 	switch {
 	case d.Result.Code.Rejects():
@@ -254,22 +293,22 @@ func (ch *Chain) observe(ctx context.Context, c *connection.Connection, d Decisi
 
 // Connect runs the connect hook.
 func (ch *Chain) Connect(ctx context.Context, c *connection.Connection) Decision {
-	return ch.run(ctx, HookConnect, c, func(ctx context.Context, p any) Result { return p.(Connect).Connect(ctx, c) })
+	return ch.run(ctx, HookConnect, c, nil, func(ctx context.Context, p any) Result { return p.(Connect).Connect(ctx, c) })
 }
 
 // Helo runs the helo hook.
 func (ch *Chain) Helo(ctx context.Context, c *connection.Connection, host string) Decision {
-	return ch.run(ctx, HookHelo, c, func(ctx context.Context, p any) Result { return p.(Helo).Helo(ctx, c, host) })
+	return ch.run(ctx, HookHelo, c, nil, func(ctx context.Context, p any) Result { return p.(Helo).Helo(ctx, c, host) })
 }
 
 // Ehlo runs the ehlo hook.
 func (ch *Chain) Ehlo(ctx context.Context, c *connection.Connection, host string) Decision {
-	return ch.run(ctx, HookEhlo, c, func(ctx context.Context, p any) Result { return p.(Ehlo).Ehlo(ctx, c, host) })
+	return ch.run(ctx, HookEhlo, c, nil, func(ctx context.Context, p any) Result { return p.(Ehlo).Ehlo(ctx, c, host) })
 }
 
 // Auth runs the auth hook.
 func (ch *Chain) Auth(ctx context.Context, c *connection.Connection, mech, user, password string) Decision {
-	return ch.run(ctx, HookAuth, c, func(ctx context.Context, p any) Result { return p.(Auth).Auth(ctx, c, mech, user, password) })
+	return ch.run(ctx, HookAuth, c, nil, func(ctx context.Context, p any) Result { return p.(Auth).Auth(ctx, c, mech, user, password) })
 }
 
 // HasAuth reports whether some plugin checks credentials at the auth hook.
@@ -277,22 +316,22 @@ func (ch *Chain) HasAuth() bool { return len(ch.plugins[HookAuth]) > 0 }
 
 // MailPre runs the mail_pre hook; plugins may rewrite *from.
 func (ch *Chain) MailPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from *string) Decision {
-	return ch.run(ctx, HookMailPre, c, func(ctx context.Context, p any) Result { return p.(MailPre).MailPre(ctx, c, tx, from) })
+	return ch.run(ctx, HookMailPre, c, tx, func(ctx context.Context, p any) Result { return p.(MailPre).MailPre(ctx, c, tx, from) })
 }
 
 // Mail runs the mail hook.
 func (ch *Chain) Mail(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, from string) Decision {
-	return ch.run(ctx, HookMail, c, func(ctx context.Context, p any) Result { return p.(Mail).Mail(ctx, c, tx, from) })
+	return ch.run(ctx, HookMail, c, tx, func(ctx context.Context, p any) Result { return p.(Mail).Mail(ctx, c, tx, from) })
 }
 
 // RcptPre runs the rcpt_pre hook; plugins may rewrite *rcpt.
 func (ch *Chain) RcptPre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt *string) Decision {
-	return ch.run(ctx, HookRcptPre, c, func(ctx context.Context, p any) Result { return p.(RcptPre).RcptPre(ctx, c, tx, rcpt) })
+	return ch.run(ctx, HookRcptPre, c, tx, func(ctx context.Context, p any) Result { return p.(RcptPre).RcptPre(ctx, c, tx, rcpt) })
 }
 
 // Rcpt runs the rcpt hook.
 func (ch *Chain) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) Decision {
-	return ch.run(ctx, HookRcpt, c, func(ctx context.Context, p any) Result { return p.(Rcpt).Rcpt(ctx, c, tx, rcpt) })
+	return ch.run(ctx, HookRcpt, c, tx, func(ctx context.Context, p any) Result { return p.(Rcpt).Rcpt(ctx, c, tx, rcpt) })
 }
 
 // RcptOK runs every rcpt_ok plugin: the server calls it once rcpt accepted
@@ -303,34 +342,34 @@ func (ch *Chain) RcptOK(ctx context.Context, c *connection.Connection, tx *trans
 
 // Data runs the data hook.
 func (ch *Chain) Data(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return ch.run(ctx, HookData, c, func(ctx context.Context, p any) Result { return p.(Data).Data(ctx, c, tx) })
+	return ch.run(ctx, HookData, c, tx, func(ctx context.Context, p any) Result { return p.(Data).Data(ctx, c, tx) })
 }
 
 // DataHeadersEnd runs the data_headers_end hook.
 func (ch *Chain) DataHeadersEnd(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return ch.run(ctx, HookDataHeadersEnd, c, func(ctx context.Context, p any) Result { return p.(DataHeadersEnd).DataHeadersEnd(ctx, c, tx) })
+	return ch.run(ctx, HookDataHeadersEnd, c, tx, func(ctx context.Context, p any) Result { return p.(DataHeadersEnd).DataHeadersEnd(ctx, c, tx) })
 }
 
 // ReceivedLine runs the received_line hook; plugins may replace *line.
 func (ch *Chain) ReceivedLine(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, line *string) Decision {
-	return ch.run(ctx, HookReceivedLine, c, func(ctx context.Context, p any) Result {
+	return ch.run(ctx, HookReceivedLine, c, tx, func(ctx context.Context, p any) Result {
 		return p.(ReceivedLine).ReceivedLine(ctx, c, tx, line)
 	})
 }
 
 // DataPost runs the data_post hook.
 func (ch *Chain) DataPost(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return ch.run(ctx, HookDataPost, c, func(ctx context.Context, p any) Result { return p.(DataPost).DataPost(ctx, c, tx) })
+	return ch.run(ctx, HookDataPost, c, tx, func(ctx context.Context, p any) Result { return p.(DataPost).DataPost(ctx, c, tx) })
 }
 
 // QueuePre runs the queue_pre hook.
 func (ch *Chain) QueuePre(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return ch.run(ctx, HookQueuePre, c, func(ctx context.Context, p any) Result { return p.(QueuePre).QueuePre(ctx, c, tx) })
+	return ch.run(ctx, HookQueuePre, c, tx, func(ctx context.Context, p any) Result { return p.(QueuePre).QueuePre(ctx, c, tx) })
 }
 
 // Queue runs the queue hook.
 func (ch *Chain) Queue(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) Decision {
-	return ch.run(ctx, HookQueue, c, func(ctx context.Context, p any) Result { return p.(Queue).Queue(ctx, c, tx) })
+	return ch.run(ctx, HookQueue, c, tx, func(ctx context.Context, p any) Result { return p.(Queue).Queue(ctx, c, tx) })
 }
 
 // QueuePost runs every queue_post plugin.
@@ -350,27 +389,27 @@ func (ch *Chain) Disconnect(ctx context.Context, c *connection.Connection) {
 
 // Vrfy runs the vrfy hook.
 func (ch *Chain) Vrfy(ctx context.Context, c *connection.Connection, addr string) Decision {
-	return ch.run(ctx, HookVrfy, c, func(ctx context.Context, p any) Result { return p.(Vrfy).Vrfy(ctx, c, addr) })
+	return ch.run(ctx, HookVrfy, c, nil, func(ctx context.Context, p any) Result { return p.(Vrfy).Vrfy(ctx, c, addr) })
 }
 
 // Noop runs the noop hook.
 func (ch *Chain) Noop(ctx context.Context, c *connection.Connection) Decision {
-	return ch.run(ctx, HookNoop, c, func(ctx context.Context, p any) Result { return p.(Noop).Noop(ctx, c) })
+	return ch.run(ctx, HookNoop, c, nil, func(ctx context.Context, p any) Result { return p.(Noop).Noop(ctx, c) })
 }
 
 // Help runs the help hook.
 func (ch *Chain) Help(ctx context.Context, c *connection.Connection, topic string) Decision {
-	return ch.run(ctx, HookHelp, c, func(ctx context.Context, p any) Result { return p.(Help).Help(ctx, c, topic) })
+	return ch.run(ctx, HookHelp, c, nil, func(ctx context.Context, p any) Result { return p.(Help).Help(ctx, c, topic) })
 }
 
 // Quit runs the quit hook.
 func (ch *Chain) Quit(ctx context.Context, c *connection.Connection) Decision {
-	return ch.run(ctx, HookQuit, c, func(ctx context.Context, p any) Result { return p.(Quit).Quit(ctx, c) })
+	return ch.run(ctx, HookQuit, c, nil, func(ctx context.Context, p any) Result { return p.(Quit).Quit(ctx, c) })
 }
 
 // Unrecognized runs the unrecognized_command hook.
 func (ch *Chain) Unrecognized(ctx context.Context, c *connection.Connection, cmd, arg string) Decision {
-	return ch.run(ctx, HookUnrecognized, c, func(ctx context.Context, p any) Result {
+	return ch.run(ctx, HookUnrecognized, c, nil, func(ctx context.Context, p any) Result {
 		return p.(Unrecognized).Unrecognized(ctx, c, cmd, arg)
 	})
 }

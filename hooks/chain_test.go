@@ -902,3 +902,68 @@ func TestChainTellsAnInstanceNamerItsName(t *testing.T) {
 		t.Fatalf("SetInstanceName calls: %q", n.got)
 	}
 }
+
+// TestObserveOnly: an instance with ObserveOnly (enforce = false) does not
+// refuse: the chain logs the reply the client would have had, notes the
+// decision, and asks the next plugin. Its OK still accepts.
+func TestObserveOnly(t *testing.T) {
+	log, buf := bufLogger()
+	var seen calls
+	watch := rcpt("watch", &seen, hooks.Result{Code: hooks.Deny, Msg: "listed in zen.example"})
+	watch.ObserveOnly = true
+	ch := newChain(t, hooks.Options{Logger: log}, watch, rcpt("next", &seen, hooks.Result{Code: hooks.OK}))
+	c, tx := newConn(), transaction.New("", 0)
+	d := ch.Rcpt(context.Background(), c, tx, "a@example.test")
+	if d.Plugin != "next" || d.Result.Code != hooks.OK {
+		t.Fatalf("decision = %+v, want next's OK", d)
+	}
+	if got := seen.get(); !slices.Equal(got, []string{"watch", "next"}) {
+		t.Errorf("plugins run = %v", got)
+	}
+	if got := buf.String(); !strings.Contains(got, `msg="plugin would refuse (enforce = false)"`) || !strings.Contains(got, `plugin=watch`) ||
+		!strings.Contains(got, `reply="550 5.7.1 listed in zen.example"`) || !strings.Contains(got, "code=DENY") {
+		t.Errorf("log = %s, want the would-refuse line with the reply", got)
+	}
+	list := hooks.NoteWouldRefuse.Get(&tx.Notes)
+	if len(list) != 1 || list[0].Plugin != "watch" || list[0].Hook != hooks.HookRcpt || list[0].Result.Msg != "listed in zen.example" {
+		t.Errorf("transaction note = %+v", list)
+	}
+	if k := c.Notes.Keys(); len(k) != 0 {
+		t.Errorf("connection notes = %v, want none (a transaction hook notes the transaction)", k)
+	}
+
+	// Alone, the observe-only refusal leaves the hook's default; a failure
+	// (a panic) is observed too, and the enforcing twin refuses.
+	boom := hooks.Instance{Name: "boom", Plugin: &rcptPlugin{name: "boom", fn: func(context.Context) hooks.Result { panic("bug") }}, ObserveOnly: true}
+	ch = newChain(t, hooks.Options{Logger: log}, boom)
+	if d := ch.Rcpt(context.Background(), c, tx, "b@example.test"); d.Result.Code != hooks.Declined {
+		t.Errorf("observe-only panic: decision = %+v, want declined", d)
+	}
+	if n := len(hooks.NoteWouldRefuse.Get(&tx.Notes)); n != 2 {
+		t.Errorf("%d would-refuse notes, want 2", n)
+	}
+	ch = newChain(t, hooks.Options{Logger: log}, rcpt("watch", nil, hooks.Result{Code: hooks.Deny, Msg: "listed"}))
+	if d := ch.Rcpt(context.Background(), c, tx, "c@example.test"); d.Result.Code != hooks.Deny {
+		t.Errorf("enforcing instance: decision = %+v, want DENY", d)
+	}
+}
+
+// TestObserveOnlyAtConnect notes on the connection outside a transaction.
+func TestObserveOnlyAtConnect(t *testing.T) {
+	log, _ := bufLogger()
+	ch := newChain(t, hooks.Options{Logger: log}, hooks.Instance{Name: "early", Plugin: connectFunc(func() hooks.Result {
+		return hooks.Result{Code: hooks.DenyDisconnect, Msg: "talked first"}
+	}), ObserveOnly: true})
+	c := newConn()
+	if d := ch.Connect(context.Background(), c); d.Result.Code != hooks.Declined {
+		t.Errorf("decision = %+v, want declined", d)
+	}
+	list := hooks.NoteWouldRefuse.Get(&c.Notes)
+	if len(list) != 1 || list[0].Result.Code != hooks.DenyDisconnect || list[0].Hook != hooks.HookConnect {
+		t.Errorf("connection note = %+v", list)
+	}
+}
+
+type connectFunc func() hooks.Result
+
+func (f connectFunc) Connect(context.Context, *connection.Connection) hooks.Result { return f() }

@@ -37,6 +37,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -156,7 +157,13 @@ func check(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	for _, l := range cfg.Listeners {
-		fmt.Fprintf(stdout, "listener %s on %s: %s\n", l.Name, l.Address, strings.Join(l.Plugins, ", "))
+		names := slices.Clone(l.Plugins)
+		for i, n := range names {
+			if !cfg.Enforces(n) {
+				names[i] += " (enforce = false)"
+			}
+		}
+		fmt.Fprintf(stdout, "listener %s on %s: %s\n", l.Name, l.Address, strings.Join(names, ", "))
 	}
 	fmt.Fprintf(stdout, "%s: OK\n", path)
 	return 0
@@ -227,7 +234,7 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 	for _, l := range cfg.Listeners {
 		var ins []hooks.Instance
 		for _, name := range l.Plugins {
-			ins = append(ins, hooks.Instance{Name: name, Plugin: plugins[name]})
+			ins = append(ins, hooks.Instance{Name: name, Plugin: plugins[name], ObserveOnly: !cfg.Enforces(name)})
 		}
 		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, QueueTimeout: cfg.QueueTimeout.Duration, Logger: log.With("listener", l.Name)})
 		if err != nil {
