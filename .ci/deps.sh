@@ -7,7 +7,8 @@
 # tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
 # opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
 # dkimsign tests meet) and postgrey (the real policy server the policy
-# plugin's tests ask).
+# plugin's tests ask), clamav-daemon (the real clamd the clamav plugin's
+# tests scan with), spamd (the real SpamAssassin daemon).
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -22,6 +23,8 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
 { [ -x /usr/sbin/opendkim-genkey ] && [ -x /usr/sbin/opendkim-testkey ]; } || missing+=(opendkim-tools)
 [ -x /usr/sbin/postgrey ] || missing+=(postgrey)
+[ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
+[ -x /usr/sbin/spamd ] || missing+=(spamd)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

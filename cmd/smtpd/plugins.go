@@ -8,6 +8,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/authresults"
 	_ "github.com/sluice-mta/sluice/plugins/chaos"
 	_ "github.com/sluice-mta/sluice/plugins/checkpassword"
+	_ "github.com/sluice-mta/sluice/plugins/clamav"
 	_ "github.com/sluice-mta/sluice/plugins/discard"
 	_ "github.com/sluice-mta/sluice/plugins/dkim"
 	_ "github.com/sluice-mta/sluice/plugins/dkimsign"
