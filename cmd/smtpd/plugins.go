@@ -29,5 +29,6 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/senderlogin"
 	_ "github.com/sluice-mta/sluice/plugins/size"
 	_ "github.com/sluice-mta/sluice/plugins/smtpforward"
+	_ "github.com/sluice-mta/sluice/plugins/spamassassin"
 	_ "github.com/sluice-mta/sluice/plugins/spf"
 )
