@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/plugins/spamassassin"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+	"github.com/sluice-mta/sluice/plugins/spamassassin"
 )
 
 // gtube is SpamAssassin's test string: any message holding it scores 1000.
