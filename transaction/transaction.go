@@ -175,6 +175,11 @@ func (t *Transaction) ReplaceMessage(r io.Reader, l HeaderLimits) error {
 	return nil
 }
 
+// Scratch returns an empty spool like the body's (same directory, same
+// memory threshold), for a plugin that must hold a rewritten message
+// before it knows whether to keep it; the plugin closes it.
+func (t *Transaction) Scratch() *Spool { return t.newSpool() }
+
 // newSpool returns an empty spool like the body's.
 func (t *Transaction) newSpool() *Spool {
 	if t.Body == nil {
