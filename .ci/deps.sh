@@ -8,7 +8,7 @@
 # opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
 # dkimsign tests meet) and postgrey (the real policy server the policy
 # plugin's tests ask), clamav-daemon (the real clamd the clamav plugin's
-# tests scan with), spamd (the real SpamAssassin daemon).
+# tests scan with), spamd (the real SpamAssassin daemon) and rspamd.
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -25,6 +25,7 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/sbin/postgrey ] || missing+=(postgrey)
 [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
 [ -x /usr/sbin/spamd ] || missing+=(spamd)
+[ -x /usr/bin/rspamd ] || missing+=(rspamd)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

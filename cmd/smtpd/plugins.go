@@ -27,6 +27,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/ratelimit"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	_ "github.com/sluice-mta/sluice/plugins/relay"
+	_ "github.com/sluice-mta/sluice/plugins/rspamd"
 	_ "github.com/sluice-mta/sluice/plugins/senderlogin"
 	_ "github.com/sluice-mta/sluice/plugins/size"
 	_ "github.com/sluice-mta/sluice/plugins/smtpforward"
