@@ -185,6 +185,41 @@ func (h *Header) DelFunc(drop func(Field) bool) int {
 	})
 }
 
+// Insert puts a field at position i of Fields (0 is the top; past the
+// end, it is Add), as a milter's insheader does.
+func (h *Header) Insert(i int, name, value string) {
+	if i >= len(h.fields) {
+		h.Add(name, value)
+		return
+	}
+	h.fields = slices.Insert(h.fields, max(i, 0), h.appendField(name, value))
+}
+
+// Change replaces the value of the nth (from 1) field named name (the
+// field keeps the case of its name), or
+// removes it when value is "", as a milter's chgheader does; it reports
+// whether there was such a field.
+func (h *Header) Change(name string, n int, value string) bool {
+	seen := 0
+	for i, f := range h.fields {
+		if !equalFold(h.nameOf(f), name) {
+			continue
+		}
+		if seen++; seen != n {
+			continue
+		}
+		h.dead += int(f.n)
+		if value == "" {
+			h.fields = slices.Delete(h.fields, i, i+1)
+			h.compact()
+			return true
+		}
+		h.fields[i] = h.appendField(string(h.nameOf(f)), value)
+		return true
+	}
+	return false
+}
+
 func (h *Header) del(from int, name string) {
 	h.delWhere(from, func(f field) bool { return equalFold(h.nameOf(f), name) })
 }

@@ -84,3 +84,16 @@ func TestReplaceMessage(t *testing.T) {
 		t.Errorf("X-Filter = %q", got)
 	}
 }
+
+func TestInsertAndChange(t *testing.T) {
+	tx := readMessage(t, "A: 1\r\nB: 2\r\nA: 3\r\n\r\nbody\r\n")
+	tx.Header.Insert(0, "Top", "t")
+	tx.Header.Insert(2, "Mid", "m")
+	tx.Header.Insert(99, "End", "e")
+	if !tx.Header.Change("a", 2, "three") || !tx.Header.Change("B", 1, "") || tx.Header.Change("A", 3, "x") {
+		t.Error("Change reported the wrong fields")
+	}
+	if got, want := message(t, tx), "Top: t\r\nA: 1\r\nMid: m\r\nA: three\r\nEnd: e\r\n\r\nbody\r\n"; got != want {
+		t.Errorf("message = %q, want %q", got, want)
+	}
+}
