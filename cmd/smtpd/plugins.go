@@ -21,6 +21,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/loop"
 	_ "github.com/sluice-mta/sluice/plugins/maildir"
 	_ "github.com/sluice-mta/sluice/plugins/maxrcpt"
+	_ "github.com/sluice-mta/sluice/plugins/milter"
 	_ "github.com/sluice-mta/sluice/plugins/policy"
 	_ "github.com/sluice-mta/sluice/plugins/qmailcontrol"
 	_ "github.com/sluice-mta/sluice/plugins/qmailqueue"
