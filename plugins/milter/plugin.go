@@ -531,4 +531,3 @@ func (p *Plugin) Disconnect(_ context.Context, c *connection.Connection) {
 		st.s = nil
 	}
 }
-

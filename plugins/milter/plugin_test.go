@@ -2,7 +2,7 @@ package milter_test
 
 import (
 	"net"
-		"strings"
+	"strings"
 	"sync"
 	"testing"
 	"time"
