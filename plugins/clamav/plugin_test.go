@@ -10,6 +10,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/clamav"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
 func freePort() int {
@@ -42,7 +43,7 @@ func TestEICARIsRefused(t *testing.T) {
 		t.Run(addr, func(t *testing.T) {
 			h := harness(t, `address = "`+addr+`"`)
 			rep := h.Connect("192.0.2.1:40000").Send("a@example.org", []string{"b@example.test"}, withEICAR())
-			hookstest.ExpectReply(t, rep, "554 5.7.1 Message contains a virus: Sluice-Test.EICAR.UNOFFICIAL")
+			hookstest.ExpectReply(t, rep, "554 5.7.1 Message contains a virus: "+scannertest.EICARSignature)
 			if n := len(h.Queued()); n != 0 {
 				t.Errorf("%d messages queued, want none", n)
 			}

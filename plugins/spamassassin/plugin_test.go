@@ -9,10 +9,11 @@ import (
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/spamassassin"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
 // gtube is SpamAssassin's test string: any message holding it scores 1000.
-const gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+const gtube = scannertest.GTUBE
 
 const ham = "From: Alice <alice@example.org>\r\nTo: bob@example.test\r\nSubject: lunch\r\n" +
 	"Date: Fri, 02 Jan 2026 03:04:05 +0000\r\nMessage-ID: <lunch-1@example.org>\r\n\r\nLunch tomorrow at noon?\r\n"
