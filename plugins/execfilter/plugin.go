@@ -59,9 +59,12 @@ type Settings struct {
 // The exit codes, with their meaning in IndiMail's and qmail-qfilter's
 // filters.
 const (
-	ExitAccept      = 0   // deliver (the rewritten message with rewrite)
-	ExitDiscard     = 99  // accept and drop: qmail-qfilter's "drop the message"
-	ExitDiscardAlt  = 2   // the same, IndiMail's spawn-filter blackhole
+	ExitAccept = 0 // deliver (the rewritten message with rewrite)
+	// ExitDiscard accepts and drops the message: qmail-qfilter's "drop
+	// the message". (IndiMail's spawn-filter also reads 2 as a blackhole;
+	// Sluice does not, because a shell exits 2 on a syntax error, and a
+	// broken filter must not drop mail: it is a failed run.)
+	ExitDiscard     = 99
 	ExitReject      = 100 // refuse permanently (qmail's hard error)
 	ExitRejectAlt   = 31  // the same, qmail-queue's "permanently rejects"
 	ExitTempfail    = 111 // refuse temporarily (qmail's soft error)
@@ -197,7 +200,7 @@ func (p *Plugin) DataPost(ctx context.Context, c *connection.Connection, tx *tra
 			return p.fail(tx, fmt.Errorf("take %s's output as the message: %w", p.command[0], err))
 		}
 		return hooks.Result{}
-	case ExitDiscard, ExitDiscardAlt:
+	case ExitDiscard:
 		return hooks.Result{Code: hooks.Done, Detail: fmt.Sprintf("discarded by %s (exit %d)", p.command[0], code)}
 	case ExitReject, ExitRejectAlt:
 		if text == "" {
@@ -212,7 +215,7 @@ func (p *Plugin) DataPost(ctx context.Context, c *connection.Connection, tx *tra
 		return hooks.Result{Code: hooks.DenySoft, ReplyCode: 451, Enhanced: [3]int{4, 7, 1}, Msg: text,
 			Detail: fmt.Sprintf("%s exited %d", p.command[0], code)}
 	}
-	return p.fail(tx, fmt.Errorf("%s exited %d, which has no meaning here (0 accept, 99 or 2 discard, 100 or 31 refuse, 111 or 71 defer): %s", p.command[0], code, text))
+	return p.fail(tx, fmt.Errorf("%s exited %d, which has no meaning here (0 accept, 99 discard, 100 or 31 refuse, 111 or 71 defer): %s", p.command[0], code, text))
 }
 
 func (p *Plugin) fail(tx *transaction.Transaction, err error) hooks.Result {
