@@ -192,6 +192,29 @@ type Message struct {
 	Notes map[string]any
 }
 
+// WithoutReceived returns Data without the Received field the server
+// put on top (its id and time change from run to run), for a test that
+// compares the rest byte for byte. Fields a plugin prepended above it
+// stay.
+func (m Message) WithoutReceived() string {
+	s := string(m.Data)
+	i := strings.Index(s, "Received: ")
+	if i < 0 || (i > 0 && s[i-2:i] != "\r\n") {
+		return s
+	}
+	end := i
+	for {
+		j := strings.Index(s[end:], "\r\n")
+		if j < 0 {
+			return s
+		}
+		end += j + 2
+		if end >= len(s) || (s[end] != ' ' && s[end] != '\t') {
+			return s[:i] + s[end:]
+		}
+	}
+}
+
 // QueueRecorder is a queue plugin that keeps every message in memory; use
 // it as the last plugin of a test chain.
 type QueueRecorder struct {

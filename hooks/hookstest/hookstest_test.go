@@ -443,3 +443,15 @@ func TestTLSAndAuthThroughTheRealPath(t *testing.T) {
 		t.Fatalf("Received: %q", data)
 	}
 }
+
+func TestWithoutReceived(t *testing.T) {
+	for _, tc := range []struct{ data, want string }{
+		{"Received: from a\r\n\tby b; now\r\nSubject: x\r\n\r\nbody\r\n", "Subject: x\r\n\r\nbody\r\n"},
+		{"X-Top: 1\r\nReceived: from a\r\n by b\r\nSubject: x\r\n\r\nReceived: in the body\r\n", "X-Top: 1\r\nSubject: x\r\n\r\nReceived: in the body\r\n"},
+		{"Subject: no trace\r\n\r\nbody\r\n", "Subject: no trace\r\n\r\nbody\r\n"},
+	} {
+		if got := (hookstest.Message{Data: []byte(tc.data)}).WithoutReceived(); got != tc.want {
+			t.Errorf("WithoutReceived(%q) = %q, want %q", tc.data, got, tc.want)
+		}
+	}
+}

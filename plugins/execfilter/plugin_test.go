@@ -36,15 +36,6 @@ func send(h *hookstest.Harness) string {
 	return h.Connect("192.0.2.1:40000").Send("a@example.org", []string{"b@example.test", "c@example.test"}, msg).String()
 }
 
-// unreceived drops the Received field the server put on top.
-func unreceived(data []byte) string {
-	s := string(data)
-	for strings.HasPrefix(s, "Received:") || (len(s) > 0 && (s[0] == '\t' || s[0] == ' ')) {
-		_, s, _ = strings.Cut(s, "\r\n")
-	}
-	return s
-}
-
 // A filter that rewrites the Subject: the queued message is its output,
 // byte for byte; the envelope reached it in the environment.
 func TestRewrite(t *testing.T) {
@@ -55,7 +46,7 @@ exec sed 's/^Subject: /Subject: [filtered] /'`)
 	if rep := send(h); !strings.HasPrefix(rep, "250 ") {
 		t.Fatalf("reply %q", rep)
 	}
-	got := unreceived(h.Queued()[0].Data)
+	got := h.Queued()[0].WithoutReceived()
 	want := "From: a@example.org\r\nTo: b@example.test\r\nSubject: [filtered] hello\r\n\r\nBody line.\r\n"
 	if got != want {
 		t.Errorf("queued:\n%q\nwant\n%q", got, want)
@@ -78,7 +69,7 @@ func TestNoRewrite(t *testing.T) {
 	if rep := send(h); !strings.HasPrefix(rep, "250 ") {
 		t.Fatalf("reply %q", rep)
 	}
-	if got := unreceived(h.Queued()[0].Data); got != msg {
+	if got := h.Queued()[0].WithoutReceived(); got != msg {
 		t.Errorf("queued %q, want the message unchanged", got)
 	}
 }
@@ -149,7 +140,7 @@ func TestTooMuchOutput(t *testing.T) {
 		t.Fatalf("reply %q", rep)
 	}
 	want := "From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\nX-Filter: execfilter failed\r\n\r\nBody line.\r\n"
-	if got := unreceived(h.Queued()[0].Data); got != want {
+	if got := h.Queued()[0].WithoutReceived(); got != want {
 		t.Errorf("queued %q, want the original with X-Filter", got)
 	}
 }

@@ -32,15 +32,6 @@ func send(h *hookstest.Harness, msg string) string {
 	return h.Connect("192.0.2.1:40000").Send("alice@example.org", []string{"bob@example.test"}, msg).String()
 }
 
-// unreceived drops the Received field the server put on top.
-func unreceived(data []byte) string {
-	s := string(data)
-	for strings.HasPrefix(s, "Received:") || (len(s) > 0 && (s[0] == '\t' || s[0] == ' ')) {
-		_, s, _ = strings.Cut(s, "\r\n")
-	}
-	return s
-}
-
 func TestRealRspamdGTUBE(t *testing.T) {
 	needRspamd(t)
 	h := harness(t, `url = "`+daemon.url+`"`)
@@ -59,7 +50,7 @@ func TestRealRspamdHam(t *testing.T) {
 		t.Fatalf("reply %q", rep)
 	}
 	q := h.Queued()[0]
-	got := unreceived(q.Data)
+	got := q.WithoutReceived()
 	if !strings.Contains(got, "\r\nX-Spam-Status: No, score=") || !strings.Contains(got, `action="no action"`) {
 		t.Errorf("queued message lacks the status:\n%s", got)
 	}
@@ -118,7 +109,7 @@ func TestActions(t *testing.T) {
 				t.Fatalf("reply %q, want %q", rep, tc.reply)
 			}
 			if tc.has != "" {
-				got := unreceived(h.Queued()[0].Data)
+				got := h.Queued()[0].WithoutReceived()
 				if !strings.Contains(got, tc.has) {
 					t.Errorf("queued message lacks %q:\n%s", tc.has, got)
 				}
@@ -149,7 +140,7 @@ func TestFailures(t *testing.T) {
 	if rep := send(h, ham); !strings.HasPrefix(rep, "250 ") {
 		t.Fatalf("down, accept: reply %q", rep)
 	}
-	if got := unreceived(h.Queued()[0].Data); !strings.Contains(got, "\r\nX-Spam-Status: Unknown, scan failed\r\n") {
+	if got := h.Queued()[0].WithoutReceived(); !strings.Contains(got, "\r\nX-Spam-Status: Unknown, scan failed\r\n") {
 		t.Errorf("down, accept: %s", got)
 	}
 	var rp replay

@@ -13,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"testing"
 	"time"
 )
 
@@ -46,6 +48,39 @@ func freeAddr() (string, int, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Silent returns the address of a loopback TCP listener that accepts
+// connections and never answers, closed when the test ends: a scanner
+// that hangs, for testing timeouts.
+func Silent(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return l.Addr().String()
 }
 
 // start runs cmd and waits until ready says the daemon serves, or it
