@@ -198,7 +198,8 @@ type Message struct {
 // stay.
 func (m Message) WithoutReceived() string {
 	s := string(m.Data)
-	i := strings.Index(s, "Received: ")
+	head, _, _ := strings.Cut(s, "\r\n\r\n")
+	i := strings.Index(head, "Received: ")
 	if i < 0 || (i > 0 && s[i-2:i] != "\r\n") {
 		return s
 	}

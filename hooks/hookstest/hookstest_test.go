@@ -449,6 +449,7 @@ func TestWithoutReceived(t *testing.T) {
 		{"Received: from a\r\n\tby b; now\r\nSubject: x\r\n\r\nbody\r\n", "Subject: x\r\n\r\nbody\r\n"},
 		{"X-Top: 1\r\nReceived: from a\r\n by b\r\nSubject: x\r\n\r\nReceived: in the body\r\n", "X-Top: 1\r\nSubject: x\r\n\r\nReceived: in the body\r\n"},
 		{"Subject: no trace\r\n\r\nbody\r\n", "Subject: no trace\r\n\r\nbody\r\n"},
+		{"Subject: no trace\r\n\r\nReceived: in the body\r\n", "Subject: no trace\r\n\r\nReceived: in the body\r\n"},
 	} {
 		if got := (hookstest.Message{Data: []byte(tc.data)}).WithoutReceived(); got != tc.want {
 			t.Errorf("WithoutReceived(%q) = %q, want %q", tc.data, got, tc.want)
