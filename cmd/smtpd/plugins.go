@@ -13,6 +13,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/dkimsign"
 	_ "github.com/sluice-mta/sluice/plugins/dmarc"
 	_ "github.com/sluice-mta/sluice/plugins/dovecotauth"
+	_ "github.com/sluice-mta/sluice/plugins/earlytalker"
 	_ "github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/external"
 	_ "github.com/sluice-mta/sluice/plugins/lmtp"
