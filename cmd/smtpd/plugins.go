@@ -16,6 +16,8 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/earlytalker"
 	_ "github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/external"
+	_ "github.com/sluice-mta/sluice/plugins/headers"
+	_ "github.com/sluice-mta/sluice/plugins/helo"
 	_ "github.com/sluice-mta/sluice/plugins/lmtp"
 	_ "github.com/sluice-mta/sluice/plugins/loop"
 	_ "github.com/sluice-mta/sluice/plugins/maildir"
