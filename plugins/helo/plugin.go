@@ -280,8 +280,9 @@ func (p *Plugin) check(ctx context.Context, c *connection.Connection, host strin
 	literal, bare, valid := false, false, false
 	if strings.HasPrefix(host, "[") {
 		if canon, ok := mailaddr.CanonicalDomain(host); ok {
-			literal = true
-			ip = netip.MustParseAddr(strings.TrimPrefix(strings.Trim(canon, "[]"), "IPv6:")).Unmap()
+			if a, err := netip.ParseAddr(strings.TrimPrefix(strings.Trim(canon, "[]"), "IPv6:")); err == nil {
+				literal, ip = true, a.Unmap()
+			}
 		}
 	} else if a, err := netip.ParseAddr(host); err == nil && a.Zone() == "" {
 		bare, ip = true, a.Unmap()
