@@ -25,6 +25,7 @@ func openRedis(s Spec) (*redisTable, error) {
 	opt.ReadTimeout = timeout.get()
 	opt.WriteTimeout = timeout.get()
 	opt.MaxRetries = -1 // a lookup that fails is an error: the plugin defers
+	opt.DialerRetries = 1
 	if s.Pool > 0 {
 		opt.PoolSize = s.Pool
 	} else {
