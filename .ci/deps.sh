@@ -6,8 +6,9 @@
 # (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
 # tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
 # opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
-# dkimsign tests meet) and postgrey (the real policy server the policy
-# plugin's tests ask).
+# dkimsign tests meet), postgrey (the real policy server the policy
+# plugin's tests ask), and postgresql, mariadb-server and redis-server (the
+# real databases the lookup tables, rcptok and bwl tests start privately).
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -22,6 +23,9 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
 { [ -x /usr/sbin/opendkim-genkey ] && [ -x /usr/sbin/opendkim-testkey ]; } || missing+=(opendkim-tools)
 [ -x /usr/sbin/postgrey ] || missing+=(postgrey)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql)
+{ [ -x /usr/sbin/mariadbd ] && [ -x /usr/bin/mariadb-install-db ]; } || missing+=(mariadb-server)
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

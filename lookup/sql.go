@@ -24,7 +24,6 @@ func (d durationOrDefault) get() time.Duration {
 // sqlTable runs a query with the key as its one parameter.
 type sqlTable struct {
 	db      *sql.DB
-	stmt    *sql.Stmt
 	query   string
 	driver  string
 	timeout durationOrDefault
