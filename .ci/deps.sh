@@ -6,9 +6,11 @@
 # (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
 # tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
 # opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
-# dkimsign tests meet) and postgrey (the real policy server the policy
-# plugin's tests ask), clamav-daemon (the real clamd the clamav plugin's
-# tests scan with), spamd (the real SpamAssassin daemon) and rspamd.
+# dkimsign tests meet), postgrey (the real policy server the policy
+# plugin's tests ask), clamav-daemon, spamd and rspamd (the real scanners
+# the content filter tests use), and postgresql, mariadb-server and
+# redis-server (the real databases the lookup tables, rcptok and bwl
+# tests start privately).
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -26,6 +28,9 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
 [ -x /usr/sbin/spamd ] || missing+=(spamd)
 [ -x /usr/bin/rspamd ] || missing+=(rspamd)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql)
+{ [ -x /usr/sbin/mariadbd ] && [ -x /usr/bin/mariadb-install-db ]; } || missing+=(mariadb-server)
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -6,6 +6,7 @@ package main
 import (
 	_ "github.com/sluice-mta/sluice/plugins/authfile"
 	_ "github.com/sluice-mta/sluice/plugins/authresults"
+	_ "github.com/sluice-mta/sluice/plugins/bwl"
 	_ "github.com/sluice-mta/sluice/plugins/chaos"
 	_ "github.com/sluice-mta/sluice/plugins/checkpassword"
 	_ "github.com/sluice-mta/sluice/plugins/clamav"

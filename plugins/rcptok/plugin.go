@@ -30,6 +30,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/lookup"
 	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -38,9 +39,15 @@ func init() { hooks.Register("rcptok", New) }
 
 // Settings are the keys of a [plugins.rcptok] table.
 type Settings struct {
-	// Domains are the local domains, inline. ".example.com" matches every
-	// subdomain of example.com.
-	Domains []string `toml:"domains"`
+	// Domains are the local domains: a list (".example.com" matches every
+	// subdomain of example.com) or a lookup table ({ file = ... },
+	// { cdb = ... }, { redis = ... }, { pgsql = ..., query = ... },
+	// { mysql = ..., query = ... }; see docs/lookup.md).
+	Domains lookup.Spec `toml:"domains"`
+	// PostfixMainCf is the path of a Postfix main.cf whose mydestination,
+	// virtual_mailbox_domains, virtual_alias_domains and relay_domains are
+	// local domains too (a Sluice in front of that Postfix).
+	PostfixMainCf string `toml:"postfix_main_cf"`
 	// Rcpthosts is the path of a qmail-style rcpthosts file: one domain a
 	// line, '#' starts a comment. It is read once, when the plugin is built
 	// (at start and at each reload).
@@ -65,6 +72,9 @@ type Plugin struct {
 	exact    map[string]bool
 	suffixes map[string]bool
 	relayOK  bool
+	// tables are the domain tables that are not in memory (cdb, redis,
+	// SQL) and the Postfix domains.
+	tables lookup.Local
 }
 
 var _ hooks.Rcpt = (*Plugin)(nil)
@@ -76,27 +86,53 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return nil, err
 	}
 	p := &Plugin{exact: map[string]bool{}, suffixes: map[string]bool{}, relayOK: s.RelayClientsOK}
-	for _, d := range s.Domains {
-		if err := p.add(d); err != nil {
+	switch s.Domains.Backend() {
+	case "list":
+		for _, d := range s.Domains.List {
+			if err := p.add(d); err != nil {
+				return nil, fmt.Errorf("domains: %w", err)
+			}
+		}
+	case "file":
+		if err := p.readRcpthosts("domains", s.Domains.File); err != nil {
+			return nil, err
+		}
+	default:
+		t, err := lookup.Open(s.Domains)
+		if err != nil {
 			return nil, fmt.Errorf("domains: %w", err)
 		}
+		p.tables.AddDomains(t)
+	}
+	if s.PostfixMainCf != "" {
+		t, err := lookup.PostfixDomains(s.PostfixMainCf)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("postfix_main_cf: %w", err)
+		}
+		p.tables.AddDomains(t)
 	}
 	if s.Rcpthosts != "" {
-		if err := p.readRcpthosts(s.Rcpthosts); err != nil {
+		if err := p.readRcpthosts("rcpthosts", s.Rcpthosts); err != nil {
+			p.Close()
 			return nil, err
 		}
 	}
-	if len(p.exact)+len(p.suffixes) == 0 && !p.relayOK {
+	if len(p.exact)+len(p.suffixes) == 0 && p.tables.Empty() && !p.relayOK {
 		return nil, fmt.Errorf("domains and rcpthosts are both empty and relay_clients_ok is false: rcptok would refuse every recipient; list the local domains")
 	}
 	return p, nil
 }
 
-// readRcpthosts adds the domains of a qmail rcpthosts file.
-func (p *Plugin) readRcpthosts(path string) error {
+// Close closes the lookup tables.
+func (p *Plugin) Close() error { return p.tables.Close() }
+
+// readRcpthosts adds the domains of a qmail rcpthosts file (the domains
+// setting's file backend reads the same format).
+func (p *Plugin) readRcpthosts(setting, path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("rcpthosts: cannot read the file: %w", err)
+		return fmt.Errorf("%s: cannot read the file: %w", setting, err)
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {
@@ -105,11 +141,11 @@ func (p *Plugin) readRcpthosts(path string) error {
 			continue
 		}
 		if err := p.add(line); err != nil {
-			return fmt.Errorf("rcpthosts: %s:%d: %w", path, n, err)
+			return fmt.Errorf("%s: %s:%d: %w", setting, path, n, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("rcpthosts: %s: %w", path, err)
+		return fmt.Errorf("%s: %s: %w", setting, path, err)
 	}
 	return nil
 }
@@ -150,7 +186,7 @@ func (p *Plugin) add(entry string) error {
 
 // Rcpt accepts local recipients and the recipients of relay clients, and
 // refuses everything else with 550 5.7.1 "relaying denied".
-func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
+func (p *Plugin) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
 	rcpt = strings.TrimSuffix(strings.TrimPrefix(rcpt, "<"), ">")
 
 	// RFC 5321 4.5.1: <Postmaster>, without a domain, must be accepted.
@@ -160,8 +196,14 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 	}
 
 	local, domain, hasAt := mailaddr.Split(rcpt)
-	if hasAt && local != "" && !strings.ContainsAny(local, "%!@") && p.isLocal(domain) {
-		return hooks.Accept("")
+	if hasAt && local != "" && !strings.ContainsAny(local, "%!@") {
+		ok, err := p.IsLocalDomain(ctx, domain)
+		if err != nil {
+			return hooks.Result{Code: hooks.DenySoft, ReplyCode: 451, Msg: "cannot check the recipient's domain now; try again later", Enhanced: [3]int{4, 3, 0}, Err: err}
+		}
+		if ok {
+			return hooks.Accept("")
+		}
 	}
 
 	// Everything below would be relaying (or is a relay trick: a
@@ -176,8 +218,18 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 
 var denied = hooks.Result{Code: hooks.Deny, Msg: "relaying denied", Enhanced: [3]int{5, 7, 1}}
 
-// isLocal reports whether domain (as written in an address) is a local
-// domain. A domain without a canonical form (IDNA refuses it) never is.
+// IsLocalDomain reports whether domain (as written in an address) is a
+// local domain: in the inline list, then in the lookup tables. A domain
+// without a canonical form (IDNA refuses it) never is. An error means a
+// table could not answer.
+func (p *Plugin) IsLocalDomain(ctx context.Context, domain string) (bool, error) {
+	if p.isLocal(domain) {
+		return true, nil
+	}
+	return p.tables.IsLocalDomain(ctx, domain)
+}
+
+// isLocal reports whether domain is in the in-memory lists.
 func (p *Plugin) isLocal(domain string) bool {
 	d, ok := mailaddr.CanonicalDomain(domain)
 	if !ok {

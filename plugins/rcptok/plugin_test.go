@@ -222,7 +222,7 @@ func TestBadSettings(t *testing.T) {
 		{`domains = [""]`, `domains: "" is not a domain`},
 		{`domains = ["example..test"]`, `domains: "example..test" is not a domain`},
 		{`domains = ["[192.0.2.300]"]`, `domains: "[192.0.2.300]" is not an address literal`},
-		{`domains = "example.test"`, `domains: expected a list of strings, got a string`},
+		{`domains = "example.test"`, `domains: want a list`},
 		{`domain = ["example.test"]`, `unknown key "domain"`},
 		{`rcpthosts = "` + missing + `"`, `rcpthosts: cannot read the file: open ` + missing},
 		{`rcpthosts = "` + bad + `"`, `rcpthosts: ` + bad + `:3: "user@example.test" is not a domain`},

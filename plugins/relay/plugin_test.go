@@ -1,6 +1,9 @@
 package relay_test
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 
@@ -96,7 +99,7 @@ func TestBadSettings(t *testing.T) {
 		{`allow = ["mx.example.test"]`, `allow: "mx.example.test" is not an IP address or CIDR prefix`},
 		{`allow = ["::ffff:0.0.0.0/90"]`, `allow: "::ffff:0.0.0.0/90" is not an IP address or CIDR prefix`},
 		{`allow = [""]`, `allow: "" is not an IP address or CIDR prefix`},
-		{`allow = "127.0.0.1"`, `allow: expected a list of strings, got a string`},
+		{`allow = "127.0.0.1"`, `allow: want a list`},
 		{`allowed = ["127.0.0.1"]`, `unknown key "allowed"`},
 	} {
 		hookstest.ExpectBuildError(t, "relay", tt.settings, tt.want)
@@ -106,4 +109,26 @@ func TestBadSettings(t *testing.T) {
 // TestReadmeExample builds the plugin from the TOML example in README.md.
 func TestReadmeExample(t *testing.T) {
 	hookstest.BuildFromReadme(t, "relay", "README.md")
+}
+
+// TestAllowFile: the relay clients from a file of networks, reread when
+// the plugin is rebuilt (as on SIGHUP).
+func TestAllowFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "relayclients")
+	os.WriteFile(file, []byte("# office\n192.0.2.0/24\n2001:db8::7\n"), 0o644)
+	p := hookstest.Build(t, "relay", fmt.Sprintf("allow = { file = %q }", file))
+	h := hookstest.New(t, hookstest.Plugin("relay", p))
+	for ip, want := range map[string]bool{"192.0.2.44": true, "2001:db8::7": true, "198.51.100.1": false} {
+		s := h.Connect(ip)
+		if s.Conn().Relay != want {
+			t.Errorf("%s: Relay = %v, want %v", ip, s.Conn().Relay, want)
+		}
+	}
+	os.WriteFile(file, []byte("198.51.100.0/24\n"), 0o644)
+	p = hookstest.Build(t, "relay", fmt.Sprintf("allow = { file = %q }", file))
+	h = hookstest.New(t, hookstest.Plugin("relay", p))
+	if s := h.Connect("198.51.100.1"); !s.Conn().Relay {
+		t.Errorf("after the rebuild 198.51.100.1 is not a relay client")
+	}
+	hookstest.ExpectBuildError(t, "relay", `allow = { file = "/nonexistent/relayclients" }`, "cannot read the table file")
 }
