@@ -1,0 +1,131 @@
+package statetest
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// RedisServerPath is where Debian's redis-server package installs the
+// server.
+const RedisServerPath = "/usr/bin/redis-server"
+
+var redisOnce struct {
+	sync.Once
+	addr string
+	err  error
+	cmd  *exec.Cmd
+	dir  string
+	out  bytes.Buffer
+	done chan struct{}
+}
+
+// Redis returns the address ("127.0.0.1:port") of a private redis-server
+// the test binary starts at its first call, on loopback, with no
+// persistence, in a temporary directory. Call Main from TestMain so that
+// it stops when the tests end. It fails the test, naming the Debian
+// package, when redis-server is not installed.
+func Redis(t testing.TB) string {
+	t.Helper()
+	redisOnce.Do(startRedis)
+	if redisOnce.err != nil {
+		t.Fatalf("%v", redisOnce.err)
+	}
+	return redisOnce.addr
+}
+
+// Main runs the tests and then stops the redis-server Redis started, if
+// any: func TestMain(m *testing.M) { statetest.Main(m) }.
+func Main(m *testing.M) {
+	code := m.Run()
+	StopRedis()
+	os.Exit(code)
+}
+
+// StopRedis stops the redis-server Redis started, if any.
+func StopRedis() {
+	if redisOnce.cmd != nil {
+		redisOnce.cmd.Process.Kill()
+		<-redisOnce.done
+		redisOnce.cmd = nil
+	}
+	if redisOnce.dir != "" {
+		os.RemoveAll(redisOnce.dir)
+	}
+}
+
+func startRedis() {
+	r := &redisOnce
+	if _, err := os.Stat(RedisServerPath); err != nil {
+		r.err = fmt.Errorf("redis-server is not installed: run `make deps` (Debian package redis-server): %v", err)
+		return
+	}
+	dir, err := os.MkdirTemp("", "statetest-redis-")
+	if err != nil {
+		r.err = err
+		return
+	}
+	r.dir = dir
+	// A free port: redis-server takes a number, not a listener.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.err = err
+		return
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(RedisServerPath,
+		"--bind", "127.0.0.1", "--port", port, "--dir", dir,
+		"--save", "", "--appendonly", "no", "--daemonize", "no",
+		"--protected-mode", "yes", "--logfile", "")
+	cmd.Stdout, cmd.Stderr = &r.out, &r.out
+	if err := cmd.Start(); err != nil {
+		r.err = fmt.Errorf("start redis-server: %v", err)
+		return
+	}
+	r.cmd = cmd
+	r.done = make(chan struct{})
+	go func() { cmd.Wait(); close(r.done) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if ping(addr) {
+			r.addr = addr
+			return
+		}
+		select {
+		case <-r.done:
+			r.err = fmt.Errorf("redis-server exited at start:\n%s", r.out.String())
+			r.cmd = nil
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			r.err = fmt.Errorf("redis-server did not answer on %s within 20s:\n%s", addr, r.out.String())
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ping reports whether a Redis server answers PING at addr.
+func ping(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "+PONG")
+}
