@@ -15,6 +15,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/dovecotauth"
 	_ "github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/external"
+	_ "github.com/sluice-mta/sluice/plugins/greylist"
 	_ "github.com/sluice-mta/sluice/plugins/lmtp"
 	_ "github.com/sluice-mta/sluice/plugins/loop"
 	_ "github.com/sluice-mta/sluice/plugins/maildir"
