@@ -272,4 +272,3 @@ func parseTime(v []byte) (time.Time, bool) {
 	}
 	return time.Unix(0, n), true
 }
-
