@@ -6,8 +6,9 @@
 # (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
 # tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
 # opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
-# dkimsign tests meet) and postgrey (the real policy server the policy
-# plugin's tests ask).
+# dkimsign tests meet), postgrey (the real policy server the policy
+# plugin's tests ask) and redis-server (the real Redis the state store's
+# and greylist's tests share).
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -22,6 +23,7 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
 { [ -x /usr/sbin/opendkim-genkey ] && [ -x /usr/sbin/opendkim-testkey ]; } || missing+=(opendkim-tools)
 [ -x /usr/sbin/postgrey ] || missing+=(postgrey)
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -34,7 +36,8 @@ fi
 echo "installing ${missing[*]} ..." >&2
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
-# policy-rc.d: no package starts its daemon (postgrey, opendkim, postfix).
+# policy-rc.d: no package starts its daemon (postgrey, opendkim, postfix,
+# redis-server).
 rcd=/usr/sbin/policy-rc.d
 placed=
 if [ ! -e "$rcd" ]; then

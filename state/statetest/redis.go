@@ -17,14 +17,19 @@ import (
 // server.
 const RedisServerPath = "/usr/bin/redis-server"
 
-var redisOnce struct {
-	sync.Once
+// redisServer is one redis-server this package started.
+type redisServer struct {
 	addr string
 	err  error
 	cmd  *exec.Cmd
 	dir  string
 	out  bytes.Buffer
 	done chan struct{}
+}
+
+var redisOnce struct {
+	sync.Once
+	redisServer
 }
 
 // Redis returns the address ("127.0.0.1:port") of a private redis-server
@@ -34,7 +39,7 @@ var redisOnce struct {
 // package, when redis-server is not installed.
 func Redis(t testing.TB) string {
 	t.Helper()
-	redisOnce.Do(startRedis)
+	redisOnce.Do(func() { redisOnce.start() })
 	if redisOnce.err != nil {
 		t.Fatalf("%v", redisOnce.err)
 	}
@@ -50,19 +55,34 @@ func Main(m *testing.M) {
 }
 
 // StopRedis stops the redis-server Redis started, if any.
-func StopRedis() {
-	if redisOnce.cmd != nil {
-		redisOnce.cmd.Process.Kill()
-		<-redisOnce.done
-		redisOnce.cmd = nil
+func StopRedis() { redisOnce.stop() }
+
+// StartRedis starts a redis-server of the test's own, as Redis does, and
+// stops it when the test ends. Use it in a package whose TestMain is not
+// Main's; Redis shares one server among a package's tests.
+func StartRedis(t testing.TB) string {
+	t.Helper()
+	r := &redisServer{}
+	r.start()
+	t.Cleanup(r.stop)
+	if r.err != nil {
+		t.Fatalf("%v", r.err)
 	}
-	if redisOnce.dir != "" {
-		os.RemoveAll(redisOnce.dir)
+	return r.addr
+}
+
+func (r *redisServer) stop() {
+	if r.cmd != nil {
+		r.cmd.Process.Kill()
+		<-r.done
+		r.cmd = nil
+	}
+	if r.dir != "" {
+		os.RemoveAll(r.dir)
 	}
 }
 
-func startRedis() {
-	r := &redisOnce
+func (r *redisServer) start() {
 	if _, err := os.Stat(RedisServerPath); err != nil {
 		r.err = fmt.Errorf("redis-server is not installed: run `make deps` (Debian package redis-server): %v", err)
 		return
