@@ -43,7 +43,8 @@ fi
 echo "installing ${missing[*]} ..." >&2
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
-# policy-rc.d: no package starts its daemon (postgrey, opendkim, postfix).
+# policy-rc.d: no package starts its daemon (postgrey, opendkim, postfix,
+# redis-server).
 rcd=/usr/sbin/policy-rc.d
 placed=
 if [ ! -e "$rcd" ]; then

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/qmailctl"
 	"github.com/sluice-mta/sluice/resolver"
+	"github.com/sluice-mta/sluice/state"
 )
 
 // DefaultPath is where smtpd looks for its configuration without -config.
@@ -60,6 +61,10 @@ type Config struct {
 	// timeoutsmtpd for read_timeout. A key set in this file wins. The
 	// qmailcontrol plugin reads the same directory for its checks.
 	Qmail qmailctl.Settings `toml:"qmail"`
+	// State is the [state] table: the store the policy plugins keep
+	// their state in (greylist triplets, counters), a file under data_dir
+	// by default or a Redis server (see package state).
+	State state.Settings `toml:"state"`
 	// Listeners are the [[listener]] blocks.
 	Listeners []Listener `toml:"listener"`
 	// Plugins are the [plugins.NAME] tables, decoded by the plugins.
@@ -244,6 +249,9 @@ func (c *Config) check() error {
 	}
 	if err := c.DNS.Check(); err != nil {
 		return fmt.Errorf("%s: %w", c.at(c.lineOfTable("dns")), err)
+	}
+	if err := c.State.Check(); err != nil {
+		return fmt.Errorf("%s: %w", c.at(c.lineOfTable("state")), err)
 	}
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":
@@ -550,8 +558,9 @@ func (c *Config) applyQmail() error {
 }
 
 // setShared sets the fields of the struct v points to (a plugin's
-// settings) that have the type of a shared table, [dns] (resolver.Settings)
-// or [qmail] (qmailctl.Settings, usually embedded), to that table's
+// settings) that have the type of a shared table, [dns] (resolver.Settings),
+// [state] (state.Settings, with data_dir) or [qmail] (qmailctl.Settings,
+// usually embedded), to that table's
 // values, before the plugin's own table, which may override them, is
 // decoded.
 func (c *Config) setShared(v any) {
@@ -570,6 +579,11 @@ func (c *Config) setShared(v any) {
 			dns := c.DNS
 			dns.Servers = slices.Clone(dns.Servers)
 			f.Set(reflect.ValueOf(dns))
+		case reflect.TypeFor[state.Settings]():
+			st := c.State
+			st.Addrs = slices.Clone(st.Addrs)
+			st.DataDir = c.DataDir
+			f.Set(reflect.ValueOf(st))
 		case reflect.TypeFor[qmailctl.Settings]():
 			if c.Qmail.ControlDir != "" {
 				f.Set(reflect.ValueOf(c.Qmail))

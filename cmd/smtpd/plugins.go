@@ -19,6 +19,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/example"
 	_ "github.com/sluice-mta/sluice/plugins/execfilter"
 	_ "github.com/sluice-mta/sluice/plugins/external"
+	_ "github.com/sluice-mta/sluice/plugins/greylist"
 	_ "github.com/sluice-mta/sluice/plugins/headers"
 	_ "github.com/sluice-mta/sluice/plugins/helo"
 	_ "github.com/sluice-mta/sluice/plugins/lmtp"
