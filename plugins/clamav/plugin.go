@@ -121,8 +121,10 @@ func (p *Plugin) DataPost(ctx context.Context, c *connection.Connection, tx *tra
 	v, err := p.scan(ctx, tx)
 	if err != nil {
 		NoteResult.Set(&tx.Notes, Verdict{Skipped: "scan failed"})
-		hdr := p.header
-		return p.failure.Result(tx, "clamav", hdr, "no (scan failed)", err)
+		if p.header != "" {
+			tx.Header.Del(p.header)
+		}
+		return p.failure.Result(tx, "clamav", p.header, "no (scan failed)", err)
 	}
 	NoteResult.Set(&tx.Notes, v)
 	if !v.Clean {
@@ -133,8 +135,11 @@ func (p *Plugin) DataPost(ctx context.Context, c *connection.Connection, tx *tra
 	return hooks.Result{}
 }
 
+// mark writes the header field, removing any of that name the sender
+// wrote (a forged "clean").
 func (p *Plugin) mark(tx *transaction.Transaction, value string) {
 	if p.header != "" {
+		tx.Header.Del(p.header)
 		tx.Header.Add(p.header, value)
 	}
 }

@@ -54,7 +54,8 @@ func TestEICARIsRefused(t *testing.T) {
 func TestCleanMessagePasses(t *testing.T) {
 	needClamd(t)
 	h := harness(t, `address = "unix:`+clamd.socket+`"`)
-	rep := h.Connect("192.0.2.1:40000").Send("a@example.org", []string{"b@example.test"}, clean)
+	// A forged verdict from the sender does not survive.
+	rep := h.Connect("192.0.2.1:40000").Send("a@example.org", []string{"b@example.test"}, "X-Virus-Scanned: clean (forged)\r\n"+clean)
 	hookstest.Expect(t, rep, 250)
 	q := h.Queued()
 	if len(q) != 1 {
