@@ -11,6 +11,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/discard"
 	_ "github.com/sluice-mta/sluice/plugins/dkim"
 	_ "github.com/sluice-mta/sluice/plugins/dkimsign"
+	_ "github.com/sluice-mta/sluice/plugins/dnsbl"
 	_ "github.com/sluice-mta/sluice/plugins/dmarc"
 	_ "github.com/sluice-mta/sluice/plugins/dovecotauth"
 	_ "github.com/sluice-mta/sluice/plugins/example"

@@ -362,8 +362,20 @@ func reason(rrs []dns.RR) string {
 			b.WriteString("; ")
 		}
 		for _, s := range t.Txt {
+			// miekg/dns keeps a string in zone-file form: a byte that
+			// is not printable is \DDD, a quote or backslash \" or \\.
 			for i := 0; i < len(s); i++ {
 				c := s[i]
+				if c == '\\' && i+1 < len(s) {
+					if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
+						n := int(s[i+1]-'0')*100 + int(s[i+2]-'0')*10 + int(s[i+3]-'0')
+						c = byte(min(n, 255))
+						i += 3
+					} else {
+						c = s[i+1]
+						i++
+					}
+				}
 				if c < 0x20 || c > 0x7e {
 					c = ' '
 				}
@@ -377,6 +389,8 @@ func reason(rrs []dns.RR) string {
 	}
 	return s
 }
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // Verdict is what a set of results comes to: the listings, the zones
 // whose lookup failed, and the reply of the strongest listing (the first
@@ -409,14 +423,23 @@ func Judge(results []Result, class, what string) Verdict {
 		return v
 	}
 	li := top.Listing
-	text := strings.NewReplacer(
-		"{class}", class,
-		"{what}", what,
-		"{zone}", li.Zone,
-		"{code}", li.Codes[0].String(),
-		"{meaning}", strings.Join(li.Meanings, ", "),
-		"{reason}", listingReason(li),
-	).Replace(top.z.message)
+	text := expand(top.z.message, func(key string) (string, bool) {
+		switch key {
+		case "class":
+			return class, true
+		case "what":
+			return what, true
+		case "zone":
+			return li.Zone, true
+		case "code":
+			return li.Codes[0].String(), true
+		case "meaning":
+			return strings.Join(li.Meanings, ", "), true
+		case "reason":
+			return listingReason(li), true
+		}
+		return "", false
+	})
 	detail := fmt.Sprintf("listed=%s zone=%s codes=%v", li.Name, li.Zone, li.Codes)
 	if li.Action == Deny {
 		v.Reply = hooks.Result{Code: hooks.Deny, ReplyCode: 554, Enhanced: [3]int{5, 7, 1}, Msg: text, Detail: detail}
@@ -424,6 +447,28 @@ func Judge(results []Result, class, what string) Verdict {
 		v.Reply = hooks.Result{Code: hooks.DenySoft, ReplyCode: 451, Enhanced: [3]int{4, 7, 1}, Msg: text, Detail: detail}
 	}
 	return v
+}
+
+// expand replaces each {key} of template that value knows; the rest stays
+// as written.
+func expand(template string, value func(key string) (string, bool)) string {
+	var b strings.Builder
+	for {
+		i := strings.IndexByte(template, '{')
+		j := strings.IndexByte(template[i+1:], '}')
+		if i < 0 || j < 0 {
+			b.WriteString(template)
+			return b.String()
+		}
+		j += i + 1
+		if v, ok := value(template[i+1 : j]); ok {
+			b.WriteString(template[:i])
+			b.WriteString(v)
+		} else {
+			b.WriteString(template[:j+1])
+		}
+		template = template[j+1:]
+	}
 }
 
 // listingReason is {reason}: the TXT record, else the meanings, else the
