@@ -85,7 +85,7 @@ func BenchmarkConnection(b *testing.B) {
 			for b.Loop() {
 				c := connection.New("mx", "mx.example.test", local, remote)
 				p.Connect(ctx, c)
-								r := p.Rcpt(ctx, c, tx, "bob@example.test")
+				r := p.Rcpt(ctx, c, tx, "bob@example.test")
 				if r.ReplyCode != bb.code {
 					b.Fatalf("reply %d %q; want %d", r.ReplyCode, r.Msg, bb.code)
 				}

@@ -86,7 +86,7 @@ func TestListedIPv6(t *testing.T) {
 
 func TestCodesFilter(t *testing.T) {
 	srv := dnstest.Start(t,
-		`1.2.0.192.zen.example.test. 300 IN A 127.0.0.9`,    // not in the filter
+		`1.2.0.192.zen.example.test. 300 IN A 127.0.0.9`,       // not in the filter
 		`2.2.0.192.zen.example.test. 300 IN A 127.255.255.254`, // the list refused the query
 		`3.2.0.192.zen.example.test. 300 IN A 127.0.0.10`,
 		`3.2.0.192.zen.example.test. 300 IN A 127.0.0.3`,
