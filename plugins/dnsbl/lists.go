@@ -109,8 +109,7 @@ type Lists struct {
 
 // NewLists checks the zone settings and builds their lookups: through
 // the servers of dnsSettings, each answer kept for its TTL but at most
-// cacheTTL (0 disables the cache), at most cacheSize answers. what names
-// the setting in errors ("zones").
+// cacheTTL (0 disables the cache), at most cacheSize answers.
 func NewLists(zs []ZoneSettings, dnsSettings resolver.Settings, cacheTTL time.Duration, cacheSize int) (*Lists, error) {
 	if len(zs) == 0 {
 		return nil, fmt.Errorf("zones: none is set: add a [[plugins.NAME.zones]] table with zone = \"...\"")
