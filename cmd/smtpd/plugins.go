@@ -23,6 +23,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/greylist"
 	_ "github.com/sluice-mta/sluice/plugins/headers"
 	_ "github.com/sluice-mta/sluice/plugins/helo"
+	_ "github.com/sluice-mta/sluice/plugins/karma"
 	_ "github.com/sluice-mta/sluice/plugins/lmtp"
 	_ "github.com/sluice-mta/sluice/plugins/loop"
 	_ "github.com/sluice-mta/sluice/plugins/maildir"
