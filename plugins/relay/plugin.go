@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strings"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
@@ -58,42 +57,13 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return p, nil
 	}
 	for _, entry := range s.Allow.List {
-		pfx, err := parse(entry)
+		pfx, err := lookup.ParseNetwork(entry)
 		if err != nil {
 			return nil, fmt.Errorf("allow: %q is not an IP address or CIDR prefix: want \"192.0.2.10\", \"192.0.2.0/24\" or \"2001:db8::/32\"", entry)
 		}
 		p.allow = append(p.allow, pfx)
 	}
 	return p, nil
-}
-
-// parse reads "192.0.2.0/24" or "192.0.2.10" (a /32 or /128). IPv4-mapped
-// IPv6 entries ("::ffff:192.0.2.10") become IPv4, as Connection.RemoteIP
-// reports clients.
-func parse(entry string) (netip.Prefix, error) {
-	entry = strings.TrimSpace(entry)
-	if strings.Contains(entry, "/") {
-		pfx, err := netip.ParsePrefix(entry)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		if a := pfx.Addr(); a.Is4In6() {
-			if pfx.Bits() < 96 {
-				return netip.Prefix{}, fmt.Errorf("mapped prefix wider than /96")
-			}
-			pfx = netip.PrefixFrom(a.Unmap(), pfx.Bits()-96)
-		}
-		return pfx.Masked(), nil
-	}
-	a, err := netip.ParseAddr(entry)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	if a.Zone() != "" {
-		return netip.Prefix{}, fmt.Errorf("zone not allowed")
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // Connect marks the client as a relay client when its address is allowed.
