@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,7 +12,10 @@ import (
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/ratelimit"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+	"github.com/sluice-mta/sluice/state/statetest"
 )
+
+func TestMain(m *testing.M) { statetest.Main(m) }
 
 const msg = "Subject: hi\r\n\r\nhello\r\n"
 
@@ -33,13 +37,43 @@ func (c *clock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// build returns the plugin on a fake clock.
-func build(t *testing.T, settings string) (*ratelimit.Plugin, *clock) {
+var runs atomic.Int64
+
+// bboltTOML is a [state] table for a bbolt file of the test's own.
+func bboltTOML(t *testing.T) string {
+	return fmt.Sprintf("\n[state]\npath = %q\n", filepath.Join(t.TempDir(), "state.db"))
+}
+
+// redisTOML is a [state] table for the package's redis-server, with a
+// prefix of the test's own.
+func redisTOML(t *testing.T) string {
+	return fmt.Sprintf("\n[state]\nbackend = \"redis\"\naddrs = [%q]\nprefix = \"t%d:\"\n", statetest.Redis(t), runs.Add(1))
+}
+
+// backends runs f once with each store: its [state] table's text.
+func backends(t *testing.T, f func(t *testing.T, stateTOML string)) {
+	t.Run("bbolt", func(t *testing.T) { f(t, bboltTOML(t)) })
+	t.Run("redis", func(t *testing.T) { f(t, redisTOML(t)) })
+}
+
+// start is the fake clock's first reading: the start of an hour, so that
+// the windows' slots begin at the test's zero.
+var start = time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC)
+
+// buildOn returns the plugin on a fake clock, with the store stateTOML
+// names.
+func buildOn(t *testing.T, settings, stateTOML string) (*ratelimit.Plugin, *clock) {
 	t.Helper()
-	p := hookstest.Build(t, "ratelimit", settings).(*ratelimit.Plugin)
-	clk := &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	p := hookstest.Build(t, "ratelimit", settings+stateTOML).(*ratelimit.Plugin)
+	clk := &clock{t: start}
 	p.SetClock(clk.now)
 	return p, clk
+}
+
+// build is buildOn with a bbolt file of the test's own.
+func build(t *testing.T, settings string) (*ratelimit.Plugin, *clock) {
+	t.Helper()
+	return buildOn(t, settings, bboltTOML(t))
 }
 
 // newHarness is a submission chain: ratelimit, then rcptok, which lets
@@ -79,39 +113,54 @@ func mail(s *hookstest.Session, from string) string {
 const ok = "250 2.1.0 Sender OK"
 
 func TestSlidingWindow(t *testing.T) {
-	p, clk := build(t, "max = 3\nwindow = \"1h\"")
+	backends(t, func(t *testing.T, stateTOML string) {
+		testSlidingWindow(t, stateTOML)
+	})
+}
+
+// testSlidingWindow: the count over the last hour is this hour-slot's
+// messages plus the share of the last slot's still inside the window.
+func testSlidingWindow(t *testing.T, stateTOML string) {
+	p, clk := buildOn(t, "max = 3\nwindow = \"1h\"", stateTOML)
 	h := newHarness(t, p)
 	s := connect(t, h, "192.0.2.1", "alice@example.test")
 	over := "450 4.7.1 Rate limit exceeded for alice@example.test: 3 messages per 1h; try again later"
+	expect := func(when string, want string) {
+		t.Helper()
+		if got := mail(s, "alice@example.test"); got != want {
+			t.Fatalf("%s: %q; want %q", when, got, want)
+		}
+	}
 
 	// t=0, 10m, 20m: three messages.
 	for i := range 3 {
-		if got := mail(s, "alice@example.test"); got != ok {
-			t.Fatalf("message %d: %q", i+1, got)
-		}
+		expect(fmt.Sprintf("message %d", i+1), ok)
 		clk.advance(10 * time.Minute)
 	}
 	// t=30m, 59m59s: over the limit; refusals do not count.
-	if got := mail(s, "alice@example.test"); got != over {
-		t.Fatalf("message 4: %q; want %q", got, over)
-	}
+	expect("message 4", over)
 	clk.advance(29*time.Minute + 59*time.Second)
-	if got := mail(s, "alice@example.test"); got != over {
-		t.Fatalf("just before the first message is an hour old: %q; want %q", got, over)
-	}
-	// t=1h: the first message leaves the window, one more may go.
+	expect("just before the hour", over)
+	// t=1h: a new slot, but the whole last one is still in the window.
 	clk.advance(time.Second)
-	if got := mail(s, "alice@example.test"); got != ok {
-		t.Fatalf("an hour after the first message: %q; want %q", got, ok)
+	expect("at the hour", over)
+	// t=1h30m: half of the last slot's 3 messages still count (1.5): one
+	// more may go.
+	clk.advance(30 * time.Minute)
+	expect("half an hour later", ok)
+	expect("half an hour later, again", over)
+	// t=2h30m: half of the last slot's one message counts.
+	clk.advance(time.Hour)
+	expect("an hour later", ok)
+	expect("an hour later, again", ok)
+	expect("an hour later, a third", over)
+	// After two quiet hours nothing is left: three messages again.
+	clk.advance(2 * time.Hour)
+	for i := range 3 {
+		expect(fmt.Sprintf("after a quiet spell, message %d", i+1), ok)
 	}
-	if got := mail(s, "alice@example.test"); got != over {
-		t.Fatalf("right after: %q; want %q", got, over)
-	}
-	// t=1h10m: the second one leaves too.
-	clk.advance(10 * time.Minute)
-	if got := mail(s, "alice@example.test"); got != ok {
-		t.Fatalf("an hour after the second message: %q; want %q", got, ok)
-	}
+	expect("after a quiet spell, message 4", over)
+
 	// Another connection of the same user shares the count; another user
 	// from the same address does not.
 	if got := mail(connect(t, h, "198.51.100.7", "alice@example.test"), "alice@example.test"); got != over {
@@ -184,11 +233,35 @@ func TestByUser(t *testing.T) {
 	if got := mail(connect(t, h, "192.0.2.2", ""), "someone@example.org"); got != ok {
 		t.Errorf("another address: %q; want %q", got, ok)
 	}
-	// IPv6 clients are counted by their own address, written canonically.
-	v6 := connect(t, h, "[2001:db8::1]:4000", "")
-	mail(v6, "someone@example.org")
-	if got, want := mail(v6, "someone@example.org"), "450 4.7.1 Rate limit exceeded for 2001:db8::1: 1 messages per 30m; try again later"; got != want {
-		t.Errorf("IPv6: %q; want %q", got, want)
+	// IPv6 clients are counted by their /64: another address of it shares
+	// the count, another /64 does not.
+	mail(connect(t, h, "[2001:db8::1]:4000", ""), "someone@example.org")
+	if got, want := mail(connect(t, h, "[2001:db8::2:1]:4000", ""), "someone@example.org"), "450 4.7.1 Rate limit exceeded for 2001:db8::/64: 1 messages per 30m; try again later"; got != want {
+		t.Errorf("IPv6, same /64: %q; want %q", got, want)
+	}
+	if got := mail(connect(t, h, "[2001:db8:0:1::1]:4000", ""), "someone@example.org"); got != ok {
+		t.Errorf("IPv6, another /64: %q; want %q", got, ok)
+	}
+}
+
+// TestIPv6Prefix: ipv6_prefix sets how IPv6 clients are grouped; 128
+// counts each address apart.
+func TestIPv6Prefix(t *testing.T) {
+	for _, tt := range []struct {
+		prefix int
+		shown  string
+	}{{128, "2001:db8::1"}, {48, "2001:db8::/48"}} {
+		p, _ := build(t, fmt.Sprintf("max = 1\nby = \"ip\"\nipv6_prefix = %d", tt.prefix))
+		h := newHarness(t, p)
+		mail(connect(t, h, "[2001:db8::1]:4000", ""), "someone@example.org")
+		want := "450 4.7.1 Rate limit exceeded for " + tt.shown + ": 1 messages per 1h; try again later"
+		if got := mail(connect(t, h, "[2001:db8::1]:4001", ""), "someone@example.org"); got != want {
+			t.Errorf("ipv6_prefix = %d: %q; want %q", tt.prefix, got, want)
+		}
+		other := mail(connect(t, h, "[2001:db8:0:1::1]:4000", ""), "someone@example.org")
+		if want := map[int]string{128: ok, 48: strings.Replace(want, "for 2001:db8::1", "for 2001:db8::/48", 1)}[tt.prefix]; other != want {
+			t.Errorf("ipv6_prefix = %d, another /64: %q; want %q", tt.prefix, other, want)
+		}
 	}
 }
 
@@ -256,39 +329,14 @@ func TestWindowText(t *testing.T) {
 	}
 }
 
-// TestPrune: keys with nothing in the window are dropped, so memory holds
-// only the recently active ones.
-func TestPrune(t *testing.T) {
-	p, clk := build(t, "max = 5\nwindow = \"10m\"\nby = \"ip\"")
-	for i := range 1000 {
-		if _, ok := p.Take(fmt.Sprintf("ip:192.0.2.%d/%d", i%250, i)); !ok {
-			t.Fatal("refused a first message")
-		}
-	}
-	if got := p.Keys(); got != 1000 {
-		t.Fatalf("%d keys; want 1000", got)
-	}
-	// keysAfter lets d pass, takes a message for key and counts the keys.
-	keysAfter := func(d time.Duration, key string) int {
-		clk.advance(d)
-		p.Take(key)
-		return p.Keys()
-	}
-	if got := keysAfter(5*time.Minute, "ip:198.51.100.1"); got != 1001 {
-		t.Fatalf("%d keys half a window later; want 1001 (nothing expired yet)", got)
-	}
-	if got := keysAfter(5*time.Minute, "ip:198.51.100.2"); got != 2 {
-		t.Fatalf("%d keys a window later; want 2 (the two recent ones)", got)
-	}
-	if got := keysAfter(20*time.Minute, "ip:198.51.100.3"); got != 1 {
-		t.Fatalf("%d keys after a quiet spell; want 1", got)
-	}
-}
-
 // TestConcurrent: many connections of one user at once get exactly max
 // messages through (run with -race).
 func TestConcurrent(t *testing.T) {
-	p, _ := build(t, `max = 50`)
+	backends(t, testConcurrent)
+}
+
+func testConcurrent(t *testing.T, stateTOML string) {
+	p, _ := buildOn(t, `max = 50`, stateTOML)
 	h := newHarness(t, p)
 	var accepted, refused atomic.Int32
 	var wg sync.WaitGroup
@@ -318,18 +366,23 @@ func TestConcurrent(t *testing.T) {
 
 func TestBadSettings(t *testing.T) {
 	for _, tt := range []struct{ settings, want string }{
-		{``, `max is missing or zero: set how many messages one user may send per window, e.g. max = 100`},
+		{``, `max is missing or zero: set how many messages one user may send per window, e.g. max = 100 (or several limits with limits = [...])`},
 		{`max = 0`, `max is missing or zero`},
 		{`max = -3`, `max = -3: want at least 1`},
 		{`max = "100"`, `max: expected an integer, got a string`},
 		{"max = 10\nwindow = \"1 hour\"", `window = "1 hour": not a duration: write it like "1h", "30m" or "24h"`},
 		{"max = 10\nwindow = \"60\"", `window = "60": not a duration`},
-		{"max = 10\nwindow = \"\"", `window = "": not a duration`},
 		{"max = 10\nwindow = \"0s\"", `window = "0s": want at least "1s"`},
 		{"max = 10\nwindow = \"-1h\"", `window = "-1h": want at least "1s"`},
 		{"max = 10\nwindow = 3600", `window: expected a duration such as "30s", got an integer`},
-		{"max = 10\nby = \"login\"", `by = "login": want "user" or "ip"`},
-		{"max = 10\nby = \"IP\"", `by = "IP": want "user" or "ip"`},
+		{"max = 10\nby = \"login\"", `by = "login": want "user", "ip", "sender" or "sender_domain"`},
+		{"max = 10\nby = \"IP\"", `by = "IP": want "user", "ip", "sender" or "sender_domain"`},
+		{"max = 10\nlimits = [{ max = 5 }]", `set max, window and by for one limit, or limits for several, not both`},
+		{"limits = [{ max = 5 }, { by = \"ip\" }]", `limits[1]: max is missing or zero: set how many messages one key may send per window`},
+		{"limits = [{ max = 5, count = \"bytes\" }]", `limits[0]: count = "bytes": want "messages" or "recipients"`},
+		{"limits = [{ max = 5, window = \"1d\" }]", `limits[0]: window = "1d": not a duration`},
+		{"limits = [{ max = 5, per = \"ip\" }]", `unknown key`},
+		{"max = 10\nipv6_prefix = 130", `ipv6_prefix = 130: want 16 to 128 (64 is usual)`},
 		{"max = 10\nlimit = 5", `unknown key "limit"`},
 	} {
 		hookstest.ExpectBuildError(t, "ratelimit", tt.settings, tt.want)
@@ -341,4 +394,149 @@ func TestBadSettings(t *testing.T) {
 // decode).
 func TestReadmeExample(t *testing.T) {
 	hookstest.BuildFromReadme(t, "ratelimit", "README.md")
+}
+
+// TestSeveralLimits: a message must fit in every limit; the first one it
+// does not fit in is named, and a refused message counts in none.
+func TestSeveralLimits(t *testing.T) {
+	p, clk := build(t, `limits = [
+		{ by = "ip", max = 2, window = "1m" },
+		{ by = "ip", max = 3, window = "1h" },
+	]`)
+	h := newHarness(t, p)
+	perMinute := "450 4.7.1 Rate limit exceeded for 192.0.2.1: 2 messages per 1m; try again later"
+	perHour := "450 4.7.1 Rate limit exceeded for 192.0.2.1: 3 messages per 1h; try again later"
+	s := connect(t, h, "192.0.2.1", "")
+	for _, step := range []struct {
+		advance time.Duration
+		want    string
+	}{
+		{0, ok}, {0, ok}, {0, perMinute}, // two a minute
+		{2 * time.Minute, ok},       // the third of the hour
+		{2 * time.Minute, perHour},  // the hour is full
+		{59 * time.Minute, perHour}, // t=1h3m: 95% of the last hour-slot's 3 still count
+		{30 * time.Minute, ok},      // t=1h33m: 45% of them (1.35) count
+		{0, perHour},
+	} {
+		clk.advance(step.advance)
+		if got := mail(s, "someone@example.org"); got != step.want {
+			t.Fatalf("at %v: %q; want %q", clk.now().Sub(start), got, step.want)
+		}
+	}
+}
+
+// TestRecipients: count = "recipients" counts the recipients the chain
+// accepted (rcpt_ok), checked at each RCPT: a recipient refused by a
+// later plugin does not count.
+func TestRecipients(t *testing.T) {
+	p, _ := build(t, `limits = [
+		{ by = "sender_domain", count = "recipients", max = 3, window = "1h" },
+		{ by = "sender_domain", max = 10, window = "1h" },
+	]`)
+	h := newHarness(t, p)
+	over := "450 4.7.1 Rate limit exceeded for example.org: 3 recipients per 1h; try again later"
+	s := connect(t, h, "192.0.2.1", "")
+	hookstest.Expect(t, s.Mail("alice@Example.ORG"), 250)
+	hookstest.Expect(t, s.Rcpt("a@example.test"), 250)
+	hookstest.Expect(t, s.Rcpt("someone@elsewhere.example"), 550) // rcptok: not counted
+	hookstest.Expect(t, s.Rcpt("b@example.test"), 250)
+	hookstest.Expect(t, s.Rcpt("c@example.test"), 250)
+	if got := s.Rcpt("d@example.test").String(); got != over {
+		t.Fatalf("fourth recipient: %q; want %q", got, over)
+	}
+	s.Reset()
+	// Another sender of the domain, from elsewhere, shares the count;
+	// another domain does not.
+	s2 := connect(t, h, "198.51.100.1", "")
+	hookstest.Expect(t, s2.Mail("bob@example.org"), 250)
+	if got := s2.Rcpt("a@example.test").String(); got != over {
+		t.Errorf("bob@example.org: %q; want %q", got, over)
+	}
+	s2.Reset()
+	hookstest.Expect(t, s2.Mail("carol@example.net"), 250)
+	hookstest.Expect(t, s2.Rcpt("a@example.test"), 250)
+	s2.Reset()
+	// The null sender has no domain to count by: limits by sender or
+	// sender domain pass it.
+	hookstest.Expect(t, s2.Mail(""), 250)
+	for _, r := range []string{"a@example.test", "b@example.test", "c@example.test", "d@example.test"} {
+		hookstest.Expect(t, s2.Rcpt(r), 250)
+	}
+}
+
+// TestBySender: by = "sender" counts the MAIL FROM address, its local
+// part in ASCII lower case and its domain canonical.
+func TestBySender(t *testing.T) {
+	p, _ := build(t, "max = 1\nby = \"sender\"")
+	h := newHarness(t, p)
+	s := connect(t, h, "192.0.2.1", "")
+	if got := mail(s, "news@bücher.example"); got != ok {
+		t.Fatal(got)
+	}
+	want := "450 4.7.1 Rate limit exceeded for NEWS@xn--bcher-kva.example: 1 messages per 1h; try again later"
+	if got := mail(connect(t, h, "192.0.2.9", ""), "NEWS@xn--bcher-kva.example"); got != want {
+		t.Errorf("the same sender spelled otherwise: %q; want %q", got, want)
+	}
+	if got := mail(s, "other@bücher.example"); got != ok {
+		t.Errorf("another sender: %q; want %q", got, ok)
+	}
+}
+
+// TestSurvivesRestart: with the embedded store the counts are in the
+// file: a plugin built again on it (smtpd restarted or reloaded) goes on
+// counting.
+func TestSurvivesRestart(t *testing.T) {
+	stateTOML := bboltTOML(t)
+	p, _ := buildOn(t, "max = 2\nby = \"ip\"", stateTOML)
+	h := newHarness(t, p)
+	for range 2 {
+		if got := mail(connect(t, h, "192.0.2.1", ""), "a@example.org"); got != ok {
+			t.Fatal(got)
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := buildOn(t, "max = 2\nby = \"ip\"", stateTOML)
+	want := "450 4.7.1 Rate limit exceeded for 192.0.2.1: 2 messages per 1h; try again later"
+	if got := mail(connect(t, newHarness(t, p2), "192.0.2.1", ""), "a@example.org"); got != want {
+		t.Errorf("after the restart: %q; want %q", got, want)
+	}
+}
+
+// TestSharedRedis: two instances on one Redis (two smtpd processes
+// behind one load balancer) share the counts; an instance of another
+// name counts apart.
+func TestSharedRedis(t *testing.T) {
+	stateTOML := redisTOML(t)
+	a, _ := buildOn(t, "max = 3\nby = \"ip\"", stateTOML)
+	b, _ := buildOn(t, "max = 3\nby = \"ip\"", stateTOML)
+	ha, hb := newHarness(t, a), newHarness(t, b)
+	for i, h := range []*hookstest.Harness{ha, hb, ha} {
+		if got := mail(connect(t, h, "192.0.2.1", ""), "a@example.org"); got != ok {
+			t.Fatalf("message %d: %q", i+1, got)
+		}
+	}
+	want := "450 4.7.1 Rate limit exceeded for 192.0.2.1: 3 messages per 1h; try again later"
+	if got := mail(connect(t, hb, "192.0.2.1", ""), "a@example.org"); got != want {
+		t.Errorf("fourth message, on the second: %q; want %q", got, want)
+	}
+	c, _ := buildOn(t, "max = 3\nby = \"ip\"", stateTOML)
+	hc := hookstest.New(t, hookstest.Plugin("ratelimit_outbound", c), hookstest.Queue())
+	if got := mail(connect(t, hc, "192.0.2.1", ""), "a@example.org"); got != ok {
+		t.Errorf("another instance: %q; want %q", got, ok)
+	}
+}
+
+// TestStoreDown: a store that cannot be reached defers the MAIL (a local
+// error); it never lets mail through uncounted.
+func TestStoreDown(t *testing.T) {
+	p, _ := buildOn(t, "max = 3", "\n[state]\nbackend = \"redis\"\naddrs = [\"127.0.0.1:1\"]\ntimeout = \"200ms\"\n")
+	h := newHarness(t, p)
+	var logs hookstest.LogBuffer
+	h.Logger = logs.Logger()
+	hookstest.Expect(t, connect(t, h, "192.0.2.1", "").Mail("a@example.org"), 451, "4.3.0")
+	if got := logs.String(); !strings.Contains(got, "ratelimit: state: redis") {
+		t.Errorf("log %q; want the store's error", got)
+	}
 }
