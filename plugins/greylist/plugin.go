@@ -49,6 +49,13 @@ type Settings struct {
 	// machine of the same pool is still a retry. Defaults 24 and 64.
 	IPv4Prefix int `toml:"ipv4_prefix"`
 	IPv6Prefix int `toml:"ipv6_prefix"`
+	// DeferAt is where triplets are checked: "rcpt" (the default: each
+	// recipient is deferred on its own; list greylist before the plugin
+	// that accepts recipients) or "data" (the recipients the chain
+	// accepted are checked at DATA, which is deferred when any is new:
+	// list greylist anywhere, and only mail to valid recipients makes
+	// triplets).
+	DeferAt string `toml:"defer_at"`
 	// State is the store, from the top-level [state] table; a
 	// [plugins.NAME.state] table overrides it for this instance.
 	State state.Settings `toml:"state"`
@@ -80,12 +87,16 @@ type Plugin struct {
 	delay, window, lifetime time.Duration
 	auto                    int
 	v4bits, v6bits          int
+	atData                  bool
 	store                   state.Store
 	// now is the clock; tests replace it (export_test.go).
 	now func() time.Time
 }
 
-var _ hooks.Rcpt = (*Plugin)(nil)
+var (
+	_ hooks.Rcpt = (*Plugin)(nil)
+	_ hooks.Data = (*Plugin)(nil)
+)
 
 // New builds a greylist instance from its settings.
 func New(decode hooks.Decoder) (*Plugin, error) {
@@ -107,13 +118,15 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return nil, fmt.Errorf("ipv4_prefix = %d: want 8 to 32 (24 is usual)", s.IPv4Prefix)
 	case s.IPv6Prefix < 16 || s.IPv6Prefix > 128:
 		return nil, fmt.Errorf("ipv6_prefix = %d: want 16 to 128 (64 is usual)", s.IPv6Prefix)
+	case s.DeferAt != "" && s.DeferAt != "rcpt" && s.DeferAt != "data":
+		return nil, fmt.Errorf("defer_at = %q: want \"rcpt\" or \"data\"", s.DeferAt)
 	}
 	st, err := s.State.Open()
 	if err != nil {
 		return nil, err
 	}
 	return &Plugin{delay: s.Delay, window: s.RetryWindow, lifetime: s.Lifetime, auto: s.AutoWhitelist,
-		v4bits: s.IPv4Prefix, v6bits: s.IPv6Prefix, store: st, now: time.Now}, nil
+		v4bits: s.IPv4Prefix, v6bits: s.IPv6Prefix, atData: s.DeferAt == "data", store: st, now: time.Now}, nil
 }
 
 // Close releases the plugin's handle of the store.
@@ -136,22 +149,49 @@ func skip(c *connection.Connection, tx *transaction.Transaction) string {
 	return ""
 }
 
-// Rcpt defers a recipient whose triplet is new or retried too early.
+// Rcpt defers a recipient whose triplet is new or retried too early
+// (with defer_at = "rcpt").
 func (p *Plugin) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
+	if p.atData {
+		return hooks.Result{}
+	}
+	return p.check(ctx, c, tx, []string{rcpt})
+}
+
+// Data defers the message when the triplet of any recipient the chain
+// accepted is new or retried too early (with defer_at = "data").
+func (p *Plugin) Data(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
+	if !p.atData {
+		return hooks.Result{}
+	}
+	return p.check(ctx, c, tx, tx.Recipients)
+}
+
+// check records the triplets of rcpts and defers when one must wait,
+// for the longest wait.
+func (p *Plugin) check(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpts []string) hooks.Result {
 	// Checked again here: a plugin may have set a note after MAIL.
 	if why := skip(c, tx); why != "" {
 		NoteSkipped.Set(&tx.Notes, why)
 		return hooks.Result{}
 	}
 	network := p.network(c.RemoteIP())
-	wait, err := p.decide(ctx, tx, network, strings.ToLower(tx.Sender), strings.ToLower(rcpt))
-	if err != nil {
-		return hooks.Fail(fmt.Errorf("greylist: %w", err))
+	var wait time.Duration
+	deferred := 0
+	for _, rcpt := range rcpts {
+		w, err := p.decide(ctx, tx, network, strings.ToLower(tx.Sender), strings.ToLower(rcpt))
+		if err != nil {
+			return hooks.Fail(fmt.Errorf("greylist: %w", err))
+		}
+		if w > 0 {
+			deferred++
+			wait = max(wait, w)
+		}
 	}
-	if wait <= 0 {
+	if deferred == 0 {
 		return hooks.Result{}
 	}
-	notes.Add(&tx.Notes, NoteDeferred, 1)
+	notes.Add(&tx.Notes, NoteDeferred, deferred)
 	secs := int64((wait + time.Second - 1) / time.Second)
 	return hooks.Result{Code: hooks.DenySoft, ReplyCode: 451, Enhanced: [3]int{4, 7, 1},
 		Msg: fmt.Sprintf("Greylisted: please try again in %d seconds", secs)}

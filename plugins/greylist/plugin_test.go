@@ -274,3 +274,37 @@ func BenchmarkRcpt(b *testing.B) {
 		})
 	}
 }
+
+// TestDeferAtData: with defer_at = "data" greylist goes after rcptok:
+// recipients rcptok refuses make no triplet, and DATA is deferred while
+// any accepted recipient's triplet is new.
+func TestDeferAtData(t *testing.T) {
+	backends(t, func(t *testing.T, st string) {
+		p := hookstest.BuildAs[*greylist.Plugin](t, "greylist", "defer_at = \"data\"\n"+st)
+		clk := &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+		p.SetClock(clk.now)
+		rcptok := hookstest.Build(t, "rcptok", `domains = ["example.test"]`)
+		h := hookstest.New(t, hookstest.Plugin("rcptok", rcptok), hookstest.Plugin("greylist", p), hookstest.Queue())
+		s := h.Connect("192.0.2.10")
+
+		tr := s.SendAll("alice@example.org", []string{"bob@example.test", "x@elsewhere.example"}, msg)
+		hookstest.Expect(t, tr.Rcpt[0], 250)
+		hookstest.ExpectReply(t, tr.Rcpt[1], "550 5.7.1 relaying denied")
+		hookstest.ExpectReply(t, tr.Data, "451 4.7.1 Greylisted: please try again in 300 seconds")
+		// After the delay bob's triplet passes; carol's is new, so the
+		// message waits for her too, and then goes to both.
+		clk.add(5*time.Minute + time.Second)
+		tr = s.SendAll("alice@example.org", []string{"bob@example.test", "carol@example.test"}, msg)
+		hookstest.ExpectReply(t, tr.Data, "451 4.7.1 Greylisted: please try again in 300 seconds")
+		clk.add(5*time.Minute + time.Second)
+		hookstest.Expect(t, s.SendAll("alice@example.org", []string{"bob@example.test", "carol@example.test"}, msg).Data, 250)
+		q := h.Queued()
+		if len(q) != 1 || len(q[0].Recipients) != 2 {
+			t.Fatalf("queued %+v; want one message to bob and carol", q)
+		}
+		if q[0].Notes["greylist.passed"] != 1 {
+			t.Errorf("notes %v; want greylist.passed 1 (carol's retry; bob's passed before)", q[0].Notes)
+		}
+	})
+	hookstest.ExpectBuildError(t, "greylist", `defer_at = "mail"`, `defer_at = "mail": want "rcpt" or "data"`)
+}
