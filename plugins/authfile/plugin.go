@@ -10,6 +10,12 @@
 // is denied (535 5.7.8), the right password is OK (235). Unknown users cost
 // a hash comparison too, so response times do not tell which users exist.
 //
+// With the users setting instead of path, the users come from a lookup
+// table (docs/lookup.md): the login, normalized by lookup.Key, maps to its
+// hash, so a site keeps its users in PostgreSQL, MySQL/MariaDB, Redis or a
+// CDB file. A table that cannot answer, and a hash in it that does not
+// parse, give 454 4.7.0 (a temporary failure), never an answer.
+//
 // The file is read when the plugin is built and read again, at an AUTH, when
 // its modification time, size or identity changed (looked at no more than
 // once a second); a new file that does not parse is logged and the old
@@ -21,6 +27,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -29,19 +36,28 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/lookup"
 )
 
 func init() { hooks.Register("authfile", New) }
 
 // Settings are the keys of a [plugins.authfile] table.
 type Settings struct {
-	// Path is the password file. Required; when it exists it must parse
-	// when the plugin is built. A missing file means no users yet.
+	// Path is the password file. When it exists it must parse when the
+	// plugin is built. A missing file means no users yet. Exactly one of
+	// Path and Users is set.
 	Path string `toml:"path"`
+	// Users is a lookup table (docs/lookup.md) from a login, in
+	// lookup.Key's normalized form, to its password hash, in the formats
+	// the file takes: { pgsql = "...", query = "SELECT password FROM users
+	// WHERE login = $1" }, { redis = "...", prefix = "user:" }, ...
+	Users lookup.Spec `toml:"users"`
 }
 
 // recheckEvery is how often, at most, an AUTH looks at the file's mtime.
@@ -59,6 +75,13 @@ type Plugin struct {
 	// takes 64 MiB, and a burst of AUTHs must not take the memory of the
 	// machine.
 	sem chan struct{}
+
+	// users is the users table, nil when the users come from path.
+	users lookup.Table
+	// lastHash is the verifier of the last hash read from users: an
+	// unknown user is checked against it, so that it costs what a known
+	// user of the site's scheme does.
+	lastHash atomic.Pointer[verifier]
 
 	mu      sync.Mutex // guards the fields below
 	db      *db        // replaced whole on reload, never modified
@@ -86,10 +109,23 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if err := decode(&s); err != nil {
 		return nil, err
 	}
-	if s.Path == "" {
-		return nil, errors.New("path: required: the password file (`smtpd passwd` creates it)")
+	switch {
+	case s.Path != "" && s.Users.IsSet():
+		return nil, errors.New("path and users: set one of them: the password file, or a lookup table of users")
+	case s.Path == "" && !s.Users.IsSet():
+		return nil, errors.New("path: required: the password file (`smtpd passwd` creates it), or users: a lookup table of login and hash (docs/lookup.md)")
 	}
 	p := &Plugin{path: s.Path, log: slog.Default(), now: time.Now, sem: make(chan struct{}, runtime.GOMAXPROCS(0))}
+	if s.Users.IsSet() {
+		t, err := lookup.Open(s.Users)
+		if err != nil {
+			return nil, fmt.Errorf("users: %w", err)
+		}
+		p.users = t
+		var dummy verifier = unknownUser()
+		p.lastHash.Store(&dummy)
+		return p, nil
+	}
 	d, info, err := load(s.Path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -219,9 +255,74 @@ func same(a, b fs.FileInfo) bool {
 	return a != nil && b != nil && os.SameFile(a, b) && a.ModTime().Equal(b.ModTime()) && a.Size() == b.Size() && a.Mode() == b.Mode()
 }
 
-// Auth checks the password of a user in the file: Declined for an unknown
-// user, Deny for a wrong password, OK for the right one.
+// Close closes the users table.
+func (p *Plugin) Close() error {
+	if p.users == nil {
+		return nil
+	}
+	return lookup.Close(p.users)
+}
+
+// unknownUser is the verifier unknown users are checked against before
+// the table gave a hash: an argon2id hash with HashPassword's parameters
+// and a random key, which no password matches, built without running
+// argon2.
+func unknownUser() verifier {
+	h := &argonHash{memory: ArgonMemory, time: ArgonTime, threads: ArgonThreads, salt: make([]byte, ArgonSaltLen), key: make([]byte, ArgonKeyLen)}
+	rand.Read(h.salt)
+	rand.Read(h.key)
+	return h
+}
+
+// tableLogin reports whether user can be looked up in the users table: not
+// empty, valid UTF-8, no control characters, no surrounding white space
+// (lookup.Key would trim it, and " alice" is not alice) and at most 512
+// bytes. Other logins are unknown users.
+func tableLogin(user string) bool {
+	return user != "" && len(user) <= 512 && utf8.ValidString(user) && strings.TrimSpace(user) == user &&
+		!strings.ContainsFunc(user, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+// authTable checks the password of a user in the users table.
+func (p *Plugin) authTable(ctx context.Context, user, password string) hooks.Result {
+	var v verifier
+	if tableLogin(user) {
+		hash, found, err := p.users.Lookup(ctx, lookup.Key(user))
+		if err != nil {
+			return hooks.Fail(fmt.Errorf("authfile: users table: %w", err))
+		}
+		if found {
+			if v, err = parseHash(strings.TrimSpace(hash)); err != nil {
+				// The error names the scheme, never the hash.
+				return hooks.Fail(fmt.Errorf("authfile: users table: the hash of user %q: %v", user, err))
+			}
+			p.lastHash.Store(&v)
+		}
+	}
+	select {
+	case p.sem <- struct{}{}:
+		defer func() { <-p.sem }()
+	case <-ctx.Done():
+		return hooks.Fail(fmt.Errorf("authfile: waiting to check a password: %w", ctx.Err()))
+	}
+	if v == nil {
+		(*p.lastHash.Load()).verify(password) // as slow as a known user
+		return hooks.Result{}
+	}
+	if v.verify(password) {
+		return hooks.Accept("")
+	}
+	return hooks.Result{Code: hooks.Deny}
+}
+
+// Auth checks the password of a user in the file or the table: Declined
+// for an unknown user, Deny for a wrong password, OK for the right one,
+// and a failure (454) when the table cannot answer or holds a hash that
+// does not parse.
 func (p *Plugin) Auth(ctx context.Context, _ *connection.Connection, _, user, password string) hooks.Result {
+	if p.users != nil {
+		return p.authTable(ctx, user, password)
+	}
 	d := p.current()
 	v, known := d.users[user]
 	if !known && d.dummy == nil {

@@ -7,6 +7,12 @@
 // and the null sender <>, are declined. An address the login owns is
 // declined too, so the next plugin of the mail hook still runs: senderlogin
 // only ever refuses.
+//
+// The sender_logins setting is a lookup table with the meaning of
+// Postfix's smtpd_sender_login_maps: the sender address (then "@domain")
+// maps to the logins that own it. A login it names may send as that
+// address in addition to what mode, domain and allow permit; a table that
+// cannot answer defers the sender (451 4.3.0).
 package senderlogin
 
 import (
@@ -18,6 +24,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/notes"
+	"github.com/sluice-mta/sluice/lookup"
 	"github.com/sluice-mta/sluice/mailaddr"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -38,6 +45,11 @@ type Settings struct {
 	// "sales@example.test", "*@example.test" (every address of the
 	// domain) or "*" (any address).
 	Allow Allow `toml:"allow"`
+	// SenderLogins is Postfix's smtpd_sender_login_maps: a lookup table
+	// (docs/lookup.md) whose key is the sender address, then "@domain",
+	// and whose value is the logins that own it, separated by commas
+	// and/or spaces. Unset, only mode, domain and allow decide.
+	SenderLogins lookup.Spec `toml:"sender_logins"`
 }
 
 // Allow is the allow table: login = ["address", ...].
@@ -126,6 +138,7 @@ type Plugin struct {
 	mode   string
 	domain string
 	allow  map[string][]pattern // by canonical login
+	owners lookup.Table         // sender_logins; nil when unset
 }
 
 var _ hooks.Mail = (*Plugin)(nil)
@@ -167,7 +180,22 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 			p.allow[key] = append(p.allow[key], pat)
 		}
 	}
+	if s.SenderLogins.IsSet() {
+		t, err := lookup.Open(s.SenderLogins)
+		if err != nil {
+			return nil, fmt.Errorf("sender_logins: %w", err)
+		}
+		p.owners = t
+	}
 	return p, nil
+}
+
+// Close closes the sender_logins table.
+func (p *Plugin) Close() error {
+	if p.owners == nil {
+		return nil
+	}
+	return lookup.Close(p.owners)
 }
 
 // parsePattern reads an allow entry: "sales@example.test",
@@ -215,12 +243,22 @@ func (p *Plugin) login(user string) address {
 }
 
 // Mail refuses the sender when the authenticated login does not own it.
-func (p *Plugin) Mail(_ context.Context, c *connection.Connection, _ *transaction.Transaction, from string) hooks.Result {
+func (p *Plugin) Mail(ctx context.Context, c *connection.Connection, _ *transaction.Transaction, from string) hooks.Result {
 	if p.mode == modeDisabled || c.AuthUser == "" || from == "" {
 		return hooks.Result{}
 	}
 	if p.owns(c.AuthUser, from) {
 		return hooks.Result{}
+	}
+	if p.owners != nil {
+		owned, err := p.tableOwns(ctx, c.AuthUser, from)
+		if err != nil {
+			return hooks.Result{Code: hooks.DenySoft, ReplyCode: 451, Enhanced: [3]int{4, 3, 0},
+				Msg: "<" + from + ">: cannot check the sender's owner now; try again later", Err: fmt.Errorf("sender_logins: %w", err)}
+		}
+		if owned {
+			return hooks.Result{}
+		}
 	}
 	NoteMismatch.Set(&c.Notes, from)
 	return hooks.Result{
@@ -249,4 +287,33 @@ func (p *Plugin) owns(user, from string) bool {
 		}
 	}
 	return false
+}
+
+// tableOwns reports whether the sender_logins table names user among the
+// owners of from: the value of the full address's entry, or when there is
+// none, of "@domain" (Postfix's order for an address). Logins compare in
+// lookup.Key's form, so ASCII case does not matter (Postfix compares them
+// case-insensitively too).
+func (p *Plugin) tableOwns(ctx context.Context, user, from string) (bool, error) {
+	keys := []string{lookup.Key(from)}
+	if _, d, ok := mailaddr.Split(from); ok && d != "" {
+		keys = append(keys, lookup.Key("@"+d))
+	}
+	for _, k := range keys {
+		v, found, err := p.owners.Lookup(ctx, k)
+		if err != nil {
+			return false, err
+		}
+		if !found {
+			continue
+		}
+		login := lookup.Key(user)
+		for _, o := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+			if lookup.Key(o) == login {
+				return true, nil
+			}
+		}
+		return false, nil // the address has owners, and user is not one
+	}
+	return false, nil
 }
