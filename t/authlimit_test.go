@@ -151,13 +151,24 @@ func TestAuthFailuresSharedByTwoSmtpdThroughRedis(t *testing.T) {
 }
 
 // With a [state] table (bbolt, the default: even an empty table) the
-// counts are in data_dir/state.db and survive a restart of smtpd.
+// counts are in data_dir/state.db and survive a reload and a restart of
+// smtpd.
 func TestAuthFailureCountsSurviveRestart(t *testing.T) {
 	dir := authLimitDir(t)
 	cfg := authLimitConfig("[state]")
 	s := startSmtpdIn(t, dir, cfg)
 	guessUntilLockout(t, s)
+	// A reload keeps the limiter and its store open: the old
+	// configuration's retirement does not close it.
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	s.waitLog("msg=reloaded")
+	if got := authWithRightPassword(t, s); got != authLockout {
+		t.Fatalf("after a reload the IP that used up its failures got %q; want %q", got, authLockout)
+	}
 	stopSmtpd(t, s)
+	if strings.Contains(s.Log(), "state store failed") {
+		t.Fatalf("the store failed across the reload:\n%s", s.Log())
+	}
 	if _, err := os.Stat(filepath.Join(dir, "var", "state.db")); err != nil {
 		t.Fatalf("the counts are not in data_dir/state.db: %v", err)
 	}
