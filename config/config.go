@@ -557,6 +557,17 @@ func (c *Config) applyQmail() error {
 	return nil
 }
 
+// StateStore returns the [state] table's settings, with data_dir, and
+// whether the file has a [state] table at all. The server keeps its own
+// state (the AUTH failure counts) in the store only when it has one, so
+// that a configuration that uses no state creates no file.
+func (c *Config) StateStore() (state.Settings, bool) {
+	st := c.State
+	st.Addrs = slices.Clone(st.Addrs)
+	st.DataDir = c.DataDir
+	return st, c.md.IsDefined("state")
+}
+
 // setShared sets the fields of the struct v points to (a plugin's
 // settings) that have the type of a shared table, [dns] (resolver.Settings),
 // [state] (state.Settings, with data_dir) or [qmail] (qmailctl.Settings,

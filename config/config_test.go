@@ -647,3 +647,23 @@ func TestEnforce(t *testing.T) {
 		t.Error("Enforces of an instance without a table = false, want the default true")
 	}
 }
+
+// TestStateStore: the [state] table's settings come with data_dir, and
+// whether the file has the table, even an empty one.
+func TestStateStore(t *testing.T) {
+	const listener = "[[listener]]\nname = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"
+	for text, want := range map[string]bool{
+		"data_dir = \"/srv/x\"\n" + listener:                                    false,
+		"data_dir = \"/srv/x\"\n" + listener + "[state]\n":                      true,
+		"data_dir = \"/srv/x\"\n" + listener + "[state]\nbackend = \"redis\"\n": true,
+	} {
+		c, err := config.Parse("smtpd.toml", text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, ok := c.StateStore()
+		if ok != want || st.DataDir != "/srv/x" {
+			t.Errorf("%q: StateStore() = %+v, %v; want data_dir /srv/x, %v", text, st, ok, want)
+		}
+	}
+}

@@ -2,11 +2,18 @@ package server
 
 import (
 	"container/list"
+	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluice-mta/sluice/state"
 )
 
 // AuthLimiter counts failed AUTH attempts per client IP and per user name
@@ -30,6 +37,18 @@ import (
 // A successful AUTH clears its user name's count, not its IP's (a client
 // that fails for many users and knows one password must not reset its
 // count with it).
+//
+// The counts are kept in this process's memory, or, when Store is set, in
+// a state store (package state): with Redis, several smtpd processes
+// behind one load balancer share them; with the bbolt file they survive a
+// restart. The store's keys are "auth:ip:<address or /64>" and
+// "auth:user:<hex of the name's hash>", counters that expire Window after
+// their first failure. The memory counts are kept beside the store's: when
+// the store fails (Redis is down), the attempt is counted and checked in
+// memory, and so are the attempts of the next StoreRetry, so that an
+// outage neither locks anybody out, nor lets guessing go on unlimited, nor
+// makes every AUTH wait for the store's timeout; the error is logged once
+// per outage, not per attempt.
 type AuthLimiter struct {
 	// MaxFailures is how many failures a client IP or a user name may have
 	// within Window: the failure that reaches it gets 535 after Delay and
@@ -48,6 +67,24 @@ type AuthLimiter struct {
 	// refusing to track new keys would let a client that filled the table
 	// guess from any new address without limit.
 	MaxTracked int
+	// Store, when not nil, keeps the counts, shared by every process that
+	// uses it; the limiter does not close it. Nil: memory only.
+	Store state.Store
+	// Logger logs the store's errors; nil is slog.Default().
+	Logger *slog.Logger
+	// StoreRetry is how long after a store error the limiter counts in
+	// memory only, without asking the store (a Redis server that is down
+	// would make every AUTH wait for its timeout). Default 5s.
+	StoreRetry time.Duration
+
+	// storeDown is set from the store's first error to its next answer,
+	// downLogged when that outage was logged; lastLogged is when a store
+	// error was last logged.
+	storeMu    sync.Mutex
+	storeDown  bool
+	downLogged bool
+	lastLogged time.Time
+	retryAt    time.Time // while storeDown, the store is skipped until then
 
 	mu      sync.Mutex
 	windows map[string]*list.Element // of *failWindow, in order
@@ -77,6 +114,14 @@ const (
 
 const defaultMaxTracked = 100_000
 
+// storeTimeout bounds one call to the store (Redis has its own timeout,
+// [state] timeout, below it).
+const storeTimeout = 5 * time.Second
+
+// storeLogEvery is the least time between two logged store errors, when
+// the store keeps failing and answering in turn.
+const storeLogEvery = time.Minute
+
 func (l *AuthLimiter) settings() (max int, win time.Duration, tracked int) {
 	max, win, tracked = l.MaxFailures, l.Window, l.MaxTracked
 	if max <= 0 {
@@ -97,16 +142,16 @@ func ipKey(ip netip.Addr) string {
 	ip = ip.Unmap().WithZone("")
 	if ip.Is6() {
 		p, _ := ip.Prefix(64)
-		return "ip " + p.String()
+		return "auth:ip:" + p.String()
 	}
-	return "ip " + ip.String()
+	return "auth:ip:" + ip.String()
 }
 
 // userKey is the user name, case-folded and hashed: a key's size is fixed
 // however long the name a client sends.
 func userKey(user string) string {
 	sum := sha256.Sum256([]byte(strings.ToLower(user)))
-	return "user " + string(sum[:16])
+	return "auth:user:" + hex.EncodeToString(sum[:16])
 }
 
 // over reports whether key has used up its failures. l.mu is held.
@@ -123,16 +168,43 @@ func (l *AuthLimiter) over(key string, now time.Time, max int, win time.Duration
 // limit comes first.
 func (l *AuthLimiter) Check(ip netip.Addr, user string) AuthLimit {
 	max, win, _ := l.settings()
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	switch {
-	case l.over(ipKey(ip), now, max, win):
+	case l.isOver(ipKey(ip), max, win):
 		return AuthIPLimited
-	case user != "" && l.over(userKey(user), now, max, win):
+	case user != "" && l.isOver(userKey(user), max, win):
 		return AuthUserLimited
 	}
 	return AuthAllowed
+}
+
+// isOver reports whether key has used up its failures: in the store when
+// there is one and it answers, else in memory.
+func (l *AuthLimiter) isOver(key string, max int, win time.Duration) bool {
+	if l.useStore() {
+		n, err := l.storeGet(key)
+		l.storeResult(err)
+		if err == nil {
+			return n >= int64(max)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.over(key, time.Now(), max, win)
+}
+
+// storeGet reads key's counter from the store; a missing key is 0.
+func (l *AuthLimiter) storeGet(key string) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	v, ok, err := l.Store.Get(ctx, key)
+	if err != nil || !ok {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s holds %q, not a count", key, v)
+	}
+	return n, nil
 }
 
 // Fail records a failed attempt from ip for user (an empty user counts
@@ -140,6 +212,33 @@ func (l *AuthLimiter) Check(ip netip.Addr, user string) AuthLimit {
 // reached the limit.
 func (l *AuthLimiter) Fail(ip netip.Addr, user string) bool {
 	max, win, tracked := l.settings()
+	keys := []string{ipKey(ip)}
+	if user != "" {
+		keys = append(keys, userKey(user))
+	}
+	counts := l.failMemory(keys, win, tracked)
+	reached := false
+	for i, k := range keys {
+		n := int64(counts[i])
+		if l.useStore() {
+			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+			sn, err := l.Store.Incr(ctx, k, 1, win)
+			cancel()
+			l.storeResult(err)
+			if err == nil {
+				n = sn
+			}
+		}
+		if n >= int64(max) {
+			reached = true
+		}
+	}
+	return reached
+}
+
+// failMemory counts a failure for each key in memory and returns the
+// counts.
+func (l *AuthLimiter) failMemory(keys []string, win time.Duration, tracked int) []int {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -151,15 +250,8 @@ func (l *AuthLimiter) Fail(ip netip.Addr, user string) bool {
 	for e := l.order.Front(); e != nil && now.Sub(e.Value.(*failWindow).start) >= win; e = l.order.Front() {
 		l.drop(e)
 	}
-	keys := [2]string{ipKey(ip), ""}
-	if user != "" {
-		keys[1] = userKey(user)
-	}
-	reached := false
-	for _, k := range keys {
-		if k == "" {
-			continue
-		}
+	counts := make([]int, len(keys))
+	for i, k := range keys {
 		e := l.windows[k]
 		if e == nil {
 			for len(l.windows) >= tracked {
@@ -170,11 +262,9 @@ func (l *AuthLimiter) Fail(ip netip.Addr, user string) bool {
 		}
 		w := e.Value.(*failWindow)
 		w.n++
-		if w.n >= max {
-			reached = true
-		}
+		counts[i] = w.n
 	}
-	return reached
+	return counts
 }
 
 // Succeed clears user's count after a successful AUTH. The IP's count
@@ -183,14 +273,61 @@ func (l *AuthLimiter) Succeed(user string) {
 	if user == "" {
 		return
 	}
+	key := userKey(user)
+	if l.useStore() {
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		err := l.Store.Delete(ctx, key)
+		cancel()
+		l.storeResult(err)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if e := l.windows[userKey(user)]; e != nil {
+	if e := l.windows[key]; e != nil {
 		l.drop(e)
 	}
 }
 
-// Tracked returns how many IPs and user names are being counted.
+// useStore reports whether to ask the store: there is one, and it has not
+// failed within StoreRetry.
+func (l *AuthLimiter) useStore() bool {
+	if l.Store == nil {
+		return false
+	}
+	l.storeMu.Lock()
+	defer l.storeMu.Unlock()
+	return !l.storeDown || !time.Now().Before(l.retryAt)
+}
+
+// storeResult logs a store error once per outage (and at most once a
+// minute), and the store's first answer after one.
+func (l *AuthLimiter) storeResult(err error) {
+	l.storeMu.Lock()
+	defer l.storeMu.Unlock()
+	log := l.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	switch {
+	case err == nil && l.storeDown:
+		l.storeDown = false
+		if l.downLogged {
+			log.Info("AUTH failure counts: the state store answers again")
+		}
+	case err != nil && l.storeDown:
+		l.retryAt = time.Now().Add(l.storeRetry())
+	case err != nil && !l.storeDown:
+		l.storeDown = true
+		l.retryAt = time.Now().Add(l.storeRetry())
+		l.downLogged = false
+		if now := time.Now(); l.lastLogged.IsZero() || now.Sub(l.lastLogged) >= storeLogEvery {
+			l.lastLogged, l.downLogged = now, true
+			log.Error("AUTH failure counts: the state store failed; counting in this process's memory until it answers", "err", err)
+		}
+	}
+}
+
+// Tracked returns how many IPs and user names are being counted in
+// memory.
 func (l *AuthLimiter) Tracked() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -201,6 +338,13 @@ func (l *AuthLimiter) Tracked() int {
 func (l *AuthLimiter) drop(e *list.Element) {
 	delete(l.windows, e.Value.(*failWindow).key)
 	l.order.Remove(e)
+}
+
+func (l *AuthLimiter) storeRetry() time.Duration {
+	if l.StoreRetry <= 0 {
+		return 5 * time.Second
+	}
+	return l.StoreRetry
 }
 
 func (l *AuthLimiter) delay() time.Duration {

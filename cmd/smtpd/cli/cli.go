@@ -45,6 +45,7 @@ import (
 	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/state"
 )
 
 // Version is set at build time with
@@ -186,6 +187,9 @@ type built struct {
 	chains  map[string]*hooks.Chain
 	plugins map[string]any // every instance once, even when shared by listeners
 	certs   []*server.Certificates
+	// authStore is the AUTH limiter's handle of the [state] store, nil
+	// without a [state] table.
+	authStore state.Store
 }
 
 func sameListeners(a, b map[string]*hooks.Chain) bool {
@@ -200,8 +204,10 @@ func sameListeners(a, b map[string]*hooks.Chain) bool {
 	return true
 }
 
-// close runs each plugin instance's Close once.
+// close runs each plugin instance's Close once and closes the AUTH
+// limiter's store handle.
 func (b *built) close(log *slog.Logger) {
+	b.closeAuthStore(log)
 	for name, p := range b.plugins {
 		if c, ok := p.(io.Closer); ok {
 			if err := c.Close(); err != nil {
@@ -209,6 +215,17 @@ func (b *built) close(log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// closeAuthStore closes the AUTH limiter's store handle, if any.
+func (b *built) closeAuthStore(log *slog.Logger) {
+	if b.authStore == nil {
+		return
+	}
+	if err := b.authStore.Close(); err != nil {
+		log.Warn("closing the AUTH failure counts' state store failed", "err", err)
+	}
+	b.authStore = nil
 }
 
 // build turns the configuration into a server configuration: every plugin
@@ -225,12 +242,20 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 			b.close(log)
 		}
 	}()
-	b.server = server.Config{
-		SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log,
-		AuthLimiter: &server.AuthLimiter{
-			MaxFailures: cfg.AuthMaxFailures, Window: cfg.AuthFailureWindow.Duration, Delay: cfg.AuthFailureDelay.Duration,
-		},
+	limiter := &server.AuthLimiter{
+		MaxFailures: cfg.AuthMaxFailures, Window: cfg.AuthFailureWindow.Duration, Delay: cfg.AuthFailureDelay.Duration,
+		Logger: log,
 	}
+	// With a [state] table the AUTH failure counts are in the store
+	// (shared through Redis, kept across restarts in bbolt); without one
+	// in memory, and no state file is created.
+	if st, ok := cfg.StateStore(); ok {
+		if b.authStore, err = st.Open(); err != nil {
+			return nil, fmt.Errorf("%s: [state] for the AUTH failure counts: %w", cfg.Path(), err)
+		}
+		limiter.Store = b.authStore
+	}
+	b.server = server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log, AuthLimiter: limiter}
 	for _, l := range cfg.Listeners {
 		var ins []hooks.Instance
 		for _, name := range l.Plugins {
@@ -399,6 +424,12 @@ func reload(path string, old *config.Config, cur *built, srv *server.Server, log
 		log.Warn("reload: these settings changed but only take effect after a restart", "settings", strings.Join(changed, ", "))
 	}
 	drained := srv.Reload(next.chains)
+	// The server keeps the AUTH limiter it started with (its settings
+	// take effect at a restart): the new one's store handle is not used,
+	// and the running one's moves on to the new configuration, to be
+	// closed at shutdown.
+	next.closeAuthStore(log)
+	next.server.AuthLimiter, next.authStore, cur.authStore = cur.server.AuthLimiter, cur.authStore, nil
 	retired := cur
 	go func() {
 		<-drained // the connections that started with the old chains are gone
@@ -419,6 +450,11 @@ func needsRestart(a, b *config.Config) []string {
 	}
 	if a.AuthMaxFailures != b.AuthMaxFailures || a.AuthFailureWindow != b.AuthFailureWindow || a.AuthFailureDelay != b.AuthFailureDelay {
 		out = append(out, "auth_*")
+	}
+	sa, oka := a.StateStore()
+	sb, okb := b.StateStore()
+	if oka != okb || !reflect.DeepEqual(sa, sb) {
+		out = append(out, "[state] for the AUTH failure counts")
 	}
 	for i := range a.Listeners {
 		if i >= len(b.Listeners) {
