@@ -270,6 +270,9 @@ type Harness struct {
 	// AuthLimiter counts failed AUTHs across the harness's sessions.
 	AuthLimiter *server.AuthLimiter
 	queue       *QueueRecorder
+	// spoolDir is the sessions' spool directory: spool files are
+	// unlinked at once, so sessions share it.
+	spoolDir string
 }
 
 // Options tune the chain NewWithOptions builds.
@@ -297,7 +300,8 @@ func NewWithOptions(t testing.TB, opts Options, plugins ...hooks.Instance) *Harn
 		opts.QueueTimeout = opts.Timeout
 	}
 	h := &Harness{t: t, Hostname: "mx.example.test", Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }, AuthLimiter: &server.AuthLimiter{}}
+		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }, AuthLimiter: &server.AuthLimiter{},
+		spoolDir: t.TempDir()}
 	ch, err := hooks.NewChain(plugins, hooks.Options{Timeout: opts.Timeout, QueueTimeout: opts.QueueTimeout, Logger: slog.New(harnessHandler{h})})
 	if err != nil {
 		t.Fatalf("hookstest.New: %v", err)
@@ -378,7 +382,7 @@ func (h *Harness) Connect(remote string) *Session {
 	}
 	c := connection.New("test", h.Hostname, netip.MustParseAddrPort("127.0.0.1:25"), ap)
 	s := &Session{Session: server.NewSession(context.Background(), c, server.SessionConfig{
-		Chain: h.Chain, Limits: h.Limits, SpoolDir: h.t.TempDir(), Now: h.Now, Logger: h.Logger,
+		Chain: h.Chain, Limits: h.Limits, SpoolDir: h.spoolDir, Now: h.Now, Logger: h.Logger,
 		StartTLS: h.StartTLS, RequireTLS: h.RequireTLS, RequireAuth: h.RequireAuth,
 		AuthPlaintextLoopback: h.AuthPlaintextLoopback, AuthLimiter: h.AuthLimiter,
 	}), t: h.t}

@@ -217,9 +217,28 @@ func (p *Plugin) check(c *connection.Connection, h *transaction.Header) []findin
 }
 
 // checkDate checks the first Date field against the window.
+// commonDates are the forms nearly every Date field takes (RFC 5322's
+// date-time with and without the day of the week), tried before
+// mail.ParseDate, which tries its dozens of layouts in turn and
+// allocates an error for each that fails (some 70 allocations for an
+// ordinary date).
+var commonDates = []string{"Mon, 2 Jan 2006 15:04:05 -0700", "2 Jan 2006 15:04:05 -0700"}
+
+// parseDate parses a Date field's value as mail.ParseDate does, the
+// common forms first.
+func parseDate(v string) (time.Time, error) {
+	t := strings.TrimSpace(v)
+	for _, layout := range commonDates {
+		if d, err := time.Parse(layout, t); err == nil {
+			return d, nil
+		}
+	}
+	return mail.ParseDate(v)
+}
+
 func (p *Plugin) checkDate(v string) (finding, bool) {
 	f := finding{code: 554, enh: [3]int{5, 6, 0}, date: true}
-	d, err := mail.ParseDate(v)
+	d, err := parseDate(v)
 	now := p.now()
 	switch {
 	case err != nil:
