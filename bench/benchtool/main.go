@@ -13,6 +13,8 @@
 //	benchtool big    -addr A -pid P -size B
 //	                 one message of B bytes; the server's RSS growth while it arrives
 //	benchtool report -tsv FILE     the comparison table with ratios and the targets
+//	benchtool dns    -addr 127.0.0.1:P [-max D]
+//	                 a DNS server answering NXDOMAIN to every name (the policy chain's block lists)
 //
 // Output is one line of key=value pairs (report prints tables).
 package main
@@ -30,7 +32,7 @@ func main() {
 	}
 	cmds := map[string]func([]string) error{
 		"lat": cmdLat, "watch": cmdWatch, "cpu": cmdCPU, "pids": cmdPids,
-		"idle": cmdIdle, "big": cmdBig, "report": cmdReport,
+		"idle": cmdIdle, "big": cmdBig, "report": cmdReport, "dns": cmdDNS,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -43,7 +45,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: benchtool lat|watch|cpu|pids|idle|big|report [flags] (see the package comment)")
+	fmt.Fprintln(os.Stderr, "usage: benchtool lat|watch|cpu|pids|idle|big|report|dns [flags] (see the package comment)")
 	os.Exit(2)
 }
 

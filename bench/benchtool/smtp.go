@@ -95,7 +95,7 @@ func (c *client) quit() {
 // message builds a message of about size bytes (header plus body lines of
 // 80 bytes), terminated by the final dot line.
 func message(size int) []byte {
-	b := []byte("From: <a@example.com>\r\nTo: <b@example.com>\r\nSubject: benchtool\r\n\r\n")
+	b := []byte("From: <a@example.com>\r\nTo: <b@example.com>\r\nDate: Sun, 6 Dec 2026 01:00:00 +0000\r\nSubject: benchtool\r\n\r\n")
 	line := []byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef\r\n")
 	for n := 0; n < size; n += len(line) {
 		b = append(b, line...)
