@@ -49,14 +49,14 @@ func expectGreylisted(t *testing.T, out string) {
 	}
 }
 
-// retryUntilAccepted retries, as a client's queue does, until the message
-// is accepted: never sooner than delay after first, and within a deadline.
-// Each attempt before the delay must get 451 again.
-func retryUntilAccepted(t *testing.T, addr string, first time.Time, delay time.Duration) string {
+// retryUntilAccepted retries send, as a client's queue does, until the
+// message is accepted: never sooner than delay after first, and within a
+// deadline. Each attempt before the delay must get 451 4.7.1 again.
+func retryUntilAccepted(t *testing.T, send func() string, first time.Time, delay time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		out := greylistSend(t, addr)
+		out := send()
 		// first is before the server stored the triplet, and now after
 		// it accepted the retry: the delay must fit between them.
 		if strings.Contains(out, "<-  250 2.0.0 Ok: queued as") {
@@ -100,7 +100,7 @@ func TestGreylistSurvivesRestart(t *testing.T) {
 		t.Fatalf("smtpd did not stop on SIGTERM\n%s", s.Log())
 	}
 	s2 := startSmtpdIn(t, dir, cfg)
-	out = retryUntilAccepted(t, s2.Addr("mx"), first, time.Second)
+	out = retryUntilAccepted(t, func() string { return greylistSend(t, s2.Addr("mx")) }, first, time.Second)
 	if files := maildirFiles(t, dir+"/var/mail"); len(files) != 1 {
 		t.Fatalf("the Maildir has %d messages; want the retried one:\n%s", len(files), out)
 	}
@@ -118,7 +118,7 @@ func TestGreylistSharedByTwoSmtpdThroughRedis(t *testing.T) {
 	b := startSmtpd(t, greylistConfig(state))
 	first := time.Now()
 	expectGreylisted(t, greylistSend(t, a.Addr("mx")))
-	retryUntilAccepted(t, b.Addr("mx"), first, time.Second)
+	retryUntilAccepted(t, func() string { return greylistSend(t, b.Addr("mx")) }, first, time.Second)
 	if files := maildirFiles(t, b.dir+"/var/mail"); len(files) != 1 {
 		t.Fatalf("the second smtpd's Maildir has %d messages; want the retried one", len(files))
 	}

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"testing"
 	"time"
 
 	_ "github.com/go-sql-driver/mysql" // the mysql driver for Exec
@@ -310,4 +311,32 @@ func (s *Server) RedisSet(kv ...string) error {
 		}
 	}
 	return nil
+}
+
+// RunWithPostgres is a package's TestMain when its tests share one
+// PostgreSQL server: it starts the server, runs stmts in it (the tables
+// the tests read), sets *pg, runs the tests, stops the server and exits.
+// A server that does not start, or a statement that fails, ends the run
+// with a message naming what the tests need.
+//
+//	var pg *lookuptest.Server
+//
+//	func TestMain(m *testing.M) {
+//		lookuptest.RunWithPostgres(m, &pg, "CREATE TABLE domains (name TEXT PRIMARY KEY)")
+//	}
+func RunWithPostgres(m *testing.M, pg **Server, stmts ...string) {
+	s, err := Postgres()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "these tests need a PostgreSQL server:", err)
+		os.Exit(1)
+	}
+	if err := s.Exec(stmts...); err != nil {
+		s.Stop()
+		fmt.Fprintln(os.Stderr, "setting up the test tables in PostgreSQL:", err)
+		os.Exit(1)
+	}
+	*pg = s
+	code := m.Run()
+	s.Stop()
+	os.Exit(code)
 }

@@ -3,7 +3,6 @@ package authfile_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -29,22 +28,10 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	var err error
-	if pg, err = lookuptest.Postgres(); err != nil {
-		fmt.Fprintln(os.Stderr, "authfile tests need a PostgreSQL server:", err)
-		os.Exit(1)
-	}
-	if err := pg.Exec(
+	lookuptest.RunWithPostgres(m, &pg,
 		"CREATE TABLE users (login TEXT PRIMARY KEY, password TEXT)",
 		"INSERT INTO users VALUES ('dave@example.test', '"+daveHash+"'), ('alice', '"+aliceHash+"'), ('bob', '"+bobHash+"'), ('carol', '"+carolHash+"'), ('eve', '"+evePassword+"'), ('mallory', '"+malloryHash+"'), ('nobody', NULL)",
-	); err != nil {
-		pg.Stop()
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.Exit(code)
+	)
 }
 
 type authCase struct {

@@ -13,19 +13,10 @@ import (
 var pg *lookuptest.Server
 
 func TestMain(m *testing.M) {
-	var err error
-	if pg, err = lookuptest.Postgres(); err != nil {
-		fmt.Fprintln(os.Stderr, "rcptok tests need a PostgreSQL server:", err)
-		os.Exit(1)
-	}
-	if err := pg.Exec("CREATE TABLE domains (name TEXT PRIMARY KEY)", "INSERT INTO domains VALUES ('db.example'), ('.sub.example')"); err != nil {
-		pg.Stop()
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.Exit(code)
+	lookuptest.RunWithPostgres(m, &pg,
+		"CREATE TABLE domains (name TEXT PRIMARY KEY)",
+		"INSERT INTO domains VALUES ('db.example'), ('.sub.example')",
+	)
 }
 
 // TestSQLDomains: local domains from PostgreSQL; a recipient whose domain

@@ -16,22 +16,10 @@ import (
 var pg *lookuptest.Server
 
 func TestMain(m *testing.M) {
-	var err error
-	if pg, err = lookuptest.Postgres(); err != nil {
-		fmt.Fprintln(os.Stderr, "senderlogin tests need a PostgreSQL server:", err)
-		os.Exit(1)
-	}
-	if err := pg.Exec(
+	lookuptest.RunWithPostgres(m, &pg,
 		"CREATE TABLE sender_logins (sender TEXT PRIMARY KEY, owners TEXT NOT NULL)",
 		"INSERT INTO sender_logins VALUES ('sales@example.test', 'alice@example.test, carol@example.test'), ('@shared.example', 'bob@example.test'), ('ceo@shared.example', 'carol@example.test')",
-	); err != nil {
-		pg.Stop()
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Stop()
-	os.Exit(code)
+	)
 }
 
 // ownersChecks are what every backend holding the same table must answer:
