@@ -11,7 +11,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/sluice-mta/sluice/state/statetest"
 )
@@ -111,17 +110,6 @@ func authWithRightPassword(t *testing.T, s *smtpd) string {
 	return c.cmd(authPlain("s3cret"))
 }
 
-// stopSmtpd sends SIGTERM and waits for smtpd to exit.
-func stopSmtpd(t *testing.T, s *smtpd) {
-	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("smtpd did not stop on SIGTERM\n%s", s.Log())
-	}
-}
-
 // Two smtpd processes behind one load balancer share a Redis server: a
 // client that used up its AUTH failures on the first is refused by the
 // second, right password or not, without its password being checked.
@@ -165,7 +153,7 @@ func TestAuthFailureCountsSurviveRestart(t *testing.T) {
 	if got := authWithRightPassword(t, s); got != authLockout {
 		t.Fatalf("after a reload the IP that used up its failures got %q; want %q", got, authLockout)
 	}
-	stopSmtpd(t, s)
+	s.stop()
 	if strings.Contains(s.Log(), "state store failed") {
 		t.Fatalf("the store failed across the reload:\n%s", s.Log())
 	}
@@ -188,7 +176,7 @@ func TestAuthFailureCountsInMemoryWithoutState(t *testing.T) {
 	if got := authWithRightPassword(t, s); got != authLockout {
 		t.Fatalf("after three failures the IP got %q; want %q", got, authLockout)
 	}
-	stopSmtpd(t, s)
+	s.stop()
 	if _, err := os.Stat(filepath.Join(dir, "var", "state.db")); err == nil {
 		t.Fatal("a state.db was created by a configuration without a [state] table")
 	}

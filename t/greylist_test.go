@@ -93,12 +93,7 @@ func TestGreylistSurvivesRestart(t *testing.T) {
 		t.Fatalf("the reload met the file lock:\n%s", s.Log())
 	}
 
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("smtpd did not stop on SIGTERM\n%s", s.Log())
-	}
+	s.stop()
 	s2 := startSmtpdIn(t, dir, cfg)
 	out = retryUntilAccepted(t, func() string { return greylistSend(t, s2.Addr("mx")) }, first, time.Second)
 	if files := maildirFiles(t, dir+"/var/mail"); len(files) != 1 {

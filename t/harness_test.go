@@ -137,6 +137,17 @@ func startSmtpdIn(t *testing.T, dir, cfg string) *smtpd {
 	return s
 }
 
+// stop sends SIGTERM and waits for smtpd to exit.
+func (s *smtpd) stop() {
+	s.t.Helper()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.t.Fatalf("smtpd did not stop on SIGTERM\n%s", s.Log())
+	}
+}
+
 // Addr returns the bound address of a listener.
 func (s *smtpd) Addr(name string) string {
 	s.mu.Lock()

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -132,12 +131,7 @@ func TestInboundMXFromTheDocs(t *testing.T) {
 	first := time.Now()
 	out = inboundSend(t, mx, "127.0.0.1", "bob@example.test")
 	expectInTranscript(t, "first attempt", out, "<** 451 4.7.1 Greylisted: please try again in 1 seconds")
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("smtpd did not stop on SIGTERM\n%s", s.Log())
-	}
+	s.stop()
 	s2 := startSmtpdIn(t, dir, cfg)
 	out = inboundRetry(t, s2.Addr("mx"), first)
 	files := maildirFiles(t, filepath.Join(dir, "var/mail"))

@@ -20,6 +20,7 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"iter"
 	"log/slog"
 	"math"
 	"net/netip"
@@ -261,6 +262,27 @@ func (p *Plugin) key(l *limit, c *connection.Connection, sender string) (key, sh
 	return "ip:" + ip.String(), ip.String(), true
 }
 
+// countedAs is the key a limit counts a transaction under, and the name
+// its refusal shows.
+type countedAs struct{ key, shown string }
+
+// applicable yields the limits that count recipients (or, with
+// recipients false, messages) and apply to the transaction, each with
+// what it counts the transaction as.
+func (p *Plugin) applicable(c *connection.Connection, sender string, recipients bool) iter.Seq2[*limit, countedAs] {
+	return func(yield func(*limit, countedAs) bool) {
+		for i := range p.limits {
+			l := &p.limits[i]
+			if l.recipients != recipients {
+				continue
+			}
+			if key, shown, ok := p.key(l, c, sender); ok && !yield(l, countedAs{key, shown}) {
+				return
+			}
+		}
+	}
+}
+
 // userKey is the form of a login that is counted: ASCII letters in lower
 // case and the domain, if any, in mailaddr's canonical form (A-labels). An
 // auth backend may take "Alice@EXAMPLE.test" for alice@example.test
@@ -327,16 +349,8 @@ func (p *Plugin) Mail(ctx context.Context, c *connection.Connection, tx *transac
 		}
 	}
 	first := true
-	for i := range p.limits {
-		l := &p.limits[i]
-		if l.recipients {
-			continue
-		}
-		key, shown, ok := p.key(l, c, from)
-		if !ok {
-			continue
-		}
-		cur, prev, weight := p.slots(l, key)
+	for l, k := range p.applicable(c, from, false) {
+		cur, prev, weight := p.slots(l, k.key)
 		n, err := p.store.Incr(ctx, cur, 1, 2*l.window)
 		if err != nil {
 			undo()
@@ -350,7 +364,7 @@ func (p *Plugin) Mail(ctx context.Context, c *connection.Connection, tx *transac
 		}
 		if total > float64(l.max) {
 			undo()
-			return p.refusal(l, shown)
+			return p.refusal(l, k.shown)
 		}
 		if first {
 			NoteCount.Set(&tx.Notes, int(math.Ceil(total)))
@@ -366,16 +380,8 @@ func (p *Plugin) Rcpt(ctx context.Context, c *connection.Connection, tx *transac
 	if !p.recipients {
 		return hooks.Result{}
 	}
-	for i := range p.limits {
-		l := &p.limits[i]
-		if !l.recipients {
-			continue
-		}
-		key, shown, ok := p.key(l, c, tx.Sender)
-		if !ok {
-			continue
-		}
-		cur, prev, weight := p.slots(l, key)
+	for l, k := range p.applicable(c, tx.Sender, true) {
+		cur, prev, weight := p.slots(l, k.key)
 		var n int64
 		v, found, err := p.store.Get(ctx, cur)
 		if err == nil && found {
@@ -389,7 +395,7 @@ func (p *Plugin) Rcpt(ctx context.Context, c *connection.Connection, tx *transac
 			return hooks.Fail(fmt.Errorf("ratelimit: %w", err))
 		}
 		if total+1 > float64(l.max) {
-			return p.refusal(l, shown)
+			return p.refusal(l, k.shown)
 		}
 	}
 	return hooks.Result{}
@@ -400,16 +406,8 @@ func (p *Plugin) RcptOK(ctx context.Context, c *connection.Connection, tx *trans
 	if !p.recipients {
 		return
 	}
-	for i := range p.limits {
-		l := &p.limits[i]
-		if !l.recipients {
-			continue
-		}
-		key, _, ok := p.key(l, c, tx.Sender)
-		if !ok {
-			continue
-		}
-		cur, _, _ := p.slots(l, key)
+	for l, k := range p.applicable(c, tx.Sender, true) {
+		cur, _, _ := p.slots(l, k.key)
 		if _, err := p.store.Incr(ctx, cur, 1, 2*l.window); err != nil {
 			p.log.Warn("ratelimit: cannot count a recipient", "instance", p.instance, "err", err)
 		}
