@@ -40,6 +40,10 @@ type boltStore struct {
 	closed bool
 	stop   chan struct{}
 	swept  sync.WaitGroup
+
+	wmu        sync.Mutex // guards the fields below
+	pending    []*write   // writes waiting for the next commit
+	committing bool       // a commit is under way
 }
 
 func openBolt(path string, sweep time.Duration) (*boltStore, error) {
@@ -155,6 +159,12 @@ func (s *boltStore) view(ctx context.Context, f func(*bolt.Tx) error) error {
 	return db.View(f)
 }
 
+// update runs f in a write transaction. Writes that arrive while a
+// commit is under way share the next one (group commit: one commit, one
+// fsync, for all of them), so connections counting at once do not queue
+// for a commit each, and a write that arrives alone is committed at once.
+// f may run twice (alone, when another write of its commit failed): it
+// must set its results afresh each time.
 func (s *boltStore) update(ctx context.Context, f func(*bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -163,7 +173,56 @@ func (s *boltStore) update(ctx context.Context, f func(*bolt.Tx) error) error {
 	if err != nil {
 		return err
 	}
-	return db.Update(f)
+	w := &write{f: f, done: make(chan error, 1)}
+	s.wmu.Lock()
+	s.pending = append(s.pending, w)
+	if !s.committing {
+		s.committing = true
+		s.wmu.Unlock()
+		s.commitPending(db) // this write is in the first batch
+	} else {
+		s.wmu.Unlock()
+	}
+	return <-w.done
+}
+
+// write is one write waiting for its commit.
+type write struct {
+	f    func(*bolt.Tx) error
+	done chan error
+}
+
+// commitPending commits the writes waiting, in one transaction, then
+// hands the writes that arrived meanwhile to another goroutine, so that
+// the caller returns after its own commit.
+func (s *boltStore) commitPending(db *bolt.DB) {
+	s.wmu.Lock()
+	batch := s.pending
+	s.pending = nil
+	s.wmu.Unlock()
+	err := db.Update(func(tx *bolt.Tx) error {
+		for _, w := range batch {
+			if err := w.f(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for _, w := range batch {
+		if err != nil && len(batch) > 1 {
+			w.done <- db.Update(w.f) // find whose it was: each alone
+		} else {
+			w.done <- err
+		}
+	}
+	s.wmu.Lock()
+	if len(s.pending) == 0 {
+		s.committing = false
+		s.wmu.Unlock()
+		return
+	}
+	s.wmu.Unlock()
+	go s.commitPending(db)
 }
 
 func (s *boltStore) Get(ctx context.Context, key string) ([]byte, bool, error) {

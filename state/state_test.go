@@ -3,10 +3,13 @@ package state_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,5 +185,41 @@ func holder(t *testing.T, path string) func() {
 	return func() {
 		in.Close()
 		cmd.Wait()
+	}
+}
+
+// TestBboltGroupCommitFailure: writes that share a commit get their own
+// results: one that fails (Incr on text) fails alone, the others are
+// committed.
+func TestBboltGroupCommitFailure(t *testing.T) {
+	st := openT(t, state.Settings{DataDir: t.TempDir()})
+	ctx := context.Background()
+	if err := st.Set(ctx, "text", []byte("not a number"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var notInteger, other atomic.Int32
+	for i := range 200 {
+		key := "n"
+		if i%10 == 0 {
+			key = "text"
+		}
+		wg.Go(func() {
+			_, err := st.Incr(ctx, key, 1, 0)
+			switch {
+			case errors.Is(err, state.ErrNotInteger) && key == "text":
+				notInteger.Add(1)
+			case err != nil:
+				other.Add(1)
+				t.Errorf("Incr(%q): %v", key, err)
+			}
+		})
+	}
+	wg.Wait()
+	if notInteger.Load() != 20 || other.Load() != 0 {
+		t.Errorf("%d ErrNotInteger, %d other errors; want 20 and 0", notInteger.Load(), other.Load())
+	}
+	if v, ok, err := st.Get(ctx, "n"); err != nil || !ok || string(v) != "180" {
+		t.Errorf("n = %q, %v, %v; want 180", v, ok, err)
 	}
 }

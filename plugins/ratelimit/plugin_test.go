@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -538,5 +539,55 @@ func TestStoreDown(t *testing.T) {
 	hookstest.Expect(t, connect(t, h, "192.0.2.1", "").Mail("a@example.org"), 451, "4.3.0")
 	if got := logs.String(); !strings.Contains(got, "ratelimit: state: redis") {
 		t.Errorf("log %q; want the store's error", got)
+	}
+}
+
+// BenchmarkMail is what counting costs a MAIL: one limit, a new key each
+// time (a counter created), in each store. bbolt writes (and fsyncs) its
+// file once per count.
+//
+//	go test -run '^$' -bench Mail ./plugins/ratelimit/
+func BenchmarkMail(b *testing.B) {
+	for _, backend := range []struct{ name, toml string }{
+		{"bbolt", fmt.Sprintf("\n[state]\npath = %q\n", filepath.Join(b.TempDir(), "state.db"))},
+		{"redis", fmt.Sprintf("\n[state]\nbackend = \"redis\"\naddrs = [%q]\nprefix = \"bench%d:\"\n", statetest.Redis(b), runs.Add(1))},
+	} {
+		b.Run(backend.name, func(b *testing.B) {
+			p := hookstest.Build(b, "ratelimit", "max = 1000000\nby = \"sender\""+backend.toml).(*ratelimit.Plugin)
+			h := hookstest.New(b, hookstest.Plugin("ratelimit", p), hookstest.Queue())
+			h.Logger = slog.New(slog.DiscardHandler)
+			s := h.Connect("192.0.2.1")
+			s.Helo("client.example")
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				if rep := s.Mail(fmt.Sprintf("u%d@example.org", i)); rep.Code != 250 {
+					b.Fatal(rep)
+				}
+				s.Reset()
+			}
+		})
+		// 20 connections at once, as the bench's sessions: bbolt's
+		// writes of concurrent counts share a commit.
+		b.Run(backend.name+"/parallel", func(b *testing.B) {
+			p := hookstest.Build(b, "ratelimit", "max = 1000000\nby = \"sender\""+backend.toml).(*ratelimit.Plugin)
+			h := hookstest.New(b, hookstest.Plugin("ratelimit", p), hookstest.Queue())
+			h.Logger = slog.New(slog.DiscardHandler)
+			var next atomic.Int64
+			b.SetParallelism(10)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				s := h.Connect("192.0.2.1")
+				s.Helo("client.example")
+				for pb.Next() {
+					if rep := s.Mail(fmt.Sprintf("p%d@example.org", next.Add(1))); rep.Code != 250 {
+						b.Error(rep)
+						return
+					}
+					s.Reset()
+				}
+			})
+		})
 	}
 }
