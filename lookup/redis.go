@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-mta/sluice/internal/redislog"
 )
 
 // redisTable looks keys up with GET prefix+key.
@@ -31,6 +33,7 @@ func openRedis(s Spec) (*redisTable, error) {
 	} else {
 		opt.PoolSize = DefaultPool
 	}
+	redislog.Install()
 	return &redisTable{c: redis.NewClient(opt), prefix: s.Prefix, timeout: timeout}, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-mta/sluice/internal/redislog"
 )
 
 // redisStore is the Redis backend: every call is one command (or one
@@ -45,6 +47,7 @@ func openRedis(s Settings) (*redisStore, error) {
 	}
 	// The universal client is a Cluster client for several addresses
 	// without a master name; with one address it is a plain client.
+	redislog.Install()
 	return &redisStore{c: redis.NewUniversalClient(opt), prefix: s.prefix()}, nil
 }
 
