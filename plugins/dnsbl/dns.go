@@ -215,10 +215,10 @@ func (c *cache) put(key string, a answer, now time.Time) {
 	c.m[key] = cached{rrs: a.rrs, expires: now.Add(min(a.ttl, c.maxTTL))}
 }
 
-// reverseIP returns the name of ip in a DNS list, without the zone:
-// "2.0.0.127" for 127.0.0.2, the 32 nibbles of an IPv6 address in reverse
-// (RFC 5782 2.1, 2.4).
-func reverseIP(ip netip.Addr) string {
+// ReverseIP returns the name of ip in a DNS list, without the zone:
+// "2.0.0.127" for 127.0.0.2; for an IPv6 address its 32 nibbles in
+// reverse order (RFC 5782 2.1 and 2.4).
+func ReverseIP(ip netip.Addr) string {
 	ip = ip.Unmap()
 	if ip.Is4() {
 		b := ip.As4()

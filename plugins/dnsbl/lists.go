@@ -492,8 +492,3 @@ func FailureReply(failed []Result, class, what string) hooks.Result {
 		Detail: fmt.Sprintf("dns_failure=%v", failed[0].Err),
 	}
 }
-
-// ReverseIP returns the name of ip in a DNS list, without the zone:
-// "2.0.0.127" for 127.0.0.2; for an IPv6 address its 32 nibbles in
-// reverse order (RFC 5782 2.1 and 2.4).
-func ReverseIP(ip netip.Addr) string { return reverseIP(ip) }
