@@ -35,14 +35,25 @@ func init() { hooks.Register("dnsbl", New) }
 
 // Settings are the keys of a [plugins.dnsbl] table.
 type Settings struct {
-	// Zones are the lists to ask, each a [[plugins.dnsbl.zones]] table.
-	Zones []ZoneSettings `toml:"zones"`
+	// ListSettings are the zones, whitelist_recipients, dns_failure and
+	// the cache, as rhsbl has them.
+	ListSettings
 	// RejectAt is the hook that collects the lookups and refuses a
 	// listed client: "connect", "helo", "mail" or "rcpt" (default).
 	RejectAt string `toml:"reject_at"`
-	// WhitelistRecipients are the recipients a listed client may still
-	// write to, at rcpt: a local part ("postmaster", any domain), an
-	// address, or "@domain". Default ["postmaster", "abuse"].
+	// DNS is the resolver's settings: the top-level [dns] table, or
+	// [plugins.dnsbl.dns] for this instance only. Its timeout bounds
+	// each lookup.
+	DNS resolver.Settings `toml:"dns"`
+}
+
+// ListSettings are the keys dnsbl and rhsbl share.
+type ListSettings struct {
+	// Zones are the lists to ask, each a [[plugins.NAME.zones]] table.
+	Zones []ZoneSettings `toml:"zones"`
+	// WhitelistRecipients are the recipients a listed client or sender
+	// may still write to, at rcpt: a local part ("postmaster", any
+	// domain), an address, or "@domain". Default ["postmaster", "abuse"].
 	WhitelistRecipients []string `toml:"whitelist_recipients"`
 	// DNSFailure is what a failed lookup does: "accept" (default: as if
 	// not listed) or "defer" (451 4.4.3).
@@ -52,10 +63,41 @@ type Settings struct {
 	CacheTTL time.Duration `toml:"cache_ttl"`
 	// CacheSize is the most answers kept. Default 10000.
 	CacheSize int `toml:"cache_size"`
-	// DNS is the resolver's settings: the top-level [dns] table, or
-	// [plugins.dnsbl.dns] for this instance only. Its timeout bounds
-	// each lookup.
-	DNS resolver.Settings `toml:"dns"`
+}
+
+// DefaultListSettings are ListSettings' defaults.
+func DefaultListSettings() ListSettings {
+	return ListSettings{WhitelistRecipients: []string{"postmaster", "abuse"}, DNSFailure: "accept", CacheTTL: 10 * time.Minute, CacheSize: 10000}
+}
+
+// Checker is what ListSettings build: the lists with their DNS client and
+// cache, the recipients a listing spares, and whether a failed lookup
+// defers.
+type Checker struct {
+	Lists    *Lists
+	RcptOK   RecipientWhitelist
+	DeferDNS bool
+}
+
+// Build checks the settings and builds their Checker, asking the servers
+// of dnsSettings.
+func (s ListSettings) Build(dnsSettings resolver.Settings) (Checker, error) {
+	var k Checker
+	var err error
+	if k.RcptOK, err = ParseRecipientWhitelist(s.WhitelistRecipients); err != nil {
+		return Checker{}, err
+	}
+	switch s.DNSFailure {
+	case "accept":
+	case "defer":
+		k.DeferDNS = true
+	default:
+		return Checker{}, fmt.Errorf("dns_failure = %q: want \"accept\" or \"defer\"", s.DNSFailure)
+	}
+	if k.Lists, err = NewLists(s.Zones, dnsSettings, s.CacheTTL, s.CacheSize); err != nil {
+		return Checker{}, err
+	}
+	return k, nil
 }
 
 // Stage is the hook at which a plugin collects its lookups and refuses.
@@ -122,11 +164,9 @@ func (w RecipientWhitelist) Match(rcpt string) bool {
 
 // Plugin is one dnsbl instance; safe for concurrent use.
 type Plugin struct {
-	lists    *Lists
-	at       Stage
-	rcptOK   RecipientWhitelist
-	deferDNS bool
-	state    notes.Key[*connState]
+	check Checker
+	at    Stage
+	state notes.Key[*connState]
 }
 
 var (
@@ -140,7 +180,7 @@ var (
 
 // New builds an instance from its settings.
 func New(decode hooks.Decoder) (*Plugin, error) {
-	s := Settings{RejectAt: "rcpt", WhitelistRecipients: []string{"postmaster", "abuse"}, DNSFailure: "accept", CacheTTL: 10 * time.Minute, CacheSize: 10000}
+	s := Settings{ListSettings: DefaultListSettings(), RejectAt: "rcpt"}
 	if err := decode(&s); err != nil {
 		return nil, err
 	}
@@ -149,17 +189,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if p.at, err = ParseStage(s.RejectAt, AtConnect, AtHelo, AtMail, AtRcpt); err != nil {
 		return nil, err
 	}
-	if p.rcptOK, err = ParseRecipientWhitelist(s.WhitelistRecipients); err != nil {
-		return nil, err
-	}
-	switch s.DNSFailure {
-	case "accept":
-	case "defer":
-		p.deferDNS = true
-	default:
-		return nil, fmt.Errorf("dns_failure = %q: want \"accept\" or \"defer\"", s.DNSFailure)
-	}
-	if p.lists, err = NewLists(s.Zones, s.DNS, s.CacheTTL, s.CacheSize); err != nil {
+	if p.check, err = s.Build(s.DNS); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -210,7 +240,7 @@ func (p *Plugin) Connect(ctx context.Context, c *connection.Connection) hooks.Re
 	// or the connection does (Disconnect cancels them).
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	ip := c.RemoteIP()
-	st := &connState{cancel: cancel, pending: p.lists.Start(lctx, ReverseIP(ip), ip.String())}
+	st := &connState{cancel: cancel, pending: p.check.Lists.Start(lctx, ReverseIP(ip), ip.String())}
 	p.state.Set(&c.Notes, st)
 	if p.at == AtConnect {
 		return p.decide(ctx, c, nil)
@@ -242,7 +272,7 @@ func (p *Plugin) Mail(ctx context.Context, c *connection.Connection, tx *transac
 // Rcpt refuses a listed client's recipients with reject_at = "rcpt",
 // except those of whitelist_recipients.
 func (p *Plugin) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
-	if p.at != AtRcpt || p.rcptOK.Match(rcpt) {
+	if p.at != AtRcpt || p.check.RcptOK.Match(rcpt) {
 		return hooks.Result{}
 	}
 	return p.decide(ctx, c, tx)
@@ -293,7 +323,7 @@ func (p *Plugin) decide(ctx context.Context, c *connection.Connection, tx *trans
 // failure is the reply to failed lookups: none, or 451 4.4.3 with
 // dns_failure = "defer".
 func (p *Plugin) failure(c *connection.Connection, failed []Result) hooks.Result {
-	if !p.deferDNS {
+	if !p.check.DeferDNS {
 		return hooks.Result{}
 	}
 	return FailureReply(failed, "Client host", c.RemoteIP().String())

@@ -13,7 +13,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
@@ -28,26 +27,17 @@ func init() { hooks.Register("rhsbl", New) }
 
 // Settings are the keys of a [plugins.rhsbl] table.
 type Settings struct {
-	// Zones are the lists to ask, each a [[plugins.rhsbl.zones]] table
-	// with dnsbl's zone keys.
-	Zones []dnsbl.ZoneSettings `toml:"zones"`
+	// ListSettings are dnsbl's zones (each a [[plugins.rhsbl.zones]]
+	// table with dnsbl's zone keys), whitelist_recipients (the
+	// recipients a listed sender may still write to), dns_failure and
+	// cache keys, with dnsbl's defaults.
+	dnsbl.ListSettings
 	// Check names what is looked up: "sender" (the MAIL FROM domain)
 	// and "helo" (the HELO name). Default both.
 	Check []string `toml:"check"`
 	// RejectAt is the hook that collects the lookups and refuses: "mail"
 	// or "rcpt" (default).
 	RejectAt string `toml:"reject_at"`
-	// WhitelistRecipients are the recipients a listed sender may still
-	// write to, at rcpt. Default ["postmaster", "abuse"].
-	WhitelistRecipients []string `toml:"whitelist_recipients"`
-	// DNSFailure is what a failed lookup does: "accept" (default) or
-	// "defer" (451 4.4.3).
-	DNSFailure string `toml:"dns_failure"`
-	// CacheTTL bounds how long an answer is kept. Default "10m"; "0s"
-	// turns the cache off.
-	CacheTTL time.Duration `toml:"cache_ttl"`
-	// CacheSize is the most answers kept. Default 10000.
-	CacheSize int `toml:"cache_size"`
 	// DNS is the resolver's settings: the top-level [dns] table, or
 	// [plugins.rhsbl.dns] for this instance only.
 	DNS resolver.Settings `toml:"dns"`
@@ -64,11 +54,10 @@ var NoteFailed = notes.NewKey[[]string]("rhsbl.failed")
 
 // Plugin is one rhsbl instance; safe for concurrent use.
 type Plugin struct {
-	lists                  *dnsbl.Lists
-	at                     dnsbl.Stage
-	rcptOK                 dnsbl.RecipientWhitelist
-	sender, helo, deferDNS bool
-	state                  notes.Key[*connState]
+	check        dnsbl.Checker
+	at           dnsbl.Stage
+	sender, helo bool
+	state        notes.Key[*connState]
 }
 
 var (
@@ -81,8 +70,7 @@ var (
 
 // New builds an instance from its settings.
 func New(decode hooks.Decoder) (*Plugin, error) {
-	s := Settings{Check: []string{"sender", "helo"}, RejectAt: "rcpt", WhitelistRecipients: []string{"postmaster", "abuse"},
-		DNSFailure: "accept", CacheTTL: 10 * time.Minute, CacheSize: 10000}
+	s := Settings{ListSettings: dnsbl.DefaultListSettings(), Check: []string{"sender", "helo"}, RejectAt: "rcpt"}
 	if err := decode(&s); err != nil {
 		return nil, err
 	}
@@ -104,17 +92,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if p.at, err = dnsbl.ParseStage(s.RejectAt, dnsbl.AtMail, dnsbl.AtRcpt); err != nil {
 		return nil, err
 	}
-	if p.rcptOK, err = dnsbl.ParseRecipientWhitelist(s.WhitelistRecipients); err != nil {
-		return nil, err
-	}
-	switch s.DNSFailure {
-	case "accept":
-	case "defer":
-		p.deferDNS = true
-	default:
-		return nil, fmt.Errorf("dns_failure = %q: want \"accept\" or \"defer\"", s.DNSFailure)
-	}
-	if p.lists, err = dnsbl.NewLists(s.Zones, s.DNS, s.CacheTTL, s.CacheSize); err != nil {
+	if p.check, err = s.Build(s.DNS); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -182,7 +160,7 @@ func (p *Plugin) Helo(ctx context.Context, c *connection.Connection, host string
 	st := p.conn(ctx, c)
 	st.helo = nil
 	if ok {
-		st.helo = &lookup{class: "Helo command", what: d, domain: d, pending: p.lists.Start(st.ctx, d, d)}
+		st.helo = &lookup{class: "Helo command", what: d, domain: d, pending: p.check.Lists.Start(st.ctx, d, d)}
 	}
 	return hooks.Result{}
 }
@@ -210,7 +188,7 @@ func (p *Plugin) Mail(ctx context.Context, c *connection.Connection, tx *transac
 					break
 				}
 			}
-			st.tx.sender = &lookup{class: "Sender address", what: what, domain: d, pending: p.lists.Start(st.ctx, d, d)}
+			st.tx.sender = &lookup{class: "Sender address", what: what, domain: d, pending: p.check.Lists.Start(st.ctx, d, d)}
 		}
 	}
 	if p.at == dnsbl.AtMail {
@@ -222,7 +200,7 @@ func (p *Plugin) Mail(ctx context.Context, c *connection.Connection, tx *transac
 // Rcpt refuses a listed sender's recipients with reject_at = "rcpt",
 // except those of whitelist_recipients.
 func (p *Plugin) Rcpt(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, rcpt string) hooks.Result {
-	if p.at != dnsbl.AtRcpt || p.rcptOK.Match(rcpt) {
+	if p.at != dnsbl.AtRcpt || p.check.RcptOK.Match(rcpt) {
 		return hooks.Result{}
 	}
 	st, ok := p.state.Lookup(&c.Notes)
@@ -263,7 +241,7 @@ func (p *Plugin) decide(ctx context.Context, c *connection.Connection, tx *trans
 			if !ok {
 				// The hook's deadline passed first; try again at the
 				// next command.
-				if p.deferDNS {
+				if p.check.DeferDNS {
 					return hooks.Result{Code: hooks.DenySoft, ReplyCode: 451, Enhanced: [3]int{4, 4, 3},
 						Msg: "Service temporarily unavailable; cannot check " + strings.ToLower(l.class) + " [" + l.what + "]; try again later"}
 				}
@@ -287,7 +265,7 @@ func (p *Plugin) decide(ctx context.Context, c *connection.Connection, tx *trans
 				t.reply = r
 			}
 		}
-		if t.reply.Code == hooks.Declined && len(failed) > 0 && p.deferDNS {
+		if t.reply.Code == hooks.Declined && len(failed) > 0 && p.check.DeferDNS {
 			t.reply = failed[0]
 		}
 	}
