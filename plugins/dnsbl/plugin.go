@@ -84,7 +84,7 @@ type Checker struct {
 func (s ListSettings) Build(dnsSettings resolver.Settings) (Checker, error) {
 	var k Checker
 	var err error
-	if k.RcptOK, err = ParseRecipientWhitelist(s.WhitelistRecipients); err != nil {
+	if k.RcptOK, err = parseRecipientWhitelist(s.WhitelistRecipients); err != nil {
 		return Checker{}, err
 	}
 	switch s.DNSFailure {
@@ -127,9 +127,9 @@ func ParseStage(value string, allowed ...Stage) (Stage, error) {
 // RecipientWhitelist is a whitelist_recipients setting.
 type RecipientWhitelist []string
 
-// ParseRecipientWhitelist checks and lowers a whitelist_recipients
+// parseRecipientWhitelist checks and lowers a whitelist_recipients
 // setting.
-func ParseRecipientWhitelist(entries []string) (RecipientWhitelist, error) {
+func parseRecipientWhitelist(entries []string) (RecipientWhitelist, error) {
 	w := make(RecipientWhitelist, 0, len(entries))
 	for _, e := range entries {
 		if e == "" || e == "@" || strings.ContainsAny(e, " \t<>") {
