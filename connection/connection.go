@@ -71,6 +71,17 @@ var (
 // whitelist never makes a client a relay: that is Relay's job.
 var NoteWhitelisted = notes.NewKey[string]("bwl.whitelisted")
 
+// Exempt reports whether the client is spared the checks of its
+// reputation (dnsbl, rhsbl, helo): a relay client, an authenticated user,
+// or a client with NoteWhitelisted.
+func (c *Connection) Exempt() bool {
+	if c.Relay || c.AuthUser != "" {
+		return true
+	}
+	_, white := NoteWhitelisted.Lookup(&c.Notes)
+	return white
+}
+
 // New returns a Connection with a fresh ID.
 func New(listener, hostname string, local, remote netip.AddrPort) *Connection {
 	return &Connection{

@@ -216,18 +216,14 @@ func (s *connState) String() string { return "dnsbl lookups" }
 // client, an authenticated user, a whitelisted client or (tx not nil)
 // sender.
 func Skip(c *connection.Connection, tx *transaction.Transaction) bool {
-	if c.Relay || c.AuthUser != "" {
+	if c.Exempt() {
 		return true
 	}
-	if _, ok := connection.NoteWhitelisted.Lookup(&c.Notes); ok {
-		return true
+	if tx == nil {
+		return false
 	}
-	if tx != nil {
-		if _, ok := transaction.NoteWhitelisted.Lookup(&tx.Notes); ok {
-			return true
-		}
-	}
-	return false
+	_, white := transaction.NoteWhitelisted.Lookup(&tx.Notes)
+	return white
 }
 
 // Connect starts the lookups of the client's address and, with

@@ -187,13 +187,6 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	return p, nil
 }
 
-// spared reports whether the client is one whose name is not judged: a
-// relay client, an authenticated one, or a whitelisted one.
-func spared(c *connection.Connection) bool {
-	_, white := connection.NoteWhitelisted.Lookup(&c.Notes)
-	return c.Relay || c.AuthUser != "" || white
-}
-
 // Helo checks the name given with HELO.
 func (p *Plugin) Helo(ctx context.Context, c *connection.Connection, host string) hooks.Result {
 	return p.greet(ctx, c, host)
@@ -204,9 +197,11 @@ func (p *Plugin) Ehlo(ctx context.Context, c *connection.Connection, host string
 	return p.greet(ctx, c, host)
 }
 
+// greet checks host. The name of a relay client, an authenticated one or a
+// whitelisted one is not judged.
 func (p *Plugin) greet(ctx context.Context, c *connection.Connection, host string) hooks.Result {
 	NoteProblems.Delete(&c.Notes)
-	if spared(c) {
+	if c.Exempt() {
 		return hooks.Result{}
 	}
 	found := p.check(ctx, c, host)
@@ -223,7 +218,7 @@ func (p *Plugin) greet(ctx context.Context, c *connection.Connection, host strin
 // Mail refuses the sender when reject_at = "mail" and the HELO name has a
 // problem whose check refuses.
 func (p *Plugin) Mail(_ context.Context, c *connection.Connection, _ *transaction.Transaction, _ string) hooks.Result {
-	if p.rejectAt != "mail" || spared(c) {
+	if p.rejectAt != "mail" || c.Exempt() {
 		return hooks.Result{}
 	}
 	return p.refusal(NoteProblems.Get(&c.Notes), c.Helo)
@@ -233,7 +228,7 @@ func (p *Plugin) Mail(_ context.Context, c *connection.Connection, _ *transactio
 // the HELO name has a problem whose check refuses. It declines otherwise:
 // list helo before the plugin that accepts recipients.
 func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, _ *transaction.Transaction, rcpt string) hooks.Result {
-	if p.rejectAt != "rcpt" || spared(c) {
+	if p.rejectAt != "rcpt" || c.Exempt() {
 		return hooks.Result{}
 	}
 	if local, _, _ := mailaddr.Split(rcpt); strings.EqualFold(local, "postmaster") {
