@@ -484,20 +484,23 @@ func (c *Config) PluginFor(instance string) string {
 // table says enforce = false (observe-only: the chain logs and notes what
 // the plugin would have refused, and goes on).
 func (c *Config) Enforces(instance string) bool {
-	if p, ok := c.Plugins[instance]; ok {
-		var e struct {
-			Enforce *bool `toml:"enforce"`
-		}
-		c.md.PrimitiveDecode(p, &e)
-		if e.Enforce != nil {
-			return *e.Enforce
-		}
-	}
-	return true
+	b, isBool := c.enforce(instance).(bool)
+	return !isBool || b
 }
 
 // checkEnforce reports an enforce key that is not a boolean.
 func (c *Config) checkEnforce(instance string) error {
+	v := c.enforce(instance)
+	if _, isBool := v.(bool); v != nil && !isBool {
+		return fmt.Errorf("%s: [plugins.%s] enforce = %v: must be true or false (false runs the plugin observe-only: it logs what it would refuse)",
+			c.at(c.lineOfKeyString("plugins."+instance+".enforce")), instance, v)
+	}
+	return nil
+}
+
+// enforce returns the value of an instance's enforce key, nil when it has
+// none.
+func (c *Config) enforce(instance string) any {
 	p, ok := c.Plugins[instance]
 	if !ok {
 		return nil
@@ -506,11 +509,7 @@ func (c *Config) checkEnforce(instance string) error {
 		Enforce any `toml:"enforce"`
 	}
 	c.md.PrimitiveDecode(p, &e)
-	if _, isBool := e.Enforce.(bool); e.Enforce != nil && !isBool {
-		return fmt.Errorf("%s: [plugins.%s] enforce = %v: must be true or false (false runs the plugin observe-only: it logs what it would refuse)",
-			c.at(c.lineOfKeyString("plugins."+instance+".enforce")), instance, e.Enforce)
-	}
-	return nil
+	return e.Enforce
 }
 
 // Decoder returns the decoder for one instance's table. It rejects keys the
