@@ -194,8 +194,10 @@ func (p *Plugin) client(c *connection.Connection) string {
 	return a.String()
 }
 
-func (p *Plugin) key(kind string, c *connection.Connection) string {
-	return "karma:" + kind + ":" + p.client(c)
+// key is the store key of one part ("good", "bad", "penalty") of a
+// client's record.
+func key(kind, client string) string {
+	return "karma:" + kind + ":" + client
 }
 
 // Connect refuses a client in the penalty box, and reads its record.
@@ -203,7 +205,8 @@ func (p *Plugin) Connect(ctx context.Context, c *connection.Connection) hooks.Re
 	if c.Relay {
 		return hooks.Result{}
 	}
-	if until, ok, err := p.store.Get(ctx, p.key("penalty", c)); err != nil {
+	client := p.client(c)
+	if until, ok, err := p.store.Get(ctx, key("penalty", client)); err != nil {
 		return hooks.Fail(fmt.Errorf("karma: read the penalty box: %w", err))
 	} else if ok {
 		msg := "Your address has a bad record here: try again later"
@@ -217,7 +220,7 @@ func (p *Plugin) Connect(ctx context.Context, c *connection.Connection) hooks.Re
 		kind string
 		dst  *int64
 	}{{"good", &h.Good}, {"bad", &h.Bad}} {
-		v, ok, err := p.store.Get(ctx, p.key(f.kind, c))
+		v, ok, err := p.store.Get(ctx, key(f.kind, client))
 		if err != nil {
 			return hooks.Fail(fmt.Errorf("karma: read the history: %w", err))
 		}
@@ -332,18 +335,22 @@ func (p *Plugin) Disconnect(ctx context.Context, c *connection.Connection) {
 	}
 	score := NoteScore.Get(&c.Notes)
 	_, naughty := NoteNaughty.Lookup(&c.Notes)
+	if !naughty && score == 0 {
+		return // neither good nor bad
+	}
+	client := p.client(c)
 	switch {
 	case naughty || score < 0:
-		bad, err := p.store.Incr(ctx, p.key("bad", c), 1, p.history)
+		bad, err := p.store.Incr(ctx, key("bad", client), 1, p.history)
 		if err != nil {
 			return // the record is best effort; the next connection reads what is there
 		}
 		good := NoteHistory.Get(&c.Notes).Good
 		if p.penaltyBad > 0 && bad >= p.penaltyBad && bad > good {
 			until := time.Now().Add(p.penaltyTime).Unix()
-			p.store.Set(ctx, p.key("penalty", c), []byte(strconv.FormatInt(until, 10)), p.penaltyTime)
+			p.store.Set(ctx, key("penalty", client), []byte(strconv.FormatInt(until, 10)), p.penaltyTime)
 		}
 	case score > 0:
-		p.store.Incr(ctx, p.key("good", c), 1, p.history)
+		p.store.Incr(ctx, key("good", client), 1, p.history)
 	}
 }
