@@ -127,18 +127,20 @@ func TestTXTReasonAndMessage(t *testing.T) {
 		"1.2.0.192.bl.example.test. 300 IN TXT \"Listed: see https://bl.example.test/query/192.0.2.1\r\n\"",
 		`1.2.0.192.bl2.example.test. 300 IN A 127.0.0.2`,
 	)
-	h := newHarness(t, `
-[[zones]]
-zone = "bl.example.test"
-txt = true
-
+	// bl2 defers, with its own message.
+	const bl2 = `
 [[zones]]
 zone = "bl2.example.test"
 txt = true
 action = "defer"
 message = "{class} {what} is in {zone} ({code}, {meaning}): {reason}"
 codes = { "127.0.0.2" = "spam source" }
-`+dnsTable(srv, "1s"))
+`
+	h := newHarness(t, `
+[[zones]]
+zone = "bl.example.test"
+txt = true
+`+bl2+dnsTable(srv, "1s"))
 	s := h.Connect("192.0.2.1")
 	// The first zone listing it with the strongest action words the reply;
 	// the TXT record's control characters are dropped.
@@ -151,14 +153,7 @@ codes = { "127.0.0.2" = "spam source" }
 
 	// The defer zone alone, with its own message; no TXT record: the
 	// meaning stands in.
-	h = newHarness(t, `
-[[zones]]
-zone = "bl2.example.test"
-txt = true
-action = "defer"
-message = "{class} {what} is in {zone} ({code}, {meaning}): {reason}"
-codes = { "127.0.0.2" = "spam source" }
-`+dnsTable(srv, "1s"))
+	h = newHarness(t, bl2+dnsTable(srv, "1s"))
 	hookstest.ExpectReply(t, upToRcpt(t, h.Connect("192.0.2.1"), "bob@example.test"),
 		"451 4.7.1 Client host 192.0.2.1 is in bl2.example.test (127.0.0.2, spam source): listed as spam source")
 }
