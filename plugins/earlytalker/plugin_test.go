@@ -117,17 +117,23 @@ func (c *client) closed() {
 
 const msg = "Subject: hi\r\n\r\nhello\r\n"
 
+// deliver sends a message from MAIL on and expects it queued.
+func (c *client) deliver(from string) {
+	c.t.Helper()
+	c.expect("MAIL FROM:<"+from+">", "250 2.1.0")
+	c.expect("RCPT TO:<b@example.test>", "250 2.1.5")
+	c.expect("DATA", "354")
+	c.send(msg + ".\r\n")
+	c.expect("", "250 2.0.0 Ok: queued")
+}
+
 // polite sends a whole message the patient way and expects it queued.
 func polite(t *testing.T, addr string) {
 	t.Helper()
 	c := dial(t, addr)
 	c.expect("", "220 mx.example.test ESMTP")
 	c.expect("EHLO polite.example", "250")
-	c.expect("MAIL FROM:<a@polite.example>", "250 2.1.0")
-	c.expect("RCPT TO:<b@example.test>", "250 2.1.5")
-	c.expect("DATA", "354")
-	c.send(msg + ".\r\n")
-	c.expect("", "250 2.0.0 Ok: queued")
+	c.deliver("a@polite.example")
 	c.expect("QUIT", "221")
 }
 
@@ -186,11 +192,7 @@ func TestNote(t *testing.T) {
 		c.send("EHLO rude.example\r\n")
 		c.expect("", "220 mx.example.test ESMTP")
 		c.expect("", "250")
-		c.expect("MAIL FROM:<a@rude.example>", "250 2.1.0")
-		c.expect("RCPT TO:<b@example.test>", "250 2.1.5")
-		c.expect("DATA", "354")
-		c.send(msg + ".\r\n")
-		c.expect("", "250 2.0.0 Ok: queued")
+		c.deliver("a@rude.example")
 		if n := len(q.Messages()); n != 1 {
 			t.Errorf("%s: %d messages queued; want 1", settings, n)
 		}
