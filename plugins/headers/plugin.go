@@ -216,7 +216,6 @@ func (p *Plugin) check(c *connection.Connection, h *transaction.Header) []findin
 	return found
 }
 
-// checkDate checks the first Date field against the window.
 // commonDates are the forms nearly every Date field takes (RFC 5322's
 // date-time with and without the day of the week), tried before
 // mail.ParseDate, which tries its dozens of layouts in turn and
@@ -236,6 +235,7 @@ func parseDate(v string) (time.Time, error) {
 	return mail.ParseDate(v)
 }
 
+// checkDate checks the first Date field's value against the window.
 func (p *Plugin) checkDate(v string) (finding, bool) {
 	f := finding{code: 554, enh: [3]int{5, 6, 0}, date: true}
 	d, err := parseDate(v)
