@@ -141,8 +141,8 @@ func NewLists(zs []ZoneSettings, dnsSettings resolver.Settings, cacheTTL time.Du
 }
 
 func newZone(s ZoneSettings) (*zone, error) {
-	name, ok := mailaddr.CanonicalDomain(s.Zone)
-	if !ok || strings.HasPrefix(name, "[") || !strings.Contains(name, ".") {
+	name, ok := Domain(s.Zone)
+	if !ok {
 		return nil, fmt.Errorf("zone = %q: want a DNS zone such as \"zen.spamhaus.org\"", s.Zone)
 	}
 	z := &zone{name: name, message: s.Message, txt: s.TXT}
@@ -186,6 +186,17 @@ func newZone(s ZoneSettings) (*zone, error) {
 		return x.last.Compare(y.last)
 	})
 	return z, nil
+}
+
+// Domain returns the canonical form of name when it is a domain with at
+// least two labels, not an address literal: a zone, or a name worth
+// looking up in one.
+func Domain(name string) (string, bool) {
+	d, ok := mailaddr.CanonicalDomain(name)
+	if !ok || strings.HasPrefix(d, "[") || !strings.Contains(d, ".") {
+		return "", false
+	}
+	return d, true
 }
 
 // Listing is one zone's listing of a client address or a domain, as the

@@ -141,22 +141,12 @@ func (p *Plugin) conn(ctx context.Context, c *connection.Connection) *connState 
 	return st
 }
 
-// domainOf returns the canonical form of a name worth looking up: a
-// domain with at least two labels, not an address literal.
-func domainOf(name string) (string, bool) {
-	d, ok := mailaddr.CanonicalDomain(name)
-	if !ok || strings.HasPrefix(d, "[") || !strings.Contains(d, ".") {
-		return "", false
-	}
-	return d, true
-}
-
 // Helo starts the lookups of the HELO name.
 func (p *Plugin) Helo(ctx context.Context, c *connection.Connection, host string) hooks.Result {
 	if !p.helo || dnsbl.Skip(c, nil) {
 		return hooks.Result{}
 	}
-	d, ok := domainOf(host)
+	d, ok := dnsbl.Domain(host)
 	st := p.conn(ctx, c)
 	st.helo = nil
 	if ok {
@@ -180,7 +170,7 @@ func (p *Plugin) Mail(ctx context.Context, c *connection.Connection, tx *transac
 	st.tx = &txState{tx: tx}
 	if p.sender {
 		_, domain, _ := mailaddr.Split(from)
-		if d, ok := domainOf(domain); ok && from != "" {
+		if d, ok := dnsbl.Domain(domain); ok && from != "" {
 			what := from
 			for i := 0; i < len(what); i++ {
 				if what[i] >= 0x80 {
