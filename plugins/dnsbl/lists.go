@@ -273,6 +273,16 @@ func (l *Lists) Start(ctx context.Context, name, shown string) *Pending {
 	return p
 }
 
+// Running reports whether some lookups have not ended yet.
+func (p *Pending) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // Wait returns the results, one per zone in the configured order, once
 // every lookup has ended; ok is false when ctx ended first.
 func (p *Pending) Wait(ctx context.Context) (results []Result, ok bool) {

@@ -148,6 +148,9 @@ func (p *Plugin) Helo(ctx context.Context, c *connection.Connection, host string
 	}
 	d, ok := dnsbl.Domain(host)
 	st := p.conn(ctx, c)
+	if ok && st.helo != nil && st.helo.domain == d && st.helo.pending.Running() {
+		return hooks.Result{} // the same name again (EHLO after STARTTLS): its lookups are under way
+	}
 	st.helo = nil
 	if ok {
 		st.helo = &lookup{class: "Helo command", what: d, domain: d, pending: p.check.Lists.Start(st.ctx, d, d)}

@@ -106,6 +106,32 @@ func TestHelo(t *testing.T) {
 	}
 }
 
+// TestHeloAgain: the same HELO name again while its lookups are under way
+// (EHLO after STARTTLS) does not ask the lists again; they are asked
+// again once they have ended.
+func TestHeloAgain(t *testing.T) {
+	const q = "A slow.example.dbl.example.test."
+	srv := dnstest.Start(t, records()...)
+	srv.Hang("slow.example.dbl.example.test.")
+	asked := func() int { return len(slices.DeleteFunc(srv.Queries(), func(s string) bool { return s != q })) }
+	h := newHarness(t, srv, dbl)
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Helo("slow.example"), 250)
+	hookstest.Expect(t, s.Helo("slow.example"), 250)
+	hookstest.Expect(t, s.Send("alice@ham.example", []string{"bob@example.test"}, "Subject: x\r\n\r\nbody\r\n"), 250)
+	if n := asked(); n != 1 {
+		t.Errorf("%q asked %d times while its lookup was under way; want once", q, n)
+	}
+	time.Sleep(400 * time.Millisecond) // past the lookup timeout
+	hookstest.Expect(t, s.Helo("slow.example"), 250)
+	for deadline := time.Now().Add(2 * time.Second); asked() < 2 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := asked(); n != 2 {
+		t.Errorf("%q asked %d times after the first lookup ended; want twice", q, n)
+	}
+}
+
 func TestRejectAtMailAndTXT(t *testing.T) {
 	srv := dnstest.Start(t, append(records(), dnstest.TXT("spam.example.dbl.example.test.", "https://example.test/dbl/spam.example"))...)
 	h := newHarness(t, srv, "reject_at = \"mail\"\n"+dbl+"txt = true\naction = \"defer\"\n")
