@@ -50,10 +50,32 @@ func ParseAddress(s string) (network, address string, err error) {
 	return network, address, nil
 }
 
-// Dial connects to network/address within timeout, and within ctx.
+// Dial connects to network/address within timeout, and within ctx. The
+// connection's deadline is ctx's, and a read or write under way when ctx
+// is cancelled returns at once; the caller closes the connection.
 func Dial(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.DialContext(ctx, network, address)
+	conn, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	return &stopConn{Conn: conn, stop: stop}, nil
+}
+
+// stopConn is a connection that Dial watches ctx for; Close stops the
+// watch.
+type stopConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *stopConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
 }
 
 // Failure is what a scanner failure (unreachable, timed out, an answer

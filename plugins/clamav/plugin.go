@@ -156,10 +156,6 @@ func (p *Plugin) scan(ctx context.Context, tx *transaction.Transaction) (Verdict
 		return Verdict{}, scanner.Describe("connect to clamd at "+p.address, err, p.connectTimeout)
 	}
 	defer conn.Close()
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 
 	if err := stream(conn, tx.Message(), tx.MessageSize()); err != nil {
 		// clamd answers and closes when the stream passes its

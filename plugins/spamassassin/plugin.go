@@ -179,10 +179,6 @@ func (p *Plugin) check(ctx context.Context, tx *transaction.Transaction) (Verdic
 		return Verdict{}, "", scanner.Describe("connect to spamd at "+p.address, err, p.connectTimeout)
 	}
 	defer conn.Close()
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 
 	cmd := "SYMBOLS"
 	if p.report {
