@@ -1,8 +1,6 @@
 package clamav_test
 
 import (
-	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,15 +10,6 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
-
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
@@ -87,7 +76,7 @@ func TestLargeMessages(t *testing.T) {
 }
 
 func TestClamdDown(t *testing.T) {
-	dead := "127.0.0.1:" + strconv.Itoa(freePort())
+	dead := scannertest.Closed(t)
 	h := harness(t, `address = "`+dead+`"`)
 	rep := h.Connect("192.0.2.1:40000").Send("a@example.org", []string{"b@example.test"}, clean)
 	hookstest.ExpectReply(t, rep, "451 4.7.0 clamav scan failed; try again later")

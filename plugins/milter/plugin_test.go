@@ -12,6 +12,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/milter"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
 // testMilter is a milter written for the tests with
@@ -251,9 +252,7 @@ func TestEndOfMessageVerdicts(t *testing.T) {
 }
 
 func TestMilterDown(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := "inet:" + ln.Addr().String()
-	ln.Close()
+	dead := "inet:" + scannertest.Closed(t)
 	h := harness(t, `address = "`+dead+`"`)
 	s := h.Connect("192.0.2.1:40000")
 	if g := s.Greeting(); g.Code/100 != 4 {

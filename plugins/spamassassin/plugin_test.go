@@ -138,7 +138,7 @@ func TestSkips(t *testing.T) {
 }
 
 func TestSpamdDown(t *testing.T) {
-	dead := freeAddr()
+	dead := scannertest.Closed(t)
 	h := harness(t, `address = "`+dead+`"`)
 	if rep := send(h, ham); rep != "451 4.7.0 spamassassin scan failed; try again later" {
 		t.Errorf("reply %q", rep)
