@@ -7,17 +7,12 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/clamav"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("clamav", hookstest.Build(t, "clamav", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "clamav", settings)
 }
 
 const clean = "From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nJust a clean message.\r\n"

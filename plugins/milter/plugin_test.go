@@ -11,7 +11,6 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/milter"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
@@ -123,11 +122,7 @@ func serveB(t testing.TB, sc *script) string {
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("milter", hookstest.Build(t, "milter", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "milter", settings)
 }
 
 const msg = "From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\nX-Remove: me\r\n\r\nold body\r\n"

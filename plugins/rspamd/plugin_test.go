@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/rspamd"
 	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
@@ -22,11 +21,7 @@ const ham = "From: Alice <alice@example.org>\r\nTo: bob@example.test\r\nSubject:
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("rspamd", hookstest.Build(t, "rspamd", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "rspamd", settings)
 }
 
 func send(h *hookstest.Harness, msg string) string {
