@@ -244,15 +244,11 @@ func (p *Plugin) milter(tx *transaction.Transaction, r reply) {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		n := r.Milter.RemoveHeaders[name]
-		seen := 0
-		tx.Header.DelFunc(func(f transaction.Field) bool {
-			if !strings.EqualFold(f.Name, name) {
-				return false
-			}
-			seen++
-			return n <= 0 || seen == n
-		})
+		if n := r.Milter.RemoveHeaders[name]; n > 0 {
+			tx.Header.Change(name, n, "")
+		} else {
+			tx.Header.Del(name)
+		}
 	}
 	names = names[:0]
 	for name := range r.Milter.AddHeaders {
