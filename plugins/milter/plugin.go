@@ -9,6 +9,7 @@
 package milter
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -346,11 +347,10 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 // DataPost sends the header and the body, streamed from the spool, then
 // applies the milter's changes and its verdict.
 func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
-	st := p.state(c)
-	if st != nil && st.discard {
-		return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
+	if st := p.state(c); st != nil && st.discard {
+		return p.discarded()
 	}
-	st = p.active(c, true)
+	st := p.active(c, true)
 	if st == nil {
 		return p.whenFailed(c)
 	}
@@ -361,14 +361,14 @@ func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *trans
 		return p.fail(st, err)
 	}
 	for _, f := range tx.Header.Fields() {
-		act, err := ms.HeaderField(f.Name, strings.TrimSuffix(strings.TrimSuffix(fieldValue(f), "\n"), "\r"))
+		act, err := ms.HeaderField(f.Name, fieldValue(f))
 		if r := p.answer(st, act, err, true); r.Code != hooks.Declined || st.doneTx || st.failed {
-			return p.endEarly(st, r)
+			return p.verdict(st, r)
 		}
 	}
 	act, err := ms.HeaderEnd()
 	if r := p.answer(st, act, err, true); r.Code != hooks.Declined || st.doneTx || st.failed {
-		return p.endEarly(st, r)
+		return p.verdict(st, r)
 	}
 	if err := ms.Macros(gomilter.CodeEOB, "i", tx.ID); err != nil {
 		return p.fail(st, err)
@@ -384,18 +384,21 @@ func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *trans
 	}
 	r := p.answer(st, act, nil, true)
 	st.doneTx = true // the message is over for the milter; reset starts the next
+	return p.verdict(st, r)
+}
+
+// verdict is data_post's answer once the milter decided on the message
+// (at its end or before): r, unless the milter discarded it.
+func (p *Plugin) verdict(st *session, r hooks.Result) hooks.Result {
 	if st.discard {
-		return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
+		return p.discarded()
 	}
 	return r
 }
 
-// endEarly ends a message the milter decided on before its end.
-func (p *Plugin) endEarly(st *session, r hooks.Result) hooks.Result {
-	if st.discard {
-		return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
-	}
-	return r
+// discarded accepts a message the milter discarded, and drops it.
+func (p *Plugin) discarded() hooks.Result {
+	return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
 }
 
 // fieldValue is a field's raw value: the text after the colon, folding
@@ -489,7 +492,7 @@ func oneLine(s string) string {
 // lfToCRLF gives a replaced body CRLF line ends, as the spool keeps them
 // (milters send either).
 func lfToCRLF(b []byte) []byte {
-	var out []byte
+	out := make([]byte, 0, len(b)+bytes.Count(b, []byte{'\n'}))
 	for i, c := range b {
 		if c == '\n' && (i == 0 || b[i-1] != '\r') {
 			out = append(out, '\r')
