@@ -78,6 +78,22 @@ func (c *stopConn) Close() error {
 	return c.Conn.Close()
 }
 
+// CheckLimits checks the settings the scanning plugins share:
+// connect_timeout, timeout and max_size must be positive. timeoutEx and
+// sizeEx are the examples the errors give ("60s", "25MB"), the plugin's
+// defaults.
+func CheckLimits(connectTimeout, timeout time.Duration, maxSize int64, timeoutEx, sizeEx string) error {
+	switch {
+	case connectTimeout <= 0:
+		return fmt.Errorf("connect_timeout = %s: want a positive duration such as \"5s\"", connectTimeout)
+	case timeout <= 0:
+		return fmt.Errorf("timeout = %s: want a positive duration such as %q", timeout, timeoutEx)
+	case maxSize <= 0:
+		return fmt.Errorf("max_size = %d: want a positive size such as %q", maxSize, sizeEx)
+	}
+	return nil
+}
+
 // Failure is what a scanner failure (unreachable, timed out, an answer
 // that makes no sense) does to the message: Defer (the default, fail
 // closed as the rest of Sluice: 451 4.7.0 and the client retries) or
