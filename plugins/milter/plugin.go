@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -412,12 +413,8 @@ func fieldValue(f transaction.Field) string {
 
 // apply makes the milter's changes to the message.
 func (p *Plugin) apply(tx *transaction.Transaction, mods []gomilter.ModifyAction) error {
-	var body *transaction.Spool
-	defer func() {
-		if body != nil {
-			body.Close()
-		}
-	}()
+	// The replaced body's chunks, in memory already in mods.
+	var body []io.Reader
 	for _, m := range mods {
 		switch m.Code {
 		case gomilter.ActAddHeader:
@@ -448,19 +445,14 @@ func (p *Plugin) apply(tx *transaction.Transaction, mods []gomilter.ModifyAction
 		case gomilter.ActChangeFrom:
 			tx.Sender = bare(m.From)
 		case gomilter.ActReplBody:
-			if body == nil {
-				body = tx.Scratch()
-			}
-			if _, err := body.Write(lfToCRLF(m.Body)); err != nil {
-				return fmt.Errorf("spool the replaced body: %w", err)
-			}
+			body = append(body, bytes.NewReader(lfToCRLF(m.Body)))
 		case gomilter.ActQuarantine:
 			NoteQuarantine.Set(&tx.Notes, m.Reason)
 			tx.Header.Add("X-Quarantine", fmt.Sprintf("%s (milter %s)", oneLine(m.Reason), p.name))
 		}
 	}
 	if body != nil {
-		if err := tx.ReplaceBody(body.Reader()); err != nil {
+		if err := tx.ReplaceBody(io.MultiReader(body...)); err != nil {
 			return err
 		}
 	}
