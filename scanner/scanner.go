@@ -50,10 +50,48 @@ func ParseAddress(s string) (network, address string, err error) {
 	return network, address, nil
 }
 
-// Dial connects to network/address within timeout, and within ctx.
+// Dial connects to network/address within timeout, and within ctx. The
+// connection's deadline is ctx's, and a read or write under way when ctx
+// is cancelled returns at once; the caller closes the connection.
 func Dial(ctx context.Context, network, address string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.DialContext(ctx, network, address)
+	conn, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	return &stopConn{Conn: conn, stop: stop}, nil
+}
+
+// stopConn is a connection that Dial watches ctx for; Close stops the
+// watch.
+type stopConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *stopConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
+}
+
+// CheckLimits checks the settings the scanning plugins share:
+// connect_timeout, timeout and max_size must be positive. timeoutEx and
+// sizeEx are the examples the errors give ("60s", "25MB"), the plugin's
+// defaults.
+func CheckLimits(connectTimeout, timeout time.Duration, maxSize int64, timeoutEx, sizeEx string) error {
+	switch {
+	case connectTimeout <= 0:
+		return fmt.Errorf("connect_timeout = %s: want a positive duration such as \"5s\"", connectTimeout)
+	case timeout <= 0:
+		return fmt.Errorf("timeout = %s: want a positive duration such as %q", timeout, timeoutEx)
+	case maxSize <= 0:
+		return fmt.Errorf("max_size = %d: want a positive size such as %q", maxSize, sizeEx)
+	}
+	return nil
 }
 
 // Failure is what a scanner failure (unreachable, timed out, an answer

@@ -199,9 +199,12 @@ type Message struct {
 func (m Message) WithoutReceived() string {
 	s := string(m.Data)
 	head, _, _ := strings.Cut(s, "\r\n\r\n")
-	i := strings.Index(head, "Received: ")
-	if i < 0 || (i > 0 && s[i-2:i] != "\r\n") {
-		return s
+	i := 0
+	if !strings.HasPrefix(head, "Received: ") {
+		if i = strings.Index(head, "\r\nReceived: "); i < 0 {
+			return s
+		}
+		i += 2
 	}
 	end := i
 	for {

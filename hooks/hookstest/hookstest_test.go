@@ -450,6 +450,8 @@ func TestWithoutReceived(t *testing.T) {
 		{"X-Top: 1\r\nReceived: from a\r\n by b\r\nSubject: x\r\n\r\nReceived: in the body\r\n", "X-Top: 1\r\nSubject: x\r\n\r\nReceived: in the body\r\n"},
 		{"Subject: no trace\r\n\r\nbody\r\n", "Subject: no trace\r\n\r\nbody\r\n"},
 		{"Subject: no trace\r\n\r\nReceived: in the body\r\n", "Subject: no trace\r\n\r\nReceived: in the body\r\n"},
+		{"XReceived: 1\r\nReceived: from a\r\nSubject: x\r\n\r\n", "XReceived: 1\r\nSubject: x\r\n\r\n"},
+		{"X-Note: Received: quoted\r\nReceived: from a\r\n\r\n", "X-Note: Received: quoted\r\n\r\n"},
 	} {
 		if got := (hookstest.Message{Data: []byte(tc.data)}).WithoutReceived(); got != tc.want {
 			t.Errorf("WithoutReceived(%q) = %q, want %q", tc.data, got, tc.want)

@@ -91,13 +91,8 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 		return nil, err
 	}
 	p.connectTimeout, p.timeout, p.maxSize = s.ConnectTimeout.Duration, s.Timeout.Duration, int64(s.MaxSize)
-	switch {
-	case p.connectTimeout <= 0:
-		return nil, fmt.Errorf("connect_timeout = %s: want a positive duration such as \"5s\"", p.connectTimeout)
-	case p.timeout <= 0:
-		return nil, fmt.Errorf("timeout = %s: want a positive duration such as \"60s\"", p.timeout)
-	case p.maxSize <= 0:
-		return nil, fmt.Errorf("max_size = %d: want a positive size such as \"25MB\"", p.maxSize)
+	if err := scanner.CheckLimits(p.connectTimeout, p.timeout, p.maxSize, "60s", "25MB"); err != nil {
+		return nil, err
 	}
 	if p.failure, err = scanner.ParseFailure("failure", s.Failure); err != nil {
 		return nil, err
@@ -156,10 +151,6 @@ func (p *Plugin) scan(ctx context.Context, tx *transaction.Transaction) (Verdict
 		return Verdict{}, scanner.Describe("connect to clamd at "+p.address, err, p.connectTimeout)
 	}
 	defer conn.Close()
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 
 	if err := stream(conn, tx.Message(), tx.MessageSize()); err != nil {
 		// clamd answers and closes when the stream passes its

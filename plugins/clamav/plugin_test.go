@@ -1,34 +1,18 @@
 package clamav_test
 
 import (
-	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/clamav"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("clamav", hookstest.Build(t, "clamav", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "clamav", settings)
 }
 
 const clean = "From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nJust a clean message.\r\n"
@@ -87,7 +71,7 @@ func TestLargeMessages(t *testing.T) {
 }
 
 func TestClamdDown(t *testing.T) {
-	dead := "127.0.0.1:" + strconv.Itoa(freePort())
+	dead := scannertest.Closed(t)
 	h := harness(t, `address = "`+dead+`"`)
 	rep := h.Connect("192.0.2.1:40000").Send("a@example.org", []string{"b@example.test"}, clean)
 	hookstest.ExpectReply(t, rep, "451 4.7.0 clamav scan failed; try again later")

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
 const msg = "From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nBody line.\r\n"
@@ -25,11 +25,7 @@ func script(t *testing.T, body string) string {
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("execfilter", hookstest.Build(t, "execfilter", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "execfilter", settings)
 }
 
 func send(h *hookstest.Harness) string {

@@ -9,8 +9,10 @@
 package milter
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -346,11 +348,10 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 // DataPost sends the header and the body, streamed from the spool, then
 // applies the milter's changes and its verdict.
 func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
-	st := p.state(c)
-	if st != nil && st.discard {
-		return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
+	if st := p.state(c); st != nil && st.discard {
+		return p.discarded()
 	}
-	st = p.active(c, true)
+	st := p.active(c, true)
 	if st == nil {
 		return p.whenFailed(c)
 	}
@@ -361,14 +362,14 @@ func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *trans
 		return p.fail(st, err)
 	}
 	for _, f := range tx.Header.Fields() {
-		act, err := ms.HeaderField(f.Name, strings.TrimSuffix(strings.TrimSuffix(fieldValue(f), "\n"), "\r"))
+		act, err := ms.HeaderField(f.Name, fieldValue(f))
 		if r := p.answer(st, act, err, true); r.Code != hooks.Declined || st.doneTx || st.failed {
-			return p.endEarly(st, r)
+			return p.verdict(st, r)
 		}
 	}
 	act, err := ms.HeaderEnd()
 	if r := p.answer(st, act, err, true); r.Code != hooks.Declined || st.doneTx || st.failed {
-		return p.endEarly(st, r)
+		return p.verdict(st, r)
 	}
 	if err := ms.Macros(gomilter.CodeEOB, "i", tx.ID); err != nil {
 		return p.fail(st, err)
@@ -384,18 +385,21 @@ func (p *Plugin) DataPost(_ context.Context, c *connection.Connection, tx *trans
 	}
 	r := p.answer(st, act, nil, true)
 	st.doneTx = true // the message is over for the milter; reset starts the next
+	return p.verdict(st, r)
+}
+
+// verdict is data_post's answer once the milter decided on the message
+// (at its end or before): r, unless the milter discarded it.
+func (p *Plugin) verdict(st *session, r hooks.Result) hooks.Result {
 	if st.discard {
-		return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
+		return p.discarded()
 	}
 	return r
 }
 
-// endEarly ends a message the milter decided on before its end.
-func (p *Plugin) endEarly(st *session, r hooks.Result) hooks.Result {
-	if st.discard {
-		return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
-	}
-	return r
+// discarded accepts a message the milter discarded, and drops it.
+func (p *Plugin) discarded() hooks.Result {
+	return hooks.Result{Code: hooks.Done, Detail: "milter " + p.name + ": discard"}
 }
 
 // fieldValue is a field's raw value: the text after the colon, folding
@@ -409,12 +413,8 @@ func fieldValue(f transaction.Field) string {
 
 // apply makes the milter's changes to the message.
 func (p *Plugin) apply(tx *transaction.Transaction, mods []gomilter.ModifyAction) error {
-	var body *transaction.Spool
-	defer func() {
-		if body != nil {
-			body.Close()
-		}
-	}()
+	// The replaced body's chunks, in memory already in mods.
+	var body []io.Reader
 	for _, m := range mods {
 		switch m.Code {
 		case gomilter.ActAddHeader:
@@ -445,19 +445,14 @@ func (p *Plugin) apply(tx *transaction.Transaction, mods []gomilter.ModifyAction
 		case gomilter.ActChangeFrom:
 			tx.Sender = bare(m.From)
 		case gomilter.ActReplBody:
-			if body == nil {
-				body = tx.Scratch()
-			}
-			if _, err := body.Write(lfToCRLF(m.Body)); err != nil {
-				return fmt.Errorf("spool the replaced body: %w", err)
-			}
+			body = append(body, bytes.NewReader(lfToCRLF(m.Body)))
 		case gomilter.ActQuarantine:
 			NoteQuarantine.Set(&tx.Notes, m.Reason)
 			tx.Header.Add("X-Quarantine", fmt.Sprintf("%s (milter %s)", oneLine(m.Reason), p.name))
 		}
 	}
 	if body != nil {
-		if err := tx.ReplaceBody(body.Reader()); err != nil {
+		if err := tx.ReplaceBody(io.MultiReader(body...)); err != nil {
 			return err
 		}
 	}
@@ -489,7 +484,7 @@ func oneLine(s string) string {
 // lfToCRLF gives a replaced body CRLF line ends, as the spool keeps them
 // (milters send either).
 func lfToCRLF(b []byte) []byte {
-	var out []byte
+	out := make([]byte, 0, len(b)+bytes.Count(b, []byte{'\n'}))
 	for i, c := range b {
 		if c == '\n' && (i == 0 || b[i-1] != '\r') {
 			out = append(out, '\r')

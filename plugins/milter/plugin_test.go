@@ -11,7 +11,7 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/plugins/milter"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
 // testMilter is a milter written for the tests with
@@ -122,11 +122,7 @@ func serveB(t testing.TB, sc *script) string {
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("milter", hookstest.Build(t, "milter", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "milter", settings)
 }
 
 const msg = "From: a@example.org\r\nTo: b@example.test\r\nSubject: hello\r\nX-Remove: me\r\n\r\nold body\r\n"
@@ -251,9 +247,7 @@ func TestEndOfMessageVerdicts(t *testing.T) {
 }
 
 func TestMilterDown(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := "inet:" + ln.Addr().String()
-	ln.Close()
+	dead := "inet:" + scannertest.Closed(t)
 	h := harness(t, `address = "`+dead+`"`)
 	s := h.Connect("192.0.2.1:40000")
 	if g := s.Greeting(); g.Code/100 != 4 {

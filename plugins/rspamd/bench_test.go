@@ -1,34 +1,20 @@
 package rspamd_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"strings"
 	"testing"
 
-	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	"github.com/sluice-mta/sluice/transaction"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
 func bench(b *testing.B, url, msg string) {
 	p := hookstest.Build(b, "rspamd", `url = "`+url+`"`+"\nstatus_header = \"\"").(hooks.DataPost)
-	c := connection.New("mx", "mx.example.test", netip.MustParseAddrPort("127.0.0.1:25"), netip.MustParseAddrPort("192.0.2.1:4000"))
-	tx := transaction.New(b.TempDir(), 1<<20)
-	tx.Sender, tx.Recipients = "a@example.org", []string{"b@example.test"}
-	if err := tx.ReplaceMessage(strings.NewReader(msg), transaction.HeaderLimits{}); err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if r := p.DataPost(context.Background(), c, tx); r.Code != hooks.Declined {
-			b.Fatalf("result %+v", r)
-		}
-	}
+	scannertest.BenchDataPost(b, p, msg, nil)
 }
 
 // BenchmarkProtocol1KiB is the plugin's own cost per 1 KiB message: the

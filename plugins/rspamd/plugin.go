@@ -120,13 +120,10 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if p.failure, err = scanner.ParseFailure("failure", s.Failure); err != nil {
 		return nil, err
 	}
+	if err := scanner.CheckLimits(s.ConnectTimeout.Duration, p.timeout, p.maxSize, "30s", "20MB"); err != nil {
+		return nil, err
+	}
 	switch {
-	case s.ConnectTimeout.Duration <= 0:
-		return nil, fmt.Errorf("connect_timeout = %s: want a positive duration such as \"5s\"", s.ConnectTimeout.Duration)
-	case p.timeout <= 0:
-		return nil, fmt.Errorf("timeout = %s: want a positive duration such as \"30s\"", p.timeout)
-	case p.maxSize <= 0:
-		return nil, fmt.Errorf("max_size = %d: want a positive size such as \"20MB\"", p.maxSize)
 	case strings.Count(p.subject, "%s") > 1 || strings.Contains(strings.ReplaceAll(p.subject, "%s", ""), "%"):
 		return nil, fmt.Errorf("subject = %q: use %%s once for the old subject, and no other %%", s.Subject)
 	case strings.ContainsAny(s.Password, "\r\n"):
@@ -244,15 +241,11 @@ func (p *Plugin) milter(tx *transaction.Transaction, r reply) {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		n := r.Milter.RemoveHeaders[name]
-		seen := 0
-		tx.Header.DelFunc(func(f transaction.Field) bool {
-			if !strings.EqualFold(f.Name, name) {
-				return false
-			}
-			seen++
-			return n <= 0 || seen == n
-		})
+		if n := r.Milter.RemoveHeaders[name]; n > 0 {
+			tx.Header.Change(name, n, "")
+		} else {
+			tx.Header.Del(name)
+		}
 	}
 	names = names[:0]
 	for name := range r.Milter.AddHeaders {

@@ -10,22 +10,18 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/rspamd"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
 
-const gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+const gtube = scannertest.GTUBE
 
 const ham = "From: Alice <alice@example.org>\r\nTo: bob@example.test\r\nSubject: lunch\r\n" +
 	"Date: Fri, 02 Jan 2026 03:04:05 +0000\r\nMessage-ID: <lunch-1@example.org>\r\n\r\nLunch tomorrow at noon?\r\n"
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("rspamd", hookstest.Build(t, "rspamd", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "rspamd", settings)
 }
 
 func send(h *hookstest.Harness, msg string) string {
@@ -131,7 +127,7 @@ func TestActions(t *testing.T) {
 }
 
 func TestFailures(t *testing.T) {
-	dead := "http://" + freeAddr()
+	dead := "http://" + scannertest.Closed(t)
 	h := harness(t, `url = "`+dead+`"`)
 	if rep := send(h, ham); rep != "451 4.7.0 rspamd scan failed; try again later" {
 		t.Errorf("down: reply %q", rep)

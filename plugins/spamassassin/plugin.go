@@ -104,13 +104,10 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	if p.failure, err = scanner.ParseFailure("failure", s.Failure); err != nil {
 		return nil, err
 	}
+	if err := scanner.CheckLimits(p.connectTimeout, p.timeout, p.maxSize, "60s", "500KB"); err != nil {
+		return nil, err
+	}
 	switch {
-	case p.connectTimeout <= 0:
-		return nil, fmt.Errorf("connect_timeout = %s: want a positive duration such as \"5s\"", p.connectTimeout)
-	case p.timeout <= 0:
-		return nil, fmt.Errorf("timeout = %s: want a positive duration such as \"60s\"", p.timeout)
-	case p.maxSize <= 0:
-		return nil, fmt.Errorf("max_size = %d: want a positive size such as \"500KB\"", p.maxSize)
 	case p.rejectScore < 0 || p.deferScore < 0:
 		return nil, fmt.Errorf("reject_score and defer_score: want 0 (off) or a positive score")
 	case p.deferScore > 0 && p.rejectScore > 0 && p.deferScore >= p.rejectScore:
@@ -179,10 +176,6 @@ func (p *Plugin) check(ctx context.Context, tx *transaction.Transaction) (Verdic
 		return Verdict{}, "", scanner.Describe("connect to spamd at "+p.address, err, p.connectTimeout)
 	}
 	defer conn.Close()
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 
 	cmd := "SYMBOLS"
 	if p.report {

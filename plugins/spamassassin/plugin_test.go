@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks/hookstest"
-	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/spamassassin"
 	"github.com/sluice-mta/sluice/scanner/scannertest"
 )
@@ -23,11 +22,7 @@ func spam() string {
 
 func harness(t *testing.T, settings string) *hookstest.Harness {
 	t.Helper()
-	return hookstest.New(t,
-		hookstest.Plugin("spamassassin", hookstest.Build(t, "spamassassin", settings)),
-		hookstest.Plugin("rcptok", hookstest.Build(t, "rcptok", `domains = ["example.test"]`)),
-		hookstest.Queue(),
-	)
+	return scannertest.Harness(t, "spamassassin", settings)
 }
 
 func send(h *hookstest.Harness, msg string) string {
@@ -138,7 +133,7 @@ func TestSkips(t *testing.T) {
 }
 
 func TestSpamdDown(t *testing.T) {
-	dead := freeAddr()
+	dead := scannertest.Closed(t)
 	h := harness(t, `address = "`+dead+`"`)
 	if rep := send(h, ham); rep != "451 4.7.0 spamassassin scan failed; try again later" {
 		t.Errorf("reply %q", rep)

@@ -1,7 +1,6 @@
 package spamassassin_test
 
 import (
-	"net"
 	"os"
 	"testing"
 
@@ -27,15 +26,6 @@ func TestMain(m *testing.M) {
 		d.Stop()
 	}
 	os.Exit(code)
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func needSpamd(t testing.TB) {

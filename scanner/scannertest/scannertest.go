@@ -1,5 +1,5 @@
 // Package scannertest starts the real scanners the content filter tests
-// talk to (ClamAV's clamd, SpamAssassin's spamd) with private
+// talk to (ClamAV's clamd, SpamAssassin's spamd, rspamd) with private
 // configurations in a directory the caller owns, on loopback and unix
 // sockets only, so that no test touches the machine's own daemons or the
 // network. A missing program is an error naming its Debian package.
@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-mta/sluice/resolver/dnstest"
 )
 
 // EICAR is the EICAR anti-virus test file: harmless, and what every
@@ -48,6 +51,17 @@ func freeAddr() (string, int, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Closed returns the address of a loopback TCP port nothing listens on:
+// a scanner that is down.
+func Closed(t testing.TB) string {
+	t.Helper()
+	addr, _, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
 }
 
 // Silent returns the address of a loopback TCP listener that accepts
@@ -235,4 +249,71 @@ func startSpamd(dir string) (*Daemon, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// StartRspamd runs rspamd (Debian's rspamd) on loopback with its
+// configuration and state in dir: its workers on free ports (Addr is the
+// normal worker's, for "http://" + Addr), no Redis, no greylisting by
+// score, and its DNS pointed at a server on loopback that answers NXDOMAIN
+// to everything, so that no lookup leaves the machine and none waits for a
+// timeout. Stop stops that server too.
+func StartRspamd(dir string) (*Daemon, error) {
+	bin := "/usr/bin/rspamd"
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("rspamd is not installed: apt-get install rspamd (%v)", err)
+	}
+	local := filepath.Join(dir, "local")
+	for _, d := range []string{"db", "run", "log", "local/local.d", "local/override.d"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	var addrs [3]string
+	for i := range addrs {
+		var err error
+		if addrs[i], _, err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	normal, controller, proxy := addrs[0], addrs[1], addrs[2]
+	dns, err := dnstest.New()
+	if err != nil {
+		return nil, err
+	}
+	files := map[string]string{
+		"worker-normal.inc":     fmt.Sprintf("bind_socket = %q;\ncount = 1;\n", normal),
+		"worker-controller.inc": fmt.Sprintf("bind_socket = %q;\ncount = 1;\n", controller),
+		"worker-proxy.inc":      fmt.Sprintf("bind_socket = %q;\ncount = 1;\n", proxy),
+		"options.inc":           fmt.Sprintf("dns { nameserver = [%q]; timeout = 1s; retransmits = 1; }\n", dns.Addr),
+		"logging.inc":           "type = \"console\";\nlevel = \"error\";\n",
+		// No greylisting by score, and a higher bar for tagging: a ham
+		// message from a test address without reverse DNS scores a few
+		// points.
+		"actions.conf": "greylist = null;\nadd_header = 10;\n",
+	}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(local, "local.d", name), []byte(text), 0o644); err != nil {
+			dns.Close()
+			return nil, err
+		}
+	}
+	args := []string{"-f", "-c", "/etc/rspamd/rspamd.conf", "--var=DBDIR=" + dir + "/db", "--var=RUNDIR=" + dir + "/run",
+		"--var=LOGDIR=" + dir + "/log", "--var=LOCAL_CONFDIR=" + local}
+	if os.Getuid() == 0 {
+		args = append(args, "-i", "-u", "root", "-g", "root")
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	stop, err := start("rspamd", exec.Command(bin, args...), 60*time.Second, func() bool {
+		resp, err := client.Get("http://" + normal + "/ping")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if err != nil {
+		dns.Close()
+		return nil, err
+	}
+	return &Daemon{Addr: normal, stop: func() { stop(); dns.Close() }}, nil
 }
