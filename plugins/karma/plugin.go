@@ -202,7 +202,9 @@ func key(kind, client string) string {
 
 // Connect refuses a client in the penalty box, and reads its record.
 func (p *Plugin) Connect(ctx context.Context, c *connection.Connection) hooks.Result {
-	if c.Relay {
+	// A client a plugin before karma whitelisted (bwl) is not judged:
+	// no penalty box, no refusal, no recipient cap. It is still counted.
+	if c.Exempt() {
 		return hooks.Result{}
 	}
 	client := p.client(c)
@@ -268,7 +270,7 @@ func txNotes(tx *transaction.Transaction) *notes.Notes {
 
 // refuse refuses a naughty connection at hook, from reject_at on.
 func (p *Plugin) refuse(hook hooks.Hook, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
-	if c.Relay || c.AuthUser != "" || order(hook) < order(p.rejectAt) {
+	if c.Exempt() || order(hook) < order(p.rejectAt) {
 		return hooks.Result{}
 	}
 	msg := p.naughty(c, tx)
@@ -301,7 +303,7 @@ func (p *Plugin) Rcpt(_ context.Context, c *connection.Connection, tx *transacti
 	if r := p.refuse(hooks.HookRcpt, c, tx); r.Code != hooks.Declined {
 		return r
 	}
-	if h := NoteHistory.Get(&c.Notes); p.badMaxRcpt > 0 && h.Bad > h.Good && len(tx.Recipients) >= p.badMaxRcpt && !c.Relay && c.AuthUser == "" {
+	if h := NoteHistory.Get(&c.Notes); p.badMaxRcpt > 0 && h.Bad > h.Good && len(tx.Recipients) >= p.badMaxRcpt && !c.Exempt() {
 		return hooks.Result{Code: hooks.DenySoft, ReplyCode: 452, Msg: "Too many recipients for an address with a bad record", Enhanced: [3]int{4, 5, 3}}
 	}
 	return hooks.Result{}

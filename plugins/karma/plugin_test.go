@@ -149,6 +149,26 @@ func TestRelayClientsAreSpared(t *testing.T) {
 	hookstest.Expect(t, s.Send("a@example.org", []string{"b@example.test"}, msg), 250)
 }
 
+// whitelister whitelists clients connecting from port 4099, as bwl does
+// at connect.
+type whitelister struct{}
+
+func (whitelister) Connect(_ context.Context, c *connection.Connection) hooks.Result {
+	if c.Remote.Port() == 4099 {
+		connection.NoteWhitelisted.Set(&c.Notes, "client 192.0.2.66")
+	}
+	return hooks.Result{}
+}
+
+// A client whitelisted by a plugin before karma is not judged: neither
+// the penalty box nor its naughty mark refuses it.
+func TestWhitelistedClientsAreSpared(t *testing.T) {
+	h := harness(t, "penalty_bad = 1\npenalty_time = \"1h\"", hookstest.Plugin("whitelister", whitelister{}))
+	hookstest.Expect(t, connection1(h, "192.0.2.66:4000"), 550)
+	hookstest.Expect(t, connection1(h, "192.0.2.66:4001"), 421) // in the penalty box now
+	hookstest.Expect(t, connection1(h, "192.0.2.66:4099"), 250)
+}
+
 func TestSettings(t *testing.T) {
 	hookstest.ExpectBuildError(t, "karma", `reject_at = "data"`, `reject_at = "data"`)
 	hookstest.ExpectBuildError(t, "karma", `penalty_bad = -1`, `penalty_bad = -1`)
