@@ -414,7 +414,7 @@ func fieldValue(f transaction.Field) string {
 // apply makes the milter's changes to the message.
 func (p *Plugin) apply(tx *transaction.Transaction, mods []gomilter.ModifyAction) error {
 	// The replaced body's chunks, in memory already in mods.
-	var body []io.Reader
+	var body crlfChunks
 	for _, m := range mods {
 		switch m.Code {
 		case gomilter.ActAddHeader:
@@ -445,14 +445,14 @@ func (p *Plugin) apply(tx *transaction.Transaction, mods []gomilter.ModifyAction
 		case gomilter.ActChangeFrom:
 			tx.Sender = bare(m.From)
 		case gomilter.ActReplBody:
-			body = append(body, bytes.NewReader(lfToCRLF(m.Body)))
+			body.add(m.Body)
 		case gomilter.ActQuarantine:
 			NoteQuarantine.Set(&tx.Notes, m.Reason)
 			tx.Header.Add("X-Quarantine", fmt.Sprintf("%s (milter %s)", oneLine(m.Reason), p.name))
 		}
 	}
-	if body != nil {
-		if err := tx.ReplaceBody(io.MultiReader(body...)); err != nil {
+	if body.readers != nil {
+		if err := tx.ReplaceBody(io.MultiReader(body.readers...)); err != nil {
 			return err
 		}
 	}
@@ -481,12 +481,31 @@ func oneLine(s string) string {
 	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
 }
 
-// lfToCRLF gives a replaced body CRLF line ends, as the spool keeps them
-// (milters send either).
-func lfToCRLF(b []byte) []byte {
+// crlfChunks collects the chunks of a replaced body with CRLF line ends.
+type crlfChunks struct {
+	readers []io.Reader
+	afterCR bool // the last chunk ended with a CR
+}
+
+// add adds one chunk; a CRLF split between two chunks stays one.
+func (c *crlfChunks) add(b []byte) {
+	c.readers = append(c.readers, bytes.NewReader(lfToCRLF(b, c.afterCR)))
+	if n := len(b); n > 0 {
+		c.afterCR = b[n-1] == '\r'
+	}
+}
+
+// lfToCRLF gives a chunk of a replaced body CRLF line ends, as the spool
+// keeps them (milters send either); afterCR says the chunk before it
+// ended with a CR, so that a CRLF split between two chunks stays one.
+func lfToCRLF(b []byte, afterCR bool) []byte {
 	out := make([]byte, 0, len(b)+bytes.Count(b, []byte{'\n'}))
 	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+		prevCR := afterCR
+		if i > 0 {
+			prevCR = b[i-1] == '\r'
+		}
+		if c == '\n' && !prevCR {
 			out = append(out, '\r')
 		}
 		out = append(out, c)
