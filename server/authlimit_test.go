@@ -18,18 +18,6 @@ import (
 	"github.com/sluice-mta/sluice/state/statetest"
 )
 
-// openStore opens the store the settings name and closes it when the test
-// ends.
-func openStore(t *testing.T, s state.Settings) state.Store {
-	t.Helper()
-	st, err := s.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
-
 // userHashKey is the store key of a user name's count, computed here
 // the way the docs say: "auth:user:" and the hex of the first 16 bytes
 // of the SHA-256 of the case-folded name.
@@ -60,7 +48,7 @@ func expectLimit(t *testing.T, l *server.AuthLimiter, ip, user string, want serv
 // user; a success clears the user's count in the store, not the IP's.
 func TestAuthLimiterInBolt(t *testing.T) {
 	settings := state.Settings{Path: filepath.Join(t.TempDir(), "state.db")}
-	st := openStore(t, settings)
+	st := statetest.Open(t, settings)
 	l := &server.AuthLimiter{MaxFailures: 3, Store: st}
 	ip := netip.MustParseAddr("2001:db8:1:2::7")
 	for i := 1; i <= 3; i++ {
@@ -74,7 +62,7 @@ func TestAuthLimiterInBolt(t *testing.T) {
 
 	// A restart: the store is closed and opened again, the memory is new.
 	st.Close()
-	st = openStore(t, settings)
+	st = statetest.Open(t, settings)
 	restarted := &server.AuthLimiter{MaxFailures: 3, Store: st}
 	expectLimit(t, restarted, "2001:db8:1:2::ffff", "", server.AuthIPLimited)
 	expectLimit(t, restarted, "192.0.2.1", "ALICE", server.AuthUserLimited)
@@ -95,8 +83,8 @@ func TestAuthLimiterSharedInRedis(t *testing.T) {
 	addr := statetest.StartRedis(t)
 	settings := state.Settings{Backend: state.Redis, Addrs: []string{addr}, Prefix: "authlimit-test:"}
 	const window = 300 * time.Millisecond
-	a := &server.AuthLimiter{MaxFailures: 4, Window: window, Store: openStore(t, settings)}
-	b := &server.AuthLimiter{MaxFailures: 4, Window: window, Store: openStore(t, settings)}
+	a := &server.AuthLimiter{MaxFailures: 4, Window: window, Store: statetest.Open(t, settings)}
+	b := &server.AuthLimiter{MaxFailures: 4, Window: window, Store: statetest.Open(t, settings)}
 	ip := netip.MustParseAddr("198.51.100.9")
 	first := time.Now()
 	a.Fail(ip, "carol")
@@ -164,7 +152,7 @@ func (f *flakyStore) Delete(ctx context.Context, key string) error {
 // attempt; the store's return is logged and its counts used again.
 func TestAuthLimiterStoreErrorFallsBackToMemory(t *testing.T) {
 	var logs hookstest.LogBuffer
-	st := &flakyStore{Store: openStore(t, state.Settings{Path: filepath.Join(t.TempDir(), "state.db")})}
+	st := &flakyStore{Store: statetest.Open(t, state.Settings{Path: filepath.Join(t.TempDir(), "state.db")})}
 	const retry = 500 * time.Millisecond
 	l := &server.AuthLimiter{MaxFailures: 5, Store: st, Logger: logs.Logger(), StoreRetry: retry}
 	ip := netip.MustParseAddr("203.0.113.5")

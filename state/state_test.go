@@ -20,24 +20,14 @@ import (
 
 func TestMain(m *testing.M) { statetest.Main(m) }
 
-func openT(t *testing.T, s state.Settings) state.Store {
-	t.Helper()
-	st, err := s.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
-
 func TestBbolt(t *testing.T) {
 	s := state.Settings{DataDir: t.TempDir(), SweepInterval: 20 * time.Millisecond}
-	statetest.Run(t, func(t *testing.T) state.Store { return openT(t, s) },
+	statetest.Run(t, func(t *testing.T) state.Store { return statetest.Open(t, s) },
 		func(t *testing.T, st state.Store) state.Store {
 			if err := st.Close(); err != nil {
 				t.Fatal(err)
 			}
-			return openT(t, s)
+			return statetest.Open(t, s)
 		})
 	if _, err := os.Stat(filepath.Join(s.DataDir, "state.db")); err != nil {
 		t.Errorf("the store is not data_dir/state.db: %v", err)
@@ -46,10 +36,10 @@ func TestBbolt(t *testing.T) {
 
 func TestRedis(t *testing.T) {
 	s := state.Settings{Backend: state.Redis, Addrs: []string{statetest.Redis(t)}}
-	statetest.Run(t, func(t *testing.T) state.Store { return openT(t, s) },
+	statetest.Run(t, func(t *testing.T) state.Store { return statetest.Open(t, s) },
 		func(t *testing.T, st state.Store) state.Store {
 			st.Close()
-			return openT(t, s)
+			return statetest.Open(t, s)
 		})
 }
 
@@ -59,8 +49,8 @@ func TestRedis(t *testing.T) {
 func TestBboltSharedInProcess(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	a := openT(t, state.Settings{DataDir: dir})
-	b := openT(t, state.Settings{Path: filepath.Join(dir, "sub", "..", "state.db")})
+	a := statetest.Open(t, state.Settings{DataDir: dir})
+	b := statetest.Open(t, state.Settings{Path: filepath.Join(dir, "sub", "..", "state.db")})
 	if err := a.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +64,7 @@ func TestBboltSharedInProcess(t *testing.T) {
 	}
 	// A new handle after every one closed opens the file again.
 	b.Close()
-	c := openT(t, state.Settings{DataDir: dir})
+	c := statetest.Open(t, state.Settings{DataDir: dir})
 	if v, _, err := c.Get(ctx, "k"); string(v) != "w" || err != nil {
 		t.Fatalf("reopened: %q, %v; want \"w\"", v, err)
 	}
@@ -97,7 +87,7 @@ func TestBboltLockedByAnotherProcess(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	cmd := holder(t, path)
 	defer cmd()
-	st := openT(t, state.Settings{Path: path})
+	st := statetest.Open(t, state.Settings{Path: path})
 	err := st.Set(context.Background(), "k", []byte("v"), 0)
 	if err == nil || !strings.Contains(err.Error(), "locked by another process") || !strings.Contains(err.Error(), `backend = "redis"`) {
 		t.Fatalf("Set on a file another process holds: %v; want the lock named and redis suggested", err)
@@ -192,7 +182,7 @@ func holder(t *testing.T, path string) func() {
 // results: one that fails (Incr on text) fails alone, the others are
 // committed.
 func TestBboltGroupCommitFailure(t *testing.T) {
-	st := openT(t, state.Settings{DataDir: t.TempDir()})
+	st := statetest.Open(t, state.Settings{DataDir: t.TempDir()})
 	ctx := context.Background()
 	if err := st.Set(ctx, "text", []byte("not a number"), 0); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ package lookuptest
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -22,14 +21,15 @@ import (
 
 	_ "github.com/go-sql-driver/mysql" // the mysql driver for Exec
 	_ "github.com/jackc/pgx/v5/stdlib" // the pgx driver for Exec
+
+	"github.com/sluice-mta/sluice/state/statetest"
 )
 
-// Where Debian installs the servers.
+// Where Debian installs the servers (redis-server: statetest.RedisServerPath).
 const (
 	PostgresBin = "/usr/lib/postgresql/15/bin"
 	MariaDBd    = "/usr/sbin/mariadbd"
 	MariaDBInit = "/usr/bin/mariadb-install-db"
-	RedisServer = "/usr/bin/redis-server"
 )
 
 // Server is a running database server.
@@ -42,10 +42,15 @@ type Server struct {
 	dir    string
 	cmd    *exec.Cmd
 	done   chan error
+	stop   func() // stops a server another package started
 }
 
 // Stop ends the server and removes its folder.
 func (s *Server) Stop() {
+	if s.stop != nil {
+		s.stop()
+		return
+	}
 	if s.cmd != nil && s.cmd.Process != nil {
 		s.cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -252,45 +257,13 @@ func MariaDB() (*Server, error) {
 }
 
 // Redis starts redis-server on a unix socket in a temporary folder, with
-// no persistence; the DSN is its unix:// URL.
+// no persistence (statetest.RedisOnSocket); the DSN is its unix:// URL.
 func Redis() (*Server, error) {
-	if err := need(RedisServer, "redis-server"); err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "sluice-redis-")
-	s := &Server{dir: dir, Driver: "redis"}
+	sock, stop, err := statetest.RedisOnSocket()
 	if err != nil {
-		return nil, err
-	}
-	sock := filepath.Join(dir, "redis.sock")
-	cmd := exec.Command(RedisServer, "--save", "", "--port", "0", "--unixsocket", sock, "--dir", dir, "--appendonly", "no")
-	cmd.Dir = dir
-	logPath := filepath.Join(dir, "redis.log")
-	if err := s.start(cmd, logPath); err != nil {
-		s.Stop()
-		return nil, err
-	}
-	s.DSN = "unix://" + sock
-	if err := s.waitReady(logPath, func() error {
-		c, err := net.DialTimeout("unix", sock, time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(time.Second))
-		if _, err := c.Write([]byte("PING\r\n")); err != nil {
-			return err
-		}
-		b := make([]byte, 7)
-		if n, err := c.Read(b); err != nil || string(b[:n]) != "+PONG\r\n" {
-			return errors.New("no PONG")
-		}
-		return nil
-	}); err != nil {
-		s.Stop()
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	return s, nil
+	return &Server{DSN: "unix://" + sock, Driver: "redis", stop: stop}, nil
 }
 
 // RedisSet runs SET key value on a redis server.

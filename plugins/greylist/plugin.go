@@ -175,11 +175,26 @@ func (p *Plugin) check(ctx context.Context, c *connection.Connection, tx *transa
 		NoteSkipped.Set(&tx.Notes, why)
 		return hooks.Result{}
 	}
+	if len(rcpts) == 0 {
+		return hooks.Result{}
+	}
 	network := p.network(c.RemoteIP())
+	// The network's whitelisting is read once for all the recipients;
+	// a retry among them that whitelists it lets the rest through.
+	white, err := p.whitelisted(ctx, network)
+	if err != nil {
+		return hooks.Fail(fmt.Errorf("greylist: %w", err))
+	}
+	sender := strings.ToLower(tx.Sender)
 	var wait time.Duration
 	deferred := 0
 	for _, rcpt := range rcpts {
-		w, err := p.decide(ctx, tx, network, strings.ToLower(tx.Sender), strings.ToLower(rcpt))
+		if white {
+			NoteSkipped.Set(&tx.Notes, "auto-whitelisted")
+			continue
+		}
+		w, whitened, err := p.decide(ctx, tx, network, sender, strings.ToLower(rcpt))
+		white = whitened
 		if err != nil {
 			return hooks.Fail(fmt.Errorf("greylist: %w", err))
 		}
@@ -220,34 +235,38 @@ func tripletKey(network, sender, rcpt string) string {
 func whiteKey(network string) string  { return "greylist:w:" + network }
 func passesKey(network string) string { return "greylist:n:" + network }
 
-// decide returns how long the client must still wait, 0 to let the
-// recipient through.
-func (p *Plugin) decide(ctx context.Context, tx *transaction.Transaction, network, sender, rcpt string) (time.Duration, error) {
-	now := p.now()
-	if p.auto > 0 {
-		v, ok, err := p.store.Get(ctx, whiteKey(network))
-		if err != nil {
-			return 0, err
-		}
-		if t, valid := parseTime(v); ok && valid && now.Sub(t) < p.lifetime {
-			NoteSkipped.Set(&tx.Notes, "auto-whitelisted")
-			return 0, nil
-		}
+// whitelisted reports whether the client network is auto-whitelisted.
+func (p *Plugin) whitelisted(ctx context.Context, network string) (bool, error) {
+	if p.auto == 0 {
+		return false, nil
 	}
+	v, ok, err := p.store.Get(ctx, whiteKey(network))
+	if err != nil {
+		return false, err
+	}
+	t, valid := parseTime(v)
+	return ok && valid && p.now().Sub(t) < p.lifetime, nil
+}
+
+// decide returns how long the client must still wait, 0 to let the
+// recipient through, and whether a passed retry whitelisted the client
+// network.
+func (p *Plugin) decide(ctx context.Context, tx *transaction.Transaction, network, sender, rcpt string) (time.Duration, bool, error) {
+	now := p.now()
 	key := tripletKey(network, sender, rcpt)
 	v, ok, err := p.store.Get(ctx, key)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if !ok {
 		// A new triplet. Of two front-ends seeing it at once, one
 		// stores it; the other reads what that one stored.
 		stored, err := p.store.SetIfAbsent(ctx, key, stamp('g', now), p.delay+p.window)
 		if err != nil || stored {
-			return p.delay, err
+			return p.delay, false, err
 		}
 		if v, ok, err = p.store.Get(ctx, key); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
 	kind, t, valid := parseValue(v)
@@ -258,39 +277,38 @@ func (p *Plugin) decide(ctx context.Context, tx *transaction.Transaction, networ
 		if now.Sub(t) > p.lifetime/2 {
 			// Known and in use: renew it, at most twice a lifetime.
 			if err := p.store.Set(ctx, key, stamp('p', now), p.lifetime); err != nil {
-				return 0, err
+				return 0, false, err
 			}
 		}
-		return 0, nil
+		return 0, false, nil
 	case kind == 'g' && now.Sub(t) < p.delay:
-		return p.delay - now.Sub(t), nil // too early
+		return p.delay - now.Sub(t), false, nil // too early
 	case kind == 'g' && now.Sub(t) <= p.delay+p.window:
-		return 0, p.pass(ctx, tx, key, network, now)
+		white, err := p.pass(ctx, tx, key, network, now)
+		return 0, white, err
 	}
 	if err := p.store.Set(ctx, key, stamp('g', now), p.delay+p.window); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return p.delay, nil
+	return p.delay, false, nil
 }
 
 // pass records a successful retry, and whitelists the client network
-// after enough of them.
-func (p *Plugin) pass(ctx context.Context, tx *transaction.Transaction, key, network string, now time.Time) error {
+// after enough of them; it reports whether it did.
+func (p *Plugin) pass(ctx context.Context, tx *transaction.Transaction, key, network string, now time.Time) (bool, error) {
 	if err := p.store.Set(ctx, key, stamp('p', now), p.lifetime); err != nil {
-		return err
+		return false, err
 	}
 	notes.Add(&tx.Notes, NotePassed, 1)
 	if p.auto == 0 {
-		return nil
+		return false, nil
 	}
 	n, err := p.store.Incr(ctx, passesKey(network), 1, p.lifetime)
-	if err != nil {
-		return err
+	if err != nil || n < int64(p.auto) {
+		return false, err
 	}
-	if n >= int64(p.auto) {
-		return p.store.Set(ctx, whiteKey(network), strconv.AppendInt(nil, now.UnixNano(), 10), p.lifetime)
-	}
-	return nil
+	err = p.store.Set(ctx, whiteKey(network), strconv.AppendInt(nil, now.UnixNano(), 10), p.lifetime)
+	return err == nil, err
 }
 
 func stamp(kind byte, t time.Time) []byte {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -39,7 +40,7 @@ var redisOnce struct {
 // package, when redis-server is not installed.
 func Redis(t testing.TB) string {
 	t.Helper()
-	redisOnce.Do(func() { redisOnce.start() })
+	redisOnce.Do(func() { redisOnce.start("tcp") })
 	if redisOnce.err != nil {
 		t.Fatalf("%v", redisOnce.err)
 	}
@@ -63,12 +64,26 @@ func StopRedis() { redisOnce.stop() }
 func StartRedis(t testing.TB) string {
 	t.Helper()
 	r := &redisServer{}
-	r.start()
+	r.start("tcp")
 	t.Cleanup(r.stop)
 	if r.err != nil {
 		t.Fatalf("%v", r.err)
 	}
 	return r.addr
+}
+
+// RedisOnSocket starts a redis-server as Redis does, listening on a unix
+// socket in its temporary directory instead of a port, for a TestMain that
+// starts its own servers (lookuptest's). It returns the socket's path and
+// the function that stops the server and removes the directory.
+func RedisOnSocket() (sock string, stop func(), err error) {
+	r := &redisServer{}
+	r.start("unix")
+	if r.err != nil {
+		r.stop()
+		return "", nil, r.err
+	}
+	return r.addr, r.stop, nil
 }
 
 func (r *redisServer) stop() {
@@ -82,7 +97,7 @@ func (r *redisServer) stop() {
 	}
 }
 
-func (r *redisServer) start() {
+func (r *redisServer) start(network string) {
 	if _, err := os.Stat(RedisServerPath); err != nil {
 		r.err = fmt.Errorf("redis-server is not installed: run `make deps` (Debian package redis-server): %v", err)
 		return
@@ -93,19 +108,27 @@ func (r *redisServer) start() {
 		return
 	}
 	r.dir = dir
-	// A free port: redis-server takes a number, not a listener.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		r.err = err
-		return
+	var addr string
+	var listen []string
+	if network == "unix" {
+		addr = filepath.Join(dir, "redis.sock")
+		listen = []string{"--port", "0", "--unixsocket", addr}
+	} else {
+		// A free port: redis-server takes a number, not a listener.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			r.err = err
+			return
+		}
+		addr = ln.Addr().String()
+		ln.Close()
+		_, port, _ := net.SplitHostPort(addr)
+		listen = []string{"--bind", "127.0.0.1", "--port", port}
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(RedisServerPath,
-		"--bind", "127.0.0.1", "--port", port, "--dir", dir,
+	cmd := exec.Command(RedisServerPath, append(listen, "--dir", dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
-		"--protected-mode", "yes", "--logfile", "")
+		"--protected-mode", "yes", "--logfile", "")...)
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &r.out, &r.out
 	if err := cmd.Start(); err != nil {
 		r.err = fmt.Errorf("start redis-server: %v", err)
@@ -116,7 +139,7 @@ func (r *redisServer) start() {
 	go func() { cmd.Wait(); close(r.done) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if ping(addr) {
+		if ping(network, addr) {
 			r.addr = addr
 			return
 		}
@@ -136,8 +159,8 @@ func (r *redisServer) start() {
 }
 
 // ping reports whether a Redis server answers PING at addr.
-func ping(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+func ping(network, addr string) bool {
+	c, err := net.DialTimeout(network, addr, time.Second)
 	if err != nil {
 		return false
 	}

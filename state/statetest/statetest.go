@@ -19,6 +19,18 @@ import (
 	"github.com/sluice-mta/sluice/state"
 )
 
+// Open opens the store the settings name and closes it when the test
+// ends.
+func Open(t testing.TB, s state.Settings) state.Store {
+	t.Helper()
+	st, err := s.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // Run runs the suite against the stores open returns. Each subtest opens
 // its own (open may return stores that share data: the subtests use
 // distinct keys) and closes it when it ends. reopen, when not nil, closes
