@@ -63,9 +63,8 @@ func (m TLSMode) String() string {
 }
 
 // Forwarder relays messages to a downstream SMTP or LMTP server and passes
-// its verdict through: a message counts as queued only when the downstream
-// accepted it for every recipient. A Forwarder is safe for concurrent use;
-// each message gets its own connection.
+// its verdict through. A Forwarder is safe for concurrent use; each message
+// gets its own connection (Forward), or its caller holds one (Open).
 type Forwarder struct {
 	// Addr is the downstream: "host:port", or "unix:/path/to/socket".
 	Addr string
@@ -86,56 +85,309 @@ type Forwarder struct {
 	DataTimeout time.Duration
 }
 
-// Forward relays tx. It returns a nil error only when the downstream accepted the
-// message for every recipient. Otherwise it returns an *Error: permanent
-// when the downstream answered 5xx for every recipient (or to MAIL or
-// DATA), with the downstream's reply in Msg; temporary for a 4xx, a mix of
-// refusals and acceptances, and any network error or timeout.
-func (f *Forwarder) Forward(ctx context.Context, tx *transaction.Transaction) (Receipt, error) {
+// Forward relays tx over a connection of its own. It returns a nil error
+// only when the downstream accepted the message for every recipient.
+// Otherwise it returns an *Error: permanent when the downstream answered
+// 5xx for every recipient (or to MAIL or DATA), with the downstream's reply
+// in Msg; temporary for a 4xx, a mix of refusals and acceptances, and any
+// network error or timeout. The Receipt's Outcomes say what became of each
+// recipient, also with an error.
+//
+// split decides, when the downstream refused some recipients at RCPT and
+// accepted others, whether the message goes on to the accepted ones (the
+// caller then hands on the refused ones, see Routes); nil or false sends
+// nothing, so that the client's retry duplicates nothing.
+func (f *Forwarder) Forward(ctx context.Context, tx *transaction.Transaction, split func(refused Outcomes) bool) (Receipt, error) {
+	rc := Receipt{ID: tx.ID}
 	if err := checkEnvelope(tx, ""); err != nil {
-		return Receipt{}, err
+		return rc, err
 	}
+	s, err := f.Open(ctx)
+	if err != nil {
+		return rc, err
+	}
+	defer s.Close()
+	if err := s.Mail(ctx, tx); err != nil {
+		return rc, err
+	}
+	rc.Outcomes = make(Outcomes, 0, len(tx.Recipients))
+	var refused Outcomes
+	for _, r := range tx.Recipients {
+		o, err := s.Rcpt(ctx, tx, r)
+		if err != nil {
+			return rc, err
+		}
+		rc.Outcomes = append(rc.Outcomes, o)
+		if !o.Delivered {
+			refused = append(refused, o)
+		}
+	}
+	if len(refused) == len(tx.Recipients) || len(refused) > 0 && (split == nil || !split(refused)) {
+		for i := range rc.Outcomes {
+			rc.Outcomes[i].Delivered = false // accepted at RCPT, but no message was sent
+		}
+		return rc, verdict(refused, len(tx.Recipients))
+	}
+	sent, remoteID, err := s.Data(ctx, tx)
+	rc.RemoteID = remoteID
+	j := 0
+	for i := range rc.Outcomes {
+		if !rc.Outcomes[i].Delivered {
+			continue
+		}
+		if j < len(sent) {
+			rc.Outcomes[i] = sent[j]
+		} else {
+			// No reply for this recipient: not delivered, as far as known.
+			rc.Outcomes[i] = Outcome{Rcpt: rc.Outcomes[i].Rcpt}
+		}
+		j++
+	}
+	if err != nil {
+		return rc, err
+	}
+	var failed Outcomes
+	for _, o := range rc.Outcomes {
+		if !o.Delivered {
+			failed = append(failed, o)
+		}
+	}
+	return rc, verdict(failed, len(tx.Recipients))
+}
+
+// Session is a connection to the downstream after its greeting and EHLO
+// (LHLO), ready for one transaction at a time: Forward uses one per
+// message; a live proxy keeps one open from MAIL to the end of the message;
+// a recipient check asks with MAIL, RCPT and RSET. A Session is not safe
+// for concurrent use. Every method takes the context of the hook it runs
+// in: when it is done, the connection is closed and the Session is broken.
+type Session struct {
+	f      *Forwarder
+	conn   net.Conn
+	c      *smtp.Client
+	rcpts  []string // accepted at RCPT in this transaction, in order
+	broken bool
+}
+
+// Open connects to the downstream and greets it. The error is an *Error.
+func (f *Forwarder) Open(ctx context.Context) (*Session, error) {
 	conn, err := f.dial(ctx)
 	if err != nil {
-		return Receipt{}, temporary([3]int{4, 4, 1}, "Downstream server unreachable; try again later", err)
+		return nil, temporary([3]int{4, 4, 1}, "Downstream server unreachable; try again later", err)
 	}
-	defer conn.Close()
-	// A cancelled hook (deadline, client gone) unblocks any read or write.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-
+	s := &Session{f: f, conn: conn}
+	defer s.watch(ctx)()
 	c, err := f.client(ctx, conn)
 	if err != nil {
-		return Receipt{}, f.failure(ctx, "the greeting", err)
+		conn.Close()
+		return nil, f.failure(ctx, "the greeting", err)
 	}
-	defer c.Close()
+	s.c = c
 	c.CommandTimeout = f.connectTimeout()
 	c.SubmissionTimeout = f.dataTimeout()
 	if err := c.Hello(f.helo()); err != nil {
-		return Receipt{}, f.failure(ctx, "EHLO", err)
+		c.Close()
+		return nil, f.failure(ctx, "EHLO", err)
 	}
-	if err := f.envelope(ctx, c, tx); err != nil {
-		if !connBroken(err) {
-			f.quit(c)
+	return s, nil
+}
+
+// watch closes the connection if ctx ends before the returned function is
+// called: a cancelled hook (deadline, client gone) unblocks any read or
+// write.
+func (s *Session) watch(ctx context.Context) func() {
+	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	return func() { stop() }
+}
+
+// fail marks the session broken when err came from the connection rather
+// than from a reply, and classifies err for the client.
+func (s *Session) fail(ctx context.Context, step string, err error) error {
+	if connBroken(err) || ctx.Err() != nil {
+		s.broken = true
+	}
+	return s.f.failure(ctx, step, err)
+}
+
+// Broken reports whether the connection failed: the session can do
+// nothing more but Close.
+func (s *Session) Broken() bool { return s.broken }
+
+// Extension reports whether the downstream offered the EHLO keyword name
+// ("DSN", "SMTPUTF8", "8BITMIME").
+func (s *Session) Extension(name string) bool {
+	ok, _ := s.c.Extension(name)
+	return ok
+}
+
+// Mail sends MAIL FROM with the parameters the downstream understands:
+// SIZE, SMTPUTF8 when the message needs it, and DSN's RET and ENVID when
+// the downstream offers DSN. A refusal is an *Error with the downstream's
+// reply.
+func (s *Session) Mail(ctx context.Context, tx *transaction.Transaction) error {
+	defer s.watch(ctx)()
+	s.rcpts = s.rcpts[:0]
+	opts := &smtp.MailOptions{Size: tx.MessageSize()}
+	if tx.Params.UTF8 || !isASCII(tx.Sender) || !allASCII(tx.Recipients) {
+		if !s.Extension("SMTPUTF8") {
+			return permanent([3]int{5, 6, 7}, "Downstream server does not support SMTPUTF8, which this message needs", nil)
 		}
-		return Receipt{}, err
+		opts.UTF8 = true
 	}
-	remoteID, err := f.data(ctx, c, conn, tx)
+	if s.Extension("DSN") {
+		opts.Return = smtp.DSNReturn(tx.Params.Ret)
+		if printableASCII(tx.Params.EnvID) {
+			opts.EnvelopeID = tx.Params.EnvID
+		}
+	}
+	if err := s.c.Mail(tx.Sender, opts); err != nil {
+		return s.fail(ctx, "MAIL FROM", err)
+	}
+	return nil
+}
+
+// Rcpt sends RCPT TO for rcpt, with its DSN parameters (NOTIFY, ORCPT)
+// when the downstream offers DSN, and returns the downstream's answer as
+// an Outcome (Delivered meaning accepted so far). The error is for the
+// connection only (an *Error); a refusal is an Outcome.
+func (s *Session) Rcpt(ctx context.Context, tx *transaction.Transaction, rcpt string) (Outcome, error) {
+	defer s.watch(ctx)()
+	var opts *smtp.RcptOptions
+	if p, ok := tx.RcptParams[rcpt]; ok && s.Extension("DSN") {
+		opts = rcptOptions(p)
+	}
+	err := s.c.Rcpt(rcpt, opts)
+	if err == nil {
+		s.rcpts = append(s.rcpts, rcpt)
+		return Outcome{Rcpt: rcpt, Delivered: true, Code: 250}, nil
+	}
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return Outcome{Rcpt: rcpt}, s.fail(ctx, "RCPT TO", err)
+	}
+	return refusedOutcome(rcpt, se), nil
+}
+
+// rcptOptions turns a recipient's DSN parameters into go-smtp's.
+func rcptOptions(p transaction.RcptParams) *smtp.RcptOptions {
+	opts := &smtp.RcptOptions{}
+	for _, n := range p.Notify {
+		opts.Notify = append(opts.Notify, smtp.DSNNotify(n))
+	}
+	switch {
+	case p.ORcpt == "":
+	case p.ORcptType == "rfc822" && printableASCII(p.ORcpt):
+		opts.OriginalRecipientType, opts.OriginalRecipient = smtp.DSNAddressTypeRFC822, p.ORcpt
+	case p.ORcptType == "utf-8":
+		opts.OriginalRecipientType, opts.OriginalRecipient = smtp.DSNAddressTypeUTF8, p.ORcpt
+	}
+	return opts
+}
+
+// refusedOutcome is the Outcome of a refusal.
+func refusedOutcome(rcpt string, se *smtp.SMTPError) Outcome {
+	o := Outcome{Rcpt: rcpt, Permanent: se.Code >= 500, Code: se.Code, Reply: replyText(se)}
+	if e := enhancedOr(se, [3]int{}); e[0] != 0 {
+		o.Enhanced = e
+	}
+	return o
+}
+
+// Data sends DATA and the message to the recipients Rcpt accepted and
+// returns what became of each of them, in order (one reply for all with
+// SMTP, one each with LMTP), and the downstream's queue id when a reply
+// named one. The error is an *Error: a refusal of DATA itself, a failure
+// of the connection, or (SMTP) the refusal of the message, which the
+// Outcomes then also hold. A failure after the whole message was sent
+// is ambiguous (the downstream may have delivered it): its cause says
+// "possible duplicate" and names the queue id.
+func (s *Session) Data(ctx context.Context, tx *transaction.Transaction) (Outcomes, string, error) {
+	defer s.watch(ctx)()
+	if len(s.rcpts) == 0 {
+		return nil, "", permanent([3]int{5, 5, 1}, "no valid recipients", nil)
+	}
+	w, err := s.c.Data()
 	if err != nil {
-		return Receipt{}, err
+		return nil, "", s.fail(ctx, "DATA", err)
 	}
-	f.quit(c) // the message is accepted; a failing QUIT changes nothing
-	return Receipt{ID: tx.ID, RemoteID: remoteID}, nil
+	// go-smtp sets no deadline while the message is written.
+	s.conn.SetWriteDeadline(time.Now().Add(s.f.dataTimeout()))
+	if _, err := tx.WriteTo(w); err != nil {
+		return nil, "", s.fail(ctx, "the message", err)
+	}
+	s.conn.SetWriteDeadline(time.Time{})
+	rcpts := s.rcpts
+	s.rcpts = nil
+	if !s.f.LMTP {
+		resp, err := w.CloseWithResponse()
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			outs := make(Outcomes, len(rcpts))
+			for i, r := range rcpts {
+				outs[i] = refusedOutcome(r, se)
+			}
+			return outs, "", s.f.failure(ctx, "the end of the message", err)
+		}
+		if err != nil {
+			return nil, "", s.fail(ctx, "the end of the message", possibleDuplicate(tx, err))
+		}
+		outs := make(Outcomes, len(rcpts))
+		for i, r := range rcpts {
+			outs[i] = Outcome{Rcpt: r, Delivered: true, Code: 250}
+		}
+		return outs, remoteID(resp.StatusText), nil
+	}
+	resps, err := w.CloseWithLMTPResponse()
+	var perRcpt smtp.LMTPDataError
+	if err != nil && !errors.As(err, &perRcpt) {
+		// A network error part-way: some recipients may have their copy.
+		return nil, "", s.fail(ctx, "the end of the message", possibleDuplicate(tx, err))
+	}
+	outs := make(Outcomes, len(rcpts))
+	id := ""
+	for i, r := range rcpts {
+		if se, bad := perRcpt[r]; bad {
+			outs[i] = refusedOutcome(r, se)
+			continue
+		}
+		outs[i] = Outcome{Rcpt: r, Delivered: true, Code: 250}
+		if resp, ok := resps[r]; ok && id == "" {
+			id = remoteID(resp.StatusText)
+		}
+	}
+	return outs, id, nil
+}
+
+// possibleDuplicate says in the log that the downstream may have the
+// message although the client is told to try again.
+func possibleDuplicate(tx *transaction.Transaction, err error) error {
+	return fmt.Errorf("no reply after the whole message was sent: possible duplicate of queue id %s if the downstream delivered it: %w", tx.ID, err)
+}
+
+// Reset sends RSET, ending the transaction so that another can start.
+func (s *Session) Reset(ctx context.Context) error {
+	defer s.watch(ctx)()
+	s.rcpts = nil
+	if err := s.c.Reset(); err != nil {
+		return s.fail(ctx, "RSET", err)
+	}
+	return nil
+}
+
+// Close sends QUIT (waiting a few seconds at most for its reply) unless
+// the connection broke, and closes it.
+func (s *Session) Close() {
+	if !s.broken {
+		s.c.CommandTimeout = min(s.f.connectTimeout(), quitTimeout)
+		s.conn.SetDeadline(time.Now().Add(quitTimeout))
+		s.c.Quit()
+	}
+	s.c.Close()
 }
 
 // quitTimeout bounds the wait for the reply to QUIT, which is a courtesy:
 // the verdict is already known and the client is waiting for it.
 const quitTimeout = 5 * time.Second
-
-func (f *Forwarder) quit(c *smtp.Client) {
-	c.CommandTimeout = min(f.connectTimeout(), quitTimeout)
-	c.Quit()
-}
 
 // connBroken reports whether err came from the connection rather than
 // from a reply, so that sending QUIT would only wait for nothing.
@@ -191,109 +443,34 @@ func (f *Forwarder) newClient(conn net.Conn) *smtp.Client {
 	return smtp.NewClient(conn)
 }
 
-// envelope sends MAIL FROM and one RCPT TO per recipient. Refused
-// recipients do not stop the loop, so the verdict covers them all; no DATA
-// is sent unless every recipient was accepted.
-func (f *Forwarder) envelope(ctx context.Context, c *smtp.Client, tx *transaction.Transaction) error {
-	opts := &smtp.MailOptions{Size: tx.MessageSize()}
-	if tx.Params.UTF8 || !isASCII(tx.Sender) || !allASCII(tx.Recipients) {
-		if ok, _ := c.Extension("SMTPUTF8"); !ok {
-			return permanent([3]int{5, 6, 7}, "Downstream server does not support SMTPUTF8, which this message needs", nil)
-		}
-		opts.UTF8 = true
-	}
-	if err := c.Mail(tx.Sender, opts); err != nil {
-		return f.failure(ctx, "MAIL FROM", err)
-	}
-	var refused []refusal
-	for _, r := range tx.Recipients {
-		err := c.Rcpt(r, nil)
-		if err == nil {
-			continue
-		}
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) {
-			return f.failure(ctx, "RCPT TO", err)
-		}
-		refused = append(refused, refusal{r, se})
-	}
-	return verdict(refused, len(tx.Recipients))
-}
-
-// data sends DATA and the message and reads the verdict: one reply, or
-// one per recipient for LMTP. It returns the downstream's queue id when
-// its reply named one.
-func (f *Forwarder) data(ctx context.Context, c *smtp.Client, conn net.Conn, tx *transaction.Transaction) (string, error) {
-	w, err := c.Data()
-	if err != nil {
-		return "", f.failure(ctx, "DATA", err)
-	}
-	// go-smtp sets no deadline while the message is written.
-	conn.SetWriteDeadline(time.Now().Add(f.dataTimeout()))
-	if _, err := tx.WriteTo(w); err != nil {
-		return "", f.failure(ctx, "the message", err)
-	}
-	if !f.LMTP {
-		resp, err := w.CloseWithResponse()
-		if err != nil {
-			return "", f.failure(ctx, "the end of the message", err)
-		}
-		return remoteID(resp.StatusText), nil
-	}
-	return f.lmtpVerdict(ctx, w, tx)
-}
-
-// lmtpVerdict reads LMTP's per-recipient replies after the final dot.
-func (f *Forwarder) lmtpVerdict(ctx context.Context, w *smtp.DataCommand, tx *transaction.Transaction) (string, error) {
-	resps, err := w.CloseWithLMTPResponse()
-	var perRcpt smtp.LMTPDataError
-	if err != nil {
-		if e, ok := err.(smtp.LMTPDataError); ok {
-			perRcpt = e
-		} else {
-			// A network error part-way: some recipients may have their
-			// copy; defer (see the README's note on duplicates).
-			return "", f.failure(ctx, "the end of the message", err)
-		}
-	}
-	var refused []refusal
-	id := ""
-	for _, r := range tx.Recipients {
-		if se, bad := perRcpt[r]; bad {
-			refused = append(refused, refusal{r, se})
-		} else if resp, ok := resps[r]; ok && id == "" {
-			id = remoteID(resp.StatusText)
-		}
-	}
-	return id, verdict(refused, len(tx.Recipients))
-}
-
-// refusal is one recipient the downstream refused.
-type refusal struct {
-	rcpt string
-	err  *smtp.SMTPError
-}
-
 // verdict decides from the refused recipients out of total: none is
 // success; all refused permanently is a permanent failure; anything else
 // is temporary, because SMTP cannot tell the client that some recipients
 // were accepted and others not after DATA.
-func verdict(refused []refusal, total int) error {
+func verdict(refused Outcomes, total int) error {
 	if len(refused) == 0 {
 		return nil
 	}
 	first := refused[0]
-	text := fmt.Sprintf("Downstream server refused <%s>: %s", first.rcpt, replyText(first.err))
+	text := fmt.Sprintf("Downstream server refused <%s>: %s", first.Rcpt, first.Reply)
 	if n := len(refused) - 1; n > 0 {
 		text += fmt.Sprintf(" (and %d more)", n)
 	}
 	allPermanent := len(refused) == total
 	for _, r := range refused {
-		allPermanent = allPermanent && r.err.Code >= 500
+		allPermanent = allPermanent && r.Permanent
 	}
-	cause := fmt.Errorf("%d of %d recipients refused: %w", len(refused), total, first.err)
+	cause := fmt.Errorf("%d of %d recipients refused: %s", len(refused), total, first.Reply)
 	if allPermanent {
-		return downstreamPermanent(first.err, text, cause)
+		e := permanent(first.Enhanced, text, cause)
+		if e.Enhanced[0] != 5 {
+			e.Enhanced = [3]int{5, 0, 0}
+		}
+		switch first.Code {
+		case 550, 552, 554:
+			e.Code = first.Code
+		}
+		return e
 	}
 	if accepted := total - len(refused); accepted > 0 {
 		text = fmt.Sprintf("%s; %d of %d recipients accepted", text, accepted, total)
@@ -384,6 +561,17 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
+}
+
+// printableASCII reports whether s is printable US-ASCII, as DSN's ENVID
+// and an rfc822 ORCPT must be; "" is not.
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '!' || s[i] > '~' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func allASCII(ss []string) bool {

@@ -18,7 +18,7 @@ import (
 func forward(t *testing.T, f *queue.Forwarder, to []string, msg string) (queue.Receipt, error) {
 	t.Helper()
 	tx := newTx(t, "a@example.org", to, msg, 64<<10)
-	return f.Forward(context.Background(), tx)
+	return f.Forward(context.Background(), tx, nil)
 }
 
 func TestForwardDeliversExactBytes(t *testing.T) {
@@ -179,7 +179,7 @@ func TestForwardHonoursContextDeadline(t *testing.T) {
 	defer cancel()
 	tx := newTx(t, "a@example.org", []string{"b@example.test"}, testMessage, 1<<20)
 	start := time.Now()
-	_, err := (&queue.Forwarder{Addr: addr}).Forward(ctx, tx)
+	_, err := (&queue.Forwarder{Addr: addr}).Forward(ctx, tx, nil)
 	checkForwardError(t, err, false, "timed out")
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("took %v with a 200ms deadline", d)

@@ -32,6 +32,10 @@ type Receipt struct {
 	// RemoteID is the downstream's own queue id when its reply named one
 	// ("250 2.0.0 Ok: queued as 4Xyz"); "" otherwise.
 	RemoteID string
+	// Outcomes say what became of each recipient at a downstream server
+	// (Forwarder), in the transaction's order; nil for the other handoffs
+	// and when the downstream was not reached.
+	Outcomes Outcomes
 }
 
 // Error is a failed handoff: the reply the client should get and the cause.

@@ -146,7 +146,7 @@ func heloName(helo string) (string, error) {
 // when the downstream accepted it for every recipient; a downstream 5xx
 // refuses it permanently, anything else defers it (451).
 func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transaction.Transaction) hooks.Result {
-	rc, err := p.fw.Forward(ctx, tx)
+	rc, err := p.fw.Forward(ctx, tx, nil)
 	if err != nil {
 		return queue.Result(err)
 	}
