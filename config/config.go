@@ -611,28 +611,12 @@ func (c *Config) unknownIn(instance string) error {
 }
 
 // Build constructs every plugin instance the listeners name, once each,
-// and returns them by instance name. An unknown plugin, a bad setting or an
-// unused [plugins.X] table is an error; then the instances already built
-// are closed (those that are io.Closers), so a failed reload leaks nothing.
+// and the queue instances their routes name (hooks.Router), and returns
+// them by instance name. An unknown plugin, a bad setting, a bad route or
+// an unused [plugins.X] table is an error; then the instances already
+// built are closed (those that are io.Closers), so a failed reload leaks
+// nothing.
 func (c *Config) Build() (map[string]any, error) {
-	listed := map[string]bool{}
-	for _, l := range c.Listeners {
-		for _, name := range l.Plugins {
-			listed[name] = true
-		}
-	}
-	unused := []string{}
-	for name := range c.Plugins {
-		if !listed[name] {
-			unused = append(unused, name)
-		}
-	}
-	if len(unused) > 0 {
-		sort.Strings(unused)
-		name := unused[0]
-		return nil, fmt.Errorf("%s: [plugins.%s] is not used by any listener: add it to a plugins list or remove it", c.at(c.lineOfTable("plugins."+name)), name)
-	}
-
 	built := map[string]any{}
 	complete := false
 	defer func() {
@@ -649,39 +633,103 @@ func (c *Config) Build() (map[string]any, error) {
 			if _, done := built[name]; done {
 				continue
 			}
-			if err := c.checkEnforce(name); err != nil {
+			where := func() string { return fmt.Sprintf("%s: listener %q", c.at(c.lineOfArrayTable("listener", i)), l.Name) }
+			if err := c.buildOne(built, name, fmt.Sprintf("listener %q", l.Name), where); err != nil {
 				return nil, err
-			}
-			pname := c.PluginFor(name)
-			reg, ok := hooks.Lookup(pname)
-			if !ok {
-				if pname != name {
-					return nil, fmt.Errorf("%s: [plugins.%s] (listener %q): use = %q: unknown plugin %q (`smtpd plugins` lists the compiled-in ones)",
-						c.at(c.lineOfTable("plugins."+name)), name, l.Name, pname, pname)
-				}
-				return nil, fmt.Errorf("%s: listener %q: unknown plugin %q (`smtpd plugins` lists the compiled-in ones)",
-					c.at(c.lineOfArrayTable("listener", i)), l.Name, pname)
-			}
-			p, err := reg.New(c.Decoder(name))
-			if err == nil {
-				built[name] = p
-				// Keys a plugin that never called decode left behind.
-				err = c.unknownIn(name)
-			}
-			if err != nil {
-				var fe *fileError
-				switch {
-				case errors.As(err, &fe) && strings.HasPrefix(err.Error(), c.path+":"):
-					return nil, err // names the file, the line and the key
-				case errors.As(err, &fe):
-					return nil, fmt.Errorf("plugin %q: %w", name, err)
-				}
-				return nil, fmt.Errorf("%s: plugin %q: %w", c.at(c.lineOfTable("plugins."+name)), name, err)
 			}
 		}
 	}
+	if err := c.buildRoutes(built); err != nil {
+		return nil, err
+	}
+	unused := []string{}
+	for name := range c.Plugins {
+		if _, ok := built[name]; !ok {
+			unused = append(unused, name)
+		}
+	}
+	if len(unused) > 0 {
+		sort.Strings(unused)
+		name := unused[0]
+		return nil, fmt.Errorf("%s: [plugins.%s] is not used by any listener: add it to a plugins list or remove it", c.at(c.lineOfTable("plugins."+name)), name)
+	}
 	complete = true
 	return built, nil
+}
+
+// buildOne constructs the instance name into built. user says who asked
+// for it ("listener \"mx\"", "the fallback_queue of \"lmtp\""); where
+// locates that request for an unknown plugin's error.
+func (c *Config) buildOne(built map[string]any, name, user string, where func() string) error {
+	if err := c.checkEnforce(name); err != nil {
+		return err
+	}
+	pname := c.PluginFor(name)
+	reg, ok := hooks.Lookup(pname)
+	if !ok {
+		if pname != name {
+			return fmt.Errorf("%s: [plugins.%s] (%s): use = %q: unknown plugin %q (`smtpd plugins` lists the compiled-in ones)",
+				c.at(c.lineOfTable("plugins."+name)), name, user, pname, pname)
+		}
+		return fmt.Errorf("%s: unknown plugin %q (`smtpd plugins` lists the compiled-in ones)", where(), pname)
+	}
+	p, err := reg.New(c.Decoder(name))
+	if err == nil {
+		built[name] = p
+		// Keys a plugin that never called decode left behind.
+		err = c.unknownIn(name)
+	}
+	if err != nil {
+		var fe *fileError
+		switch {
+		case errors.As(err, &fe) && strings.HasPrefix(err.Error(), c.path+":"):
+			return err // names the file, the line and the key
+		case errors.As(err, &fe):
+			return fmt.Errorf("plugin %q: %w", name, err)
+		}
+		return fmt.Errorf("%s: plugin %q: %w", c.at(c.lineOfTable("plugins."+name)), name, err)
+	}
+	return nil
+}
+
+// buildRoutes builds the queue instances the routers among built name
+// (hooks.Router) and hands them over. A route must be a queue plugin and
+// no router itself, so that routes cannot loop.
+func (c *Config) buildRoutes(built map[string]any) error {
+	var routers []string
+	for name, p := range built {
+		if _, ok := p.(hooks.Router); ok {
+			routers = append(routers, name)
+		}
+	}
+	sort.Strings(routers)
+	for _, name := range routers {
+		r := built[name].(hooks.Router)
+		at := c.at(c.lineOfTable("plugins." + name))
+		routes := map[string]hooks.Queue{}
+		for _, to := range r.Routes() {
+			if to == name {
+				return fmt.Errorf("%s: plugin %q routes messages to itself: name another queue plugin instance", at, name)
+			}
+			if _, ok := built[to]; !ok {
+				if err := c.buildOne(built, to, fmt.Sprintf("a route of %q", name), func() string { return fmt.Sprintf("%s: plugin %q: a route", at, name) }); err != nil {
+					return err
+				}
+			}
+			q, ok := built[to].(hooks.Queue)
+			if !ok {
+				return fmt.Errorf("%s: plugin %q routes messages to %q, which is no queue plugin (maildir, qmailqueue, smtpforward, lmtp are)", at, name, to)
+			}
+			if _, ok := built[to].(hooks.Router); ok && len(built[to].(hooks.Router).Routes()) > 0 {
+				return fmt.Errorf("%s: plugin %q routes messages to %q, which has routes of its own: a route must end somewhere (name a queue instance without fallback_queue or dsn_queue)", at, name, to)
+			}
+			routes[to] = q
+		}
+		if err := r.SetRoutes(routes); err != nil {
+			return fmt.Errorf("%s: plugin %q: %w", at, name, err)
+		}
+	}
+	return nil
 }
 
 // DecodeString decodes TOML text into v, rejecting unknown keys. Tests and

@@ -438,6 +438,20 @@ type DSNCarrier interface {
 	CarriesDSN() bool
 }
 
+// Router is an optional interface for a queue plugin that hands part of a
+// message on to other queue plugin instances, named in its settings: the
+// recipients a downstream refused for now go to a fallback queue, and the
+// delivery status notifications for those it refused for good go to a
+// bounce route (smtpforward's fallback_queue and dsn_queue). When the
+// configuration is built, every name Routes returns must be a configured
+// queue plugin instance that is no Router itself (so that routes cannot
+// loop); it is built, even when no listener lists it, and handed to
+// SetRoutes, keyed by name, before any hook runs.
+type Router interface {
+	Routes() []string
+	SetRoutes(routes map[string]Queue) error
+}
+
 // InstanceNamer is an optional interface for a plugin that needs the name
 // it is configured under: its instance name, the config key, which is not
 // its registered name when the table says use = "..." (the external

@@ -17,10 +17,13 @@ import (
 	"github.com/sluice-mta/sluice/transaction"
 )
 
-// The Forwarder's default timeouts.
+// The Forwarder's default timeouts. The data timeout is the 10 minutes
+// RFC 5321 section 4.5.3.2.6 gives a client to wait for the reply to the
+// final dot: giving up sooner makes a duplicate likelier (the downstream
+// may deliver a message whose 250 came too late).
 const (
 	DefaultConnectTimeout = 30 * time.Second
-	DefaultDataTimeout    = 5 * time.Minute
+	DefaultDataTimeout    = 10 * time.Minute
 )
 
 // TLSMode says whether a Forwarder uses STARTTLS.
@@ -500,6 +503,20 @@ func (f *Forwarder) failure(ctx context.Context, step string, err error) error {
 		return temporary([3]int{4, 4, 2}, "Downstream server timed out; try again later", cause)
 	}
 	return temporary([3]int{4, 4, 2}, "Connection to the downstream server failed; try again later", cause)
+}
+
+// RemoteName names the downstream in a delivery status notification's
+// Remote-MTA field: the host part of Addr, or "localhost" for a unix
+// socket.
+func (f *Forwarder) RemoteName() string {
+	network, addr := Network(f.Addr)
+	if network == "unix" {
+		return "localhost"
+	}
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }
 
 func (f *Forwarder) protocol() string {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -41,8 +42,16 @@ type Settings struct {
 	StartTLS string `toml:"starttls"`
 	// ConnectTimeout bounds the connect and each command's reply ("30s").
 	ConnectTimeout string `toml:"connect_timeout"`
-	// DataTimeout bounds sending the message and the final reply ("5m").
+	// DataTimeout bounds sending the message and the final reply ("10m").
 	DataTimeout string `toml:"data_timeout"`
+	// FallbackQueue names the queue plugin instance that gets the
+	// recipients the downstream refused for now (4xx) once it delivered to
+	// others ("" for none: the whole message is deferred).
+	FallbackQueue string `toml:"fallback_queue"`
+	// DSNQueue names the queue plugin instance that gets the delivery
+	// status notifications for the recipients the downstream refused for
+	// good once it delivered to others. Default: FallbackQueue.
+	DSNQueue string `toml:"dsn_queue"`
 }
 
 // Plugin is a configured smtpforward instance.
@@ -50,9 +59,17 @@ type Plugin struct {
 	fw *queue.Forwarder
 	// note is the transaction note for the downstream's queue id.
 	note notes.Key[string]
+	// fallback and dsn are the route names; routes is built from them by
+	// SetRoutes (nil without routes).
+	fallback, dsn string
+	routes        *queue.Routes
 }
 
-var _ hooks.Queue = (*Plugin)(nil)
+var (
+	_ hooks.Queue      = (*Plugin)(nil)
+	_ hooks.Router     = (*Plugin)(nil)
+	_ hooks.DSNCarrier = (*Plugin)(nil)
+)
 
 // DefaultSettings are the settings a [plugins.smtpforward] table is decoded
 // over: the defaults of every key it leaves out.
@@ -80,8 +97,50 @@ func FromSettings(s Settings, remoteIDNote notes.Key[string]) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Plugin{fw: fw, note: remoteIDNote}, nil
+	p := &Plugin{fw: fw, note: remoteIDNote, fallback: s.FallbackQueue, dsn: s.DSNQueue}
+	if p.dsn == "" {
+		p.dsn = p.fallback
+	}
+	return p, nil
 }
+
+// Routes implements hooks.Router: the fallback_queue and dsn_queue
+// instances, when set.
+func (p *Plugin) Routes() []string {
+	var names []string
+	for _, n := range []string{p.fallback, p.dsn} {
+		if n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// SetRoutes implements hooks.Router.
+func (p *Plugin) SetRoutes(routes map[string]hooks.Queue) error {
+	if p.fallback == "" && p.dsn == "" {
+		return nil
+	}
+	r := &queue.Routes{RemoteMTA: p.fw.RemoteName()}
+	if p.fallback != "" {
+		r.Fallback, r.FallbackName = routes[p.fallback], p.fallback
+	}
+	if p.dsn != "" {
+		r.Bounce, r.BounceName = routes[p.dsn], p.dsn
+	}
+	if p.fallback != "" && r.Fallback == nil || p.dsn != "" && r.Bounce == nil {
+		return fmt.Errorf("fallback_queue %q or dsn_queue %q was not built", p.fallback, p.dsn)
+	}
+	p.routes = r
+	return nil
+}
+
+// CarriesDSN implements hooks.DSNCarrier: the listener offers DSN when the
+// plugin can honour every request, which it can with a dsn_queue: it
+// passes the parameters on to a downstream that offers DSN, and sends the
+// notifications itself otherwise. Without a dsn_queue DSN is not offered,
+// and the client's MTA keeps the duty (RFC 3461 section 4.1).
+func (p *Plugin) CarriesDSN() bool { return p.dsn != "" }
 
 func (s Settings) forwarder() (*queue.Forwarder, error) {
 	fw := &queue.Forwarder{Addr: s.Host, LMTP: s.LMTP}
@@ -142,13 +201,21 @@ func heloName(helo string) (string, error) {
 	return helo, nil
 }
 
-// Queue implements hooks.Queue: the message counts as queued (250) only
-// when the downstream accepted it for every recipient; a downstream 5xx
-// refuses it permanently, anything else defers it (451).
-func (p *Plugin) Queue(ctx context.Context, _ *connection.Connection, tx *transaction.Transaction) hooks.Result {
-	rc, err := p.fw.Forward(ctx, tx, nil)
+// Queue implements hooks.Queue: the message counts as queued (250) when
+// the downstream accepted it for every recipient, or for some and the
+// routes took the others (queue.Routes); a downstream 5xx for every
+// recipient refuses it permanently, anything else defers it (451).
+func (p *Plugin) Queue(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
+	rc, err := p.fw.Forward(ctx, tx, p.routes.Take)
 	if err != nil {
-		return queue.Result(err)
+		res := p.routes.Settle(ctx, c, tx, rc.Outcomes, err)
+		if res.Code == hooks.OK {
+			tx.QueueID = rc.ID
+			if rc.RemoteID != "" {
+				p.note.Set(&tx.Notes, rc.RemoteID)
+			}
+		}
+		return res
 	}
 	tx.QueueID = rc.ID
 	if rc.RemoteID == "" {
