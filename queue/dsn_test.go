@@ -573,3 +573,25 @@ func checkWithPython(t *testing.T, raw []byte, want pythonWant) {
 		t.Errorf("Python reads the returned message's Subject %q, want %q", got.Returned, want.Returned)
 	}
 }
+
+func TestBounceReturnsAnUndeclared8bitMessageVerbatim(t *testing.T) {
+	// 8-bit bytes without BODY=8BITMIME, and no CRLF at the end (BDAT
+	// LAST allows that): the part must say 8bit, the notification must be
+	// sent as 8BITMIME, and the bytes must come back unchanged.
+	msg := "Subject: caf\xe9\r\n\r\nLatin-1 caf\xe9, no final line ending"
+	tx := dsnTx(t, "alice@example.org", []string{"bob@example.test"}, msg)
+	dsn, raw := bounce(t, tx, queue.Report{ReportingMTA: "mx.example.test", Failed: []queue.Outcome{refused("bob@example.test")}})
+	if dsn.Params.Body != "8BITMIME" || dsn.Params.UTF8 {
+		t.Errorf("params %+v: want 8BITMIME and no SMTPUTF8", dsn.Params)
+	}
+	p := parseDSN(t, raw)
+	if cte := p.parts[2].header.Get("Content-Transfer-Encoding"); cte != "8bit" {
+		t.Errorf("part 3 Content-Transfer-Encoding %q, want 8bit", cte)
+	}
+	if string(p.parts[2].body) != wantMessage(msg) {
+		t.Errorf("returned message:\n got %q\nwant %q", p.parts[2].body, wantMessage(msg))
+	}
+	if p.parts[0].header.Get("Content-Transfer-Encoding") != "" || p.parts[1].header.Get("Content-Transfer-Encoding") != "" {
+		t.Errorf("the ASCII parts are labelled with a transfer encoding")
+	}
+}
