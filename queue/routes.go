@@ -95,7 +95,11 @@ func (r *Routes) Settle(ctx context.Context, c *connection.Connection, tx *trans
 			notes = append(notes, fmt.Sprintf("%d refused for good: notification to <%s> handed to %q", len(permanent), tx.Sender, r.BounceName))
 		}
 	}
-	return hooks.Result{Code: hooks.OK, Detail: fmt.Sprintf("delivered to %d of %d recipients; %s (%v)", len(delivered), len(outs), strings.Join(notes, "; "), err)}
+	var refused []string
+	for _, o := range append(temporary, permanent...) {
+		refused = append(refused, fmt.Sprintf("<%s> %s", o.Rcpt, o.Reply))
+	}
+	return hooks.Result{Code: hooks.OK, Detail: fmt.Sprintf("delivered to %d of %d recipients; %s; refused: %s", len(delivered), len(outs), strings.Join(notes, "; "), strings.Join(refused, ", "))}
 }
 
 // duplicates is the deferral when part of the message was delivered but

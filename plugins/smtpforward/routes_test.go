@@ -55,7 +55,7 @@ func TestSomeRecipientsRefusedAtRcpt(t *testing.T) {
 		t.Fatalf("without routes the downstream got %d messages; want none (the retry would duplicate them)", n)
 	}
 
-	h, fallback, _, logs := withRoutes(t, `host = "`+d.Addr+`"`, true)
+	h, fallback, bounces, logs := withRoutes(t, `host = "`+d.Addr+`"`, true)
 	rep = h.Connect("192.0.2.1").Send("a@example.org", to, body)
 	hookstest.Expect(t, rep, 250, "queued as")
 	got := d.Messages()
@@ -69,7 +69,23 @@ func TestSomeRecipientsRefusedAtRcpt(t *testing.T) {
 	if string(fb[0].Data) != string(got[0].Data) {
 		t.Errorf("the fallback copy differs from the delivered one:\n%q\n%q", fb[0].Data, got[0].Data)
 	}
-	if !strings.Contains(logs.String(), "delivered to 1 of 3 recipients; 1 refused for now handed to") {
+	dsn := bounces.Messages()
+	if len(dsn) != 1 || dsn[0].Sender != "" || strings.Join(dsn[0].Recipients, " ") != "a@example.org" {
+		t.Fatalf("dsn queue got %+v; want one notification from <> to a@example.org", dsn)
+	}
+	for _, want := range []string{
+		"\r\nFinal-Recipient: rfc822; nobody@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; 127.0.0.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n",
+		"\r\nReporting-MTA: dns; mx.example.test\r\n",
+		"\r\nContent-Type: message/rfc822\r\n",
+	} {
+		if !strings.Contains(string(dsn[0].Data), want) {
+			t.Errorf("the notification lacks %q:\n%s", want, dsn[0].Data)
+		}
+	}
+	if strings.Contains(string(dsn[0].Data), "full@example.test") {
+		t.Errorf("the notification names the recipient refused for now, which the fallback retries:\n%s", dsn[0].Data)
+	}
+	if !strings.Contains(logs.String(), `detail="delivered to 1 of 3 recipients; 1 refused for now handed to \"retry\"; 1 refused for good: notification to <a@example.org> handed to \"bounces\"; refused: <full@example.test> 452 4.2.2 Mailbox full, <nobody@example.test> 550 5.1.1 User unknown"`) {
 		t.Errorf("log lacks the settlement:\n%s", logs)
 	}
 }
