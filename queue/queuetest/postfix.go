@@ -241,6 +241,9 @@ virtual_mailbox_maps = texthash:%[1]s/etc/mailboxes
 virtual_uid_maps = static:%[3]d
 virtual_gid_maps = static:%[4]d
 virtual_minimum_uid = 1
+# Mail from 127.0.0.1 is remote mail: no Date or Message-ID added, no
+# header rewritten; what a client sends is what lands.
+local_header_rewrite_clients =
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_recipient_restrictions = check_recipient_access texthash:%[1]s/etc/recipient_access
 smtpd_reject_unlisted_recipient = yes
@@ -339,8 +342,9 @@ func (p *Postfix) Log() string {
 // Mailbox returns every message in user's Maildir (new/ and cur/),
 // sorted by file name, which is delivery order. user is an address or
 // a local part of example.test. Each message is as virtual(8) stored it:
-// Return-Path, Delivered-To and Postfix's Received header, then the
-// message as it was sent, with LF line ends instead of CRLF.
+// Return-Path, X-Original-To, Delivered-To and Postfix's Received header,
+// then the message as it was sent (Postfix adds no missing header), with
+// LF line ends instead of CRLF.
 // Delivery happens after the 250 reply: use WaitMailbox to wait for it.
 func (p *Postfix) Mailbox(user string) [][]byte {
 	return readMaildir(filepath.Join(p.Dir, "mail", mailAddress(user)))
