@@ -70,11 +70,13 @@ type Dovecot struct {
 	stderr bytes.Buffer
 }
 
-// dovecotUsers is the passwd-file: user:password:uid:gid:gecos:home:shell:
-// extra fields (userdb fields).
+// dovecotUsers is the passwd-file, both passdb and userdb:
+// user:password:uid:gid:gecos:home:shell:extra fields. The userdb reads
+// an extra field only with the prefix userdb_ (a bare quota_rule= is
+// ignored).
 const dovecotUsers = `alice@example.test:{PLAIN}s3cret:%[1]d:%[2]d::%[3]s/mail/alice@example.test::
 bob@example.test:{PLAIN}s3cret:%[1]d:%[2]d::%[3]s/mail/bob@example.test::
-tiny@example.test:{PLAIN}s3cret:%[1]d:%[2]d::%[3]s/mail/tiny@example.test::quota_rule=*:storage=1K
+tiny@example.test:{PLAIN}s3cret:%[1]d:%[2]d::%[3]s/mail/tiny@example.test::userdb_quota_rule=*:storage=1K
 `
 
 // StartDovecotLMTP starts a private Dovecot LMTP server (see Dovecot) for
@@ -293,7 +295,7 @@ func (d *Dovecot) Log() string {
 }
 
 // Mailbox returns every message in user's Maildir INBOX (new/ and cur/),
-// sorted by file name. user is an address or a local part of
+// sorted by file name (see Postfix.Mailbox). user is an address or a local part of
 // example.test. Each message is as Dovecot stored it: Return-Path,
 // Delivered-To and Dovecot's Received header, then the message as it was
 // sent, with LF line ends instead of CRLF.

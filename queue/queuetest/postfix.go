@@ -340,7 +340,8 @@ func (p *Postfix) Log() string {
 }
 
 // Mailbox returns every message in user's Maildir (new/ and cur/),
-// sorted by file name, which is delivery order. user is an address or
+// sorted by file name (a Maildir name starts with the delivery second;
+// within a second the order is arbitrary: find a message by its content). user is an address or
 // a local part of example.test. Each message is as virtual(8) stored it:
 // Return-Path, X-Original-To, Delivered-To and Postfix's Received header,
 // then the message as it was sent (Postfix adds no missing header), with

@@ -1,6 +1,7 @@
 package queuetest
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"flag"
@@ -267,5 +268,132 @@ func TestPostfixSuccessDSN(t *testing.T) {
 	}
 	if bytes.Contains(dsns[0], []byte("Grüße aus dem Test")) {
 		t.Errorf("the success DSN holds the body despite RET=HDRS:\n%s", dsns[0])
+	}
+}
+
+func TestDovecotDeliversOverTCPAndSocket(t *testing.T) {
+	for _, via := range []struct{ network, addr string }{{"tcp", dovecot.Addr}, {"unix", dovecot.Socket}} {
+		t.Run(via.network, func(t *testing.T) {
+			msg, id := testMessage("sender@client.example.test", "alice@example.test", 0)
+			c := dial(t, via.network, via.addr, true)
+			if err := c.Mail("sender@client.example.test", nil); err != nil {
+				t.Fatal(err)
+			}
+			wantReply(t, "RCPT TO:<nobody@example.test>", c.Rcpt("nobody@example.test", nil),
+				550, smtp.EnhancedCode{5, 1, 1}, "<nobody@example.test> User doesn't exist: nobody@example.test")
+			if err := c.Rcpt("alice@example.test", nil); err != nil {
+				t.Fatal(err)
+			}
+			w, err := c.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Write(msg)
+			replies, err := w.CloseWithLMTPResponse()
+			if err != nil {
+				t.Fatalf("after the final dot: %v", err)
+			}
+			if r := replies["alice@example.test"]; r == nil || !strings.HasPrefix(r.StatusText, "2.0.0 <alice@example.test> ") || !strings.HasSuffix(r.StatusText, " Saved") {
+				t.Errorf("alice's reply after the final dot: %+v; want 250 2.0.0 <alice@example.test> ... Saved", r)
+			}
+			// LMTP delivers before it replies: no wait.
+			got := containing(dovecot.Mailbox("alice"), id)
+			if len(got) != 1 {
+				t.Fatalf("alice's Maildir holds %d messages with %s; want 1", len(got), id)
+			}
+			wantStored(t, got[0], msg, "sender@client.example.test", "alice@example.test")
+			if !strings.Contains(dovecot.Log(), "lmtp(alice@example.test)") {
+				t.Errorf("the Dovecot log lacks the delivery to alice:\n%s", dovecot.Log())
+			}
+		})
+	}
+}
+
+func TestDovecotOverQuotaAfterData(t *testing.T) {
+	tempfail := StartDovecotLMTP(t, DovecotOptions{QuotaTempfail: true})
+	for _, tt := range []struct {
+		name     string
+		d        *Dovecot
+		code     int
+		enhanced smtp.EnhancedCode
+	}{
+		{"default", dovecot, 552, smtp.EnhancedCode{5, 2, 2}},
+		{"QuotaTempfail", tempfail, 452, smtp.EnhancedCode{4, 2, 2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			msg, id := testMessage("sender@client.example.test", "tiny@example.test", 2048)
+			c := dial(t, "tcp", tt.d.Addr, true)
+			if err := c.Mail("sender@client.example.test", nil); err != nil {
+				t.Fatal(err)
+			}
+			// The quota is not checked at RCPT.
+			for _, rcpt := range []string{"tiny@example.test", "alice@example.test"} {
+				if err := c.Rcpt(rcpt, nil); err != nil {
+					t.Fatalf("RCPT TO:<%s>: %v", rcpt, err)
+				}
+			}
+			w, err := c.Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Write(msg)
+			replies, err := w.CloseWithLMTPResponse()
+			var perRcpt smtp.LMTPDataError
+			if !errors.As(err, &perRcpt) || len(perRcpt) != 1 {
+				t.Fatalf("after the final dot: %v; want one refusal, for tiny", err)
+			}
+			wantReply(t, "tiny after the final dot", perRcpt["tiny@example.test"], tt.code, tt.enhanced, "<tiny@example.test> Quota exceeded (mailbox for user is full)")
+			if replies["alice@example.test"] == nil {
+				t.Errorf("alice after the final dot: no 250; replies %+v", replies)
+			}
+			if got := containing(tt.d.Mailbox("alice"), id); len(got) != 1 {
+				t.Errorf("alice's Maildir holds %d messages with %s; want 1", len(got), id)
+			}
+			if got := tt.d.Mailbox("tiny"); len(got) != 0 {
+				t.Errorf("tiny's Maildir holds %d messages; want none", len(got))
+			}
+		})
+	}
+}
+
+func TestDovecotLHLO(t *testing.T) {
+	c := dial(t, "tcp", dovecot.Addr, true)
+	for ext, want := range map[string]bool{
+		"8BITMIME": true, "CHUNKING": true, "ENHANCEDSTATUSCODES": true, "PIPELINING": true,
+		"SMTPUTF8": false, "DSN": false, "SIZE": false, "STARTTLS": false,
+	} {
+		if has, _ := c.Extension(ext); has != want {
+			t.Errorf("LHLO offers %s: %v; want %v", ext, has, want)
+		}
+	}
+}
+
+// TestDovecotUserdbSocket asks the userdb socket as a recipient check
+// would, in Dovecot's auth-master protocol.
+func TestDovecotUserdbSocket(t *testing.T) {
+	conn, err := net.DialTimeout("unix", dovecot.UserdbSocket, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "VERSION\t1\t0\nUSER\t1\talice@example.test\tservice=lmtp\nUSER\t2\tnobody@example.test\tservice=lmtp\n")
+	r := bufio.NewReader(conn)
+	replies := map[string]string{}
+	for len(replies) < 2 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the userdb replies: %v (so far %q)", err, replies)
+		}
+		f := strings.Split(strings.TrimSuffix(line, "\n"), "\t")
+		if len(f) >= 2 && (f[0] == "USER" || f[0] == "NOTFOUND" || f[0] == "FAIL") {
+			replies[f[1]] = line
+		}
+	}
+	if want := "USER\t1\talice@example.test\t"; !strings.HasPrefix(replies["1"], want) || !strings.Contains(replies["1"], "\thome="+dovecot.Dir+"/mail/alice@example.test") {
+		t.Errorf("userdb reply for alice: %q; want %q... with her home", replies["1"], want)
+	}
+	if want := "NOTFOUND\t2\n"; replies["2"] != want {
+		t.Errorf("userdb reply for nobody: %q; want %q", replies["2"], want)
 	}
 }
