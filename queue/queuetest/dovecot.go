@@ -65,9 +65,10 @@ type Dovecot struct {
 	// run (the sockets), mail (the Maildirs) and dovecot.log.
 	Dir string
 
-	cmd    *exec.Cmd
-	exited chan error
-	stderr bytes.Buffer
+	cmd      *exec.Cmd
+	exited   chan error // receives once, when the master has exited
+	stderr   bytes.Buffer
+	watchdog *exec.Cmd
 }
 
 // dovecotUsers is the passwd-file, both passdb and userdb:
@@ -133,8 +134,17 @@ func StartDovecotLMTPMain(o DovecotOptions) (*Dovecot, error) {
 		return nil, fmt.Errorf("queuetest: starting dovecot: %v", err)
 	}
 	go func() { d.exited <- d.cmd.Wait() }()
-	if err := d.waitReady(10 * time.Second); err != nil {
+	// When the test binary dies, Dovecot stops too.
+	if d.watchdog, err = startWatchdog(d.cmd.Process.Pid); err != nil {
+		err = fmt.Errorf("queuetest: dovecot: %v", err)
 		d.Stop()
+		return nil, err
+	}
+	if err := d.waitReady(10 * time.Second); err != nil {
+		stopWatchdog(d.watchdog)
+		d.halt()
+		err = fmt.Errorf("queuetest: dovecot: %v\nstderr:\n%s\nlog:\n%s", err, d.stderr.String(), d.Log())
+		os.RemoveAll(dir)
 		return nil, err
 	}
 	return d, nil
@@ -239,52 +249,47 @@ service auth {
 // waitReady waits until the LMTP server greets on TCP and on its unix
 // socket and the userdb socket accepts connections.
 func (d *Dovecot) waitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for _, l := range []struct{ network, addr string }{{"tcp", d.Addr}, {"unix", d.Socket}, {"unix", d.UserdbSocket}} {
-		for {
-			var err error
-			if l.addr == d.UserdbSocket {
-				var c net.Conn
-				if c, err = net.DialTimeout(l.network, l.addr, time.Second); err == nil {
-					c.Close()
-				}
-			} else {
-				err = waitGreeting(l.network, l.addr, time.Second)
-			}
-			if err == nil {
-				break
-			}
-			select {
-			case werr := <-d.exited:
-				d.exited <- werr
-				return fmt.Errorf("queuetest: dovecot exited before listening: %v\n%s\n%s", werr, d.stderr.String(), d.Log())
-			default:
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("queuetest: dovecot: %v\n%s\n%s", err, d.stderr.String(), d.Log())
-			}
-			time.Sleep(10 * time.Millisecond)
+	for _, l := range []struct{ network, addr string }{{"tcp", d.Addr}, {"unix", d.Socket}} {
+		if err := waitGreeting(l.network, l.addr, timeout, d.exited); err != nil {
+			return err
 		}
 	}
-	return nil
+	// The auth service starts with the master, before the LMTP
+	// listeners answer; one try suffices.
+	c, err := net.DialTimeout("unix", d.UserdbSocket, time.Second)
+	if err != nil {
+		return fmt.Errorf("no userdb socket: %v", err)
+	}
+	return c.Close()
 }
 
 // Stop stops Dovecot, waits until its master has exited and removes its
-// directory. StartDovecotLMTP calls it at the end of the test.
+// directory. StartDovecotLMTP calls it at the end of the test. It takes a
+// second: Dovecot's master gives its log process that long to finish.
 func (d *Dovecot) Stop() error {
-	var err error
-	if d.cmd != nil && d.cmd.Process != nil {
-		// SIGTERM: the master stops its services and exits.
-		d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.exited:
-		case <-time.After(10 * time.Second):
-			d.cmd.Process.Kill()
-			<-d.exited
-			err = errors.New("queuetest: dovecot was still running 10s after SIGTERM; killed it")
-		}
+	stopWatchdog(d.watchdog)
+	return errors.Join(d.halt(), os.RemoveAll(d.Dir))
+}
+
+// halt stops Dovecot and waits until its master has exited.
+func (d *Dovecot) halt() error {
+	select {
+	case err := <-d.exited: // already gone
+		d.exited <- err
+		return nil
+	default:
 	}
-	return errors.Join(err, os.RemoveAll(d.Dir))
+	// SIGTERM: the master stops its services and exits.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		d.exited <- err
+		return nil
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		d.exited <- <-d.exited
+		return errors.New("queuetest: dovecot was still running 10s after SIGTERM; killed it")
+	}
 }
 
 // Log returns Dovecot's log so far (log_path): one line per delivery

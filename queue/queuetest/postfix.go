@@ -2,7 +2,6 @@ package queuetest
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -58,6 +57,10 @@ type Postfix struct {
 	// Dir holds everything of this instance: etc (main.cf, master.cf,
 	// maps), spool, data, mail (the Maildirs) and maillog.
 	Dir string
+
+	master   *exec.Cmd
+	exited   chan error // receives once, when the master has exited
+	watchdog *exec.Cmd
 }
 
 // postfixUsers are the mailboxes virtual(8) delivers to; full is listed
@@ -112,15 +115,23 @@ func StartPostfixMain(o PostfixOptions) (*Postfix, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	// master -w, as postfix start runs it, without postfix-script's
-	// checks (a second for master -t alone).
-	master := exec.Command(filepath.Join(postfixDaemonDir(), "master"), "-c", filepath.Join(p.Dir, "etc"), "-w")
-	if out, err := master.CombinedOutput(); err != nil {
-		err = fmt.Errorf("queuetest: starting the Postfix master: %v\n%s\n%s", err, out, p.Log())
+	// The master in the foreground, as our child, instead of postfix
+	// start: that runs a second of checks and leaves a daemon behind when
+	// the test binary dies. Here a watchdog stops the master when we die,
+	// and the master passes SIGTERM on to its daemons.
+	p.master = exec.Command(filepath.Join(postfixDaemonDir(), "master"), "-c", filepath.Join(p.Dir, "etc"))
+	if err := p.master.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("queuetest: starting the Postfix master: %v", err)
+	}
+	p.exited = make(chan error, 1)
+	go func() { p.exited <- p.master.Wait() }()
+	if p.watchdog, err = startWatchdog(p.master.Process.Pid); err != nil {
+		err = fmt.Errorf("queuetest: Postfix: %v", err)
 		p.Stop()
 		return nil, err
 	}
-	if err := waitGreeting("tcp", p.Addr, 20*time.Second); err != nil {
+	if err := waitGreeting("tcp", p.Addr, 20*time.Second, p.exited); err != nil {
 		err = fmt.Errorf("queuetest: Postfix: %v\n%s", err, p.Log())
 		p.Stop()
 		return nil, err
@@ -296,41 +307,54 @@ func postfixDaemonDir() string {
 // Stop stops Postfix, waits until its master has exited and removes its
 // directory. StartPostfix calls it at the end of the test.
 func (p *Postfix) Stop() error {
-	pid := 0
-	if b, err := os.ReadFile(filepath.Join(p.Dir, "spool", "pid", "master.pid")); err == nil {
-		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-	}
-	var err error
-	if pid > 0 {
-		// What postfix stop does, without its second of checks: SIGTERM
-		// to the master, which stops its daemons and exits.
-		syscall.Kill(pid, syscall.SIGTERM)
-		deadline := time.Now().Add(20 * time.Second)
-		for running(pid) {
-			if time.Now().After(deadline) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				err = fmt.Errorf("queuetest: the Postfix master (pid %d) was still running 20s after SIGTERM; killed it", pid)
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	return errors.Join(err, os.RemoveAll(p.Dir))
+	stopWatchdog(p.watchdog)
+	return errors.Join(p.halt(), os.RemoveAll(p.Dir))
 }
 
-// running reports whether process pid is alive: it exists and is no
-// zombie waiting for init to reap it.
-func running(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
+// startWatchdog starts a process that sends SIGTERM to pid when the test
+// binary dies, however it dies (even by SIGKILL): it waits for the end
+// of a pipe only this process holds. A daemon that changes its user or
+// group, as Postfix's master does, loses a Pdeathsig, so that cannot do.
+func startWatchdog(pid int) (*exec.Cmd, error) {
+	w := exec.Command("/bin/sh", "-c", fmt.Sprintf("read -r _; kill -TERM %d", pid))
+	if _, err := w.StdinPipe(); err != nil { // kept open until we die
+		return nil, fmt.Errorf("watchdog: %v", err)
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true // no /proc: trust kill
+	if err := w.Start(); err != nil {
+		return nil, fmt.Errorf("starting the watchdog: %v", err)
 	}
-	// pid (comm) state ...; comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+	return w, nil
+}
+
+// stopWatchdog ends the watchdog without letting it signal: it must not
+// signal a pid that may be reused once the daemon has exited.
+func stopWatchdog(w *exec.Cmd) {
+	if w != nil && w.Process != nil {
+		w.Process.Kill()
+		w.Wait()
+	}
+}
+
+// halt stops Postfix and waits until its master has exited.
+func (p *Postfix) halt() error {
+	select {
+	case err := <-p.exited: // already gone
+		p.exited <- err
+		return nil
+	default:
+	}
+	// What postfix abort does: SIGTERM to the master, which passes it on
+	// to its daemons and exits.
+	p.master.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		return nil
+	case <-time.After(20 * time.Second):
+		p.master.Process.Kill()
+		p.exited <- <-p.exited
+		return errors.New("queuetest: the Postfix master was still running 20s after SIGTERM; killed it")
+	}
 }
 
 // Log returns the maillog so far (maillog_file, written by postlogd).
@@ -412,11 +436,18 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-// waitGreeting waits until the server at addr sends a 220 greeting.
-func waitGreeting(network, addr string, timeout time.Duration) error {
+// waitGreeting waits until the server at addr sends a 220 greeting, or
+// until its process has exited (a receive from exited).
+func waitGreeting(network, addr string, timeout time.Duration, exited chan error) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			exited <- err // for Stop
+			return fmt.Errorf("exited before greeting on %s: %v", addr, err)
+		default:
+		}
 		c, err := net.DialTimeout(network, addr, time.Second)
 		if err == nil {
 			c.SetDeadline(time.Now().Add(5 * time.Second))
