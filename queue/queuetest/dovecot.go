@@ -293,7 +293,9 @@ func (d *Dovecot) halt() error {
 }
 
 // Log returns Dovecot's log so far (log_path): one line per delivery
-// ("saved mail to INBOX") and per refusal, and any error.
+// ("msgid=<...>: saved mail to INBOX") and per refusal, and any error.
+// Dovecot's log process writes it a moment after the LMTP reply: poll
+// with a deadline for a line you expect.
 func (d *Dovecot) Log() string {
 	b, _ := os.ReadFile(filepath.Join(d.Dir, "dovecot.log"))
 	return string(b)

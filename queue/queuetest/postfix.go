@@ -23,13 +23,17 @@ const MailDomain = "example.test"
 // PostfixOptions configure a private Postfix. The zero value offers what
 // Debian's Postfix 3.7 offers: SMTPUTF8, 8BITMIME and DSN.
 type PostfixOptions struct {
-	// NoSMTPUTF8 stops smtpd from offering SMTPUTF8 (smtputf8_enable = no).
+	// NoSMTPUTF8 stops smtpd from offering SMTPUTF8 (smtputf8_enable =
+	// no); MAIL FROM:<...> SMTPUTF8 then gets "555 5.5.4 Unsupported
+	// option: SMTPUTF8".
 	NoSMTPUTF8 bool
 	// No8BitMIME hides 8BITMIME from the EHLO reply
-	// (smtpd_discard_ehlo_keywords).
+	// (smtpd_discard_ehlo_keywords); smtpd still accepts BODY=8BITMIME
+	// and 8-bit bytes.
 	No8BitMIME bool
 	// NoDSN hides DSN from the EHLO reply (smtpd_discard_ehlo_keywords);
-	// smtpd then refuses NOTIFY=, ORCPT=, RET= and ENVID=.
+	// a MAIL or RCPT with RET=, ENVID=, NOTIFY= or ORCPT= then gets
+	// "501 5.7.1 DSN support is disabled".
 	NoDSN bool
 }
 
@@ -71,8 +75,8 @@ var postfixUsers = []string{"alice", "bob", "full"}
 // stops it, removing its directory, when the test ends; on failure it
 // prints the maillog. It fails the test when Postfix is not installed or
 // the test does not run as root (Postfix's master must). Start one per
-// test package (sync.Once or StartPostfixMain from TestMain): startup
-// takes about a second.
+// test package (sync.Once or StartPostfixMain from TestMain), though it
+// is quick: about 50 ms to the first greeting, 15 ms to stop.
 func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	t.Helper()
 	p, err := StartPostfixMain(o)
@@ -357,20 +361,22 @@ func (p *Postfix) halt() error {
 	}
 }
 
-// Log returns the maillog so far (maillog_file, written by postlogd).
+// Log returns the maillog so far (maillog_file). postlogd writes it a
+// moment after the event: poll with a deadline for a line you expect.
 func (p *Postfix) Log() string {
 	b, _ := os.ReadFile(filepath.Join(p.Dir, "maillog"))
 	return string(b)
 }
 
 // Mailbox returns every message in user's Maildir (new/ and cur/),
-// sorted by file name (a Maildir name starts with the delivery second;
-// within a second the order is arbitrary: find a message by its content). user is an address or
-// a local part of example.test. Each message is as virtual(8) stored it:
-// Return-Path, X-Original-To, Delivered-To and Postfix's Received header,
-// then the message as it was sent (Postfix adds no missing header), with
-// LF line ends instead of CRLF.
-// Delivery happens after the 250 reply: use WaitMailbox to wait for it.
+// sorted by file name: a Maildir name starts with the delivery second,
+// within a second the order is arbitrary, so find a message by its
+// content. user is an address or a local part of example.test. Each
+// message is as virtual(8) stored it: Return-Path, X-Original-To,
+// Delivered-To and Postfix's Received header, then the message as it was
+// sent (Postfix adds no missing header), with LF line ends instead of
+// CRLF. Delivery happens after the 250 reply: use WaitMailbox to wait
+// for it.
 func (p *Postfix) Mailbox(user string) [][]byte {
 	return readMaildir(filepath.Join(p.Dir, "mail", mailAddress(user)))
 }
