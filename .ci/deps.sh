@@ -2,7 +2,9 @@
 # Installs what the tests need when it is missing: swaks (the SMTP client the
 # end-to-end tests drive), curl (a scripted submission client), postfix
 # (smtp-sink, smtp-source and the private Postfix instances), dovecot-core
-# (the real Dovecot the dovecotauth tests authenticate against), ucspi-tcp
+# (the real Dovecot the dovecotauth tests authenticate against),
+# dovecot-lmtpd (Dovecot's LMTP server, the delivery target of the LMTP
+# handoff tests, started privately by queue/queuetest), ucspi-tcp
 # (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
 # tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
 # opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
@@ -20,6 +22,7 @@ command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-core)
+[ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
 command -v tcpserver >/dev/null 2>&1 || missing+=(ucspi-tcp)
 command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
