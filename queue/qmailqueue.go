@@ -111,7 +111,9 @@ type qqRun struct {
 	cmd      *exec.Cmd
 	msg, env *os.File // write ends: fd 0 and fd 1 of the child
 	custom   *os.File // read end of the child's fd 6
-	stderr   *limitedBuffer
+	// customText is what collectCustom read from custom.
+	customText chan string
+	stderr     *limitedBuffer
 	// pipes identify the message and envelope pipes, to find them again
 	// among the child's descriptors.
 	pipes [2]os.FileInfo
@@ -191,7 +193,8 @@ func startQmailQueue(ctx context.Context, prog string) (*qqRun, error) {
 	}
 	// The third pipe runs the other way: the child writes fd 6.
 	parentEnds[2], childEnds[2] = childEnds[2], parentEnds[2]
-	r := &qqRun{msg: parentEnds[0], env: parentEnds[1], custom: parentEnds[2], stderr: &limitedBuffer{max: 1024}}
+	r := &qqRun{msg: parentEnds[0], env: parentEnds[1], custom: parentEnds[2], customText: make(chan string, 1),
+		stderr: &limitedBuffer{max: 1024}}
 	for i := range r.pipes {
 		if fi, err := parentEnds[i].Stat(); err == nil {
 			r.pipes[i] = fi
@@ -214,6 +217,7 @@ func startQmailQueue(ctx context.Context, prog string) (*qqRun, error) {
 		closeAll(parentEnds)
 		return nil, err
 	}
+	go r.collectCustom() // ends when the pipe closes, at the latest at r.custom.Close
 	return r, nil
 }
 
@@ -321,13 +325,21 @@ func (r *qqRun) send(tx *transaction.Transaction, envelope []byte, crlf bool) er
 	return nil
 }
 
+// collectCustom reads fd 6 while the program runs, as qmail-smtpd does:
+// the first KiB is kept and the rest drained, so a program that writes
+// more than a pipe holds does not block on it.
+func (r *qqRun) collectCustom() {
+	b, _ := io.ReadAll(io.LimitReader(r.custom, 1024))
+	io.Copy(io.Discard, r.custom)
+	r.customText <- string(b)
+}
+
 // readCustom returns what the program wrote on fd 6. It runs after the
-// program exited, so the text is waiting in the pipe; the short deadline
-// covers a grandchild that still holds the pipe open.
+// program exited, so the text is in; the short deadline covers a
+// grandchild that still holds the pipe open.
 func (r *qqRun) readCustom() string {
 	r.custom.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	b, _ := io.ReadAll(io.LimitReader(r.custom, 1024))
-	return string(b)
+	return <-r.customText
 }
 
 func (q *QmailQueue) verdict(ctx context.Context, prog string, r *qqRun, waitErr, writeErr error) error {

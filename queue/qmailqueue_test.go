@@ -304,6 +304,9 @@ func TestQmailQueueExitCodesFromAShellProgram(t *testing.T) {
 		{"exit 82 D then nothing", readInput + "; printf 'D\\n\\n' >&6; exit 82", true, [3]int{5, 3, 0}, "qmail-queue: permanent problem (#5.3.0)"},
 		{"exit 82 two lines", readInput + "; printf 'Zfirst\\nsecond' >&6; exit 82", false, [3]int{4, 3, 0}, "first"},
 		{"exit 88 D on stderr", readInput + "; echo 'Dvirus found (#5.7.1)' >&2; exit 88", true, [3]int{5, 7, 1}, "virus found (#5.7.1)"},
+		// More than a pipe holds: the program must not block writing it.
+		{"exit 82 with 200 KB on fd 6", readInput + "; head -c 200000 /dev/zero | tr '\\0' 'y' | sed '1s/^/Z/' >&6; exit 82",
+			false, [3]int{4, 3, 0}, strings.Repeat("y", 400)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
