@@ -7,10 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/queue"
 )
 
@@ -90,6 +92,8 @@ func TestQmailQueueExitCodes(t *testing.T) {
 		text      string
 	}{
 		{"11", true, [3]int{5, 1, 3}, "qmail-queue: address too long (#5.1.3)"},
+		// qmail_close answers 115 like 11 ("compatibility").
+		{"115", true, [3]int{5, 1, 3}, "qmail-queue: address too long (#5.1.3)"},
 		{"31", true, [3]int{5, 3, 0}, "qmail-queue: mail server permanently refuses to send the message to any recipients (#5.3.0)"},
 		{"40", true, [3]int{5, 3, 0}, "qmail-queue: permanent problem (#5.3.0)"},
 		{"51", false, [3]int{4, 3, 0}, "qmail-queue: out of memory (#4.3.0)"},
@@ -154,23 +158,16 @@ func TestQmailQueueHungProgramIsKilledAfterTimeout(t *testing.T) {
 	}
 }
 
-func TestQmailQueueEnvironmentOverridesPath(t *testing.T) {
-	t.Setenv("QMAILQUEUE", qqcheck)
-	q := &queue.QmailQueue{Path: "/nonexistent/qmail-queue"}
-	if q.Program() != qqcheck {
-		t.Fatalf("Program() = %q, want $QMAILQUEUE %q", q.Program(), qqcheck)
-	}
-	r := runQQ(t, q, "a@example.org", []string{"b@example.test"}, testMessage, nil)
+func TestQmailQueueIgnoresQMAILQUEUE(t *testing.T) {
+	// The plugin resolves $QMAILQUEUE once, at start; QmailQueue runs Path.
+	t.Setenv("QMAILQUEUE", filepath.Join(t.TempDir(), "missing"))
+	r := runQQ(t, &queue.QmailQueue{Path: qqcheck}, "a@example.org", []string{"b@example.test"}, testMessage, nil)
 	if r.err != nil {
-		t.Fatalf("Queue with QMAILQUEUE set: %v", r.err)
-	}
-	if string(r.envelope) != "Fa@example.org\x00Tb@example.test\x00\x00" {
-		t.Errorf("envelope %q", r.envelope)
+		t.Fatalf("Queue with a bogus QMAILQUEUE set: %v", r.err)
 	}
 }
 
 func TestQmailQueueMissingProgramIsTemporary(t *testing.T) {
-	t.Setenv("QMAILQUEUE", "")
 	r := runQQ(t, &queue.QmailQueue{Path: filepath.Join(t.TempDir(), "qmail-queue")}, "a@example.org", []string{"b@example.test"}, testMessage, nil)
 	checkQQError(t, r.err, false, [3]int{4, 3, 0}, "qmail-queue: unable to run the queue program (#4.3.0)")
 }
@@ -188,13 +185,14 @@ func TestQmailQueueCustomErrors(t *testing.T) {
 		{"82 Z on fd 6", map[string]string{"QQCHECK_EXIT": "82", "QQCHECK_FD6": "Zgreylisted, come back later"},
 			false, [3]int{4, 3, 0}, "greylisted, come back later"},
 		{"82 nothing on fd 6", map[string]string{"QQCHECK_EXIT": "82"},
-			false, [3]int{4, 3, 0}, "qmail-queue: custom error (#4.3.0)"},
+			false, [3]int{4, 3, 0}, "qmail-queue: temporary problem (#4.3.0)"},
 		{"88 D on stderr", map[string]string{"QQCHECK_EXIT": "88", "QQCHECK_STDERR": "Dmessage contains a virus (#5.7.1)"},
 			true, [3]int{5, 7, 1}, "message contains a virus (#5.7.1)"},
 		{"88 Z on stderr", map[string]string{"QQCHECK_EXIT": "88", "QQCHECK_STDERR": "Zscanner unavailable\r\nsecond line"},
 			false, [3]int{4, 3, 0}, "scanner unavailable"},
+		// qmail-smtpd drops the first byte whatever it is.
 		{"88 without D or Z", map[string]string{"QQCHECK_EXIT": "88", "QQCHECK_STDERR": "something odd"},
-			false, [3]int{4, 3, 0}, "something odd"},
+			false, [3]int{4, 3, 0}, "omething odd"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runQQ(t, &queue.QmailQueue{Path: qqcheck}, "a@example.org", []string{"b@example.test"}, testMessage, tc.env)
@@ -267,6 +265,158 @@ func TestQQCheckIsStrict(t *testing.T) {
 		}
 		if exit != tc.exit {
 			t.Errorf("envelope %q: qqcheck exited %d, want %d", tc.env, exit, tc.exit)
+		}
+	}
+}
+
+// standIn writes a shell-script qmail-queue stand-in running body, with
+// $DIR set to a folder of its own, and returns its path and that folder.
+func standIn(t *testing.T, body string) (prog, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	prog = filepath.Join(dir, "qmail-queue")
+	script := "#!/bin/sh\nDIR='" + dir + "'\n" + body + "\n"
+	if err := os.WriteFile(prog, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return prog, dir
+}
+
+// readInput is the shell for reading the message (fd 0), then the
+// envelope (fd 1), as qmail-queue does.
+const readInput = `cat >/dev/null && cat <&1 >/dev/null || exit 54`
+
+func TestQmailQueueExitCodesFromAShellProgram(t *testing.T) {
+	for _, tc := range []struct {
+		name, script string
+		permanent    bool
+		enhanced     [3]int
+		text         string
+	}{
+		{"exit 115", readInput + "; exit 115", true, [3]int{5, 1, 3}, "qmail-queue: address too long (#5.1.3)"},
+		{"exit 82 D", readInput + "; printf 'Dno such user (#5.1.1)\\n' >&6; exit 82", true, [3]int{5, 1, 1}, "no such user (#5.1.1)"},
+		{"exit 82 Z", readInput + "; printf 'Ztry again later' >&6; exit 82", false, [3]int{4, 3, 0}, "try again later"},
+		// qmail-smtpd answers 451 and drops the first byte, whatever it is.
+		{"exit 82 neither D nor Z", readInput + "; printf 'Sorry, spam' >&6; exit 82", false, [3]int{4, 3, 0}, "orry, spam"},
+		{"exit 82 neither, 5.x.x code", readInput + "; printf 'X refused (#5.7.1)' >&6; exit 82", false, [3]int{4, 3, 0}, "refused (#5.7.1)"},
+		// qmail_close ignores a text of two bytes or less.
+		{"exit 82 two bytes", readInput + "; printf 'Dx' >&6; exit 82", false, [3]int{4, 3, 0}, "qmail-queue: temporary problem (#4.3.0)"},
+		{"exit 82 D then nothing", readInput + "; printf 'D\\n\\n' >&6; exit 82", true, [3]int{5, 3, 0}, "qmail-queue: permanent problem (#5.3.0)"},
+		{"exit 82 two lines", readInput + "; printf 'Zfirst\\nsecond' >&6; exit 82", false, [3]int{4, 3, 0}, "first"},
+		{"exit 88 D on stderr", readInput + "; echo 'Dvirus found (#5.7.1)' >&2; exit 88", true, [3]int{5, 7, 1}, "virus found (#5.7.1)"},
+		// More than a pipe holds: the program must not block writing it.
+		{"exit 82 with 200 KB on fd 6", readInput + "; head -c 200000 /dev/zero | tr '\\0' 'y' | sed '1s/^/Z/' >&6; exit 82",
+			false, [3]int{4, 3, 0}, strings.Repeat("y", 400)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			prog, _ := standIn(t, tc.script)
+			tx := newTx(t, "a@example.org", []string{"b@example.test"}, testMessage, 64<<10)
+			_, err := (&queue.QmailQueue{Path: prog, Timeout: 10 * time.Second}).Queue(context.Background(), tx)
+			checkQQError(t, err, tc.permanent, tc.enhanced, tc.text)
+		})
+	}
+}
+
+// TestQmailQueueChildGetsOnlyItsDescriptors: the program has fd 0, 1, 2
+// and 6 and nothing else, even when smtpd holds a descriptor that is not
+// close-on-exec (as one inherited from a supervisor is); what it writes on
+// stderr goes to the log.
+func TestQmailQueueChildGetsOnlyItsDescriptors(t *testing.T) {
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		t.Skip("needs /proc/self/fd")
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	leaked, err := syscall.Dup(int(devnull.Fd())) // dup(2): not close-on-exec
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(leaked)
+	// ls lists its own descriptors: its fd 3 is the directory it reads.
+	prog, dir := standIn(t, readInput+`; echo "note from the queue program" >&2; exec ls /proc/self/fd >"$DIR/fds"`)
+	var log hookstest.LogBuffer
+	tx := newTx(t, "a@example.org", []string{"b@example.test"}, testMessage, 64<<10)
+	if _, err := (&queue.QmailQueue{Path: prog, Log: log.Logger()}).Queue(context.Background(), tx); err != nil {
+		t.Fatalf("Queue: %v", err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "fds"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(strings.Fields(string(b)), " "); got != "0 1 2 3 6" {
+		t.Errorf("the program had descriptors %s, want 0 1 2 6 (and ls's own 3); this process holds fd %d without close-on-exec", got, leaked)
+	}
+	if l := log.String(); !strings.Contains(l, "qmail-queue wrote on stderr") || !strings.Contains(l, "note from the queue program") ||
+		!strings.Contains(l, "queue_id="+tx.ID) {
+		t.Errorf("the program's stderr is not logged with the queue id:\n%s", l)
+	}
+}
+
+// TestQmailQueueKilledAfterReadingEverythingIsAPossibleDuplicate: a
+// program killed at the deadline after it read the whole message and
+// envelope may have queued the message: the client gets 451 and the log
+// says "possible duplicate". One killed before that is not.
+func TestQmailQueueKilledAfterReadingEverythingIsAPossibleDuplicate(t *testing.T) {
+	const ready = `: >"$DIR/ready"; exec sleep 600`
+	for _, tc := range []struct {
+		name, script string
+		duplicate    bool
+	}{
+		{"read both", readInput + "; " + ready, true},
+		{"read both and closed them", readInput + "; exec 0<&- 1>&-; " + ready, true},
+		{"read the message only", "cat >/dev/null; " + ready, false},
+		{"read nothing", ready, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			prog, dir := standIn(t, tc.script)
+			var log hookstest.LogBuffer
+			tx := newTx(t, "a@example.org", []string{"b@example.test"}, testMessage, 64<<10)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := (&queue.QmailQueue{Path: prog, Timeout: time.Minute, Log: log.Logger()}).Queue(ctx, tx)
+				done <- err
+			}()
+			waitForFile(t, filepath.Join(dir, "ready"))
+			cancel() // the handoff's deadline
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Queue did not return 10s after its deadline")
+			}
+			checkQQError(t, err, false, [3]int{4, 3, 0}, "qmail-queue: timeout (#4.3.0)")
+			logged := strings.Contains(log.String(), "possible duplicate") && strings.Contains(log.String(), "queue_id="+tx.ID)
+			if logged != tc.duplicate {
+				t.Errorf("possible duplicate logged with the queue id: %v, want %v; log:\n%s", logged, tc.duplicate, log.String())
+			}
+			if strings.Contains(err.Error(), "possible duplicate") != tc.duplicate {
+				t.Errorf("error %q: mention of a possible duplicate should be %v", err, tc.duplicate)
+			}
+		})
+	}
+}
+
+// waitForFile waits up to 10 seconds for path to exist.
+func waitForFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("%s did not appear within 10s", path)
+		case <-tick.C:
 		}
 	}
 }

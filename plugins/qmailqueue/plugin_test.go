@@ -3,6 +3,7 @@ package qmailqueue_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,13 +79,58 @@ func TestAcceptedMessage(t *testing.T) {
 	}
 }
 
+// logBuffer makes slog.Default write into a buffer for the test.
+func logBuffer(t *testing.T) *hookstest.LogBuffer {
+	var log hookstest.LogBuffer
+	old := slog.Default()
+	slog.SetDefault(log.Logger())
+	t.Cleanup(func() { slog.SetDefault(old) })
+	return &log
+}
+
+// TestQMAILQUEUEOverridesPath: $QMAILQUEUE is resolved to an absolute
+// path when the plugin is built, logged once, and used from then on.
 func TestQMAILQUEUEOverridesPath(t *testing.T) {
-	p := hookstest.Build(t, "qmailqueue", `path = "/nonexistent/qmail-queue"`)
-	t.Setenv("QMAILQUEUE", qqcheck)
-	t.Setenv("QQCHECK_MESSAGE", "")
-	t.Setenv("QQCHECK_ENVELOPE", "")
-	h := hookstest.New(t, hookstest.Plugin("accept", acceptAll{}), hookstest.Plugin("qmailqueue", p))
-	hookstest.Expect(t, h.Connect("192.0.2.1").Send("a@example.org", []string{"b@example.test"}, body), 250, "queued as")
+	for _, tc := range []struct{ name, value string }{
+		{"absolute", qqcheck},
+		{"found in PATH", filepath.Base(qqcheck)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := logBuffer(t)
+			t.Setenv("PATH", filepath.Dir(qqcheck))
+			t.Setenv("QMAILQUEUE", tc.value)
+			p := hookstest.Build(t, "qmailqueue", `path = "/nonexistent/qmail-queue"`)
+			want := "qmailqueue: $QMAILQUEUE overrides path\" plugin=qmailqueue program=" + qqcheck + " path=/nonexistent/qmail-queue"
+			if l := log.String(); strings.Count(l, "overrides path") != 1 || !strings.Contains(l, "level=INFO") || !strings.Contains(l, want) {
+				t.Errorf("log:\n%s\nwant one INFO line with %q", l, want)
+			}
+			// Resolved at start: a later change of the variable (or of
+			// PATH) does not matter.
+			t.Setenv("QMAILQUEUE", "/nonexistent/other-qmail-queue")
+			t.Setenv("PATH", "/nonexistent")
+			dir := t.TempDir()
+			t.Setenv("QQCHECK_MESSAGE", filepath.Join(dir, "message"))
+			t.Setenv("QQCHECK_ENVELOPE", filepath.Join(dir, "envelope"))
+			h := hookstest.New(t, hookstest.Plugin("accept", acceptAll{}), hookstest.Plugin("qmailqueue", p))
+			hookstest.Expect(t, h.Connect("192.0.2.1").Send("a@example.org", []string{"b@example.test"}, body), 250, "queued as")
+			if env, _ := os.ReadFile(filepath.Join(dir, "envelope")); string(env) != "Fa@example.org\x00Tb@example.test\x00\x00" {
+				t.Errorf("$QMAILQUEUE's program got envelope %q", env)
+			}
+		})
+	}
+}
+
+func TestQMAILQUEUEMustNameAProgram(t *testing.T) {
+	notExecutable := filepath.Join(t.TempDir(), "qmail-queue")
+	if err := os.WriteFile(notExecutable, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, value := range []string{"/nonexistent/qmail-queue", notExecutable, "no-such-qmail-queue"} {
+		t.Setenv("QMAILQUEUE", value)
+		hookstest.ExpectBuildError(t, "qmailqueue", "", `$QMAILQUEUE = "`+value+`" (it overrides path = "/var/qmail/bin/qmail-queue")`)
+	}
+	t.Setenv("QMAILQUEUE", "")
+	hookstest.Build(t, "qmailqueue", "") // an empty $QMAILQUEUE counts as unset
 }
 
 func TestReplies(t *testing.T) {
@@ -96,7 +142,8 @@ func TestReplies(t *testing.T) {
 		text     string
 	}{
 		// Permanent failures answer 554, as qmail-smtpd does.
-		{"exit 11", "", map[string]string{"QQCHECK_EXIT": "11"}, 554, "5.1.3 qmail-queue: address too long (#5.1.3)"},
+		{"exit 11", "", map[string]string{"QQCHECK_EXIT": "11"}, 554, "554 5.1.3 qmail-queue: address too long (#5.1.3)"},
+		{"exit 115", "", map[string]string{"QQCHECK_EXIT": "115"}, 554, "554 5.1.3 qmail-queue: address too long (#5.1.3)"},
 		{"exit 31", "", map[string]string{"QQCHECK_EXIT": "31"}, 554, "5.3.0 qmail-queue: mail server permanently refuses"},
 		{"exit 53", "", map[string]string{"QQCHECK_EXIT": "53"}, 451, "4.3.0 qmail-queue: write error or disk full (#4.3.0)"},
 		{"exit 81", "", map[string]string{"QQCHECK_EXIT": "81"}, 451, "qmail-queue: internal bug (#4.3.0)"},
@@ -104,6 +151,8 @@ func TestReplies(t *testing.T) {
 		{"killed", "", map[string]string{"QQCHECK_SIGNAL": "1"}, 451, "qmail-queue: crashed"},
 		{"hung", `timeout = "1s"`, map[string]string{"QQCHECK_HANG": "1"}, 451, "qmail-queue: timeout (#4.3.0)"},
 		{"exit 82", "", map[string]string{"QQCHECK_EXIT": "82", "QQCHECK_FD6": "DSorry, no mailbox here by that name (#5.1.1)"}, 554, "5.1.1 Sorry, no mailbox here by that name (#5.1.1)"},
+		// Without D or Z: 451, and the first byte is dropped, as qmail-smtpd does.
+		{"exit 82 without D or Z", "", map[string]string{"QQCHECK_EXIT": "82", "QQCHECK_FD6": "Sorry, over quota"}, 451, "451 4.3.0 orry, over quota"},
 		{"exit 88", "", map[string]string{"QQCHECK_EXIT": "88", "QQCHECK_STDERR": "Zvirus scanner busy (#4.3.0)"}, 451, "virus scanner busy (#4.3.0)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
