@@ -40,8 +40,10 @@ type PostfixOptions struct {
 // Postfix is a private Postfix 3.7 on loopback, started by StartPostfix
 // or StartPostfixMain. Its smtpd answers for the domain example.test:
 //
-//   - alice@example.test and bob@example.test are accepted and delivered
-//     by virtual(8) into Maildirs (see Mailbox);
+//   - alice@example.test, bob@example.test and tiny@example.test are
+//     accepted and delivered by virtual(8) into Maildirs (see Mailbox);
+//     tiny is the Dovecot rig's user with a tiny quota, so this Postfix
+//     can stand for the site's MTA that takes what Dovecot refuses;
 //   - nobody@example.test is refused at RCPT: "550 5.1.1 <nobody@example.test>:
 //     Recipient address rejected: User unknown in virtual mailbox table";
 //   - full@example.test is refused at RCPT for now:
@@ -69,7 +71,7 @@ type Postfix struct {
 
 // postfixUsers are the mailboxes virtual(8) delivers to; full is listed
 // so that only the access map refuses it.
-var postfixUsers = []string{"alice", "bob", "full"}
+var postfixUsers = []string{"alice", "bob", "tiny", "full"}
 
 // StartPostfix starts a private Postfix (see Postfix) for the test and
 // stops it, removing its directory, when the test ends; on failure it
