@@ -235,10 +235,11 @@ func TestBrokenDownstreamDefers(t *testing.T) {
 // connections through it: the downstream behind it is real; the relay
 // only lets the test see how many connections are open.
 type relay struct {
-	addr string
-	mu   sync.Mutex
-	open int
-	all  int
+	addr  string
+	mu    sync.Mutex
+	open  int
+	all   int
+	conns map[net.Conn]bool // the downstream side of each open connection
 }
 
 func startRelay(t *testing.T, target string) *relay {
@@ -248,7 +249,7 @@ func startRelay(t *testing.T, target string) *relay {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	r := &relay{addr: l.Addr().String()}
+	r := &relay{addr: l.Addr().String(), conns: map[net.Conn]bool{}}
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -276,6 +277,14 @@ func (r *relay) pipe(c net.Conn, target string) {
 		c.Close()
 		return
 	}
+	r.mu.Lock()
+	r.conns[d] = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.conns, d)
+		r.mu.Unlock()
+	}()
 	done := make(chan struct{}, 2)
 	go func() { io.Copy(d, c); done <- struct{}{} }()
 	go func() { io.Copy(c, d); done <- struct{}{} }()
@@ -283,6 +292,15 @@ func (r *relay) pipe(c net.Conn, target string) {
 	c.Close()
 	d.Close()
 	<-done
+}
+
+// cut closes every open connection, as a downstream's idle timeout does.
+func (r *relay) cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for d := range r.conns {
+		d.Close()
+	}
 }
 
 func (r *relay) counts() (open, all int) {
@@ -349,9 +367,16 @@ func TestOneDownstreamConnectionPerClientConnection(t *testing.T) {
 	}
 }
 
-// refuseAfterProxy refuses one recipient the downstream accepted: a
-// local plugin placed after smtpproxy.
+// refuseAfterProxy refuses one recipient the downstream accepted, and
+// one sender: a local plugin placed after smtpproxy.
 type refuseAfterProxy struct{}
+
+func (refuseAfterProxy) Mail(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, from string) hooks.Result {
+	if from == "spammer@example.org" {
+		return hooks.Reject("bad sender")
+	}
+	return hooks.Result{}
+}
 
 func (refuseAfterProxy) Rcpt(_ context.Context, _ *connection.Connection, _ *transaction.Transaction, rcpt string) hooks.Result {
 	if rcpt == "trap@example.test" {
@@ -373,6 +398,40 @@ func TestDownstreamGetsNoRecipientSluiceRefused(t *testing.T) {
 	oneMessage(t, d, "bob@example.test", "alice@example.test")
 	if _, all := r.counts(); all != 1 {
 		t.Errorf("%d downstream connections; the recipients were set right on the one open", all)
+	}
+}
+
+func TestAClosedDownstreamSessionIsReplacedAtTheNextMail(t *testing.T) {
+	d := queuetest.StartDownstream(t, queuetest.Options{})
+	r := startRelay(t, d.Addr)
+	h, _ := proxy(t, host(r.addr))
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Send("a@example.org", []string{"bob@example.test"}, body), 250)
+	r.cut()
+	waitFor(t, "the relay cut the connection", func() bool { open, _ := r.counts(); return open == 0 })
+	hookstest.Expect(t, s.Send("a@example.org", []string{"bob@example.test"}, body), 250, "queued as")
+	if _, all := r.counts(); all != 2 {
+		t.Errorf("%d downstream connections, want 2", all)
+	}
+	if n := len(d.Messages()); n != 2 {
+		t.Errorf("downstream got %d messages, want 2", n)
+	}
+}
+
+func TestSenderRefusedAfterTheProxyLeavesNoTransactionDownstream(t *testing.T) {
+	d := queuetest.StartDownstream(t, queuetest.Options{})
+	r := startRelay(t, d.Addr)
+	p := hookstest.Build(t, "smtpproxy", host(r.addr))
+	ok := hookstest.Build(t, "rcptok", `domains = ["example.test"]`)
+	h := hookstest.New(t, hookstest.Plugin("smtpproxy", p), hookstest.Plugin("trap", refuseAfterProxy{}), hookstest.Plugin("rcptok", ok))
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Helo("client.example.test"), 250)
+	hookstest.ExpectReply(t, s.Mail("spammer@example.org"), "550 5.7.1 bad sender")
+	tr := s.SendAll("a@example.org", []string{"bob@example.test"}, body)
+	hookstest.Expect(t, tr.Data, 250, "queued as")
+	oneMessage(t, d, "bob@example.test")
+	if _, all := r.counts(); all != 1 {
+		t.Errorf("%d downstream connections, want 1", all)
 	}
 }
 

@@ -164,3 +164,19 @@ func TestRealDovecotLMTP(t *testing.T) {
 		t.Fatalf("fallback_queue got %d messages (%+v), want the message for tiny alone", len(got), got)
 	}
 }
+
+// TestRealPostfixAfterARefusedSender: a plugin after smtpproxy refused
+// the sender Postfix had taken; Postfix, which refuses a nested MAIL,
+// gets RSET before the next one.
+func TestRealPostfixAfterARefusedSender(t *testing.T) {
+	pf := startPostfix(t)
+	p := hookstest.Build(t, "smtpproxy", host(pf.Addr))
+	ok := hookstest.Build(t, "rcptok", `domains = ["example.test"]`)
+	h := hookstest.New(t, hookstest.Plugin("smtpproxy", p), hookstest.Plugin("trap", refuseAfterProxy{}), hookstest.Plugin("rcptok", ok))
+	s := h.Connect("192.0.2.1")
+	hookstest.Expect(t, s.Helo("client.example.test"), 250)
+	hookstest.ExpectReply(t, s.Mail("spammer@example.org"), "550 5.7.1 bad sender")
+	msg, id := uniqueMessage(t, 0)
+	hookstest.Expect(t, s.Send("a@example.org", []string{"alice@example.test"}, msg), 250, "queued as")
+	waitFor(t, "alice has the message", func() bool { return holding(pf.Mailbox("alice"), id) == 1 })
+}
