@@ -40,6 +40,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/senderlogin"
 	_ "github.com/sluice-mta/sluice/plugins/size"
 	_ "github.com/sluice-mta/sluice/plugins/smtpforward"
+	_ "github.com/sluice-mta/sluice/plugins/smtpproxy"
 	_ "github.com/sluice-mta/sluice/plugins/spamassassin"
 	_ "github.com/sluice-mta/sluice/plugins/spf"
 )
