@@ -39,8 +39,12 @@
 // the chain is built). The server offers DSN exactly then: EHLO lists it,
 // and the four parameters are accepted and kept in tx.Params (Ret, EnvID)
 // and tx.RcptParams (Notify, ORcptType, ORcpt by recipient); elsewhere they
-// get 555 5.5.4. No queue plugin shipped with Sluice is a DSNCarrier yet.
-// A DSNCarrier that is no queue plugin counts for nothing.
+// get 555 5.5.4. smtpforward, lmtp and smtpproxy are DSNCarriers that say
+// yes when they have a dsn_queue to send notifications through. A
+// DSNCarrier that is no queue plugin counts for nothing. A Router is a
+// queue plugin that hands part of a message on to other queue plugin
+// instances named in its settings (a fallback, a bounce route); the
+// configuration builds them and calls SetRoutes before any hook runs.
 //
 // Plugins run in the order the listener's plugins list gives. At each hook
 // the chain calls them one after the other until one returns something

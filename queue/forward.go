@@ -149,13 +149,7 @@ func (f *Forwarder) Forward(ctx context.Context, tx *transaction.Transaction, sp
 	if err != nil {
 		return rc, err
 	}
-	var failed Outcomes
-	for _, o := range rc.Outcomes {
-		if !o.Delivered {
-			failed = append(failed, o)
-		}
-	}
-	return rc, verdict(failed, len(tx.Recipients))
+	return rc, Verdict(rc.Outcomes)
 }
 
 // Session is a connection to the downstream after its greeting and EHLO
@@ -230,7 +224,12 @@ func (s *Session) Extension(name string) bool {
 func (s *Session) Mail(ctx context.Context, tx *transaction.Transaction) error {
 	defer s.watch(ctx)()
 	s.rcpts = s.rcpts[:0]
+	// At MAIL time (a live proxy) the message is not in yet: pass on the
+	// size the client declared.
 	opts := &smtp.MailOptions{Size: tx.MessageSize()}
+	if opts.Size == 0 {
+		opts.Size = tx.Params.Size
+	}
 	if tx.Params.UTF8 || !isASCII(tx.Sender) || !allASCII(tx.Recipients) {
 		if !s.Extension("SMTPUTF8") {
 			return permanent([3]int{5, 6, 7}, "Downstream server does not support SMTPUTF8, which this message needs", nil)
@@ -446,10 +445,23 @@ func (f *Forwarder) newClient(conn net.Conn) *smtp.Client {
 	return smtp.NewClient(conn)
 }
 
-// verdict decides from the refused recipients out of total: none is
-// success; all refused permanently is a permanent failure; anything else
-// is temporary, because SMTP cannot tell the client that some recipients
-// were accepted and others not after DATA.
+// Verdict is the error for a handoff's outcomes (nil when every recipient
+// was delivered): permanent (the downstream's 550, 552 or 554, else 554)
+// when every recipient was refused for good; temporary (451 4.3.0)
+// otherwise, because SMTP cannot tell the client after DATA that some
+// recipients got the message and others not. Routes.Settle takes it with
+// the outcomes.
+func Verdict(outs Outcomes) error {
+	var refused Outcomes
+	for _, o := range outs {
+		if !o.Delivered {
+			refused = append(refused, o)
+		}
+	}
+	return verdict(refused, len(outs))
+}
+
+// verdict is Verdict given the refused recipients out of total.
 func verdict(refused Outcomes, total int) error {
 	if len(refused) == 0 {
 		return nil

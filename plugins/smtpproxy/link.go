@@ -111,21 +111,20 @@ func (p *Plugin) sync(ctx context.Context, c *connection.Connection, tx *transac
 	if err != nil {
 		return nil, err
 	}
-	var refused queue.Outcomes
+	outs := make(queue.Outcomes, 0, len(tx.Recipients))
 	for _, r := range tx.Recipients {
 		o, err := l.s.Rcpt(ctx, tx, r)
 		if err != nil {
 			p.dropIfDead(c, l, err)
 			return nil, err
 		}
-		if !o.Delivered {
-			refused = append(refused, o)
-			continue
+		outs = append(outs, o)
+		if o.Delivered {
+			l.accepted = append(l.accepted, r)
 		}
-		l.accepted = append(l.accepted, r)
 	}
-	if len(refused) > 0 {
-		return nil, refusedError(refused, len(tx.Recipients))
+	if len(l.accepted) < len(tx.Recipients) {
+		return nil, queue.Verdict(outs)
 	}
 	return l, nil
 }

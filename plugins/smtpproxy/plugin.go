@@ -158,7 +158,7 @@ func (p *Plugin) Queue(ctx context.Context, c *connection.Connection, tx *transa
 	}
 	p.dropIfDead(c, l, err)
 	if err == nil {
-		err = verdict(outs)
+		err = queue.Verdict(outs)
 	}
 	res := p.fwd.Routing().Settle(ctx, c, tx, outs, err)
 	if res.Code != hooks.OK {
