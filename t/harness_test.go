@@ -23,6 +23,9 @@ import (
 var (
 	smtpdBin string // the binary under test
 	rootDir  string // the repository root
+	// atExit runs, last first, when every test is done: it stops the
+	// daemons the tests share (one Postfix, one Dovecot per package).
+	atExit []func()
 )
 
 func TestMain(m *testing.M) {
@@ -46,6 +49,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	for i := len(atExit) - 1; i >= 0; i-- {
+		atExit[i]()
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
