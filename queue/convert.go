@@ -397,7 +397,7 @@ func (w *walker) entity(depth int, defaultType string, message bool) error {
 		return err
 	}
 	if has8Bit(h.raw) {
-		return cannotConvert([3]int{5, 6, 9}, "Message has non-ASCII header fields, which the downstream server cannot take (it supports neither SMTPUTF8 nor 8BITMIME)",
+		return cannotConvert([3]int{5, 6, 9}, "Message has non-ASCII header fields, which cannot be converted to 7 bit for a downstream server without 8BITMIME",
 			"raw 8-bit bytes in a header section (RFC 6532)")
 	}
 	typ, params := defaultType, map[string]string(nil)
