@@ -55,6 +55,7 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./server/ || exit 1; \
 	done
 	$(GO) test -run '^$$' -fuzz '^FuzzReadHeader$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./transaction/
+	$(GO) test -run '^$$' -fuzz '^FuzzWrite7Bit$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./queue/
 
 # Sluice side by side with smtp-sink, qpsmtpd, Haraka and Postfix on loopback
 # (bench/README.md): installs the peers when missing, prints one table.

@@ -86,6 +86,10 @@ type Forwarder struct {
 	// DataTimeout bounds sending the message and waiting for the reply to
 	// its final dot. Zero means DefaultDataTimeout.
 	DataTimeout time.Duration
+	// Refuse8Bit refuses (554 5.6.3) a message with 8-bit content for a
+	// downstream that does not offer 8BITMIME, instead of converting it to
+	// 7 bit (Write7Bit), which is the default.
+	Refuse8Bit bool
 }
 
 // Forward relays tx over a connection of its own. It returns a nil error
@@ -163,6 +167,7 @@ type Session struct {
 	conn   net.Conn
 	c      *smtp.Client
 	rcpts  []string // accepted at RCPT in this transaction, in order
+	utf8   bool     // MAIL carried SMTPUTF8
 	broken bool
 }
 
@@ -225,16 +230,24 @@ func (s *Session) Mail(ctx context.Context, tx *transaction.Transaction) error {
 	defer s.watch(ctx)()
 	s.rcpts = s.rcpts[:0]
 	// At MAIL time (a live proxy) the message is not in yet: pass on the
-	// size the client declared.
+	// size the client declared. A message that may be converted to 7 bit
+	// grows, so no size is declared to a downstream without 8BITMIME.
 	opts := &smtp.MailOptions{Size: tx.MessageSize()}
 	if opts.Size == 0 {
 		opts.Size = tx.Params.Size
 	}
-	if tx.Params.UTF8 || !isASCII(tx.Sender) || !allASCII(tx.Recipients) {
+	if !s.Extension("8BITMIME") {
+		opts.Size = 0
+	}
+	// SMTPUTF8 only where the message needs it (Postfix's
+	// smtputf8_autodetect): a client may ask for it with an all-ASCII
+	// message, which a downstream without SMTPUTF8 then still gets.
+	s.utf8 = false
+	if NeedsUTF8(tx) || tx.Params.UTF8 && s.Extension("SMTPUTF8") {
 		if !s.Extension("SMTPUTF8") {
-			return permanent([3]int{5, 6, 7}, "Downstream server does not support SMTPUTF8, which this message needs", nil)
+			return needsUTF8Error()
 		}
-		opts.UTF8 = true
+		opts.UTF8, s.utf8 = true, true
 	}
 	if s.Extension("DSN") {
 		opts.Return = smtp.DSNReturn(tx.Params.Ret)
@@ -308,13 +321,36 @@ func (s *Session) Data(ctx context.Context, tx *transaction.Transaction) (Outcom
 	if len(s.rcpts) == 0 {
 		return nil, "", permanent([3]int{5, 5, 1}, "no valid recipients", nil)
 	}
+	if !s.utf8 && NeedsUTF8(tx) {
+		// A live proxy sent MAIL before the header was in.
+		return nil, "", needsUTF8Error()
+	}
+	write := tx.WriteTo
+	if !s.Extension("8BITMIME") {
+		eight, err := Has8Bit(tx)
+		if err != nil {
+			return nil, "", fmt.Errorf("reading the spooled message: %w", err)
+		}
+		switch {
+		case eight && s.f.Refuse8Bit:
+			return nil, "", permanent([3]int{5, 6, 3}, "Downstream server does not support 8BITMIME, which this message needs", nil)
+		case eight:
+			write = func(w io.Writer) (int64, error) { return Write7Bit(w, tx) }
+		}
+	}
 	w, err := s.c.Data()
 	if err != nil {
 		return nil, "", s.fail(ctx, "DATA", err)
 	}
 	// go-smtp sets no deadline while the message is written.
 	s.conn.SetWriteDeadline(time.Now().Add(s.f.dataTimeout()))
-	if _, err := tx.WriteTo(w); err != nil {
+	if _, err := write(w); err != nil {
+		var qe *Error
+		if errors.As(err, &qe) {
+			// Not convertible: leave without the final dot.
+			s.broken = true
+			return nil, "", err
+		}
 		return nil, "", s.fail(ctx, "the message", err)
 	}
 	s.conn.SetWriteDeadline(time.Time{})
@@ -358,6 +394,12 @@ func (s *Session) Data(ctx context.Context, tx *transaction.Transaction) (Outcom
 		}
 	}
 	return outs, id, nil
+}
+
+// needsUTF8Error is the refusal of a message that needs SMTPUTF8 by a
+// downstream that does not offer it.
+func needsUTF8Error() error {
+	return permanent([3]int{5, 6, 7}, "Downstream server does not support SMTPUTF8, which this message needs", nil)
 }
 
 // possibleDuplicate says in the log that the downstream may have the

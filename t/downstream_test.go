@@ -3,6 +3,8 @@ package t_test
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"mime/quotedprintable"
 	"os"
 	"strings"
 	"sync"
@@ -309,4 +311,115 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// sendGo sends msg with go-smtp's client (which speaks SMTPUTF8, unlike
+// swaks) and returns the reply to the final dot.
+func sendGo(t *testing.T, addr string, opts *smtp.MailOptions, from string, to []string, msg string) (string, error) {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.example.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail(from, opts); err != nil {
+		return "", err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return "", err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	c.Quit()
+	return resp.StatusText, nil
+}
+
+// TestSMTPUTF8AndEightBitDownstream: a message that asked for SMTPUTF8
+// but is all ASCII reaches Dovecot's LMTP, which does not offer SMTPUTF8;
+// one that needs it is refused with a clear reply; an 8-bit body reaches
+// a Postfix started without 8BITMIME converted to quoted-printable, and
+// decodes to the bytes that were sent.
+func TestSMTPUTF8AndEightBitDownstream(t *testing.T) {
+	dovecot := dovecotFor(t, queuetest.DovecotOptions{})
+	postfix := postfixFor(t, queuetest.PostfixOptions{No8BitMIME: true})
+	s := startSmtpd(t, fmt.Sprintf(`hostname = "mx.example.test"
+data_dir = "./var"
+
+[[listener]]
+name    = "lmtp"
+address = "127.0.0.1:0"
+plugins = ["rcptok", "lmtp"]
+
+[[listener]]
+name    = "smtp"
+address = "127.0.0.1:0"
+plugins = ["rcptok", "smtpforward"]
+
+[plugins.rcptok]
+domains = ["example.test"]
+
+[plugins.lmtp]
+host = "%s"
+
+[plugins.smtpforward]
+host = "%s"
+`, dovecot.Addr, postfix.Addr))
+
+	marker := fmt.Sprintf("utf8-ascii-%d", time.Now().UnixNano())
+	reply, err := sendGo(t, s.Addr("lmtp"), &smtp.MailOptions{UTF8: true}, "bob@example.test", []string{"alice@example.test"},
+		"From: bob@example.test\r\nSubject: "+marker+"\r\n\r\nplain ASCII\r\n")
+	if err != nil || !strings.HasPrefix(reply, "2.0.0 Ok: queued as ") {
+		t.Fatalf("an all-ASCII SMTPUTF8 message to Dovecot: %q, %v", reply, err)
+	}
+	waitMarked(t, "alice's Dovecot mailbox", func() [][]byte { return dovecot.Mailbox("alice") }, marker, 1)
+
+	_, err = sendGo(t, s.Addr("lmtp"), &smtp.MailOptions{UTF8: true}, "bob@example.test", []string{"alice@example.test"},
+		"From: bob@example.test\r\nSubject: Grüße\r\n\r\nhello\r\n")
+	if err == nil || !strings.Contains(err.Error(), "554") || !strings.Contains(err.Error(), "Downstream server does not support SMTPUTF8, which this message needs") {
+		t.Fatalf("a UTF-8 header to Dovecot: want 554 5.6.7 ... SMTPUTF8, got %v", err)
+	}
+
+	marker = fmt.Sprintf("eightbit-%d", time.Now().UnixNano())
+	body := "Grüße aus Köln, 10 € pro Stück.\r\n"
+	reply, err = sendGo(t, s.Addr("smtp"), &smtp.MailOptions{Body: smtp.Body8BitMIME}, "bob@example.test", []string{"alice@example.test"},
+		"From: bob@example.test\r\nSubject: "+marker+"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"+body)
+	if err != nil || !strings.HasPrefix(reply, "2.0.0 Ok: queued as ") {
+		t.Fatalf("an 8-bit body to Postfix without 8BITMIME: %q, %v", reply, err)
+	}
+	got := waitMarked(t, "alice's mailbox at Postfix", func() [][]byte { return postfix.Mailbox("alice") }, marker, 1)
+	if len(got) != 1 {
+		return
+	}
+	m := got[0]
+	for _, c := range m {
+		if c >= 0x80 {
+			t.Fatalf("the message reached Postfix with 8-bit bytes:\n%s", m)
+		}
+	}
+	if !bytes.Contains(m, []byte("Content-Transfer-Encoding: quoted-printable")) || !bytes.Contains(m, []byte("Content-Type: text/plain; charset=utf-8")) {
+		t.Fatalf("the message was not converted to quoted-printable:\n%s", m)
+	}
+	_, enc, _ := bytes.Cut(m, []byte("\n\n"))
+	dec, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(enc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Postfix stores LF line ends.
+	if want := strings.ReplaceAll(body, "\r\n", "\n"); string(dec) != want {
+		t.Errorf("the converted body decodes to %q; want %q", dec, want)
+	}
 }

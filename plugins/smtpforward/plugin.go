@@ -44,6 +44,10 @@ type Settings struct {
 	ConnectTimeout string `toml:"connect_timeout"`
 	// DataTimeout bounds sending the message and the final reply ("10m").
 	DataTimeout string `toml:"data_timeout"`
+	// Convert8Bit converts a message with 8-bit content to 7 bit
+	// (quoted-printable) for a downstream without 8BITMIME; false refuses
+	// it (554 5.6.3). Default true.
+	Convert8Bit bool `toml:"convert_8bit"`
 	// FallbackQueue names the queue plugin instance that gets the
 	// recipients the downstream refused for now (4xx) once it delivered to
 	// others ("" for none: the whole message is deferred).
@@ -74,7 +78,7 @@ var (
 // DefaultSettings are the settings a [plugins.smtpforward] table is decoded
 // over: the defaults of every key it leaves out.
 func DefaultSettings() Settings {
-	return Settings{Host: DefaultHost, StartTLS: "off"}
+	return Settings{Host: DefaultHost, StartTLS: "off", Convert8Bit: true}
 }
 
 // New builds the plugin from its settings; a bad setting is an error that
@@ -143,7 +147,7 @@ func (p *Plugin) SetRoutes(routes map[string]hooks.Queue) error {
 func (p *Plugin) CarriesDSN() bool { return p.dsn != "" }
 
 func (s Settings) forwarder() (*queue.Forwarder, error) {
-	fw := &queue.Forwarder{Addr: s.Host, LMTP: s.LMTP}
+	fw := &queue.Forwarder{Addr: s.Host, LMTP: s.LMTP, Refuse8Bit: !s.Convert8Bit}
 	var err error
 	if fw.StartTLS, err = queue.ParseTLSMode(s.StartTLS); err != nil {
 		return nil, fmt.Errorf("starttls = %w", err)
