@@ -50,6 +50,13 @@ type Report struct {
 	// given up on after 4xx replies is reported as failed too, with its
 	// 4.x.x status. Delivered outcomes are skipped.
 	Failed []Outcome
+	// Delivered are the recipients a success notice (SuccessNotice)
+	// reports: delivered, or relayed to a downstream without DSN.
+	Delivered []Outcome
+	// Relayed makes a success notice say "relayed" (RFC 3461 section
+	// 4.1: the message went on to a server that does not offer DSN, so no
+	// notice will come from further on) instead of "delivered".
+	Relayed bool
 	// ReturnLimit is the size in bytes up to which the original message is
 	// returned whole (RET=FULL or no RET); past it only its header is. 0
 	// means DefaultReturnLimit.
@@ -80,7 +87,38 @@ type Report struct {
 // returned message is copied verbatim. A reply text with control or
 // non-ASCII characters has them replaced by '?', and a long one is folded.
 func Bounce(tx *transaction.Transaction, r Report) (*transaction.Transaction, error) {
-	if tx.Sender == "" {
+	var failed []Outcome
+	for _, o := range r.Failed {
+		if !o.Delivered && wantsFailureNotice(tx.RcptParams[o.Rcpt].Notify) {
+			failed = append(failed, o)
+		}
+	}
+	return notice(tx, r, "failed", failed)
+}
+
+// SuccessNotice returns the delivery status notification of success for
+// the recipients of r.Delivered that asked for one with NOTIFY=SUCCESS:
+// Action "delivered", or "relayed" with r.Relayed (the downstream does not
+// offer DSN, so the notice must come from here, RFC 3461 section 4.1). It
+// is built as Bounce builds its notification, with the original's header
+// alone returned; nil when no notice is due.
+func SuccessNotice(tx *transaction.Transaction, r Report) (*transaction.Transaction, error) {
+	var done []Outcome
+	for _, o := range r.Delivered {
+		if o.Delivered && wantsNotice(tx.RcptParams[o.Rcpt].Notify, "SUCCESS") {
+			done = append(done, o)
+		}
+	}
+	action := "delivered"
+	if r.Relayed {
+		action = "relayed"
+	}
+	return notice(tx, r, action, done)
+}
+
+// notice builds the notification of action for the recipients list.
+func notice(tx *transaction.Transaction, r Report, action string, list []Outcome) (*transaction.Transaction, error) {
+	if tx.Sender == "" || len(list) == 0 {
 		return nil, nil
 	}
 	if err := checkMTAName("ReportingMTA", r.ReportingMTA, true); err != nil {
@@ -88,15 +126,6 @@ func Bounce(tx *transaction.Transaction, r Report) (*transaction.Transaction, er
 	}
 	if err := checkMTAName("RemoteMTA", r.RemoteMTA, false); err != nil {
 		return nil, err
-	}
-	var failed []Outcome
-	for _, o := range r.Failed {
-		if !o.Delivered && wantsFailureNotice(tx.RcptParams[o.Rcpt].Notify) {
-			failed = append(failed, o)
-		}
-	}
-	if len(failed) == 0 {
-		return nil, nil
 	}
 	if r.Arrival.IsZero() {
 		r.Arrival = tx.Started
@@ -106,9 +135,11 @@ func Bounce(tx *transaction.Transaction, r Report) (*transaction.Transaction, er
 		limit = DefaultReturnLimit
 	}
 
-	b := bounce{tx: tx, r: r, failed: failed, global: tx.Params.UTF8}
-	b.headersOnly = tx.Params.Ret == "HDRS" || tx.MessageSize() > limit
-	b.tooLarge = tx.Params.Ret != "HDRS" && b.headersOnly
+	b := bounce{tx: tx, r: r, action: action, list: list, global: tx.Params.UTF8}
+	// A success notice returns the header alone, whatever RET says: the
+	// sender has the message, and the recipient has it too.
+	b.headersOnly = action != "failed" || tx.Params.Ret == "HDRS" || tx.MessageSize() > limit
+	b.tooLarge = action == "failed" && tx.Params.Ret != "HDRS" && b.headersOnly
 	b.limit = limit
 	text, status := b.explanation(), b.deliveryStatus()
 	boundary, returned8bit, err := b.pickBoundary(text, status)
@@ -142,11 +173,13 @@ func Bounce(tx *transaction.Transaction, r Report) (*transaction.Transaction, er
 // wantsFailureNotice reports whether a recipient's NOTIFY= asks for a
 // notification of failure: absent (RFC 3461's default) or listing FAILURE.
 func wantsFailureNotice(notify []string) bool {
-	if notify == nil {
-		return true
-	}
+	return notify == nil || wantsNotice(notify, "FAILURE")
+}
+
+// wantsNotice reports whether NOTIFY= lists kind.
+func wantsNotice(notify []string, kind string) bool {
 	for _, n := range notify {
-		if strings.EqualFold(n, "FAILURE") {
+		if strings.EqualFold(n, kind) {
 			return true
 		}
 	}
@@ -178,7 +211,8 @@ func checkMTAName(setting, name string, required bool) error {
 type bounce struct {
 	tx          *transaction.Transaction
 	r           Report
-	failed      []Outcome
+	action      string    // "failed", "delivered" or "relayed"
+	list        []Outcome // the recipients reported
 	global      bool  // RFC 6533 types: the original is SMTPUTF8
 	headersOnly bool  // return the header only
 	tooLarge    bool  // ... because the message is larger than limit
@@ -192,7 +226,11 @@ func (b *bounce) header(id, boundary string, now time.Time) string {
 	host := b.r.ReportingMTA
 	fmt.Fprintf(&h, "From: \"Mail Delivery System\" <MAILER-DAEMON@%s>\r\n", host)
 	fmt.Fprintf(&h, "To: <%s>\r\n", cleanText(b.tx.Sender, true))
-	h.WriteString("Subject: Undelivered Mail Returned to Sender\r\n")
+	if b.action == "failed" {
+		h.WriteString("Subject: Undelivered Mail Returned to Sender\r\n")
+	} else {
+		h.WriteString("Subject: Successful Mail Delivery Report\r\n")
+	}
 	fmt.Fprintf(&h, "Date: %s\r\n", now.Format(time.RFC1123Z))
 	fmt.Fprintf(&h, "Message-ID: <%s@%s>\r\n", id, host)
 	h.WriteString("Auto-Submitted: auto-replied\r\n")
@@ -240,10 +278,13 @@ func (b *bounce) explanation() string {
 	var t strings.Builder
 	t.WriteString(wrapText("This is the mail system at "+b.r.ReportingMTA+".", "", ""))
 	t.WriteString("\r\n")
+	if b.action != "failed" {
+		return b.successExplanation(&t)
+	}
 	t.WriteString(wrapText("Your message could not be delivered to the recipients below. "+
 		"The server that was to take it refused them, so Sluice has given up on them "+
 		"and will not try again. Recipients not listed here are not affected by this report.", "", ""))
-	for _, o := range b.failed {
+	for _, o := range b.list {
 		t.WriteString("\r\n")
 		who := "<" + cleanText(o.Rcpt, b.global) + ">: "
 		switch {
@@ -271,6 +312,29 @@ func (b *bounce) explanation() string {
 	return t.String()
 }
 
+// successExplanation finishes the human-readable part of a success
+// notice.
+func (b *bounce) successExplanation(t *strings.Builder) string {
+	if b.action == "relayed" {
+		t.WriteString(wrapText("Your message was passed on to the recipients below, as you asked to be told. "+
+			"The server it went to does not report deliveries, so this is the last notice you will get "+
+			"about them, whether the message reaches them or not.", "", ""))
+	} else {
+		t.WriteString(wrapText("Your message was delivered to the recipients below, as you asked to be told.", "", ""))
+	}
+	t.WriteString("\r\n")
+	for _, o := range b.list {
+		where := ""
+		if b.r.RemoteMTA != "" {
+			where = " by " + b.r.RemoteMTA
+		}
+		t.WriteString(wrapText("<"+cleanText(o.Rcpt, b.global)+">: "+b.action+where+".", "", ""))
+	}
+	t.WriteString("\r\n")
+	t.WriteString(wrapText("The header of your message is returned below, after the delivery report.", "", ""))
+	return t.String()
+}
+
 // deliveryStatus returns the machine-readable second part (RFC 3464
 // section 2): the per-message fields, then one group per recipient, each
 // ended by an empty line but the last.
@@ -283,14 +347,14 @@ func (b *bounce) deliveryStatus() string {
 	if !b.r.Arrival.IsZero() {
 		field(&s, "Arrival-Date", b.r.Arrival.Format(time.RFC1123Z))
 	}
-	for _, o := range b.failed {
+	for _, o := range b.list {
 		s.WriteString("\r\n")
 		p := b.tx.RcptParams[o.Rcpt]
 		if p.ORcpt != "" {
 			field(&s, "Original-Recipient", b.originalRecipient(p.ORcptType, p.ORcpt))
 		}
 		field(&s, "Final-Recipient", b.address(o.Rcpt))
-		field(&s, "Action", "failed")
+		field(&s, "Action", b.action)
 		field(&s, "Status", o.Status())
 		if b.r.RemoteMTA != "" {
 			field(&s, "Remote-MTA", "dns; "+b.r.RemoteMTA)

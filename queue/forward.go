@@ -114,6 +114,7 @@ func (f *Forwarder) Forward(ctx context.Context, tx *transaction.Transaction, sp
 		return rc, err
 	}
 	defer s.Close()
+	rc.DSN = s.Extension("DSN")
 	if err := s.Mail(ctx, tx); err != nil {
 		return rc, err
 	}

@@ -36,6 +36,10 @@ type Receipt struct {
 	// (Forwarder), in the transaction's order; nil for the other handoffs
 	// and when the downstream was not reached.
 	Outcomes Outcomes
+	// DSN is true when the downstream offered DSN, so that it took the
+	// DSN parameters and sends the notices from there on; false means
+	// Routes.NotifySuccess must send the success notices itself.
+	DSN bool
 }
 
 // Error is a failed handoff: the reply the client should get and the cause.

@@ -102,6 +102,32 @@ func (r *Routes) Settle(ctx context.Context, c *connection.Connection, tx *trans
 	return hooks.Result{Code: hooks.OK, Detail: fmt.Sprintf("delivered to %d of %d recipients; %s; refused: %s", len(delivered), len(outs), strings.Join(notes, "; "), strings.Join(refused, ", "))}
 }
 
+// NotifySuccess sends, through Bounce, the success notices a downstream
+// without DSN cannot send (RFC 3461 section 4.1): for each delivered
+// recipient that asked with NOTIFY=SUCCESS, Action "delivered" when the
+// downstream is the final one (LMTP), "relayed" otherwise. It returns a
+// note for the log ("" when none was due). A notice that cannot be sent
+// is only logged: the message itself was delivered.
+func (r *Routes) NotifySuccess(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, outs Outcomes, final bool) string {
+	if r == nil || r.Bounce == nil {
+		return ""
+	}
+	delivered, _, _ := outs.Split()
+	notice, err := SuccessNotice(tx, Report{ReportingMTA: c.Hostname, RemoteMTA: r.RemoteMTA, Arrival: tx.Started, Delivered: delivered, Relayed: !final})
+	if err != nil {
+		return fmt.Sprintf("building the success notice failed: %v", err)
+	}
+	if notice == nil {
+		return ""
+	}
+	defer notice.Close()
+	res := r.Bounce.Queue(ctx, c, notice)
+	if res.Code != hooks.OK {
+		return fmt.Sprintf("dsn_queue %q did not take the success notice (NOTIFY=SUCCESS): %d %s: %v", r.BounceName, res.ReplyCode, res.Msg, res.Err)
+	}
+	return fmt.Sprintf("success notice to <%s> handed to %q", tx.Sender, r.BounceName)
+}
+
 // duplicates is the deferral when part of the message was delivered but
 // the rest has nowhere to go: the client retries the whole message.
 func duplicates(err error, delivered Outcomes, why string) hooks.Result {

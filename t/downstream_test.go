@@ -188,6 +188,40 @@ host = "%s"
 				t.Errorf("the notification does not name nobody@example.test:\n%s", got[0])
 			}
 
+			// NOTIFY=SUCCESS: Dovecot's LMTP offers no DSN, so Sluice
+			// sends the success notice itself (Action: delivered).
+			if !tempfail {
+				marker = fmt.Sprintf("notify-success-%d", time.Now().UnixNano())
+				c, err := smtp.Dial(addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Hello("client.example.test")
+				if err := c.Mail("bob@example.test", &smtp.MailOptions{EnvelopeID: "env-" + marker}); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Rcpt("alice@example.test", &smtp.RcptOptions{Notify: []smtp.DSNNotify{smtp.DSNNotifySuccess}}); err != nil {
+					t.Fatalf("RCPT with NOTIFY=SUCCESS: %v (DSN must be offered with a dsn_queue)", err)
+				}
+				w, err := c.Data()
+				if err != nil {
+					t.Fatal(err)
+				}
+				fmt.Fprintf(w, "From: bob@example.test\r\nSubject: %s\r\n\r\nHello.\r\n", marker)
+				if _, err := w.CloseWithResponse(); err != nil {
+					t.Fatal(err)
+				}
+				c.Quit()
+				c.Close()
+				waitMarked(t, "alice's Dovecot mailbox", func() [][]byte { return dovecot.Mailbox("alice") }, marker, 1)
+				got := waitMarked(t, "bob's mailbox at Postfix (the success notice)", func() [][]byte { return postfix.Mailbox("bob") }, marker, 1)
+				for _, want := range []string{"Subject: Successful Mail Delivery Report", "Original-Envelope-Id: env-" + marker, "Final-Recipient: rfc822; alice@example.test", "Action: delivered", "Status: 2.0.0", "Content-Type: text/rfc822-headers"} {
+					if len(got) == 1 && !bytes.Contains(got[0], []byte(want)) {
+						t.Errorf("the success notice lacks %q:\n%s", want, got[0])
+					}
+				}
+			}
+
 			// Nobody delivered: the client hears Dovecot's refusal.
 			marker = fmt.Sprintf("none-%v-%d", tempfail, time.Now().UnixNano())
 			out = sendRetrying(t, addr, "--from", "bob@example.test", "--to", "nobody@example.test", "--header", "Subject: "+marker)

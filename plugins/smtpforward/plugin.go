@@ -211,22 +211,26 @@ func heloName(helo string) (string, error) {
 // recipient refuses it permanently, anything else defers it (451).
 func (p *Plugin) Queue(ctx context.Context, c *connection.Connection, tx *transaction.Transaction) hooks.Result {
 	rc, err := p.fw.Forward(ctx, tx, p.routes.Take)
-	if err != nil {
-		res := p.routes.Settle(ctx, c, tx, rc.Outcomes, err)
-		if res.Code == hooks.OK {
-			tx.QueueID = rc.ID
-			if rc.RemoteID != "" {
-				p.note.Set(&tx.Notes, rc.RemoteID)
-			}
-		}
+	res := p.routes.Settle(ctx, c, tx, rc.Outcomes, err)
+	if res.Code != hooks.OK {
 		return res
 	}
 	tx.QueueID = rc.ID
-	if rc.RemoteID == "" {
-		return hooks.Result{Code: hooks.OK}
+	var details []string
+	if rc.RemoteID != "" {
+		p.note.Set(&tx.Notes, rc.RemoteID)
+		// For the server's "message queued" log line; the client reads
+		// "Ok: queued as" our own id.
+		details = append(details, "downstream queued as "+rc.RemoteID)
 	}
-	p.note.Set(&tx.Notes, rc.RemoteID)
-	// For the server's "message queued" log line; the client reads
-	// "Ok: queued as" our own id.
-	return hooks.Result{Code: hooks.OK, Detail: "downstream queued as " + rc.RemoteID}
+	if res.Detail != "" {
+		details = append(details, res.Detail)
+	}
+	if !rc.DSN {
+		if note := p.routes.NotifySuccess(ctx, c, tx, rc.Outcomes, p.fw.LMTP); note != "" {
+			details = append(details, note)
+		}
+	}
+	res.Detail = strings.Join(details, "; ")
+	return res
 }

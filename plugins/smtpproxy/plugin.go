@@ -169,6 +169,9 @@ func (p *Plugin) Queue(ctx context.Context, c *connection.Connection, tx *transa
 		NoteRemoteID.Set(&tx.Notes, remoteID)
 		res.Detail = joinDetail("downstream queued as "+remoteID, res.Detail)
 	}
+	if !l.s.Extension("DSN") {
+		res.Detail = joinDetail(res.Detail, p.fwd.Routing().NotifySuccess(ctx, c, tx, outs, p.fwd.Forwarder().LMTP))
+	}
 	return res
 }
 
