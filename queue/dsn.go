@@ -213,10 +213,10 @@ type bounce struct {
 	r           Report
 	action      string    // "failed", "delivered" or "relayed"
 	list        []Outcome // the recipients reported
-	global      bool  // RFC 6533 types: the original is SMTPUTF8
-	headersOnly bool  // return the header only
-	tooLarge    bool  // ... because the message is larger than limit
-	limit       int64 // the size returned whole
+	global      bool      // RFC 6533 types: the original is SMTPUTF8
+	headersOnly bool      // return the header only
+	tooLarge    bool      // ... because the message is larger than limit
+	limit       int64     // the size returned whole
 }
 
 // header returns the notification's header section, with the empty line
