@@ -281,3 +281,24 @@ func TestForwardReportsRemoteQueueID(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardLateReplyIsAPossibleDuplicate: the downstream has the message
+// but its reply to the final dot comes after data_timeout. The client is
+// told to retry (451), and the error the log gets says that the retry may
+// duplicate the message, naming the queue id.
+func TestForwardLateReplyIsAPossibleDuplicate(t *testing.T) {
+	d := queuetest.StartDownstream(t, queuetest.Options{HoldReply: 2 * time.Second})
+	f := &queue.Forwarder{Addr: d.Addr, DataTimeout: 300 * time.Millisecond}
+	tx := newTx(t, "a@example.org", []string{"b@example.test"}, testMessage, 64<<10)
+	_, err := f.Forward(context.Background(), tx, nil)
+	res := queue.Result(err)
+	if res.Code != hooks.DenySoft || res.ReplyCode != 451 {
+		t.Fatalf("late reply: %+v; want DenySoft 451", res)
+	}
+	if want := "possible duplicate of queue id " + tx.ID; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("late reply: error %v; want it to say %q", err, want)
+	}
+	if n := len(d.Messages()); n != 1 {
+		t.Fatalf("the downstream recorded %d messages; want 1 (it delivered, only its reply was late)", n)
+	}
+}

@@ -47,6 +47,10 @@ type Options struct {
 	QueuedAs string
 	// NoSMTPUTF8 stops the server from offering SMTPUTF8.
 	NoSMTPUTF8 bool
+	// HoldReply, when set, makes the server record the message and then
+	// wait this long before its reply to the final dot: a downstream that
+	// delivered but whose reply comes too late.
+	HoldReply time.Duration
 }
 
 // Message is one message that reached a Downstream.
@@ -148,6 +152,9 @@ func (s *session) Data(r io.Reader) error {
 		return e
 	}
 	s.d.record(m)
+	if s.d.opts.HoldReply > 0 {
+		time.Sleep(s.d.opts.HoldReply)
+	}
 	return s.d.okReply()
 }
 
