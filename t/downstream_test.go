@@ -25,33 +25,29 @@ var (
 
 func postfixFor(t *testing.T, o queuetest.PostfixOptions) *queuetest.Postfix {
 	t.Helper()
-	downstreams.Lock()
-	defer downstreams.Unlock()
-	if p := sharedPostfix[o]; p != nil {
-		return p
-	}
-	p, err := queuetest.StartPostfixMain(o)
-	if err != nil {
-		t.Fatalf("starting a private Postfix: %v", err)
-	}
-	atExit = append(atExit, func() { p.Stop() })
-	sharedPostfix[o] = p
-	return p
+	return shared(t, sharedPostfix, o, queuetest.StartPostfixMain, (*queuetest.Postfix).Stop)
 }
 
 func dovecotFor(t *testing.T, o queuetest.DovecotOptions) *queuetest.Dovecot {
 	t.Helper()
+	return shared(t, sharedDovecot, o, queuetest.StartDovecotLMTPMain, (*queuetest.Dovecot).Stop)
+}
+
+// shared returns the daemon started with options o, starting it at first
+// use; atExit stops it.
+func shared[O comparable, D any](t *testing.T, m map[O]D, o O, start func(O) (D, error), stop func(D) error) D {
+	t.Helper()
 	downstreams.Lock()
 	defer downstreams.Unlock()
-	if d := sharedDovecot[o]; d != nil {
+	if d, ok := m[o]; ok {
 		return d
 	}
-	d, err := queuetest.StartDovecotLMTPMain(o)
+	d, err := start(o)
 	if err != nil {
-		t.Fatalf("starting a private Dovecot LMTP: %v", err)
+		t.Fatalf("starting a private %T: %v", d, err)
 	}
-	atExit = append(atExit, func() { d.Stop() })
-	sharedDovecot[o] = d
+	atExit = append(atExit, func() { stop(d) })
+	m[o] = d
 	return d
 }
 

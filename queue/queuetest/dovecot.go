@@ -10,7 +10,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -274,23 +273,8 @@ func (d *Dovecot) Stop() error {
 
 // halt stops Dovecot and waits until its master has exited.
 func (d *Dovecot) halt() error {
-	select {
-	case err := <-d.exited: // already gone
-		d.exited <- err
-		return nil
-	default:
-	}
 	// SIGTERM: the master stops its services and exits.
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-d.exited:
-		d.exited <- err
-		return nil
-	case <-time.After(10 * time.Second):
-		d.cmd.Process.Kill()
-		d.exited <- <-d.exited
-		return errors.New("queuetest: dovecot was still running 10s after SIGTERM; killed it")
-	}
+	return halt(d.cmd, d.exited, 10*time.Second, "dovecot")
 }
 
 // Log returns Dovecot's log so far (log_path): one line per delivery

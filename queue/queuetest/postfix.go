@@ -341,25 +341,32 @@ func stopWatchdog(w *exec.Cmd) {
 	}
 }
 
-// halt stops Postfix and waits until its master has exited.
+// halt stops Postfix and waits until its master has exited. SIGTERM is
+// what postfix abort sends: the master passes it on to its daemons and
+// exits.
 func (p *Postfix) halt() error {
+	return halt(p.master, p.exited, 20*time.Second, "the Postfix master")
+}
+
+// halt sends cmd SIGTERM unless it already exited, and waits for it up to
+// grace, then kills it. exited receives cmd's exit once; halt puts it
+// back for the next reader.
+func halt(cmd *exec.Cmd, exited chan error, grace time.Duration, what string) error {
 	select {
-	case err := <-p.exited: // already gone
-		p.exited <- err
+	case err := <-exited: // already gone
+		exited <- err
 		return nil
 	default:
 	}
-	// What postfix abort does: SIGTERM to the master, which passes it on
-	// to its daemons and exits.
-	p.master.Process.Signal(syscall.SIGTERM)
+	cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-p.exited:
-		p.exited <- err
+	case err := <-exited:
+		exited <- err
 		return nil
-	case <-time.After(20 * time.Second):
-		p.master.Process.Kill()
-		p.exited <- <-p.exited
-		return errors.New("queuetest: the Postfix master was still running 20s after SIGTERM; killed it")
+	case <-time.After(grace):
+		cmd.Process.Kill()
+		exited <- <-exited
+		return fmt.Errorf("queuetest: %s was still running %v after SIGTERM; killed it", what, grace)
 	}
 }
 
