@@ -720,6 +720,9 @@ func (c *Config) buildRoutes(built map[string]any) error {
 			if !ok {
 				return fmt.Errorf("%s: plugin %q routes messages to %q, which is no queue plugin (maildir, qmailqueue, smtpforward, lmtp are)", at, name, to)
 			}
+			if others := otherHooks(built[to]); others != "" {
+				return fmt.Errorf("%s: plugin %q routes messages to %q, which needs its %s hooks: a route runs only its queue hook (name a maildir, qmailqueue, smtpforward or lmtp instance)", at, name, to, others)
+			}
 			if _, ok := built[to].(hooks.Router); ok && len(built[to].(hooks.Router).Routes()) > 0 {
 				return fmt.Errorf("%s: plugin %q routes messages to %q, which has routes of its own: a route must end somewhere (name a queue instance without fallback_queue or dsn_queue)", at, name, to)
 			}
@@ -730,6 +733,20 @@ func (c *Config) buildRoutes(built map[string]any) error {
 		}
 	}
 	return nil
+}
+
+// otherHooks names, comma-separated, the hooks p implements besides
+// queue, which never run for a route: a route is called at its queue
+// hook alone, so a plugin that keeps state from MAIL to the disconnect
+// (smtpproxy's downstream session) would leak it.
+func otherHooks(p any) string {
+	var names []string
+	for _, h := range hooks.HooksOf(p) {
+		if h != hooks.HookQueue {
+			names = append(names, h.String())
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // DecodeString decodes TOML text into v, rejecting unknown keys. Tests and

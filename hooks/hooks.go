@@ -445,7 +445,8 @@ type DSNCarrier interface {
 // bounce route (smtpforward's fallback_queue and dsn_queue). When the
 // configuration is built, every name Routes returns must be a configured
 // queue plugin instance that is no Router itself (so that routes cannot
-// loop); it is built, even when no listener lists it, and handed to
+// loop) and implements no hook but queue (the only one that runs for a
+// route); it is built, even when no listener lists it, and handed to
 // SetRoutes, keyed by name, before any hook runs.
 type Router interface {
 	Routes() []string
