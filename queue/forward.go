@@ -123,6 +123,7 @@ func (f *Forwarder) Forward(ctx context.Context, tx *transaction.Transaction, sp
 	for _, r := range tx.Recipients {
 		o, err := s.Rcpt(ctx, tx, r)
 		if err != nil {
+			undelivered(rc.Outcomes) // no message was sent
 			return rc, err
 		}
 		rc.Outcomes = append(rc.Outcomes, o)
@@ -131,9 +132,7 @@ func (f *Forwarder) Forward(ctx context.Context, tx *transaction.Transaction, sp
 		}
 	}
 	if len(refused) == len(tx.Recipients) || len(refused) > 0 && (split == nil || !split(refused)) {
-		for i := range rc.Outcomes {
-			rc.Outcomes[i].Delivered = false // accepted at RCPT, but no message was sent
-		}
+		undelivered(rc.Outcomes)
 		return rc, verdict(refused, len(tx.Recipients))
 	}
 	sent, remoteID, err := s.Data(ctx, tx)
@@ -155,6 +154,14 @@ func (f *Forwarder) Forward(ctx context.Context, tx *transaction.Transaction, sp
 		return rc, err
 	}
 	return rc, Verdict(rc.Outcomes)
+}
+
+// undelivered marks outcomes accepted at RCPT as not delivered: no
+// message was sent to them.
+func undelivered(outs Outcomes) {
+	for i := range outs {
+		outs[i].Delivered = false
+	}
 }
 
 // Session is a connection to the downstream after its greeting and EHLO
