@@ -384,8 +384,11 @@ func (s *Session) Data(ctx context.Context, tx *transaction.Transaction) (Outcom
 		return outs, remoteID(resp.StatusText), nil
 	}
 	resps, err := w.CloseWithLMTPResponse()
-	var perRcpt smtp.LMTPDataError
-	if err != nil && !errors.As(err, &perRcpt) {
+	// Only a bare LMTPDataError means a reply for every recipient: a
+	// network error part-way comes joined with the refusals read before
+	// it, and the recipients after it have no reply.
+	perRcpt, replied := err.(smtp.LMTPDataError)
+	if err != nil && !replied {
 		// A network error part-way: some recipients may have their copy.
 		return nil, "", s.fail(ctx, "the end of the message", possibleDuplicate(tx, err))
 	}
