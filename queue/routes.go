@@ -65,6 +65,7 @@ func (r *Routes) Settle(ctx context.Context, c *connection.Connection, tx *trans
 		return Result(err)
 	}
 	var notes []string
+	copies := delivered // the recipients a retry of the whole message duplicates
 	if len(temporary) > 0 {
 		if r == nil || r.Fallback == nil {
 			return duplicates(err, delivered, "no fallback_queue for the recipients refused for now")
@@ -75,22 +76,24 @@ func (r *Routes) Settle(ctx context.Context, c *connection.Connection, tx *trans
 			return duplicates(err, delivered, fmt.Sprintf("fallback_queue %q did not take the recipients refused for now: %d %s: %v", r.FallbackName, res.ReplyCode, res.Msg, res.Err))
 		}
 		notes = append(notes, fmt.Sprintf("%d refused for now handed to %q", len(temporary), r.FallbackName))
+		// They have a copy now too: a deferral below duplicates theirs.
+		copies = append(copies[:len(copies):len(copies)], temporary...)
 	}
 	if len(permanent) > 0 {
 		if r == nil || r.Bounce == nil {
-			return duplicates(err, delivered, "no dsn_queue for the recipients refused for good")
+			return duplicates(err, copies, "no dsn_queue for the recipients refused for good")
 		}
 		dsn, berr := Bounce(tx, Report{ReportingMTA: c.Hostname, RemoteMTA: r.RemoteMTA, Arrival: tx.Started, Failed: permanent})
 		switch {
 		case berr != nil:
-			return duplicates(err, delivered, fmt.Sprintf("building the delivery status notification failed: %v", berr))
+			return duplicates(err, copies, fmt.Sprintf("building the delivery status notification failed: %v", berr))
 		case dsn == nil:
 			notes = append(notes, fmt.Sprintf("%d refused for good, no notification due", len(permanent)))
 		default:
 			res := r.Bounce.Queue(ctx, c, dsn)
 			dsn.Close()
 			if res.Code != hooks.OK {
-				return duplicates(err, delivered, fmt.Sprintf("dsn_queue %q did not take the delivery status notification: %d %s: %v", r.BounceName, res.ReplyCode, res.Msg, res.Err))
+				return duplicates(err, copies, fmt.Sprintf("dsn_queue %q did not take the delivery status notification: %d %s: %v", r.BounceName, res.ReplyCode, res.Msg, res.Err))
 			}
 			notes = append(notes, fmt.Sprintf("%d refused for good: notification to <%s> handed to %q", len(permanent), tx.Sender, r.BounceName))
 		}
