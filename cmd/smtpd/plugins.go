@@ -42,4 +42,5 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/smtpforward"
 	_ "github.com/sluice-mta/sluice/plugins/spamassassin"
 	_ "github.com/sluice-mta/sluice/plugins/spf"
+	_ "github.com/sluice-mta/sluice/plugins/verify"
 )
