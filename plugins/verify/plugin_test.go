@@ -3,6 +3,7 @@ package verify_test
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,7 +19,12 @@ import (
 	"github.com/sluice-mta/sluice/state/statetest"
 )
 
-func TestMain(m *testing.M) { statetest.Main(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	stopRigs()
+	statetest.StopRedis()
+	os.Exit(code)
+}
 
 // The replies Postfix's smtpd gives at RCPT for an unknown user and a
 // full mailbox, which the go-smtp downstream imitates.
