@@ -43,4 +43,5 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/smtpproxy"
 	_ "github.com/sluice-mta/sluice/plugins/spamassassin"
 	_ "github.com/sluice-mta/sluice/plugins/spf"
+	_ "github.com/sluice-mta/sluice/plugins/verify"
 )
