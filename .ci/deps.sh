@@ -6,7 +6,8 @@
 # dovecot-lmtpd (Dovecot's LMTP server, the delivery target of the LMTP
 # handoff tests, started privately by queue/queuetest), ucspi-tcp
 # (tcpserver and tcprules, which run `smtpd stdio` as qmail sites do),
-# tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
+# python3 (its email package parses the delivery status notifications and
+# the 7-bit conversions as a second, independent reader), tinycdb (cdb -c builds the morercpthosts.cdb files the qmail tests read),
 # opendkim and opendkim-tools (the real DKIM signer and verifier the dkim and
 # dkimsign tests meet), postgrey (the real policy server the policy
 # plugin's tests ask), clamav-daemon, spamd and rspamd (the real scanners
@@ -23,6 +24,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v tcpserver >/dev/null 2>&1 || missing+=(ucspi-tcp)
 command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)

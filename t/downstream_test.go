@@ -6,6 +6,8 @@ import (
 	"io"
 	"mime/quotedprintable"
 	"os"
+	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -451,5 +453,26 @@ host = "%s"
 	// Postfix stores LF line ends.
 	if want := strings.ReplaceAll(body, "\r\n", "\n"); string(dec) != want {
 		t.Errorf("the converted body decodes to %q; want %q", dec, want)
+	}
+}
+
+// TestDownstreamDocsExamplesLoad: every TOML example of docs/downstream.md
+// passes `smtpd check`, so an admin can paste it.
+func TestDownstreamDocsExamplesLoad(t *testing.T) {
+	doc, err := os.ReadFile(rootDir + "/docs/downstream.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```toml\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
+	if len(blocks) < 3 {
+		t.Fatalf("docs/downstream.md has %d TOML examples; want at least 3", len(blocks))
+	}
+	for i, b := range blocks {
+		path := writeFile(t, t.TempDir(), "example.toml", b[1])
+		cmd := exec.Command(smtpdBin, "check", "-config", path)
+		cmd.Dir = t.TempDir()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("docs/downstream.md example %d does not load: %v\n%s\n--- config:\n%s", i+1, err, out, b[1])
+		}
 	}
 }
