@@ -25,6 +25,7 @@ import (
 	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/internal/dovecotwire"
 )
 
 func init() { hooks.Register("dovecotauth", New) }
@@ -45,9 +46,6 @@ type Settings struct {
 
 // DefaultTimeout is the timeout setting's default.
 const DefaultTimeout = 10 * time.Second
-
-// maxLine bounds one line from Dovecot; the handshake lines are short.
-const maxLine = 64 * 1024
 
 // Plugin is a dovecotauth instance. It is read-only after New and safe for
 // concurrent use.
@@ -139,13 +137,13 @@ func (p *Plugin) auth(ctx context.Context, c *connection.Connection, user, passw
 	if _, err := conn.Write([]byte(request(id, p.service, c, user, password))); err != nil {
 		return false, err
 	}
-	line, err := readLine(r)
+	line, err := dovecotwire.ReadLine(r)
 	if err != nil {
 		return false, fmt.Errorf("waiting for the answer: %w", err)
 	}
 	f := strings.Split(line, "\t")
 	if len(f) < 2 || f[1] != id {
-		return false, fmt.Errorf("unexpected answer %q", clip(f[0]))
+		return false, fmt.Errorf("unexpected answer %q", dovecotwire.Clip(f[0]))
 	}
 	switch f[0] {
 	case "OK":
@@ -156,7 +154,7 @@ func (p *Plugin) auth(ctx context.Context, c *connection.Connection, user, passw
 				reason := "no reason given"
 				for _, a := range f[2:] {
 					if r, ok := strings.CutPrefix(a, "reason="); ok {
-						reason = strconv.Quote(clip(r))
+						reason = strconv.Quote(dovecotwire.Clip(r))
 					}
 				}
 				return false, fmt.Errorf("%w (%s)", errTemp, reason)
@@ -166,7 +164,7 @@ func (p *Plugin) auth(ctx context.Context, c *connection.Connection, user, passw
 	case "CONT":
 		return false, errors.New("dovecot asked for more data after a complete PLAIN response")
 	}
-	return false, fmt.Errorf("unexpected answer %q", clip(f[0]))
+	return false, fmt.Errorf("unexpected answer %q", dovecotwire.Clip(f[0]))
 }
 
 // handshake reads the server's handshake up to DONE and checks it offers
@@ -174,7 +172,7 @@ func (p *Plugin) auth(ctx context.Context, c *connection.Connection, user, passw
 func handshake(r *bufio.Reader) error {
 	var version, plain bool
 	for {
-		line, err := readLine(r)
+		line, err := dovecotwire.ReadLine(r)
 		if err != nil {
 			return fmt.Errorf("handshake: %w", err)
 		}
@@ -219,30 +217,4 @@ func request(id, service string, c *connection.Connection, user, password string
 	}
 	b.WriteString("\tresp=" + base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00"+password)) + "\n")
 	return b.String()
-}
-
-// readLine reads one LF-terminated line without the LF.
-func readLine(r *bufio.Reader) (string, error) {
-	var line []byte
-	for {
-		chunk, more, err := r.ReadLine()
-		if err != nil {
-			return "", err
-		}
-		line = append(line, chunk...)
-		if len(line) > maxLine {
-			return "", errors.New("line too long")
-		}
-		if !more {
-			return string(line), nil
-		}
-	}
-}
-
-// clip shortens what Dovecot sent for a log line.
-func clip(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
 }

@@ -3,8 +3,8 @@ package verify
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
+	"github.com/sluice-mta/sluice/internal/dovecotwire"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -33,9 +33,6 @@ type userdb struct {
 	// lookups counts the USER requests sent, for tests.
 	lookups atomic.Int64
 }
-
-// maxUserdbLine bounds one line from Dovecot: a user's fields are short.
-const maxUserdbLine = 64 * 1024
 
 func (u *userdb) close() {}
 
@@ -86,12 +83,12 @@ func (u *userdb) lookup(ctx context.Context, user string) (bool, error) {
 
 	const id = "1"
 	u.lookups.Add(1)
-	if _, err := fmt.Fprintf(c, "VERSION\t1\t0\nUSER\t%s\t%s\tservice=%s\n", id, escape(user), u.service); err != nil {
+	if _, err := fmt.Fprintf(c, "VERSION\t1\t0\nUSER\t%s\t%s\tservice=%s\n", id, dovecotwire.Escape(user), u.service); err != nil {
 		return false, err
 	}
 	r := bufio.NewReaderSize(c, 4096)
 	for {
-		line, err := readLine(r)
+		line, err := dovecotwire.ReadLine(r)
 		if err != nil {
 			return false, fmt.Errorf("waiting for the answer: %w", err)
 		}
@@ -106,7 +103,7 @@ func (u *userdb) lookup(ctx context.Context, user string) (bool, error) {
 			continue
 		}
 		if len(f) < 2 || f[1] != id {
-			return false, fmt.Errorf("unexpected answer %q: is this Dovecot's auth-userdb socket?", clip(line))
+			return false, fmt.Errorf("unexpected answer %q: is this Dovecot's auth-userdb socket?", dovecotwire.Clip(line))
 		}
 		switch f[0] {
 		case "USER":
@@ -117,63 +114,11 @@ func (u *userdb) lookup(ctx context.Context, user string) (bool, error) {
 			reason := "no reason given"
 			for _, a := range f[2:] {
 				if v, ok := strings.CutPrefix(a, "reason="); ok {
-					reason = clip(v)
+					reason = dovecotwire.Clip(v)
 				}
 			}
 			return false, fmt.Errorf("the lookup of %q failed: %s", user, reason)
 		}
-		return false, fmt.Errorf("unexpected answer %q", clip(line))
+		return false, fmt.Errorf("unexpected answer %q", dovecotwire.Clip(line))
 	}
-}
-
-// escape applies Dovecot's tab-escaping to a parameter: \001 escapes
-// itself, NUL, TAB, CR and LF, which would otherwise end the parameter.
-func escape(s string) string {
-	if !strings.ContainsAny(s, "\x00\x01\t\r\n") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case 0:
-			b.WriteString("\x010")
-		case 1:
-			b.WriteString("\x011")
-		case '\t':
-			b.WriteString("\x01t")
-		case '\r':
-			b.WriteString("\x01r")
-		case '\n':
-			b.WriteString("\x01n")
-		default:
-			b.WriteByte(s[i])
-		}
-	}
-	return b.String()
-}
-
-// readLine reads one LF-terminated line without the LF.
-func readLine(r *bufio.Reader) (string, error) {
-	var line []byte
-	for {
-		chunk, more, err := r.ReadLine()
-		if err != nil {
-			return "", err
-		}
-		line = append(line, chunk...)
-		if len(line) > maxUserdbLine {
-			return "", errors.New("line too long")
-		}
-		if !more {
-			return string(line), nil
-		}
-	}
-}
-
-// clip shortens what Dovecot sent for a log line.
-func clip(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
 }
