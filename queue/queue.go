@@ -15,6 +15,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -155,4 +159,41 @@ func ParseTimeout(setting, value string, def time.Duration) (time.Duration, erro
 		return 0, fmt.Errorf("%s = %q: must be positive", setting, value)
 	}
 	return d, nil
+}
+
+// CheckHost validates a downstream address setting ("host = ..."):
+// "host:port" with a numeric port, or "unix:" and an absolute socket
+// path. example is the "host:port" the error suggests.
+func CheckHost(host, example string) error {
+	network, addr := Network(host)
+	if network == "unix" {
+		if !filepath.IsAbs(addr) {
+			return fmt.Errorf("host = %q: want \"unix:\" followed by the socket's absolute path", host)
+		}
+		return nil
+	}
+	h, port, err := net.SplitHostPort(addr)
+	if err != nil || h == "" {
+		return fmt.Errorf("host = %q: want \"host:port\" (e.g. %q) or \"unix:/path/to/socket\"", host, example)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("host = %q: the port must be a number from 1 to 65535", host)
+	}
+	return nil
+}
+
+// HeloName returns the EHLO/LHLO name of a "helo = ..." setting: the
+// setting, or this machine's name ("localhost" when it has none usable).
+func HeloName(helo string) (string, error) {
+	if helo == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" || strings.ContainsAny(h, " \t\r\n") {
+			h = "localhost"
+		}
+		return h, nil
+	}
+	if len(helo) > 255 || strings.IndexFunc(helo, func(r rune) bool { return r <= ' ' || r >= 127 }) >= 0 {
+		return "", fmt.Errorf("helo = %q: want a host name without spaces or control characters", helo)
+	}
+	return helo, nil
 }

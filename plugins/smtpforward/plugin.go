@@ -7,11 +7,7 @@ package smtpforward
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/sluice-mta/sluice/connection"
@@ -155,7 +151,7 @@ func (s Settings) forwarder() (*queue.Forwarder, error) {
 	if err := checkHost(s.Host, fw.StartTLS); err != nil {
 		return nil, err
 	}
-	if fw.Helo, err = heloName(s.Helo); err != nil {
+	if fw.Helo, err = queue.HeloName(s.Helo); err != nil {
 		return nil, err
 	}
 	if fw.ConnectTimeout, err = queue.ParseTimeout("connect_timeout", s.ConnectTimeout, queue.DefaultConnectTimeout); err != nil {
@@ -167,42 +163,16 @@ func (s Settings) forwarder() (*queue.Forwarder, error) {
 	return fw, nil
 }
 
-// checkHost validates the host setting: host:port with a numeric port, or
-// unix: and an absolute socket path (without STARTTLS).
+// checkHost validates the host setting (queue.CheckHost), and that a unix
+// socket goes without STARTTLS.
 func checkHost(host string, mode queue.TLSMode) error {
-	network, addr := queue.Network(host)
-	if network == "unix" {
-		if !filepath.IsAbs(addr) {
-			return fmt.Errorf("host = %q: want \"unix:\" followed by the socket's absolute path", host)
-		}
-		if mode != queue.TLSOff {
-			return fmt.Errorf("host = %q: starttls must be \"off\" for a unix socket", host)
-		}
-		return nil
+	if err := queue.CheckHost(host, DefaultHost); err != nil {
+		return err
 	}
-	h, port, err := net.SplitHostPort(addr)
-	if err != nil || h == "" {
-		return fmt.Errorf("host = %q: want \"host:port\" (e.g. %q) or \"unix:/path/to/socket\"", host, DefaultHost)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("host = %q: the port must be a number from 1 to 65535", host)
+	if network, _ := queue.Network(host); network == "unix" && mode != queue.TLSOff {
+		return fmt.Errorf("host = %q: starttls must be \"off\" for a unix socket", host)
 	}
 	return nil
-}
-
-// heloName returns the EHLO name: the setting, or this machine's name.
-func heloName(helo string) (string, error) {
-	if helo == "" {
-		h, err := os.Hostname()
-		if err != nil || h == "" || strings.ContainsAny(h, " \t\r\n") {
-			h = "localhost"
-		}
-		return h, nil
-	}
-	if len(helo) > 255 || strings.IndexFunc(helo, func(r rune) bool { return r <= ' ' || r >= 127 }) >= 0 {
-		return "", fmt.Errorf("helo = %q: want a host name without spaces or control characters", helo)
-	}
-	return helo, nil
 }
 
 // Queue implements hooks.Queue: the message counts as queued (250) when

@@ -28,9 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -173,7 +170,7 @@ func New(decode hooks.Decoder) (*Plugin, error) {
 	default:
 		fw := &queue.Forwarder{Addr: s.Host, LMTP: s.Method == "lmtp", ConnectTimeout: s.Timeout}
 		fw.StartTLS, _ = queue.ParseTLSMode(s.StartTLS)
-		if fw.Helo, err = heloName(s.Helo); err != nil {
+		if fw.Helo, err = queue.HeloName(s.Helo); err != nil {
 			return nil, err
 		}
 		p.checker = newProber(fw, s.ProbeSender, min(maxIdle, s.MaxConnections))
@@ -221,42 +218,13 @@ func (s Settings) check() error {
 	return nil
 }
 
-// checkHost validates the host setting: host:port with a numeric port, or
-// unix: and an absolute socket path.
+// checkHost validates the host setting, which is required
+// (queue.CheckHost).
 func checkHost(host string) error {
 	if host == "" {
 		return errors.New(`host = "": required: the downstream, "host:port" ("127.0.0.1:25") or "unix:/path/to/socket"`)
 	}
-	network, addr := queue.Network(host)
-	if network == "unix" {
-		if !filepath.IsAbs(addr) {
-			return fmt.Errorf("host = %q: want \"unix:\" followed by the socket's absolute path", host)
-		}
-		return nil
-	}
-	h, port, err := net.SplitHostPort(addr)
-	if err != nil || h == "" {
-		return fmt.Errorf("host = %q: want \"host:port\" (\"127.0.0.1:25\") or \"unix:/path/to/socket\"", host)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("host = %q: the port must be a number from 1 to 65535", host)
-	}
-	return nil
-}
-
-// heloName returns the EHLO name: the setting, or this machine's name.
-func heloName(helo string) (string, error) {
-	if helo == "" {
-		h, err := os.Hostname()
-		if err != nil || h == "" || strings.ContainsAny(h, " \t\r\n") {
-			h = "localhost"
-		}
-		return h, nil
-	}
-	if len(helo) > 255 || strings.IndexFunc(helo, func(r rune) bool { return r <= ' ' || r >= 127 }) >= 0 {
-		return "", fmt.Errorf("helo = %q: want a host name without spaces or control characters", helo)
-	}
-	return helo, nil
+	return queue.CheckHost(host, "127.0.0.1:25")
 }
 
 // domainSet returns the domains in canonical form, a wildcard entry
