@@ -91,14 +91,7 @@ func StartDovecotLMTP(t testing.TB, o DovecotOptions) *Dovecot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("Dovecot log (%s):\n%s", d.Dir, d.Log())
-		}
-		if err := d.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	stopAtCleanup(t, d, "Dovecot log", d.Dir)
 	return d
 }
 

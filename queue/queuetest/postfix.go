@@ -85,15 +85,27 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stopAtCleanup(t, p, "Postfix maillog", p.Dir)
+	return p
+}
+
+// daemon is a private server a test started.
+type daemon interface {
+	Log() string
+	Stop() error
+}
+
+// stopAtCleanup stops d when the test ends, printing its log (what, in
+// dir) first when the test failed.
+func stopAtCleanup(t testing.TB, d daemon, what, dir string) {
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("Postfix maillog (%s):\n%s", p.Dir, p.Log())
+			t.Logf("%s (%s):\n%s", what, dir, d.Log())
 		}
-		if err := p.Stop(); err != nil {
+		if err := d.Stop(); err != nil {
 			t.Error(err)
 		}
 	})
-	return p
 }
 
 // StartPostfixMain starts a private Postfix (see Postfix) for use from
