@@ -112,7 +112,9 @@ func (r *Routes) Settle(ctx context.Context, c *connection.Connection, tx *trans
 // note for the log ("" when none was due). A notice that cannot be sent
 // is only logged: the message itself was delivered.
 func (r *Routes) NotifySuccess(ctx context.Context, c *connection.Connection, tx *transaction.Transaction, outs Outcomes, final bool) string {
-	if r == nil || r.Bounce == nil {
+	// NOTIFY= lives in RcptParams: without any, no notice is due, and the
+	// common message costs nothing here.
+	if r == nil || r.Bounce == nil || tx.RcptParams == nil {
 		return ""
 	}
 	delivered, _, _ := outs.Split()
