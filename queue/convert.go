@@ -148,7 +148,9 @@ func has8Bit(p []byte) bool {
 //     message/* types (message/global included: RFC 6532 section 3.7 lets
 //     it be encoded) are leaves.
 //
-// A header with raw 8-bit bytes cannot be converted: that takes SMTPUTF8.
+// A message without an 8-bit byte is written as it is: nothing is
+// relabelled or added. A header with raw 8-bit bytes cannot be converted:
+// that takes SMTPUTF8.
 // Write7Bit then returns an *Error holding ErrCannotConvert (see there).
 // The message is read twice: a first pass finds what to convert and every
 // reason to refuse, so nothing is written to w unless the whole message
@@ -160,9 +162,19 @@ func Write7Bit(w io.Writer, tx *transaction.Transaction) (int64, error) {
 	if err := scan.run(); err != nil {
 		return 0, err
 	}
+	if !scan.found {
+		return tx.WriteTo(w)
+	}
+	return convert7Bit(w, tx, scan.leaves)
+}
+
+// convert7Bit is Write7Bit's second pass: it writes tx's message with the
+// leaves a scan found 8-bit (leaves) converted, and every composite entity
+// labelled 8bit or binary relabelled.
+func convert7Bit(w io.Writer, tx *transaction.Transaction, leaves []uint64) (int64, error) {
 	cw := &countWriter{w: w}
 	out := bufio.NewWriterSize(cw, 32<<10)
-	conv := newWalker(tx.Message(), out, scan.leaves)
+	conv := newWalker(tx.Message(), out, leaves)
 	err := conv.run()
 	if ferr := out.Flush(); err == nil {
 		err = ferr
@@ -198,6 +210,9 @@ type walker struct {
 	// 8-bit byte; leaf counts the leaves met so far.
 	leaves []uint64
 	leaf   int
+	// found says the scan met an 8-bit byte in content (a leaf, a
+	// preamble or an epilogue): there is something to convert.
+	found bool
 
 	// bounds are the boundaries of the open multiparts, outermost first.
 	bounds [][]byte
@@ -511,7 +526,11 @@ func (w *walker) multipart(depth int, boundary []byte, childType string) error {
 
 // writeSanitized writes p with every byte >= 0x80 as "?".
 func (w *walker) writeSanitized(p []byte) {
-	if w.scanning() || !has8Bit(p) {
+	if w.scanning() {
+		w.found = w.found || has8Bit(p)
+		return
+	}
+	if !has8Bit(p) {
 		w.write(p)
 		return
 	}
@@ -538,6 +557,7 @@ func (w *walker) leafPart(h *header, cte string, message bool) error {
 			}
 		}
 		if found {
+			w.found = true
 			for len(w.leaves) <= n/64 {
 				w.leaves = append(w.leaves, 0)
 			}
