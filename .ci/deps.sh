@@ -56,5 +56,5 @@ if [ ! -e "$rcd" ]; then
   printf '#!/bin/sh\nexit 101\n' > "$rcd" && chmod 755 "$rcd" && placed=1
 fi
 trap '[ -n "$placed" ] && rm -f "$rcd"' EXIT
-apt-get update -qq >/dev/null
-apt-get install -y -qq "${missing[@]}" >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
