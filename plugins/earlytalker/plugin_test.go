@@ -145,8 +145,11 @@ func TestRefusedAtConnect(t *testing.T) {
 		{`action = "defer"`, "421 4.7.1 Client talked before the greeting"},
 	} {
 		addr, q := serve(t, tt.settings)
-		c := dial(t, addr)
+		// Timed from before the dial: the server's delay starts at its
+		// accept, which comes after this, so a correct server never
+		// refuses sooner (a start taken after dial returns can be late).
 		start := time.Now()
+		c := dial(t, addr)
 		c.send("EHLO rude.example\r\n")
 		c.expect("", tt.want)
 		c.closed()
