@@ -102,10 +102,9 @@ func (s *Session) txEnd(tx *transaction.Transaction, rep hooks.Reply) {
 	result := resultOf(code)
 	switch result {
 	case monitor.ResultAccepted:
-		plugin = s.txs.queuedBy
-		fallthrough
+		plugin, code = s.txs.queuedBy, 0
 	case monitor.ResultAborted:
-		code = 0
+		plugin, code = "", 0
 	}
 	if r := s.cfg.Recorder; r != nil {
 		if result == monitor.ResultAccepted {
