@@ -131,4 +131,3 @@ func stats(args []string, stdout, stderr io.Writer) int {
 	monitor.WriteText(stdout, snap)
 	return 0
 }
-
