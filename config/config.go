@@ -9,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -37,6 +40,16 @@ type Config struct {
 	DataDir string `toml:"data_dir"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `toml:"log_level"`
+	// LogFormat is "text" (default: key=value lines) or "json" (one JSON
+	// object a line).
+	LogFormat string `toml:"log_format"`
+	// ControlSocket is the unix socket `smtpd stats` asks (mode 0600).
+	// Default "<data_dir>/smtpd.sock"; "off" makes none. See
+	// ControlSocketPath.
+	ControlSocket string `toml:"control_socket"`
+	// Admin is the [admin] table: the HTTP listener of /metrics and
+	// /healthz, off unless its address is set.
+	Admin Admin `toml:"admin"`
 	// HookTimeout bounds one hook's run through a chain. Default 30s.
 	HookTimeout Duration `toml:"hook_timeout"`
 	// QueueTimeout bounds the queue hook (the handoff of the whole
@@ -155,6 +168,56 @@ type Listener struct {
 	AuthPlaintextLoopback bool `toml:"auth_plaintext_loopback"`
 	// ReceivedAuthUser names the authenticated user in Received headers.
 	ReceivedAuthUser bool `toml:"received_auth_user"`
+	// Trace logs every command of the listener's clients and the code of
+	// every reply, at DEBUG whatever log_level says; never AUTH's
+	// credentials.
+	Trace bool `toml:"trace"`
+}
+
+// Admin is the [admin] table: an HTTP listener for monitoring.
+type Admin struct {
+	// Address is where it listens ("127.0.0.1:9025"); "" (the default)
+	// turns it off. Anything but a loopback address needs Token or User
+	// and Password.
+	Address string `toml:"address"`
+	// Token, when set, is required as "Authorization: Bearer TOKEN" or
+	// "?token=TOKEN".
+	Token string `toml:"token"`
+	// User and Password, when set, are accepted as HTTP basic auth.
+	User     string `toml:"user"`
+	Password string `toml:"password"`
+}
+
+// ControlSocketPath returns the control socket's path, "" when it is off.
+func (c *Config) ControlSocketPath() string {
+	switch c.ControlSocket {
+	case "off":
+		return ""
+	case "":
+		return filepath.Join(c.DataDir, "smtpd.sock")
+	}
+	return c.ControlSocket
+}
+
+// checkAdmin checks the [admin] table.
+func (c *Config) checkAdmin() error {
+	a := c.Admin
+	at := c.at(c.lineOfTable("admin"))
+	if (a.User == "") != (a.Password == "") {
+		return fmt.Errorf("%s: [admin]: user and password go together: set both, or neither", at)
+	}
+	if a.Address == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(a.Address)
+	if err != nil {
+		return fmt.Errorf("%s: [admin] address = %q: want host:port, e.g. \"127.0.0.1:9025\"", at, a.Address)
+	}
+	ip, _ := netip.ParseAddr(host)
+	if !(host == "localhost" || ip.IsLoopback()) && a.Token == "" && a.User == "" {
+		return fmt.Errorf("%s: [admin] address = %q is not a loopback address: set token (or user and password) so that only you can read it, or listen on 127.0.0.1", at, a.Address)
+	}
+	return nil
 }
 
 // CertPair is one certificate chain file and its key file.
@@ -257,6 +320,14 @@ func (c *Config) check() error {
 	case "", "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("%s: log_level = %q: want debug, info, warn or error", c.at(c.lineOf(toml.Key{"log_level"})), c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("%s: log_format = %q: want \"text\" or \"json\"", c.at(c.lineOf(toml.Key{"log_format"})), c.LogFormat)
+	}
+	if err := c.checkAdmin(); err != nil {
+		return err
 	}
 	if len(c.Listeners) == 0 {
 		return fmt.Errorf("%s: no [[listener]]: add one with name, address and plugins", c.path)

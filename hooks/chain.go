@@ -46,6 +46,20 @@ type Options struct {
 	// Logger receives plugin errors, panics and timeouts. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Meter, when set, is told the time of every plugin call and of every
+	// hook's whole run (monitor.Recorder is one). Nil costs nothing.
+	Meter Meter
+}
+
+// Meter times a chain's hooks and plugins. NewChain asks it once per
+// hook, and per plugin at each hook it implements, for the function that
+// records their durations; the calls then cost a clock reading and that
+// function. A reload's new chain asks the same Meter again, so the
+// figures go on across reloads.
+type Meter interface {
+	// Timer returns the recorder of plugin's calls at hook, or with
+	// plugin "" of the hook's whole runs (every plugin it called).
+	Timer(hook, plugin string) func(time.Duration)
 }
 
 // entry is one plugin at one hook.
@@ -53,6 +67,7 @@ type entry struct {
 	name        string
 	p           any // implements the hook's interface
 	observeOnly bool
+	timer       func(time.Duration) // the Meter's, nil without one
 }
 
 // Chain is a listener's ordered plugin list, split per hook when it is
@@ -64,8 +79,9 @@ type Chain struct {
 	queueTimeout time.Duration
 	log          *slog.Logger
 
-	plugins [hookCount][]entry // per hook, the plugins that implement it, in config order
-	closers []entry            // the plugins that implement io.Closer
+	plugins [hookCount][]entry             // per hook, the plugins that implement it, in config order
+	timers  [hookCount]func(time.Duration) // per hook, the Meter's for its whole run; nil without one
+	closers []entry                        // the plugins that implement io.Closer
 	names   []string
 	maxSize int64
 	dsn     bool
@@ -93,7 +109,7 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 			return nil, fmt.Errorf("plugin %q (%T) implements no hook", n, p)
 		}
 		for _, h := range hs {
-			ch.plugins[h] = append(ch.plugins[h], entry{n, p, in.ObserveOnly})
+			ch.plugins[h] = append(ch.plugins[h], entry{name: n, p: p, observeOnly: in.ObserveOnly})
 		}
 		if _, ok := p.(io.Closer); ok {
 			ch.closers = append(ch.closers, entry{name: n, p: p})
@@ -111,6 +127,18 @@ func NewChain(instances []Instance, opts Options) (*Chain, error) {
 			dsn = dsn && ok && d.CarriesDSN()
 		}
 		ch.names = append(ch.names, n)
+	}
+	if opts.Meter != nil {
+		for h := range Hook(hookCount) {
+			list := ch.plugins[h]
+			if len(list) == 0 {
+				continue
+			}
+			ch.timers[h] = opts.Meter.Timer(h.String(), "")
+			for i := range list {
+				list[i].timer = opts.Meter.Timer(h.String(), list[i].name)
+			}
+		}
 	}
 	ch.dsn = dsn && ch.HasQueue()
 	return ch, nil
@@ -158,8 +186,10 @@ func (ch *Chain) run(ctx context.Context, hook Hook, c *connection.Connection, t
 	}
 	hc := newHookContext(ctx, ch.deadline(hook))
 	defer hc.end()
+	m := ch.meter(hook)
 	for _, e := range list {
 		r := ch.callOne(hc, hook, c, e, call)
+		m.plugin(e)
 		if r.Code == Declined {
 			continue
 		}
@@ -168,12 +198,47 @@ func (ch *Chain) run(ctx context.Context, hook Hook, c *connection.Connection, t
 			ch.wouldRefuse(c, tx, d)
 			continue
 		}
+		m.end()
 		// The observers get their own deadline: the deciding plugin may
 		// have spent this hook's (a timeout is a DenySoft to report).
 		ch.observe(ctx, c, d)
 		return d
 	}
+	m.end()
 	return Decision{Hook: hook}
+}
+
+// hookMeter times one run of a hook and its plugins for the chain's
+// Meter; without one it does nothing, and reads no clock.
+type hookMeter struct {
+	timer       func(time.Duration) // the hook's; nil: no Meter
+	start, last time.Time
+}
+
+func (ch *Chain) meter(hook Hook) hookMeter {
+	t := ch.timers[hook]
+	if t == nil {
+		return hookMeter{}
+	}
+	now := time.Now()
+	return hookMeter{timer: t, start: now, last: now}
+}
+
+// plugin records the time e took since the last plugin (or the start).
+func (m *hookMeter) plugin(e entry) {
+	if m.timer == nil {
+		return
+	}
+	now := time.Now()
+	e.timer(now.Sub(m.last))
+	m.last = now
+}
+
+// end records the hook's run, up to the last plugin's end.
+func (m *hookMeter) end() {
+	if m.timer != nil {
+		m.timer(m.last.Sub(m.start))
+	}
 }
 
 // deadline is how long hook may take through the chain.
@@ -193,12 +258,15 @@ func (ch *Chain) runAll(ctx context.Context, hook Hook, c *connection.Connection
 	}
 	hc := newHookContext(ctx, ch.deadline(hook))
 	defer hc.end()
+	m := ch.meter(hook)
 	for _, e := range list {
 		ch.callOne(hc, hook, c, e, func(ctx context.Context, p any) Result {
 			call(ctx, p)
 			return Result{}
 		})
+		m.plugin(e)
 	}
+	m.end()
 }
 
 // callOne runs one plugin and fails closed: a panic, an error with a

@@ -8,6 +8,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/monitor"
 )
 
 // AUTH (RFC 4954): PLAIN through go-sasl's server, LOGIN of our own
@@ -157,6 +158,11 @@ func (s *Session) verify(ex *saslExchange, authzid, user, password string) error
 			connection.NoteAuthMech.Set(&s.conn.Notes, mech)
 			lim.Succeed(user)
 			s.log.Info("AUTH succeeded", "mech", mech, "ip", ip, "user", user)
+			if s.cfg.Bus != nil {
+				e := s.event(monitor.KindAuth)
+				e.User = user
+				s.publish(e)
+			}
 			ex.result = &rep
 			return nil
 		}

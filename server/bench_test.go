@@ -7,12 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -40,9 +42,16 @@ func BenchmarkServerLoopback(b *testing.B) {
 		{"1k-many", 1 << 10, 0},
 		{"1k-one", 1 << 10, 1},
 		{"100k-many", 100 << 10, 0},
+		// The same with the operator's figures: a Recorder timing every
+		// hook and plugin ("-recorder"), and with a Bus too, nobody
+		// reading it ("-monitor").
+		{"1k-many-recorder", 1 << 10, 0},
+		{"1k-many-monitor", 1 << 10, 0},
+		{"1k-one-monitor", 1 << 10, 1},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			addr := benchServer(b)
+			_, mode, _ := strings.Cut(strings.TrimPrefix(bc.name, "1k-"), "-")
+			addr := benchServer(b, mode)
 			msg := benchMessage(bc.size)
 			const sessions = 20
 			var wg sync.WaitGroup
@@ -87,15 +96,30 @@ func BenchmarkServerLoopback(b *testing.B) {
 	}
 }
 
-func benchServer(b testing.TB) string {
+// benchServer starts a server; mode "recorder" gives it a Recorder (also
+// the chain's Meter), "monitor" a Recorder and a Bus.
+func benchServer(b testing.TB, mode string) string {
 	b.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var (
+		rec   *monitor.Recorder
+		bus   *monitor.Bus
+		meter hooks.Meter
+	)
+	switch mode {
+	case "monitor":
+		bus = monitor.NewBus(1000)
+		fallthrough
+	case "recorder":
+		rec = monitor.NewRecorder()
+		meter = rec
+	}
 	ch, err := hooks.NewChain([]hooks.Instance{{Name: "rcpt", Plugin: acceptRcpt{}}, {Name: "queue", Plugin: dropQueue{}}},
-		hooks.Options{Logger: log})
+		hooks.Options{Logger: log, Meter: meter})
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := server.New(server.Config{SpoolDir: b.TempDir(), Logger: log, Listeners: []server.ListenerConfig{{
+	srv, err := server.New(server.Config{SpoolDir: b.TempDir(), Logger: log, Recorder: rec, Bus: bus, Listeners: []server.ListenerConfig{{
 		Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch,
 		MaxConnections: 10000, MaxConnectionsPerIP: 10000,
 	}}})

@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/monitor"
 )
 
 // conn is the protocol loop of one connection: it reads a bounded line,
@@ -34,6 +36,7 @@ type conn struct {
 	out       []byte // replies not yet written
 	sess      *Session
 	log       *slog.Logger
+	trace     *slog.Logger // the listener's Trace with the connection's id; nil: no trace
 	cancel    context.CancelFunc
 
 	// working is since when (unix ns) the server works on the client's
@@ -122,6 +125,9 @@ func (c *conn) serve() {
 // command runs one command line and what its reply starts.
 func (c *conn) command(line string) {
 	s := c.sess
+	if c.trace != nil {
+		c.traceCommand(line)
+	}
 	if rep := s.Command(line); rep.Code != 0 {
 		c.reply(rep)
 	}
@@ -246,6 +252,7 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 	c.br.Reset(clientReader{c})
 	st := tc.ConnectionState()
 	c.sess.conn.TLS = &st
+	c.sess.tlsStarted()
 	c.log.Info("TLS started", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
 	return true
 }
@@ -425,6 +432,9 @@ var replyShuttingDown = hooks.Reply{Code: 421, Enhanced: [3]int{4, 3, 2}, Msg: "
 
 // reply queues rep for the client; a reply that closes is written at once.
 func (c *conn) reply(rep hooks.Reply) {
+	if c.trace != nil {
+		c.trace.Debug("reply", "code", rep.Code)
+	}
 	c.out = appendReply(c.out, rep)
 	if rep.Close {
 		c.flush()
@@ -472,6 +482,14 @@ func (c *conn) close() {
 		c.cancel()
 		c.l.forget(c)
 		c.log.Info("disconnect")
+		if r := c.l.srv.recorder; r != nil {
+			r.ConnClosed()
+		}
+		if c.l.srv.bus != nil {
+			e := c.sess.event(monitor.KindDisconnect)
+			e.Duration = time.Since(c.sess.conn.Started)
+			c.l.srv.bus.Publish(e)
+		}
 	})
 }
 
@@ -544,4 +562,23 @@ func cutLine(s string) (line, rest string, more bool) {
 		}
 	}
 	return s, "", false
+}
+
+// traceCommand logs a command line for the listener's trace, without
+// what AUTH carries: a SASL response line is not logged at all, and an
+// AUTH line only up to its mechanism.
+func (c *conn) traceCommand(line string) {
+	if c.sess.sasl != nil {
+		c.trace.Debug("command", "line", "(SASL response not logged)")
+		return
+	}
+	text := strings.TrimRight(line, "\r\n")
+	if len(text) >= 5 && strings.EqualFold(text[:5], "AUTH ") {
+		mech, _, more := strings.Cut(strings.TrimSpace(text[5:]), " ")
+		text = text[:5] + mech
+		if more {
+			text += " (initial response not logged)"
+		}
+	}
+	c.trace.Debug("command", "line", text)
 }

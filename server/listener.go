@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/monitor"
 )
 
 // listener accepts the connections of one address, applies the connection
@@ -115,6 +116,7 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 		RequireTLS:       l.cfg.RequireTLS, RequireAuth: l.cfg.RequireAuth,
 		AuthPlaintextLoopback: l.cfg.AuthPlaintextLoopback,
 		AuthLimiter:           l.srv.authLimiter,
+		Bus:                   l.srv.bus, Recorder: l.srv.recorder,
 	})
 	log := sess.log // the listener's, with the connection's id: one for both
 	c := newConn(l, transport, sess, log, cancel)
@@ -122,6 +124,15 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 	l.conns[c] = struct{}{}
 	l.mu.Unlock()
 	log.Info("connect", "remote", remote.String())
+	if l.cfg.Trace != nil {
+		c.trace = l.cfg.Trace.With("listener", l.cfg.Name, "conn", cc.ID)
+	}
+	if r := l.srv.recorder; r != nil {
+		r.ConnOpened()
+	}
+	if l.srv.bus != nil {
+		l.srv.bus.Publish(sess.event(monitor.KindConnect))
+	}
 	return c
 }
 

@@ -66,8 +66,10 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 	}
 	s.next = stepNone
 	s.inMessage = true
+	s.txs.decider = ""
 	rep := s.message(tx, r)
 	s.inMessage = false
+	s.txEnd(tx, rep)
 	s.Reset() // the end of the message ends the transaction, whatever the reply
 	if rep.Code/100 == 2 {
 		s.junk = 0 // a message went through: the client is doing real work
@@ -137,6 +139,7 @@ func (s *Session) message(tx *transaction.Transaction, r io.Reader) hooks.Reply 
 	d := s.cfg.Chain.Queue(s.ctx, s.conn, tx)
 	rep := s.reply(d)
 	if d.Result.Code == hooks.Done {
+		s.queued(tx, d.Plugin)
 		return s.notQueued(d, rep)
 	}
 	if d.Result.Code != hooks.OK {
@@ -150,6 +153,7 @@ func (s *Session) message(tx *transaction.Transaction, r io.Reader) hooks.Reply 
 	}
 	rep.Msg = "Ok: queued as " + tx.QueueID
 	s.conn.Messages++
+	s.queued(tx, d.Plugin)
 	if s.log.Enabled(s.ctx, slog.LevelInfo) {
 		s.log.Info("message queued", "queue_id", tx.QueueID, "plugin", d.Plugin, "from", tx.Sender,
 			"rcpts", len(tx.Recipients), "size", tx.MessageSize(), "detail", d.Result.Detail)

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/monitor"
 )
 
 // ListenerConfig is one listening address with its own policy.
@@ -87,6 +88,10 @@ type ListenerConfig struct {
 	AuthPlaintextLoopback bool
 	// ReceivedAuthUser names the authenticated user in Received headers.
 	ReceivedAuthUser bool
+	// Trace, when set, receives every command the clients send and the
+	// code of every reply, at DEBUG; never AUTH's credentials (the initial
+	// response and the SASL lines are left out).
+	Trace *slog.Logger
 }
 
 func (c *ListenerConfig) setDefaults() {
@@ -142,6 +147,13 @@ type Config struct {
 	// AuthLimiter counts failed AUTH attempts across every listener; nil
 	// means the defaults (5 failures per IP or user in 15 minutes).
 	AuthLimiter *AuthLimiter
+	// Bus receives what happens on every connection (monitor.Event); nil
+	// turns the feed off, at no cost.
+	Bus *monitor.Bus
+	// Recorder counts connections and transactions; the chains' Meter
+	// (hooks.Options) times their hooks, usually into the same Recorder.
+	// Nil counts nothing.
+	Recorder *monitor.Recorder
 }
 
 // Server serves every listener of a Config.
@@ -156,6 +168,9 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	authLimiter *AuthLimiter
+	bus         *monitor.Bus
+	recorder    *monitor.Recorder
+	serving     atomic.Bool // every listener accepts
 }
 
 // New checks the configuration and prepares the spool directory. Nothing
@@ -174,7 +189,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AuthLimiter == nil {
 		cfg.AuthLimiter = &AuthLimiter{}
 	}
-	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, authLimiter: cfg.AuthLimiter}
+	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, authLimiter: cfg.AuthLimiter,
+		bus: cfg.Bus, recorder: cfg.Recorder}
 	for _, lc := range cfg.Listeners {
 		if lc.Chain == nil {
 			cancel()
@@ -201,6 +217,26 @@ func (s *Server) Listen() error {
 		l.ln = ln
 	}
 	return nil
+}
+
+// The states of a Server (State).
+const (
+	StateStarting = "starting" // not every listener accepts yet
+	StateReady    = "ready"    // every listener accepts
+	StateDraining = "draining" // shutting down: no new connections
+)
+
+// State returns StateStarting until Serve accepts on every listener,
+// StateReady while it does, StateDraining once Shutdown began: what a
+// health check answers.
+func (s *Server) State() string {
+	switch {
+	case s.stopping.Load():
+		return StateDraining
+	case s.serving.Load():
+		return StateReady
+	}
+	return StateStarting
 }
 
 // Addr returns the bound address of the named listener, or nil.
@@ -241,6 +277,7 @@ func (s *Server) Serve() error {
 		defer s.wg.Done()
 		s.watchdog(s.ctx.Done())
 	}()
+	s.serving.Store(true)
 	for range s.listeners {
 		if err := <-errs; err != nil {
 			return err

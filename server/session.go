@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -107,6 +108,12 @@ type SessionConfig struct {
 	// the rcpt hooks see it: qmail-smtpd's rule for a non-empty
 	// RELAYCLIENT (see ClientInfo).
 	RcptSuffix string
+	// Bus receives the session's events (see monitor.Event); nil: none,
+	// at no cost.
+	Bus *monitor.Bus
+	// Recorder counts the session's transactions and how they ended; nil:
+	// nothing is counted.
+	Recorder *monitor.Recorder
 }
 
 // step is what the protocol loop does once it has written a command's
@@ -158,6 +165,7 @@ type Session struct {
 	bdatFailed  *hooks.Reply // the failure of a BDAT sequence the client may still be sending chunks of
 	inMessage   bool         // the message is being read (Message runs)
 	limit       sizeLimit    // Message's size guard, reused
+	txs         txState      // the transaction's figures and summary line
 }
 
 // NewSession starts the session for c. ctx is the connection's context: it
@@ -214,6 +222,9 @@ func (s *Session) DSN() bool { return s.dsn }
 // reply words a hook's decision and logs it when a plugin decided.
 func (s *Session) reply(d hooks.Decision) hooks.Reply {
 	rep := hooks.ReplyFor(d.Hook, d.Result)
+	if d.Result.Code != hooks.Declined {
+		s.decided(d, rep)
+	}
 	// A queue's OK is logged as "message queued", with its own words.
 	if d.Result.Code != hooks.Declined && !(d.Hook == hooks.HookQueue && d.Result.Code == hooks.OK) &&
 		s.log.Enabled(s.ctx, slog.LevelInfo) { // the arguments cost allocations even when not logged
@@ -382,6 +393,11 @@ func (s *Session) helo(verb, arg string) hooks.Reply {
 	if d.Result.Msg == "" {
 		rep.Msg = s.conn.Hostname + " Hello " + host
 	}
+	if s.cfg.Bus != nil {
+		e := s.event(monitor.KindHelo)
+		e.Helo = host
+		s.publish(e)
+	}
 	if esmtp {
 		rep.Msg += s.extensions()
 	}
@@ -444,17 +460,20 @@ func (s *Session) Mail(arg string) hooks.Reply {
 	tx := transaction.New(s.cfg.SpoolDir, s.cfg.Limits.SpoolMemory)
 	tx.Params = transaction.MailParams{Size: m.Size, Body: m.Body, UTF8: m.UTF8, Auth: m.Auth, Ret: m.Ret, EnvID: m.EnvID}
 	from := m.Sender
-	if rep := s.reply(s.cfg.Chain.MailPre(s.ctx, s.conn, tx, &from)); rep.Code != 0 && !rep.Positive() {
-		tx.Close()
-		return s.finish(rep)
+	s.txs.decisions = s.txs.decisions[:0]
+	s.txs.inMail = true
+	rep := s.reply(s.cfg.Chain.MailPre(s.ctx, s.conn, tx, &from))
+	if rep.Code == 0 || rep.Positive() {
+		tx.Sender = from
+		rep = s.reply(s.cfg.Chain.Mail(s.ctx, s.conn, tx, from))
 	}
-	tx.Sender = from
-	rep := s.reply(s.cfg.Chain.Mail(s.ctx, s.conn, tx, from))
+	s.txs.inMail = false
 	if !rep.Positive() {
 		tx.Close()
 		return s.finish(rep)
 	}
 	s.tx = tx
+	s.txBegin(tx)
 	return s.finish(rep)
 }
 
@@ -495,6 +514,11 @@ func (s *Session) Rcpt(arg string) hooks.Reply {
 	rep := s.reply(s.cfg.Chain.Rcpt(s.ctx, c, tx, rcpt))
 	if rep.Positive() {
 		tx.Recipients = append(tx.Recipients, rcpt)
+		if s.cfg.Bus != nil {
+			e := s.event(monitor.KindRcpt)
+			e.Rcpt = rcpt
+			s.publish(e)
+		}
 		s.cfg.Chain.RcptOK(s.ctx, c, tx, rcpt)
 	} else if dsn {
 		if hadPrev {
@@ -514,6 +538,9 @@ func (s *Session) Data(arg string) hooks.Reply {
 		s.next = stepMessage
 	} else {
 		s.refusedData = true
+		if s.tx != nil && rep.Code >= 400 {
+			s.txs.refusal, s.txs.refuser = rep.Code, s.txs.decider
+		}
 	}
 	return s.finish(rep)
 }
@@ -525,8 +552,10 @@ func (s *Session) data(arg string) hooks.Reply {
 	case s.tx == nil:
 		return replyBadSequence("Need MAIL command")
 	case len(s.tx.Recipients) == 0:
+		s.txs.decider = ""
 		return hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "No valid recipients"}
 	}
+	s.txs.decider = ""
 	return s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx))
 }
 
@@ -613,6 +642,7 @@ func (s *Session) StartTLS(arg string) hooks.Reply {
 // said before it (RFC 3207 4.2): the transaction and the HELO name.
 func (s *Session) TLSStarted(st *tls.ConnectionState) {
 	s.conn.TLS = st
+	s.tlsStarted()
 	s.Reset()
 	s.conn.Helo, s.conn.ESMTP = "", false
 }
@@ -634,6 +664,7 @@ func (s *Session) Reset() {
 		return
 	}
 	tx := s.tx
+	s.txEnd(tx, hooks.Reply{})
 	s.tx = nil
 	s.cfg.Chain.Reset(s.ctx, s.conn, tx)
 	tx.Close()

@@ -21,6 +21,7 @@
 //	smtpd policy [-config FILE]   serve Postfix's policy delegation protocol
 //	smtpd plugins                 list the compiled-in plugins and their hooks
 //	smtpd passwd [-file F] USER   set USER's password in an authfile password file
+//	smtpd stats [-json]           print a running smtpd's figures from its control socket
 //	smtpd dkim-keygen -domain D -selector S [-algorithm rsa|ed25519] [-bits N] [-out F]
 //	                              write a DKIM signing key, print its DNS record
 //	smtpd version                 print the version
@@ -44,6 +45,7 @@ import (
 
 	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server"
 	"github.com/sluice-mta/sluice/state"
 )
@@ -72,6 +74,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return listPlugins(stdout)
 	case "passwd":
 		return passwd(args, stdin, stdout, stderr)
+	case "stats":
+		return stats(args, stdout, stderr)
 	case "dkim-keygen":
 		return dkimKeygen(args, stdout, stderr)
 	case "version":
@@ -97,6 +101,8 @@ func usage(w io.Writer) {
                                   serve Postfix's policy delegation protocol (check_policy_service), or ask one
   smtpd plugins                   list the compiled-in plugins and the hooks each implements
   smtpd passwd [-file FILE] USER  set USER's password in an authfile password file
+  smtpd stats [-config FILE | -socket PATH] [-json]
+                                  print a running smtpd's figures (connections, messages, latency)
   smtpd dkim-keygen -domain D -selector S [-algorithm rsa|ed25519] [-bits 2048] [-out FILE]
                                   write a DKIM signing key (mode 0600) and print its DNS TXT record
   smtpd version                   print the version
@@ -148,7 +154,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		// Warnings (a listener without a queue plugin) go to stderr.
 		var b *built
-		b, err = build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		b, err = build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), nil, nil)
 		if err == nil {
 			b.close(slog.New(slog.NewTextHandler(io.Discard, nil)))
 		}
@@ -230,7 +236,11 @@ func (b *built) closeAuthStore(log *slog.Logger) {
 
 // build turns the configuration into a server configuration: every plugin
 // built once, one chain per listener, the TLS certificates loaded.
-func build(cfg *config.Config, log *slog.Logger) (*built, error) {
+//
+// rec, when not nil, counts the server's figures and times the chains'
+// hooks; bus, when not nil, gets the server's events. A reload passes the
+// same ones: the figures go on.
+func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *monitor.Bus) (*built, error) {
 	plugins, err := cfg.Build()
 	if err != nil {
 		return nil, err
@@ -255,13 +265,17 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 		}
 		limiter.Store = b.authStore
 	}
-	b.server = server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log, AuthLimiter: limiter}
+	b.server = server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log, AuthLimiter: limiter, Recorder: rec, Bus: bus}
+	var meter hooks.Meter
+	if rec != nil {
+		meter = rec
+	}
 	for _, l := range cfg.Listeners {
 		var ins []hooks.Instance
 		for _, name := range l.Plugins {
 			ins = append(ins, hooks.Instance{Name: name, Plugin: plugins[name], ObserveOnly: !cfg.Enforces(name)})
 		}
-		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, QueueTimeout: cfg.QueueTimeout.Duration, Logger: log.With("listener", l.Name)})
+		ch, err := hooks.NewChain(ins, hooks.Options{Timeout: cfg.HookTimeout.Duration, QueueTimeout: cfg.QueueTimeout.Duration, Logger: log.With("listener", l.Name), Meter: meter})
 		if err != nil {
 			return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
 		}
@@ -287,6 +301,9 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 			BareNewline:      server.BareNewline(l.BareNewline),
 			RequireAuth:      l.RequireAuth,
 			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
+		}
+		if l.Trace {
+			lc.Trace = traceLogger(cfg, log)
 		}
 		if l.HasTLS() && l.StartTLS != "none" || l.ImplicitTLS {
 			certs, err := loadCertificates(l, log)
@@ -319,7 +336,11 @@ func loadCertificates(l config.Listener, log *slog.Logger) (*server.Certificates
 	return server.LoadCertificates(pairs)
 }
 
-func newLogger(level string, w io.Writer) *slog.Logger {
+// newLogger returns the logger of cfg's log_level and log_format, writing
+// to w.
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	logOutput = w
+	level := cfg.LogLevel
 	var lv slog.Level
 	switch level {
 	case "debug":
@@ -329,7 +350,24 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 	case "error":
 		lv = slog.LevelError
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+	return slog.New(newHandler(cfg.LogFormat, w, lv))
+}
+
+func newHandler(format string, w io.Writer, lv slog.Level) slog.Handler {
+	if format == "json" {
+		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv})
+	}
+	return slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})
+}
+
+// logOutput is where serve, stdio and policy log: their stderr. The trace
+// loggers write there too, at DEBUG whatever log_level says.
+var logOutput io.Writer = os.Stderr
+
+// traceLogger returns the logger of a listener's trace: cfg's format, at
+// DEBUG.
+func traceLogger(cfg *config.Config, _ *slog.Logger) *slog.Logger {
+	return slog.New(newHandler(cfg.LogFormat, logOutput, slog.LevelDebug))
 }
 
 func serve(args []string, stderr io.Writer) int {
@@ -342,21 +380,33 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "smtpd: %v\n", err)
 		return 1
 	}
-	log := newLogger(cfg.LogLevel, stderr)
+	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
-	b, err := build(cfg, log)
+	rec := monitor.NewRecorder()
+	var bus *monitor.Bus
+	if cfg.Admin.Address != "" {
+		bus = monitor.NewBus(1000) // for the live view on the admin listener
+	}
+	b, err := build(cfg, log, rec, bus)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpd: %v\n", err)
 		return 1
 	}
 	srv, err := server.New(b.server)
+	var ops *operator
+	if err == nil {
+		ops, err = startOperator(cfg, rec, bus, srv.State, log)
+	}
 	if err == nil {
 		err = srv.Listen()
 	}
 	if err != nil {
+		ops.stop(log)
+		b.close(log)
 		fmt.Fprintf(stderr, "smtpd: %v\n", err)
 		return 1
 	}
+	defer ops.stop(log)
 	log.Info("Sluice started", "version", Version, "config", path)
 
 	sigs := make(chan os.Signal, 1)
@@ -373,7 +423,7 @@ func serve(args []string, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				b = reload(path, cfg, b, srv, log)
+				b = reload(path, cfg, b, srv, log, rec, bus)
 				continue
 			}
 			timeout := cfg.ShutdownTimeout.Duration
@@ -399,7 +449,7 @@ func serve(args []string, stderr io.Writer) int {
 // removing listeners, addresses and TLS settings other than the
 // certificate files need a restart. Connections in progress finish with the chain they started
 // with; the old chains' plugins are closed after shutdown_timeout.
-func reload(path string, old *config.Config, cur *built, srv *server.Server, log *slog.Logger) *built {
+func reload(path string, old *config.Config, cur *built, srv *server.Server, log *slog.Logger, rec *monitor.Recorder, bus *monitor.Bus) *built {
 	log.Info("SIGHUP: reloading", "config", path)
 	for _, c := range cur.certs {
 		if err := c.Reload(); err != nil {
@@ -409,7 +459,7 @@ func reload(path string, old *config.Config, cur *built, srv *server.Server, log
 	cfg, err := config.Load(path)
 	var next *built
 	if err == nil {
-		next, err = build(cfg, log)
+		next, err = build(cfg, log, rec, bus)
 	}
 	if err != nil {
 		log.Error("reload failed: keeping the running configuration", "err", err)
@@ -447,6 +497,9 @@ func needsRestart(a, b *config.Config) []string {
 	var out []string
 	if a.Hostname != b.Hostname || a.DataDir != b.DataDir || a.LogLevel != b.LogLevel || a.ShutdownTimeout != b.ShutdownTimeout {
 		out = append(out, "hostname/data_dir/log_level/shutdown_timeout")
+	}
+	if a.LogFormat != b.LogFormat || a.ControlSocket != b.ControlSocket || a.Admin != b.Admin {
+		out = append(out, "log_format/control_socket/[admin]")
 	}
 	if a.AuthMaxFailures != b.AuthMaxFailures || a.AuthFailureWindow != b.AuthFailureWindow || a.AuthFailureDelay != b.AuthFailureDelay {
 		out = append(out, "auth_*")

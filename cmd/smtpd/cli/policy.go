@@ -69,9 +69,9 @@ flags:
 	if err != nil {
 		return fail(err)
 	}
-	log := newLogger(cfg.LogLevel, stderr)
+	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
-	b, err := build(cfg, log)
+	b, err := build(cfg, log, nil, nil)
 	if err != nil {
 		return fail(err)
 	}

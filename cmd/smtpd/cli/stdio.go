@@ -60,9 +60,9 @@ func stdio(args []string, lookupEnv func(string) (string, bool), stderr io.Write
 	if _, tcp := nc.(*net.TCPConn); !tcp && !info.Remote.IsValid() {
 		return fail(errors.New("stdin is not a socket and TCPREMOTEIP is not set: run smtpd stdio under tcpserver or inetd, or set TCPREMOTEIP and TCPREMOTEPORT"))
 	}
-	log := newLogger(cfg.LogLevel, stderr)
+	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
-	b, err := build(cfg, log)
+	b, err := build(cfg, log, nil, nil)
 	if err != nil {
 		return fail(err)
 	}
