@@ -89,7 +89,7 @@
     const row = {
       conn, tx: tx || "", tr, cells,
       time: time || c.info.time,
-      sender: null, rcpts: [], hooks: [], result: "open", queueId: "", reply: "",
+      sender: null, rcpts: [], refused: [], hooks: [], result: "open", queueId: "", reply: "",
     };
     if (row.tx) byTx.set(conn + "\n" + row.tx, row);
     c.rows.push(row);
@@ -140,7 +140,13 @@
     k.tls.textContent = info.tls || "";
     k.user.textContent = info.user || "";
     k.sender.textContent = row.sender === null ? "" : (row.sender === "" ? "<>" : row.sender);
-    k.rcpts.replaceChildren(...row.rcpts.map((r) => el("div", null, r)));
+    k.rcpts.replaceChildren(
+      ...row.rcpts.map((r) => el("div", null, r)),
+      ...row.refused.filter((r) => !row.rcpts.includes(r)).map((r) => {
+        const d = el("div", "rcpt-refused", r);
+        d.title = "refused";
+        return d;
+      }));
     k.hooks.replaceChildren(...row.hooks.map(badge));
     let text = RESULT_TEXT[row.result] || row.result;
     if (row.result === "accepted" && row.queueId) text += " " + row.queueId;
@@ -237,6 +243,7 @@
       }
       case "hook": {
         const row = rowFor(ev, false);
+        if (ev.rcpt && (ev.code || "").startsWith("DENY") && !row.refused.includes(ev.rcpt)) row.refused.push(ev.rcpt);
         row.hooks.push({ hook: ev.hook, plugin: ev.plugin, code: ev.code, reply: ev.reply, rcpt: ev.rcpt, duration_ns: ev.duration_ns });
         render(row);
         break;
