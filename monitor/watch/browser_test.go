@@ -4,148 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/log"
-	"github.com/chromedp/cdproto/page"
-	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	"github.com/sluice-mta/sluice/monitor"
-)
-
-// Browser drives Debian's chromium, headless, through chromedp. It
-// gathers what the page reported (script errors, policy violations, dialogs)
-// for Problems.
-type Browser struct {
-	Ctx context.Context
-
-	mu       sync.Mutex
-	problems []string
-}
-
-// chromiumPath returns the chromium binary. As root (CI, where .ci/deps.sh
-// installs it) a missing chromium fails the test; otherwise it skips.
-func chromiumPath(t testing.TB) string {
-	t.Helper()
-	for _, p := range []string{"/usr/bin/chromium", "chromium"} {
-		if path, err := exec.LookPath(p); err == nil {
-			return path
-		}
-	}
-	if os.Geteuid() == 0 {
-		t.Fatal("chromium is not installed: run .ci/deps.sh (it installs the Debian package chromium)")
-	}
-	t.Skip("chromium is not installed and this is not root: install it with `sudo apt-get install -y chromium` to run the browser test")
-	return ""
-}
-
-// newBrowser starts a headless chromium with a fresh profile; everything it
-// does is bounded by timeout. It stops at the end of the test.
-func newBrowser(t *testing.T, timeout time.Duration) *Browser {
-	t.Helper()
-	path := chromiumPath(t)
-	profile := t.TempDir() // removed after chromium stopped (cleanups run last first)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	t.Cleanup(cancel)
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(path),
-		chromedp.UserDataDir(profile),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true), // as root chromium refuses to start otherwise
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("no-default-browser-check", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.WindowSize(1400, 900),
-	)
-	t.Cleanup(cancelAlloc)
-	bctx, cancelBrowser := chromedp.NewContext(alloc)
-	t.Cleanup(cancelBrowser)
-	b := &Browser{Ctx: bctx}
-	// Start chromium and open the tab first: Listen needs the tab.
-	if _, err := chromedp.Run(bctx, chromedp.Title()); err != nil {
-		t.Fatalf("starting chromium (%s): %v", path, err)
-	}
-	err := chromedp.Listen(bctx, func(ev any) {
-		var p string
-		switch ev := ev.(type) {
-		case *runtime.EventExceptionThrown:
-			p = "script error: " + ev.ExceptionDetails.Text
-			if ev.ExceptionDetails.Exception != nil {
-				p += " " + ev.ExceptionDetails.Exception.Description
-			}
-		case *log.EventEntryAdded:
-			if ev.Entry.Level == log.EntryLevelError && !strings.HasSuffix(ev.Entry.URL, "/favicon.ico") {
-				p = fmt.Sprintf("console %s: %s (%s)", ev.Entry.Source, ev.Entry.Text, ev.Entry.URL)
-			}
-		case *page.EventJavascriptDialogOpening:
-			p = fmt.Sprintf("the page opened a %s dialog: %q", ev.Type, ev.Message)
-			go chromedp.Call(bctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: false})
-		}
-		if p != "" {
-			b.mu.Lock()
-			b.problems = append(b.problems, p)
-			b.mu.Unlock()
-		}
-	})
-	if err != nil {
-		t.Fatalf("listening to chromium's tab: %v", err)
-	}
-	return b
-}
-
-// Problems returns what went wrong in the page so far.
-func (b *Browser) Problems() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]string(nil), b.problems...)
-}
-
-// shownRow is a row of the connections table as the browser shows it.
-type shownRow struct {
-	Hidden  bool        `json:"hidden"`
-	Cells   []string    `json:"cells"`
-	Badges  []shownBadg `json:"badges"`
-	Result  string      `json:"result"`
-	ImgTags int         `json:"imgs"`
-}
-
-type shownBadg struct {
-	Text       string `json:"text"`
-	Background string `json:"bg"`
-}
-
-// readRows is the script that reads the table: each cell's text, each
-// badge's text and computed background colour.
-const readRows = `[...document.querySelectorAll('#rows tr')].map(tr => ({
-	hidden: tr.hidden || getComputedStyle(tr).display === 'none',
-	cells: [...tr.cells].map(td => td.textContent),
-	badges: [...tr.querySelectorAll('.badge')].map(b => ({text: b.textContent, bg: getComputedStyle(b).backgroundColor})),
-	result: tr.cells[9].textContent,
-	imgs: tr.querySelectorAll('img').length,
-}))`
-
-// Columns of the connections table.
-const (
-	colTime = iota
-	colListener
-	colClient
-	colHelo
-	colTLS
-	colUser
-	colSender
-	colRcpts
-	colDecisions
-	colResult
+	"github.com/sluice-mta/sluice/monitor/watch/watchtest"
 )
 
 // Colours of watch.css, as getComputedStyle gives them.
@@ -240,27 +106,25 @@ var wantRows = []wantRow{
 	{"192.0.2.77:40003", "mx", "", "", "", "", "", "earlytalker DENYSOFT_DISCONNECT", orange, "deferred421 4.7.0 talked before the greeting"},
 }
 
-// rowsByClient waits until the table has n rows and returns them by client.
-func waitRows(t *testing.T, b *Browser, n int) map[string]shownRow {
+// waitRows waits until the page shows n finished rows and returns them by
+// client.
+func waitRows(t *testing.T, b *watchtest.Browser, n int) map[string]watchtest.Row {
 	t.Helper()
-	if _, err := chromedp.Run(b.Ctx, chromedp.Poll[bool](fmt.Sprintf("document.querySelectorAll('#rows tr').length >= %d", n))); err != nil {
-		t.Fatalf("the page did not show %d rows: %v; problems: %v", n, err, b.Problems())
-	}
-	rows, err := chromedp.Run(b.Ctx, chromedp.Evaluate[[]shownRow](readRows))
+	rows, err := b.WaitRows(n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(rows) != n {
 		t.Fatalf("the page shows %d rows, want %d: %+v", len(rows), n, rows)
 	}
-	by := map[string]shownRow{}
+	by := map[string]watchtest.Row{}
 	for _, r := range rows {
-		by[r.Cells[colClient]] = r
+		by[r.Client] = r
 	}
 	return by
 }
 
-func checkRows(t *testing.T, by map[string]shownRow) {
+func checkRows(t *testing.T, by map[string]watchtest.Row) {
 	t.Helper()
 	for _, w := range wantRows {
 		r, ok := by[w.client]
@@ -268,7 +132,7 @@ func checkRows(t *testing.T, by map[string]shownRow) {
 			t.Errorf("no row for %s", w.client)
 			continue
 		}
-		got := []string{r.Cells[colListener], r.Cells[colHelo], r.Cells[colTLS], r.Cells[colUser], r.Cells[colSender], r.Cells[colRcpts], r.Cells[colResult]}
+		got := []string{r.Listener, r.Helo, r.TLS, r.User, r.Sender, r.Recipients, r.Result}
 		want := []string{w.listener, w.helo, w.tls, w.user, w.sender, w.rcpts, w.result}
 		for i, name := range []string{"listener", "HELO", "TLS", "user", "sender", "recipients", "result"} {
 			if got[i] != want[i] {
@@ -278,32 +142,20 @@ func checkRows(t *testing.T, by map[string]shownRow) {
 		if len(r.Badges) != 1 || r.Badges[0].Text != w.badge || r.Badges[0].Background != w.colour {
 			t.Errorf("%s: decisions %+v, want one badge %q in %s", w.client, r.Badges, w.badge, w.colour)
 		}
-		if r.ImgTags != 0 {
-			t.Errorf("%s: the row holds %d img elements: client text became markup", w.client, r.ImgTags)
+		if r.Elements != 0 {
+			t.Errorf("%s: the row holds %d elements of client text: client text became markup", w.client, r.Elements)
 		}
 	}
 }
 
 // visible returns the clients of the rows shown.
-func visible(t *testing.T, b *Browser) []string {
+func visible(t *testing.T, b *watchtest.Browser) []string {
 	t.Helper()
-	clients, err := chromedp.Run(b.Ctx, chromedp.Evaluate[[]string](
-		`[...document.querySelectorAll('#rows tr')].filter(tr => getComputedStyle(tr).display !== 'none').map(tr => tr.cells[2].textContent).sort()`))
+	clients, err := b.Visible()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return clients
-}
-
-// choose picks an option of a select as a user would (the change event
-// fires).
-func choose(id, value string) chromedp.Action[chromedp.Void] {
-	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const s = document.getElementById(%q); s.value = %q; s.dispatchEvent(new Event('change')) })()`, id, value))
-}
-
-// clearInput empties a text field as a user would (the input event fires).
-func clearInput(id string) chromedp.Action[chromedp.Void] {
-	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const s = document.getElementById(%q); s.value = ''; s.dispatchEvent(new Event('input')) })()`, id))
 }
 
 func TestBrowserShowsConnectionsLive(t *testing.T) {
@@ -315,16 +167,13 @@ func TestBrowserShowsConnectionsLive(t *testing.T) {
 		}}
 	}
 	srv := newServer(t, Handler(bus, stats))
-	b := newBrowser(t, 60*time.Second) // stops before srv, whose streams it holds open
+	b := watchtest.New(t, 60*time.Second) // stops before srv, whose streams it holds open
 
 	ctx, cancel := context.WithTimeout(b.Ctx, 30*time.Second)
 	defer cancel()
 	b.Ctx = ctx
-	if err := chromedp.Do(ctx,
-		chromedp.Navigate(srv.URL+"/watch"),
-		chromedp.WaitVisible(chromedp.CSS(`#status.status-live`)),
-	); err != nil {
-		t.Fatalf("opening %s/watch: %v; problems: %v", srv.URL, err, b.Problems())
+	if err := b.Open(srv.URL + "/watch"); err != nil {
+		t.Fatal(err)
 	}
 
 	// The events come after the page opened: the rows are built live.
@@ -358,13 +207,13 @@ func TestBrowserShowsConnectionsLive(t *testing.T) {
 	if got := visible(t, b); fmt.Sprint(got) != "[198.51.100.7:40000]" {
 		t.Errorf("client filter 198.51 shows %v", got)
 	}
-	if err := chromedp.Do(ctx, clearInput("f-client"), choose("f-listener", "submission")); err != nil {
+	if err := chromedp.Do(ctx, watchtest.ClearInput("f-client"), watchtest.Choose("f-listener", "submission")); err != nil {
 		t.Fatal(err)
 	}
 	if got := visible(t, b); fmt.Sprint(got) != "[203.0.113.5:40001]" {
 		t.Errorf("listener filter submission shows %v", got)
 	}
-	if err := chromedp.Do(ctx, choose("f-listener", ""), choose("f-result", "refused")); err != nil {
+	if err := chromedp.Do(ctx, watchtest.Choose("f-listener", ""), watchtest.Choose("f-result", "refused")); err != nil {
 		t.Fatal(err)
 	}
 	if got := visible(t, b); fmt.Sprint(got) != "[192.0.2.99:40002 198.51.100.7:40000]" {
@@ -377,7 +226,7 @@ func TestBrowserShowsConnectionsLive(t *testing.T) {
 	if counter != "2 of 5 shown" {
 		t.Errorf("the counter says %q, want \"2 of 5 shown\"", counter)
 	}
-	if err := chromedp.Do(ctx, choose("f-result", "")); err != nil {
+	if err := chromedp.Do(ctx, watchtest.Choose("f-result", "")); err != nil {
 		t.Fatal(err)
 	}
 
