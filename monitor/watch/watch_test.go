@@ -423,7 +423,7 @@ func TestHeadersAndAssets(t *testing.T) {
 	srv := newServer(t, Handler(bus, nil))
 	for _, c := range []struct{ path, contentType, contains string }{
 		{"/watch", "text/html; charset=utf-8", `<script src="/watch/watch.js" defer></script>`},
-		{"/watch/watch.js", "text/javascript; charset=utf-8", "new EventSource(\"/watch/events\")"},
+		{"/watch/watch.js", "text/javascript; charset=utf-8", "new EventSource(feed(\"/watch/events\"))"},
 		{"/watch/watch.css", "text/css; charset=utf-8", ".code-DENY"},
 		{"/watch/stats", "application/json", "connections_open"},
 	} {

@@ -18,6 +18,10 @@
   };
 
   const $ = (id) => document.getElementById(id);
+  // An admin token given in the page's address (?token=) goes along to the
+  // feeds, which cannot send an Authorization header.
+  const token = new URLSearchParams(location.search).get("token");
+  const feed = (path) => (token ? path + "?token=" + encodeURIComponent(token) : path);
   const tbody = $("rows");
   const fListener = $("f-listener");
   const fClient = $("f-client");
@@ -309,7 +313,7 @@
   }
 
   function connect() {
-    const es = new EventSource("/watch/events");
+    const es = new EventSource(feed("/watch/events"));
     es.onopen = () => {
       justOpened = true;
       setStatus("status-live", "live");
@@ -351,7 +355,7 @@
   async function pollStats() {
     const err = $("stats-error");
     try {
-      const r = await fetch("/watch/stats", { cache: "no-store" });
+      const r = await fetch(feed("/watch/stats"), { cache: "no-store" });
       if (!r.ok) throw new Error(`/watch/stats answered ${r.status}`);
       renderStats(await r.json());
       err.hidden = true;
