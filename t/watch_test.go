@@ -2,12 +2,15 @@ package t_test
 
 import (
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 
 	"github.com/sluice-mta/sluice/monitor/watch/watchtest"
 )
@@ -32,7 +35,7 @@ domains = ["example.test"]
 path = "./var/mail"
 `
 
-var adminRe = regexp.MustCompile(`msg="admin listener" address=(\S+)`)
+var watchAdminRe = regexp.MustCompile(`msg="admin listener" address=(\S+)`)
 
 // The live view of a running smtpd, in a real browser, shows the mail that
 // swaks sends as it happens: one message accepted for one recipient and
@@ -51,7 +54,7 @@ func TestWatchShowsSwaksMailInBrowser(t *testing.T) {
 
 	s := startSmtpdIn(t, dir, watchConfig)
 	s.waitLog(`msg="admin listener"`)
-	m := adminRe.FindStringSubmatch(s.Log())
+	m := watchAdminRe.FindStringSubmatch(s.Log())
 	if m == nil {
 		t.Fatalf("the log names no admin address:\n%s", s.Log())
 	}
@@ -130,6 +133,15 @@ func TestWatchShowsSwaksMailInBrowser(t *testing.T) {
 	}
 	if !hasBadge(bad.Badges, "rcptok DENY", red) {
 		t.Errorf("refused row: decisions %+v, want a red rcptok DENY", bad.Badges)
+	}
+	if path := os.Getenv("WATCH_SCREENSHOT"); path != "" {
+		png, err := chromedp.Run(b.Ctx, chromedp.FullScreenshot(100))
+		if err == nil {
+			err = os.WriteFile(path, png, 0o644)
+		}
+		if err != nil {
+			t.Fatalf("screenshot: %v", err)
+		}
 	}
 	if p := b.Problems(); len(p) > 0 {
 		t.Errorf("the page reported problems:\n%s", strings.Join(p, "\n"))

@@ -82,6 +82,18 @@ func publishSessions(bus *monitor.Bus) {
 	}))
 	p(ev(c, func(e *monitor.Event) { e.Kind = monitor.KindDisconnect }))
 
+	// Every recipient refused, and the client left: the server calls the
+	// transaction aborted, the view shows the refusal.
+	c = monitor.Event{Listener: "mx", Conn: "c6", Remote: "192.0.2.66:40004"}
+	p(ev(c, func(e *monitor.Event) { e.Kind = monitor.KindConnect }))
+	p(ev(c, func(e *monitor.Event) { e.Kind, e.Helo = monitor.KindHelo, "stranger.example" }))
+	p(ev(c, func(e *monitor.Event) { e.Kind, e.Tx, e.Sender = monitor.KindMail, "t1", "mallory@example.net" }))
+	p(ev(c, func(e *monitor.Event) {
+		e.Kind, e.Tx, e.Hook, e.Plugin, e.Code, e.Rcpt, e.Reply = monitor.KindHook, "t1", "rcpt", "rcptok", "DENY", "dave@elsewhere.example", "550 5.7.1 relaying denied"
+	}))
+	p(ev(c, func(e *monitor.Event) { e.Kind, e.Tx, e.Result = monitor.KindTxEnd, "t1", monitor.ResultAborted }))
+	p(ev(c, func(e *monitor.Event) { e.Kind = monitor.KindDisconnect }))
+
 	// Deferred at connect and disconnected.
 	c = monitor.Event{Listener: "mx", Conn: "c5", Remote: "192.0.2.77:40003"}
 	p(ev(c, func(e *monitor.Event) { e.Kind = monitor.KindConnect }))
@@ -103,6 +115,7 @@ var wantRows = []wantRow{
 	{"198.51.100.7:40000", "mx", hostileHelo, "", "", "spam@example.net", "nobody@example.test", "rcptok DENY", red, "refused550 5.7.1 no such user here"},
 	{"203.0.113.5:40001", "submission", "relay.example.com", "", "carol", "carol@example.com", "dave@example.test", "greylist DENYSOFT", amber, "deferred451 4.7.1 greylisted, try again later"},
 	{"192.0.2.99:40002", "mx", "", "", "", "", "", "dnsbl DENY_DISCONNECT", red, "refused554 5.7.1 listed at zen.example.net"},
+	{"192.0.2.66:40004", "mx", "stranger.example", "", "", "mallory@example.net", "dave@elsewhere.example", "rcptok DENY", red, "refused550 5.7.1 relaying denied"},
 	{"192.0.2.77:40003", "mx", "", "", "", "", "", "earlytalker DENYSOFT_DISCONNECT", orange, "deferred421 4.7.0 talked before the greeting"},
 }
 
@@ -161,7 +174,7 @@ func visible(t *testing.T, b *watchtest.Browser) []string {
 func TestBrowserShowsConnectionsLive(t *testing.T) {
 	bus := monitor.NewBus(1000)
 	stats := func() monitor.Snapshot {
-		return monitor.Snapshot{ConnectionsTotal: 5, Transactions: 3, Plugins: []monitor.Latency{
+		return monitor.Snapshot{ConnectionsTotal: 6, Transactions: 3, Plugins: []monitor.Latency{
 			{Name: "rcptok/rcpt", Count: 3, Mean: 300 * time.Microsecond, P50: 250 * time.Microsecond, P99: 900 * time.Microsecond, Max: 1200 * time.Microsecond},
 			{Name: "greylist/rcpt", Count: 1, Mean: 2 * time.Millisecond, P50: 2 * time.Millisecond, P99: 2 * time.Millisecond, Max: 2 * time.Millisecond},
 		}}
@@ -216,15 +229,15 @@ func TestBrowserShowsConnectionsLive(t *testing.T) {
 	if err := chromedp.Do(ctx, watchtest.Choose("f-listener", ""), watchtest.Choose("f-result", "refused")); err != nil {
 		t.Fatal(err)
 	}
-	if got := visible(t, b); fmt.Sprint(got) != "[192.0.2.99:40002 198.51.100.7:40000]" {
+	if got := visible(t, b); fmt.Sprint(got) != "[192.0.2.66:40004 192.0.2.99:40002 198.51.100.7:40000]" {
 		t.Errorf("result filter refused shows %v", got)
 	}
 	counter, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("shown")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if counter != "2 of 5 shown" {
-		t.Errorf("the counter says %q, want \"2 of 5 shown\"", counter)
+	if counter != "3 of 6 shown" {
+		t.Errorf("the counter says %q, want \"3 of 6 shown\"", counter)
 	}
 	if err := chromedp.Do(ctx, watchtest.Choose("f-result", "")); err != nil {
 		t.Fatal(err)

@@ -263,6 +263,11 @@
         row.result = ev.result || "closed";
         row.reply = ev.reply || "";
         if (ev.rcpts && ev.rcpts.length) row.rcpts = ev.rcpts.slice();
+        // A client that leaves after every recipient was refused ends an
+        // "aborted" transaction: what the operator wants to see is the
+        // refusal.
+        const denial = lastDenial(row);
+        if (row.result === "aborted" && row.rcpts.length === 0 && denial) refusedBy(row, denial);
         render(row);
         break;
       }
@@ -273,10 +278,9 @@
           if (row.result !== "open") continue;
           // Refused before any transaction ended (at connect, HELO, MAIL):
           // the last refusal says how.
-          const denial = row.hooks.filter((h) => (h.code || "").startsWith("DENY")).pop();
+          const denial = lastDenial(row);
           if (denial) {
-            row.result = denial.code.startsWith("DENYSOFT") ? "deferred" : "refused";
-            row.reply = denial.reply || "";
+            refusedBy(row, denial);
           } else {
             row.result = row.sender !== null ? "aborted" : "closed";
           }
@@ -286,6 +290,17 @@
         break;
       }
     }
+  }
+
+  // The last decision of the row that refused something.
+  function lastDenial(row) {
+    return row.hooks.filter((h) => (h.code || "").startsWith("DENY")).pop();
+  }
+
+  // Marks the row refused (or deferred) as the decision h says.
+  function refusedBy(row, h) {
+    row.result = h.code.startsWith("DENYSOFT") ? "deferred" : "refused";
+    row.reply = h.reply || row.reply;
   }
 
   function onMessage(msg) {
