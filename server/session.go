@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -107,6 +108,15 @@ type SessionConfig struct {
 	// the rcpt hooks see it: qmail-smtpd's rule for a non-empty
 	// RELAYCLIENT (see ClientInfo).
 	RcptSuffix string
+	// SpoolBudget, when not nil, counts the memory of the message bodies
+	// against a budget shared with other sessions (the server's
+	// SpoolMemoryBudget): past it a body spools to its file at once.
+	SpoolBudget *transaction.Budget
+
+	// spooling caps the messages received at once (the server's
+	// MaxSpooling); nil: no cap. refusals logs the refusals at the cap.
+	spooling *spoolGate
+	refusals *refusalLog
 }
 
 // step is what the protocol loop does once it has written a command's
@@ -157,6 +167,7 @@ type Session struct {
 	chunk       chunk
 	bdatFailed  *hooks.Reply // the failure of a BDAT sequence the client may still be sending chunks of
 	inMessage   bool         // the message is being read (Message runs)
+	spooling    bool         // holds a place of cfg.spooling, from DATA or the first BDAT to the end of the message
 	limit       sizeLimit    // Message's size guard, reused
 }
 
@@ -442,6 +453,9 @@ func (s *Session) Mail(arg string) hooks.Reply {
 		return s.finish(s.tooBig())
 	}
 	tx := transaction.New(s.cfg.SpoolDir, s.cfg.Limits.SpoolMemory)
+	if s.cfg.SpoolBudget != nil {
+		tx.Body.UseBudget(s.cfg.SpoolBudget)
+	}
 	tx.Params = transaction.MailParams{Size: m.Size, Body: m.Body, UTF8: m.UTF8, Auth: m.Auth, Ret: m.Ret, EnvID: m.EnvID}
 	from := m.Sender
 	if rep := s.reply(s.cfg.Chain.MailPre(s.ctx, s.conn, tx, &from)); rep.Code != 0 && !rep.Positive() {
@@ -527,7 +541,40 @@ func (s *Session) data(arg string) hooks.Reply {
 	case len(s.tx.Recipients) == 0:
 		return hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "No valid recipients"}
 	}
-	return s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx))
+	if !s.startSpooling() {
+		return replyTooBusy
+	}
+	rep := s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx))
+	if rep.Code != 354 {
+		s.stopSpooling()
+	}
+	return rep
+}
+
+// startSpooling takes a place among the messages the server receives at
+// once, before the data hook runs; false (logged) when none is left.
+func (s *Session) startSpooling() bool {
+	if s.spooling {
+		return true
+	}
+	if !s.cfg.spooling.enter() {
+		if s.cfg.refusals != nil {
+			ip := s.conn.RemoteIP()
+			s.cfg.refusals.refused(ip, netip.AddrPortFrom(ip, 0), reasonSpooling)
+		}
+		return false
+	}
+	s.spooling = true
+	return true
+}
+
+// stopSpooling gives the place back: at the end of the message, whatever
+// ended it (Reset).
+func (s *Session) stopSpooling() {
+	if s.spooling {
+		s.spooling = false
+		s.cfg.spooling.leave()
+	}
 }
 
 // Bdat handles BDAT with its raw argument ("1000 LAST"). Its reply comes
@@ -558,9 +605,13 @@ func (s *Session) Bdat(arg string) hooks.Reply {
 	case len(s.tx.Recipients) == 0:
 		r := hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "No valid recipients"}
 		refused = &r
+	case !s.startSpooling():
+		r := replyTooBusy
+		refused = &r
 	default:
 		// The data hook runs at the first chunk, as at DATA.
 		if rep := s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx)); !rep.Positive() {
+			s.stopSpooling()
 			refused = &rep
 		}
 	}
@@ -630,6 +681,7 @@ func (s *Session) Rset(arg string) hooks.Reply {
 // reset_transaction. RSET, a new EHLO, the end of DATA and the end of the
 // connection call it.
 func (s *Session) Reset() {
+	s.stopSpooling()
 	if s.tx == nil {
 		return
 	}

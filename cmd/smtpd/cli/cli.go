@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -255,7 +256,8 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 		}
 		limiter.Store = b.authStore
 	}
-	b.server = server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log, AuthLimiter: limiter}
+	b.server = server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log, AuthLimiter: limiter,
+		MaxSpooling: cfg.MaxSpooling, SpoolMemoryBudget: int64(cfg.SpoolMemoryBudget)}
 	for _, l := range cfg.Listeners {
 		var ins []hooks.Instance
 		for _, name := range l.Plugins {
@@ -284,9 +286,17 @@ func build(cfg *config.Config, log *slog.Logger) (*built, error) {
 			MaxLineLength: l.MaxLineLength, MaxConnections: l.MaxConnections,
 			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors, MaxJunkCommands: l.MaxJunkCommands,
 			IPv6Prefix: l.IPv6Prefix, GreetingDelay: l.GreetingDelay.Duration,
+			MaxConnectionRatePerIP: l.MaxConnectionRatePerIP, ConnectionRateWindow: l.ConnectionRateWindow.Duration,
 			BareNewline:      server.BareNewline(l.BareNewline),
 			RequireAuth:      l.RequireAuth,
 			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
+		}
+		if l.ConnectionRateExceptions != nil {
+			lc.ConnectionRateExceptions = []netip.Prefix{}
+			for _, n := range l.ConnectionRateExceptions {
+				p, _ := config.ParsePrefix(n) // checked when the file was loaded
+				lc.ConnectionRateExceptions = append(lc.ConnectionRateExceptions, p)
+			}
 		}
 		if l.HasTLS() && l.StartTLS != "none" || l.ImplicitTLS {
 			certs, err := loadCertificates(l, log)
