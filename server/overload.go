@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks"
@@ -45,10 +46,9 @@ var DefaultConnectionRateExceptions = []netip.Prefix{netip.MustParsePrefix("127.
 // evicts the oldest windows; the concurrency caps still bound it.
 const rateTableSize = 50_000
 
-// refuseWriteTimeout bounds the write of a refusal. A fresh socket's send
-// buffer takes the 50 bytes at once, so the write does not wait in
-// practice; the deadline is for the case where it would.
-const refuseWriteTimeout = 10 * time.Millisecond
+// refuseWriteTimeout bounds the write of a refusal to a connection that
+// is not a socket (ServeConn's); a socket gets one non-blocking write.
+const refuseWriteTimeout = time.Second
 
 // refusalLogEvery is the least time between two log lines about the
 // refusals of one client.
@@ -104,8 +104,21 @@ func (l *listener) rateExempt(key netip.Addr) bool {
 
 // refuse answers a connection refused at a limit with 421 4.7.0 and closes
 // it, on the caller's goroutine: no session, no hook, no buffer and no
-// goroutine per refused connection.
+// goroutine per refused connection. On a socket the reply is one
+// non-blocking write: a fresh socket's send buffer takes it whole, and
+// were it full the reply would be dropped rather than the accept loop
+// kept waiting.
 func refuse(c net.Conn, reply []byte) {
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rc.Write(func(fd uintptr) bool {
+				syscall.Write(int(fd), reply)
+				return true // written or not, never wait
+			})
+			c.Close()
+			return
+		}
+	}
 	c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
 	c.Write(reply)
 	c.Close()
