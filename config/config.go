@@ -64,6 +64,14 @@ type Config struct {
 	AuthMaxFailures   int      `toml:"auth_max_failures"`
 	AuthFailureWindow Duration `toml:"auth_failure_window"`
 	AuthFailureDelay  Duration `toml:"auth_failure_delay"`
+	// MaxSpooling caps the messages the server receives at once, over
+	// every listener: the next DATA or BDAT gets 421 4.7.0 and the
+	// connection closes. 0 means 200; -1 turns the cap off.
+	MaxSpooling int `toml:"max_spooling"`
+	// SpoolMemoryBudget caps the message bodies held in memory, summed
+	// over every connection; past it messages spool straight to files.
+	// Default "64MB"; -1 means no cap.
+	SpoolMemoryBudget Bytes `toml:"spool_memory_budget"`
 	// DNS is the [dns] table: the servers and timeout every plugin that
 	// looks names up shares (see package resolver). A plugin instance's
 	// own [plugins.NAME.dns] table overrides it.
@@ -130,8 +138,17 @@ type Listener struct {
 	MaxConnections int `toml:"max_connections"`
 	// MaxConnectionsPerIP caps concurrent connections from one IP; 0 means 20.
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// MaxConnectionRatePerIP caps the connections one client (an IPv4
+	// address or an IPv6 prefix) may open per ConnectionRateWindow; 0
+	// means 120 per "1m", -1 turns the limit off.
+	MaxConnectionRatePerIP int      `toml:"max_connection_rate_per_ip"`
+	ConnectionRateWindow   Duration `toml:"connection_rate_window"`
+	// ConnectionRateExceptions are networks ("192.0.2.0/24", "2001:db8::1")
+	// the rate limit leaves alone; unset means loopback, [] nobody.
+	ConnectionRateExceptions []string `toml:"connection_rate_exceptions"`
 	// IPv6Prefix is how many leading bits of an IPv6 address count as one
-	// client for max_connections_per_ip; 0 means 64 (one site's /64).
+	// client for max_connections_per_ip and max_connection_rate_per_ip; 0
+	// means 64 (one site's /64).
 	IPv6Prefix int `toml:"ipv6_prefix"`
 	// GreetingDelay holds the greeting back and marks a client that talks
 	// first (connection.EarlyTalker: a plugin decides what it means). Default
@@ -329,6 +346,12 @@ func (c *Config) check() error {
 	if err := c.checkAdmin(); err != nil {
 		return err
 	}
+	if c.MaxSpooling < -1 {
+		return fmt.Errorf("%s: max_spooling = %d: want how many messages may be received at once (default 200), or -1 for no cap", c.at(c.lineOf(toml.Key{"max_spooling"})), c.MaxSpooling)
+	}
+	if c.SpoolMemoryBudget < -1 {
+		return fmt.Errorf("%s: spool_memory_budget = %d: want a size (default \"64MB\"), or -1 for no cap", c.at(c.lineOf(toml.Key{"spool_memory_budget"})), c.SpoolMemoryBudget)
+	}
 	if len(c.Listeners) == 0 {
 		return fmt.Errorf("%s: no [[listener]]: add one with name, address and plugins", c.path)
 	}
@@ -382,6 +405,17 @@ func (c *Config) check() error {
 		if l.IPv6Prefix < 0 || l.IPv6Prefix > 128 {
 			return fmt.Errorf("%s: ipv6_prefix = %d: want a prefix length from 1 to 128 (default 64)", where, l.IPv6Prefix)
 		}
+		if l.MaxConnectionRatePerIP < -1 {
+			return fmt.Errorf("%s: max_connection_rate_per_ip = %d: want connections per connection_rate_window (default 120), or -1 for no limit", where, l.MaxConnectionRatePerIP)
+		}
+		if l.ConnectionRateWindow.Duration < 0 || l.ConnectionRateWindow.Duration > 24*time.Hour {
+			return fmt.Errorf("%s: connection_rate_window = %q: want a duration from \"1s\" to \"24h\" (default \"1m\")", where, l.ConnectionRateWindow.Duration)
+		}
+		for _, n := range l.ConnectionRateExceptions {
+			if _, err := ParsePrefix(n); err != nil {
+				return fmt.Errorf("%s: connection_rate_exceptions: %w", where, err)
+			}
+		}
 		if l.GreetingDelay.Duration < 0 || l.GreetingDelay.Duration > 5*time.Minute {
 			return fmt.Errorf("%s: greeting_delay = %q: want a duration from \"0s\" to \"5m\" (qpsmtpd's earlytalker waits 1 to 5 seconds)", where, l.GreetingDelay.Duration)
 		}
@@ -391,6 +425,24 @@ func (c *Config) check() error {
 		}
 	}
 	return nil
+}
+
+// ParsePrefix reads a network ("192.0.2.0/24") or one address ("::1", a
+// network of one) as connection_rate_exceptions lists them.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a network: want an address or address/bits, e.g. \"192.0.2.0/24\"", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address: want an address or address/bits, e.g. \"192.0.2.0/24\"", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // fileError is an error that names the file and the line.

@@ -354,6 +354,12 @@ func TestCheckErrors(t *testing.T) {
 		{"negative header index", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nheader_index_fields = -1\n"), []string{`listener "mx": limits must not be negative`}},
 		{"dns server by name", "[dns]\nservers = [\"ns1.example\"]\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"),
 			[]string{`^smtpd\.toml:1: dns: servers: "ns1.example" is not an IP address`}},
+		{"bad connection rate", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nmax_connection_rate_per_ip = -5\n"),
+			[]string{`listener "mx": max_connection_rate_per_ip = -5: want connections per connection_rate_window \(default 120\), or -1 for no limit`}},
+		{"bad rate exception", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nconnection_rate_exceptions = [\"10.0.0.0/33\"]\n"),
+			[]string{`listener "mx": connection_rate_exceptions: "10.0.0.0/33" is not a network`}},
+		{"bad max_spooling", "max_spooling = -2\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"),
+			[]string{`^smtpd\.toml:1: max_spooling = -2: want how many messages may be received at once`}},
 		{"bad log level", "log_level = \"loud\"\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"), []string{`log_level = "loud"`}},
 	}
 	for _, tc := range tests {

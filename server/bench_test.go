@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -122,6 +123,9 @@ func benchServer(b testing.TB, mode string) string {
 	srv, err := server.New(server.Config{SpoolDir: b.TempDir(), Logger: log, Recorder: rec, Bus: bus, Listeners: []server.ListenerConfig{{
 		Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch,
 		MaxConnections: 10000, MaxConnectionsPerIP: 10000,
+		// The rate check runs for every connection (no loopback
+		// exemption), with a limit no run reaches: its cost is measured.
+		MaxConnectionRatePerIP: 1 << 30, ConnectionRateExceptions: []netip.Prefix{},
 	}}})
 	if err != nil {
 		b.Fatal(err)

@@ -177,6 +177,10 @@ func (c *conn) readChunks() {
 	c.startData()
 	defer c.endData()
 	if ch.refused != nil {
+		if ch.refused.Close {
+			c.reply(s.chunkRefused()) // closing: the chunk need not be read
+			return
+		}
 		if err := c.skip(ch.size); err != nil {
 			c.reply(s.messageReadFailure(err))
 			return

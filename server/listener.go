@@ -29,6 +29,9 @@ type listener struct {
 	mu    sync.Mutex
 	conns map[*conn]struct{}
 	perIP map[netip.Addr]int // by clientKey
+
+	rates    *rateTable // connections per client per window; nil: no limit
+	refusals *refusalLog
 }
 
 func (l *listener) shuttingDown() bool { return l.srv.stopping.Load() }
@@ -60,7 +63,7 @@ func (l *listener) serve() error {
 	}
 }
 
-// clientKey is what MaxConnectionsPerIP counts by: an IPv4 address, or an
+// clientKey is what MaxConnectionsPerIP and MaxConnectionRatePerIP count by: an IPv4 address, or an
 // IPv6 address's prefix of IPv6Prefix bits.
 func (l *listener) clientKey(ip netip.Addr) netip.Addr {
 	if ip.Is6() {
@@ -86,16 +89,13 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 		local = addrPort(raw.LocalAddr())
 	}
 	key := l.clientKey(remote.Addr().Unmap())
-	l.mu.Lock()
-	total, fromIP := len(l.conns), l.perIP[key]
-	over := total >= l.cfg.MaxConnections || fromIP >= l.cfg.MaxConnectionsPerIP
-	if !over {
-		l.perIP[key]++
-	}
-	l.mu.Unlock()
-	if over {
-		l.log.Warn("connection refused: too many connections", "remote", remote.String(), "total", total, "from_ip", fromIP)
-		go refuse(raw)
+	if reason := l.overLimit(key); reason != "" {
+		l.refusals.refused(key, remote, reason)
+		reply := replyTooManyConnections
+		if reason == reasonRate {
+			reply = replyRateLimited
+		}
+		refuse(raw, reply)
 		return nil
 	}
 	transport := raw
@@ -117,6 +117,8 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 		AuthPlaintextLoopback: l.cfg.AuthPlaintextLoopback,
 		AuthLimiter:           l.srv.authLimiter,
 		Bus:                   l.srv.bus, Recorder: l.srv.recorder,
+		SpoolBudget: l.srv.budget,
+		spooling:    l.srv.spooling, refusals: l.refusals,
 	})
 	log := sess.log // the listener's, with the connection's id: one for both
 	c := newConn(l, transport, sess, log, cancel)
@@ -134,12 +136,6 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 		l.srv.bus.Publish(sess.event(monitor.KindConnect))
 	}
 	return c
-}
-
-func refuse(c net.Conn) {
-	c.SetWriteDeadline(time.Now().Add(time.Second))
-	c.Write([]byte("421 4.7.0 Too many connections; try again later\r\n"))
-	c.Close()
 }
 
 // forget drops a closed connection from the counts.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/transaction"
 )
 
 // ListenerConfig is one listening address with its own policy.
@@ -56,10 +57,23 @@ type ListenerConfig struct {
 	// the next client gets 421 4.7.0 at the banner. Defaults 1000 and 20.
 	MaxConnections      int
 	MaxConnectionsPerIP int
+	// MaxConnectionRatePerIP caps how many connections one client may
+	// open per ConnectionRateWindow (Postfix's
+	// smtpd_client_connection_rate_limit): the next gets 421 4.7.0 at the
+	// banner until the window ends. Every attempt counts, refused ones too.
+	// Defaults 120 per minute; negative turns the limit off.
+	MaxConnectionRatePerIP int
+	ConnectionRateWindow   time.Duration
+	// ConnectionRateExceptions are the clients the rate limit does not
+	// apply to (Postfix's smtpd_client_event_limit_exceptions, which is
+	// $mynetworks). Nil means loopback (127.0.0.0/8 and ::1): local tools
+	// and monitoring open many short connections; an empty, non-nil list
+	// exempts nobody.
+	ConnectionRateExceptions []netip.Prefix
 	// IPv6Prefix is how many leading bits of an IPv6 client address count
-	// as one client for MaxConnectionsPerIP: one site gets a /64, so
-	// counting addresses would let it open every slot. Default 64; 128
-	// counts each address.
+	// as one client for MaxConnectionsPerIP and MaxConnectionRatePerIP:
+	// one site gets a /64, so counting addresses would let it open every
+	// slot. Default 64; 128 counts each address.
 	IPv6Prefix int
 	// GreetingDelay holds the greeting back this long and watches for a
 	// client that talks first (connection.EarlyTalker; qpsmtpd's
@@ -119,6 +133,15 @@ func (c *ListenerConfig) setDefaults() {
 	if c.MaxConnectionsPerIP <= 0 {
 		c.MaxConnectionsPerIP = 20
 	}
+	if c.MaxConnectionRatePerIP == 0 {
+		c.MaxConnectionRatePerIP = DefaultMaxConnectionRatePerIP
+	}
+	if c.ConnectionRateWindow <= 0 {
+		c.ConnectionRateWindow = DefaultConnectionRateWindow
+	}
+	if c.ConnectionRateExceptions == nil {
+		c.ConnectionRateExceptions = DefaultConnectionRateExceptions
+	}
 	if c.IPv6Prefix <= 0 || c.IPv6Prefix > 128 {
 		c.IPv6Prefix = 64
 	}
@@ -154,6 +177,17 @@ type Config struct {
 	// (hooks.Options) times their hooks, usually into the same Recorder.
 	// Nil counts nothing.
 	Recorder *monitor.Recorder
+	// MaxSpooling caps the messages the server receives at once (DATA or
+	// a BDAT sequence in progress), across its listeners: the next DATA or
+	// BDAT gets 421 4.7.0 and the connection is closed, rather than every
+	// message going slower. Default DefaultMaxSpooling (200); negative
+	// turns the cap off.
+	MaxSpooling int
+	// SpoolMemoryBudget caps the bytes of message bodies held in memory,
+	// summed over every connection; past it a message spools to its file
+	// at once (each listener's SpoolMemory still caps one message).
+	// Default DefaultSpoolMemoryBudget (64 MiB); negative means no cap.
+	SpoolMemoryBudget int64
 }
 
 // Server serves every listener of a Config.
@@ -171,6 +205,8 @@ type Server struct {
 	bus         *monitor.Bus
 	recorder    *monitor.Recorder
 	serving     atomic.Bool // every listener accepts
+	spooling    *spoolGate  // nil: no cap
+	budget      *transaction.Budget
 }
 
 // New checks the configuration and prepares the spool directory. Nothing
@@ -191,6 +227,20 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, authLimiter: cfg.AuthLimiter,
 		bus: cfg.Bus, recorder: cfg.Recorder}
+	switch {
+	case cfg.MaxSpooling == 0:
+		s.spooling = &spoolGate{max: DefaultMaxSpooling}
+	case cfg.MaxSpooling > 0:
+		s.spooling = &spoolGate{max: int64(cfg.MaxSpooling)}
+	}
+	switch {
+	case cfg.SpoolMemoryBudget == 0:
+		s.budget = transaction.NewBudget(DefaultSpoolMemoryBudget)
+	case cfg.SpoolMemoryBudget > 0:
+		s.budget = transaction.NewBudget(cfg.SpoolMemoryBudget)
+	default:
+		s.budget = transaction.NewBudget(0) // counted, not capped
+	}
 	for _, lc := range cfg.Listeners {
 		if lc.Chain == nil {
 			cancel()
@@ -199,6 +249,10 @@ func New(cfg Config) (*Server, error) {
 		lc.setDefaults()
 		l := &listener{srv: s, cfg: lc, conns: map[*conn]struct{}{}, perIP: map[netip.Addr]int{},
 			log: s.log.With("listener", lc.Name)}
+		l.refusals = newRefusalLog(l.log)
+		if lc.MaxConnectionRatePerIP > 0 {
+			l.rates = newRateTable(lc.MaxConnectionRatePerIP, lc.ConnectionRateWindow, rateTableSize)
+		}
 		l.chain.Store(lc.Chain)
 		s.listeners = append(s.listeners, l)
 	}
@@ -332,7 +386,7 @@ func (s *Server) ServeConn(name string, nc net.Conn, info ClientInfo) error {
 	s.startMu.Lock()
 	if s.stopping.Load() {
 		s.startMu.Unlock()
-		refuse(nc)
+		refuse(nc, replyTooManyConnections)
 		return nil
 	}
 	s.wg.Add(1)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -114,6 +115,15 @@ type SessionConfig struct {
 	// Recorder counts the session's transactions and how they ended; nil:
 	// nothing is counted.
 	Recorder *monitor.Recorder
+	// SpoolBudget, when not nil, counts the memory of the message bodies
+	// against a budget shared with other sessions (the server's
+	// SpoolMemoryBudget): past it a body spools to its file at once.
+	SpoolBudget *transaction.Budget
+
+	// spooling caps the messages received at once (the server's
+	// MaxSpooling); nil: no cap. refusals logs the refusals at the cap.
+	spooling *spoolGate
+	refusals *refusalLog
 }
 
 // step is what the protocol loop does once it has written a command's
@@ -164,6 +174,7 @@ type Session struct {
 	chunk       chunk
 	bdatFailed  *hooks.Reply // the failure of a BDAT sequence the client may still be sending chunks of
 	inMessage   bool         // the message is being read (Message runs)
+	spooling    bool         // holds a place of cfg.spooling, from DATA or the first BDAT to the end of the message
 	limit       sizeLimit    // Message's size guard, reused
 	txs         txState      // the transaction's figures and summary line
 }
@@ -458,6 +469,9 @@ func (s *Session) Mail(arg string) hooks.Reply {
 		return s.finish(s.tooBig())
 	}
 	tx := transaction.New(s.cfg.SpoolDir, s.cfg.Limits.SpoolMemory)
+	if s.cfg.SpoolBudget != nil {
+		tx.Body.UseBudget(s.cfg.SpoolBudget)
+	}
 	tx.Params = transaction.MailParams{Size: m.Size, Body: m.Body, UTF8: m.UTF8, Auth: m.Auth, Ret: m.Ret, EnvID: m.EnvID}
 	from := m.Sender
 	s.txs.decisions = s.txs.decisions[:0]
@@ -556,7 +570,40 @@ func (s *Session) data(arg string) hooks.Reply {
 		return hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "No valid recipients"}
 	}
 	s.txs.decider = ""
-	return s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx))
+	if !s.startSpooling() {
+		return replyTooBusy
+	}
+	rep := s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx))
+	if rep.Code != 354 {
+		s.stopSpooling()
+	}
+	return rep
+}
+
+// startSpooling takes a place among the messages the server receives at
+// once, before the data hook runs; false (logged) when none is left.
+func (s *Session) startSpooling() bool {
+	if s.spooling {
+		return true
+	}
+	if !s.cfg.spooling.enter() {
+		if s.cfg.refusals != nil {
+			ip := s.conn.RemoteIP()
+			s.cfg.refusals.refused(ip, netip.AddrPortFrom(ip, 0), reasonSpooling)
+		}
+		return false
+	}
+	s.spooling = true
+	return true
+}
+
+// stopSpooling gives the place back: at the end of the message, whatever
+// ended it (Reset).
+func (s *Session) stopSpooling() {
+	if s.spooling {
+		s.spooling = false
+		s.cfg.spooling.leave()
+	}
 }
 
 // Bdat handles BDAT with its raw argument ("1000 LAST"). Its reply comes
@@ -587,9 +634,13 @@ func (s *Session) Bdat(arg string) hooks.Reply {
 	case len(s.tx.Recipients) == 0:
 		r := hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 1}, Msg: "No valid recipients"}
 		refused = &r
+	case !s.startSpooling():
+		r := replyTooBusy
+		refused = &r
 	default:
 		// The data hook runs at the first chunk, as at DATA.
 		if rep := s.reply(s.cfg.Chain.Data(s.ctx, s.conn, s.tx)); !rep.Positive() {
+			s.stopSpooling()
 			refused = &rep
 		}
 	}
@@ -660,6 +711,7 @@ func (s *Session) Rset(arg string) hooks.Reply {
 // reset_transaction. RSET, a new EHLO, the end of DATA and the end of the
 // connection call it.
 func (s *Session) Reset() {
+	s.stopSpooling()
 	if s.tx == nil {
 		return
 	}

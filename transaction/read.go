@@ -324,6 +324,7 @@ func (p *headerReader) text(b []byte, name int) error {
 func (p *headerReader) unparsed(b []byte) error {
 	if p.h.rest == nil {
 		p.h.rest = NewSpool(p.t.Body.dir, min(p.t.Body.threshold, pendSize))
+		p.h.rest.budget = p.t.Body.budget
 	}
 	if len(p.pend)+len(b) > pendSize {
 		if err := p.flush(); err != nil {

@@ -21,6 +21,8 @@ type Spool struct {
 	mem       bytes.Buffer
 	file      *os.File
 	size      int64
+	budget    *Budget // shared with other spools; nil: no shared cap
+	reserved  int64   // bytes of mem counted against budget
 }
 
 // NewSpool returns a spool that keeps up to threshold bytes in memory and
@@ -32,11 +34,21 @@ func NewSpool(dir string, threshold int64) *Spool {
 	return &Spool{dir: dir, threshold: threshold}
 }
 
+// UseBudget makes the spool count its memory against b, shared with other
+// spools: past b's limit the spool moves to its file even below its own
+// threshold. Call it before the first Write. Spools made from a
+// transaction's body (Transaction.Scratch, ReplaceBody, the unparsed
+// header's) share the body's budget.
+func (s *Spool) UseBudget(b *Budget) { s.budget = b }
+
 // Write appends p to the spool.
 func (s *Spool) Write(p []byte) (int, error) {
-	if s.file == nil && int64(s.mem.Len()+len(p)) > s.threshold {
-		if err := s.toFile(); err != nil {
-			return 0, err
+	if s.file == nil {
+		want := int64(s.mem.Len() + len(p))
+		if want > s.threshold || want > s.reserved && !s.reserve(want-s.reserved) {
+			if err := s.toFile(); err != nil {
+				return 0, err
+			}
 		}
 	}
 	var n int
@@ -48,6 +60,21 @@ func (s *Spool) Write(p []byte) (int, error) {
 	}
 	s.size += int64(n)
 	return n, err
+}
+
+// reserve counts n more bytes of memory against the budget.
+func (s *Spool) reserve(n int64) bool {
+	if !s.budget.reserve(n) {
+		return false
+	}
+	s.reserved += n
+	return true
+}
+
+// unreserve gives the spool's memory back to the budget.
+func (s *Spool) unreserve() {
+	s.budget.release(s.reserved)
+	s.reserved = 0
 }
 
 func (s *Spool) toFile() error {
@@ -63,6 +90,7 @@ func (s *Spool) toFile() error {
 		return fmt.Errorf("spool: write to the temporary file: %w", err)
 	}
 	s.mem = bytes.Buffer{}
+	s.unreserve()
 	s.file = f
 	return nil
 }
@@ -91,6 +119,7 @@ func (s *Spool) Close() error {
 		s.file = nil
 	}
 	s.mem = bytes.Buffer{}
+	s.unreserve()
 	s.size = 0
 	return err
 }

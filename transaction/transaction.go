@@ -185,5 +185,7 @@ func (t *Transaction) newSpool() *Spool {
 	if t.Body == nil {
 		return NewSpool("", DefaultSpoolMemory)
 	}
-	return NewSpool(t.Body.dir, t.Body.threshold)
+	ns := NewSpool(t.Body.dir, t.Body.threshold)
+	ns.budget = t.Body.budget
+	return ns
 }

@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -265,7 +266,8 @@ func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *mon
 		}
 		limiter.Store = b.authStore
 	}
-	b.server = server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log, AuthLimiter: limiter, Recorder: rec, Bus: bus}
+	b.server = server.Config{SpoolDir: filepath.Join(cfg.DataDir, "spool"), Logger: log, AuthLimiter: limiter, Recorder: rec, Bus: bus,
+		MaxSpooling: cfg.MaxSpooling, SpoolMemoryBudget: int64(cfg.SpoolMemoryBudget)}
 	var meter hooks.Meter
 	if rec != nil {
 		meter = rec
@@ -298,12 +300,20 @@ func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *mon
 			MaxLineLength: l.MaxLineLength, MaxConnections: l.MaxConnections,
 			MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors, MaxJunkCommands: l.MaxJunkCommands,
 			IPv6Prefix: l.IPv6Prefix, GreetingDelay: l.GreetingDelay.Duration,
+			MaxConnectionRatePerIP: l.MaxConnectionRatePerIP, ConnectionRateWindow: l.ConnectionRateWindow.Duration,
 			BareNewline:      server.BareNewline(l.BareNewline),
 			RequireAuth:      l.RequireAuth,
 			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
 		}
 		if l.Trace {
 			lc.Trace = traceLogger(cfg, log)
+		}
+		if l.ConnectionRateExceptions != nil {
+			lc.ConnectionRateExceptions = []netip.Prefix{}
+			for _, n := range l.ConnectionRateExceptions {
+				p, _ := config.ParsePrefix(n) // checked when the file was loaded
+				lc.ConnectionRateExceptions = append(lc.ConnectionRateExceptions, p)
+			}
 		}
 		if l.HasTLS() && l.StartTLS != "none" || l.ImplicitTLS {
 			certs, err := loadCertificates(l, log)
