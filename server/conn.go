@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ type conn struct {
 	br        *bufio.Reader
 	out       []byte // replies not yet written
 	sess      *Session
+	key       netip.Addr // what MaxConnectionsPerIP counted this connection as
 	log       *slog.Logger
 	cancel    context.CancelFunc
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -107,6 +108,10 @@ type SessionConfig struct {
 	// the rcpt hooks see it: qmail-smtpd's rule for a non-empty
 	// RELAYCLIENT (see ClientInfo).
 	RcptSuffix string
+	// XClientHosts are the clients that may send XCLIENT (see
+	// ListenerConfig); the client's address when the session starts
+	// decides.
+	XClientHosts []netip.Prefix
 }
 
 // step is what the protocol loop does once it has written a command's
@@ -158,6 +163,7 @@ type Session struct {
 	bdatFailed  *hooks.Reply // the failure of a BDAT sequence the client may still be sending chunks of
 	inMessage   bool         // the message is being read (Message runs)
 	limit       sizeLimit    // Message's size guard, reused
+	xclient     bool         // the client may send XCLIENT
 }
 
 // NewSession starts the session for c. ctx is the connection's context: it
@@ -173,7 +179,8 @@ func NewSession(ctx context.Context, c *connection.Connection, cfg SessionConfig
 	if cfg.AuthLimiter == nil {
 		cfg.AuthLimiter = &AuthLimiter{}
 	}
-	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID), dsn: cfg.Chain.CarriesDSN()}
+	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID), dsn: cfg.Chain.CarriesDSN(),
+		xclient: inPrefixes(c.RemoteIP(), cfg.XClientHosts)}
 }
 
 // Conn returns the session's connection.
@@ -402,6 +409,9 @@ func (s *Session) extensions() string {
 	b.WriteString(strconv.FormatInt(s.MaxMessageBytes(), 10))
 	if s.cfg.StartTLS && s.conn.TLS == nil {
 		b.WriteString("\nSTARTTLS")
+	}
+	if s.xclient {
+		b.WriteString("\nXCLIENT " + xclientAttrs)
 	}
 	return b.String()
 }
