@@ -13,8 +13,9 @@
 # plugin's tests ask), clamav-daemon, spamd and rspamd (the real scanners
 # the content filter tests use), and postgresql, mariadb-server and
 # redis-server (the real databases the lookup tables, rcptok and bwl
-# tests start privately), and chromium (the real browser, headless, that the
-# live web view's tests drive through chromedp).
+# tests start privately), chromium (the real browser, headless, that the
+# live web view's tests drive through chromedp), and haproxy (the real
+# PROXY protocol sender in front of smtpd in the proxy and scale-out tests).
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -38,6 +39,7 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 { [ -x /usr/sbin/mariadbd ] && [ -x /usr/bin/mariadb-install-db ]; } || missing+=(mariadb-server)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

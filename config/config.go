@@ -189,6 +189,39 @@ type Listener struct {
 	// every reply, at DEBUG whatever log_level says; never AUTH's
 	// credentials.
 	Trace bool `toml:"trace"`
+
+	// ProxyProtocol makes every connection begin with a PROXY protocol
+	// header (v1 or v2, as HAProxy's send-proxy and send-proxy-v2 write
+	// it): the client's address and port are taken from it. Connections
+	// from outside ProxyNetworks, or without a valid header within
+	// ProxyHeaderTimeout (default "5s"), are closed.
+	ProxyProtocol      bool     `toml:"proxy_protocol"`
+	ProxyNetworks      []string `toml:"proxy_networks"`
+	ProxyHeaderTimeout Duration `toml:"proxy_header_timeout"`
+	// XClientHosts are the clients (CIDR prefixes or addresses) that may
+	// send XCLIENT to speak for another client, its authenticated user
+	// included. Empty (default): XCLIENT is never offered.
+	XClientHosts []string `toml:"xclient_hosts"`
+}
+
+// Networks parses a list of CIDR prefixes ("10.0.0.0/8", "2001:db8::/32")
+// and single addresses ("127.0.0.1", a /32 or /128). The error names the
+// bad entry.
+func Networks(entries []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, e := range entries {
+		if p, err := netip.ParsePrefix(e); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(e)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR prefix: want \"10.0.0.0/8\", \"127.0.0.1\" or \"2001:db8::/32\"", e)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // Admin is the [admin] table: an HTTP listener for monitoring.
@@ -401,6 +434,21 @@ func (c *Config) check() error {
 		case "", "reject", "normalize":
 		default:
 			return fmt.Errorf("%s: bare_newline = %q: want \"reject\" or \"normalize\"", where, l.BareNewline)
+		}
+		if _, err := Networks(l.ProxyNetworks); err != nil {
+			return fmt.Errorf("%s: proxy_networks: %w", where, err)
+		}
+		if l.ProxyProtocol && len(l.ProxyNetworks) == 0 {
+			return fmt.Errorf("%s: proxy_protocol = true needs proxy_networks: the addresses of the proxies (HAProxy) allowed to connect, e.g. [\"127.0.0.1/32\", \"10.0.0.0/8\"]", where)
+		}
+		if !l.ProxyProtocol && len(l.ProxyNetworks) > 0 {
+			return fmt.Errorf("%s: proxy_networks is set but proxy_protocol is not: set proxy_protocol = true or remove proxy_networks", where)
+		}
+		if d := l.ProxyHeaderTimeout.Duration; d < 0 || d > time.Minute {
+			return fmt.Errorf("%s: proxy_header_timeout = %q: want a duration from \"1s\" to \"1m\" (default \"5s\")", where, d)
+		}
+		if _, err := Networks(l.XClientHosts); err != nil {
+			return fmt.Errorf("%s: xclient_hosts: %w", where, err)
 		}
 		if l.IPv6Prefix < 0 || l.IPv6Prefix > 128 {
 			return fmt.Errorf("%s: ipv6_prefix = %d: want a prefix length from 1 to 128 (default 64)", where, l.IPv6Prefix)

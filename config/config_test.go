@@ -360,6 +360,14 @@ func TestCheckErrors(t *testing.T) {
 			[]string{`listener "mx": connection_rate_exceptions: "10.0.0.0/33" is not a network`}},
 		{"bad max_spooling", "max_spooling = -2\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"),
 			[]string{`^smtpd\.toml:1: max_spooling = -2: want how many messages may be received at once`}},
+		{"proxy_protocol without proxy_networks", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nproxy_protocol = true\n"),
+			[]string{`listener "mx": proxy_protocol = true needs proxy_networks`}},
+		{"proxy_networks without proxy_protocol", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nproxy_networks = [\"127.0.0.1\"]\n"),
+			[]string{`listener "mx": proxy_networks is set but proxy_protocol is not`}},
+		{"bad proxy network", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nproxy_protocol = true\nproxy_networks = [\"10.0.0.0/33\"]\n"),
+			[]string{`listener "mx": proxy_networks: "10.0.0.0/33" is not an IP address or CIDR prefix`}},
+		{"bad xclient host", listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\nxclient_hosts = [\"rig.example\"]\n"),
+			[]string{`listener "mx": xclient_hosts: "rig.example" is not an IP address or CIDR prefix`}},
 		{"bad log level", "log_level = \"loud\"\n" + listener("name = \"mx\"\naddress = \":25\"\nplugins = [\"configtestplugin\"]\n"), []string{`log_level = "loud"`}},
 	}
 	for _, tc := range tests {

@@ -23,5 +23,6 @@ func init() {
 		"QUIT":     (*Session).Quit,
 		"STARTTLS": (*Session).StartTLS,
 		"AUTH":     (*Session).Auth,
+		"XCLIENT":  (*Session).XClient,
 	}
 }

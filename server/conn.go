@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,7 @@ type conn struct {
 	br        *bufio.Reader
 	out       []byte // replies not yet written
 	sess      *Session
+	key       netip.Addr // what MaxConnectionsPerIP counted this connection as
 	log       *slog.Logger
 	trace     *slog.Logger // the listener's Trace with the connection's id; nil: no trace
 	cancel    context.CancelFunc

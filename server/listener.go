@@ -57,6 +57,10 @@ func (l *listener) serve() error {
 			return err
 		}
 		backoff = 0
+		if l.cfg.ProxyProtocol {
+			go l.admitProxied(raw)
+			continue
+		}
 		if c := l.admit(raw, nil); c != nil {
 			go c.serve()
 		}
@@ -119,9 +123,11 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 		Bus:                   l.srv.bus, Recorder: l.srv.recorder,
 		SpoolBudget: l.srv.budget,
 		spooling:    l.srv.spooling, refusals: l.refusals,
+		XClientHosts: l.cfg.XClientHosts,
 	})
 	log := sess.log // the listener's, with the connection's id: one for both
 	c := newConn(l, transport, sess, log, cancel)
+	c.key = key
 	l.mu.Lock()
 	l.conns[c] = struct{}{}
 	l.mu.Unlock()
@@ -140,7 +146,7 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 
 // forget drops a closed connection from the counts.
 func (l *listener) forget(c *conn) {
-	key := l.clientKey(c.sess.Conn().RemoteIP())
+	key := c.key // XCLIENT may have changed the client's address since
 	l.mu.Lock()
 	if _, ok := l.conns[c]; ok {
 		delete(l.conns, c)

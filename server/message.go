@@ -224,7 +224,12 @@ func (s *Session) receivedLine(tx *transaction.Transaction) string {
 	b := make([]byte, 0, 256) // built with appends, not fmt: it is made for every message
 	b = append(b, "from "...)
 	b = append(b, orUnknown(c.Helo)...)
-	b = append(b, " (["...)
+	b = append(b, " ("...)
+	if c.RemoteHost != "" { // a name the launcher, a plugin or XCLIENT gave
+		b = append(b, c.RemoteHost...)
+		b = append(b, ' ')
+	}
+	b = append(b, '[')
 	b = c.RemoteIP().AppendTo(b)
 	b = append(b, "])"...)
 	if c.TLS != nil {

@@ -106,6 +106,18 @@ type ListenerConfig struct {
 	// code of every reply, at DEBUG; never AUTH's credentials (the initial
 	// response and the SASL lines are left out).
 	Trace *slog.Logger
+	// ProxyProtocol makes every connection start with a PROXY protocol
+	// header (HAProxy's, v1 or v2): the client's address and port come
+	// from it. Only peers in ProxyNetworks may connect; a connection
+	// from elsewhere, or without a valid header within ProxyHeaderTimeout
+	// (default DefaultProxyHeaderTimeout), is closed.
+	ProxyProtocol      bool
+	ProxyNetworks      []netip.Prefix
+	ProxyHeaderTimeout time.Duration
+	// XClientHosts are the clients that may use XCLIENT (Postfix's
+	// extension) to name another client: its address, name, HELO and
+	// authenticated user. Empty: XCLIENT is never offered.
+	XClientHosts []netip.Prefix
 }
 
 func (c *ListenerConfig) setDefaults() {

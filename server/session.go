@@ -124,6 +124,10 @@ type SessionConfig struct {
 	// MaxSpooling); nil: no cap. refusals logs the refusals at the cap.
 	spooling *spoolGate
 	refusals *refusalLog
+	// XClientHosts are the clients that may send XCLIENT (see
+	// ListenerConfig); the client's address when the session starts
+	// decides.
+	XClientHosts []netip.Prefix
 }
 
 // step is what the protocol loop does once it has written a command's
@@ -177,6 +181,7 @@ type Session struct {
 	spooling    bool         // holds a place of cfg.spooling, from DATA or the first BDAT to the end of the message
 	limit       sizeLimit    // Message's size guard, reused
 	txs         txState      // the transaction's figures and summary line
+	xclient     bool         // the client may send XCLIENT
 }
 
 // NewSession starts the session for c. ctx is the connection's context: it
@@ -192,7 +197,8 @@ func NewSession(ctx context.Context, c *connection.Connection, cfg SessionConfig
 	if cfg.AuthLimiter == nil {
 		cfg.AuthLimiter = &AuthLimiter{}
 	}
-	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID), dsn: cfg.Chain.CarriesDSN()}
+	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID), dsn: cfg.Chain.CarriesDSN(),
+		xclient: inPrefixes(c.RemoteIP(), cfg.XClientHosts)}
 }
 
 // Conn returns the session's connection.
@@ -429,6 +435,9 @@ func (s *Session) extensions() string {
 	b.WriteString(strconv.FormatInt(s.MaxMessageBytes(), 10))
 	if s.cfg.StartTLS && s.conn.TLS == nil {
 		b.WriteString("\nSTARTTLS")
+	}
+	if s.xclient {
+		b.WriteString("\nXCLIENT " + xclientAttrs)
 	}
 	return b.String()
 }

@@ -304,6 +304,16 @@ func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *mon
 			BareNewline:      server.BareNewline(l.BareNewline),
 			RequireAuth:      l.RequireAuth,
 			ReceivedAuthUser: l.ReceivedAuthUser, AuthPlaintextLoopback: l.AuthPlaintextLoopback,
+			ProxyProtocol: l.ProxyProtocol, ProxyHeaderTimeout: l.ProxyHeaderTimeout.Duration,
+		}
+		if lc.ProxyNetworks, err = config.Networks(l.ProxyNetworks); err != nil {
+			return nil, fmt.Errorf("%s: listener %q: proxy_networks: %w", cfg.Path(), l.Name, err)
+		}
+		if lc.XClientHosts, err = config.Networks(l.XClientHosts); err != nil {
+			return nil, fmt.Errorf("%s: listener %q: xclient_hosts: %w", cfg.Path(), l.Name, err)
+		}
+		if len(lc.XClientHosts) > 0 {
+			log.Warn("XCLIENT is allowed: these hosts may name any client address and log in as any user (relay rights)", "listener", l.Name, "xclient_hosts", l.XClientHosts)
 		}
 		if l.Trace {
 			lc.Trace = traceLogger(cfg, log)
