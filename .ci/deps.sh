@@ -13,7 +13,8 @@
 # plugin's tests ask), clamav-daemon, spamd and rspamd (the real scanners
 # the content filter tests use), and postgresql, mariadb-server and
 # redis-server (the real databases the lookup tables, rcptok and bwl
-# tests start privately).
+# tests start privately), and systemd (systemd-analyze verifies the shipped
+# units; systemd-socket-activate starts smtpd socket-activated).
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -36,6 +37,7 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql)
 { [ -x /usr/sbin/mariadbd ] && [ -x /usr/bin/mariadb-install-db ]; } || missing+=(mariadb-server)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+{ [ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-socket-activate ]; } || missing+=(systemd)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
