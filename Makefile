@@ -5,7 +5,7 @@ CONFIG  ?= config/smtpd.toml
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 FUZZTIME ?= 60s
 
-.PHONY: all build run test deps vet fuzz bench clean
+.PHONY: all build run test deps vet fuzz bench clean install uninstall
 
 all: build
 
@@ -62,3 +62,45 @@ fuzz:
 # make bench BENCH_QUICK=1 takes a few minutes; PEERS="..." SHAPES="..." pick.
 bench:
 	bash bench/run.sh
+
+# Installs smtpd, the sample production config and the systemd units
+# (docs/install.md). Everything goes under $(DESTDIR) (empty: the live
+# system); nothing else is created: the sluice user and /var/lib/sluice
+# are the admin's (or the unit's StateDirectory=). An existing
+# /etc/sluice/smtpd.toml is never overwritten: the sample goes beside it
+# as smtpd.toml.sample. The units go where systemd looks for units of
+# this prefix: $(PREFIX)/lib/systemd/system (/usr/local/lib/systemd/system
+# by default, /usr/lib/systemd/system for a distribution package with
+# PREFIX=/usr), ExecStart naming $(BINDIR)/smtpd.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+INSTALL    ?= install
+
+# install uses bin/smtpd as it is (built if missing), so that `make build`
+# as yourself, then `sudo make install`, needs no Go in root's PATH.
+install: $(BIN)
+	$(INSTALL) -d -m 755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/sluice
+	$(INSTALL) -m 755 $(BIN) $(DESTDIR)$(BINDIR)/smtpd
+	sed -e 's|/usr/local/bin/smtpd|$(BINDIR)/smtpd|g' -e 's|/etc/sluice/|$(SYSCONFDIR)/sluice/|g' \
+		packaging/systemd/sluice.service > $(DESTDIR)$(UNITDIR)/sluice.service.tmp
+	chmod 644 $(DESTDIR)$(UNITDIR)/sluice.service.tmp
+	mv $(DESTDIR)$(UNITDIR)/sluice.service.tmp $(DESTDIR)$(UNITDIR)/sluice.service
+	$(INSTALL) -m 644 packaging/systemd/sluice.socket $(DESTDIR)$(UNITDIR)/sluice.socket
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/sluice/smtpd.toml ]; then \
+		echo "$(DESTDIR)$(SYSCONFDIR)/sluice/smtpd.toml exists: kept; the sample is smtpd.toml.sample beside it"; \
+		$(INSTALL) -m 644 packaging/smtpd.toml $(DESTDIR)$(SYSCONFDIR)/sluice/smtpd.toml.sample; \
+	else \
+		$(INSTALL) -m 644 packaging/smtpd.toml $(DESTDIR)$(SYSCONFDIR)/sluice/smtpd.toml; \
+	fi
+	@echo "Installed. Next: docs/install.md (the sluice user, certificates, systemctl daemon-reload)."
+
+$(BIN):
+	$(MAKE) --no-print-directory build
+
+# Removes what install put there, but not $(SYSCONFDIR)/sluice/smtpd.toml
+# (the admin's config) nor /var/lib/sluice (mail may be in it).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/smtpd $(DESTDIR)$(UNITDIR)/sluice.service $(DESTDIR)$(UNITDIR)/sluice.socket \
+		$(DESTDIR)$(SYSCONFDIR)/sluice/smtpd.toml.sample

@@ -14,8 +14,10 @@
 # the content filter tests use), and postgresql, mariadb-server and
 # redis-server (the real databases the lookup tables, rcptok and bwl
 # tests start privately), chromium (the real browser, headless, that the
-# live web view's tests drive through chromedp), and haproxy (the real
-# PROXY protocol sender in front of smtpd in the proxy and scale-out tests).
+# live web view's tests drive through chromedp), haproxy (the real PROXY
+# protocol sender in front of smtpd in the proxy and scale-out tests), and
+# systemd (systemd-analyze verifies the shipped units;
+# systemd-socket-activate starts smtpd socket-activated).
 # As root it installs with apt-get; otherwise it stops and names the package.
 # The packages' own daemons are not started: the tests start private ones.
 set -euo pipefail
@@ -40,6 +42,7 @@ command -v cdb >/dev/null 2>&1 || missing+=(tinycdb)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+{ [ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-socket-activate ]; } || missing+=(systemd)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

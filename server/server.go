@@ -118,6 +118,10 @@ type ListenerConfig struct {
 	// extension) to name another client: its address, name, HELO and
 	// authenticated user. Empty: XCLIENT is never offered.
 	XClientHosts []netip.Prefix
+	// Listener, when not nil, is a socket opened by someone else (systemd
+	// socket activation: see cmd/smtpd/cli's activation.go) that Listen
+	// uses instead of binding Address. The server closes it at Shutdown.
+	Listener net.Listener
 }
 
 func (c *ListenerConfig) setDefaults() {
@@ -271,10 +275,17 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Listen binds every listener's address. An address already in use is an
-// error that names the listener.
+// Listen binds every listener's address, or takes the socket its
+// ListenerConfig.Listener holds. An address already in use is an error
+// that names the listener.
 func (s *Server) Listen() error {
 	for _, l := range s.listeners {
+		l.ln = l.cfg.Listener // closed with the others if a bind below fails
+	}
+	for _, l := range s.listeners {
+		if l.ln != nil {
+			continue
+		}
 		ln, err := net.Listen("tcp", l.cfg.Address)
 		if err != nil {
 			s.closeListeners()

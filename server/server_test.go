@@ -577,3 +577,22 @@ func TestPluginIgnoringItsContextDoesNotHoldTheClient(t *testing.T) {
 		t.Fatalf("log:\n%s", logs)
 	}
 }
+
+// A listener given an open socket (systemd socket activation) serves on it
+// and never binds its Address: here one no machine can bind.
+func TestPreOpenedListenerIsServedAndAddressNotBound(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := start(t, func(lc *server.ListenerConfig) {
+		lc.Address = "192.0.2.1:25" // TEST-NET-1: binding it would fail
+		lc.Listener = ln
+	})
+	if ts.addr != ln.Addr().String() {
+		t.Fatalf("Addr = %s, want the pre-opened socket's %s", ts.addr, ln.Addr())
+	}
+	c := dial(t, ts.addr)
+	c.expect("", "220 mx.example.test ESMTP")
+	c.expect("QUIT", "221 2.0.0")
+}

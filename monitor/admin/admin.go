@@ -1,7 +1,8 @@
 // Package admin is the optional HTTP listener for the operator: /metrics
 // (the Recorder's figures in Prometheus' exposition format, with the Go
-// runtime's) and /healthz (ready, starting or draining), behind a token
-// or basic auth when it listens beyond loopback.
+// runtime's), /healthz (ready, starting or draining) and the live web view
+// (/watch, package monitor/watch), behind a token or basic auth when it
+// listens beyond loopback.
 package admin
 
 import (
@@ -13,11 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/monitor/watch"
 )
 
 // Config is what the admin listener serves and who may read it.
 type Config struct {
 	Recorder *monitor.Recorder
+	// Bus, when set, feeds the live web view at /watch.
+	Bus *monitor.Bus
 	// State returns the server's state: "ready" answers /healthz with 200,
 	// anything else ("starting", "draining") with 503.
 	State func() string
@@ -48,7 +52,15 @@ func Handler(cfg Config) http.Handler {
 		}
 		w.Write([]byte(st + "\n"))
 	})
-	// watch: mounted by the web view
+	if cfg.Bus != nil {
+		stats := func() monitor.Snapshot { return monitor.Snapshot{} }
+		if cfg.Recorder != nil {
+			stats = cfg.Recorder.Snapshot
+		}
+		h := watch.Handler(cfg.Bus, stats)
+		mux.Handle("/watch", h)
+		mux.Handle("/watch/", h)
+	}
 	return guard(cfg, mux)
 }
 
@@ -59,6 +71,12 @@ func guard(cfg Config, next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if publicAsset[r.URL.Path] {
+			// The web view's script and style hold no data; a browser
+			// fetches them without the page's ?token=.
+			next.ServeHTTP(w, r)
+			return
+		}
 		if cfg.Token != "" {
 			tok := r.URL.Query().Get("token")
 			if h := r.Header.Get("Authorization"); len(h) > 7 && h[:7] == "Bearer " {
@@ -81,6 +99,10 @@ func guard(cfg Config, next http.Handler) http.Handler {
 		http.Error(w, "401 unauthorized: give the admin token (Authorization: Bearer, or ?token=) or the user and password", http.StatusUnauthorized)
 	})
 }
+
+// publicAsset lists the paths served without the token: static files
+// that tell nothing about the server.
+var publicAsset = map[string]bool{"/watch/watch.js": true, "/watch/watch.css": true}
 
 // The metrics.
 var (

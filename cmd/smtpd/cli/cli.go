@@ -44,6 +44,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sluice-mta/sluice/config"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
@@ -412,7 +413,11 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "smtpd: %v\n", err)
 		return 1
 	}
-	srv, err := server.New(b.server)
+	inherited, err := inherit(&b.server)
+	var srv *server.Server
+	if err == nil {
+		srv, err = server.New(b.server)
+	}
 	var ops *operator
 	if err == nil {
 		ops, err = startOperator(cfg, rec, bus, srv.State, log)
@@ -427,7 +432,10 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer ops.stop(log)
-	log.Info("Sluice started", "version", Version, "config", path)
+	log.Info("Sluice started", "version", Version, "config", path, "sockets_from_systemd", inherited)
+	if err := notify(daemon.SdNotifyReady); err != nil {
+		log.Warn(err.Error())
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -443,8 +451,17 @@ func serve(args []string, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
+				if err := notify(daemon.SdNotifyReloading); err != nil {
+					log.Warn(err.Error())
+				}
 				b = reload(path, cfg, b, srv, log, rec, bus)
+				if err := notify(daemon.SdNotifyReady); err != nil {
+					log.Warn(err.Error())
+				}
 				continue
+			}
+			if err := notify(daemon.SdNotifyStopping); err != nil {
+				log.Warn(err.Error())
 			}
 			timeout := cfg.ShutdownTimeout.Duration
 			if timeout <= 0 {

@@ -23,6 +23,7 @@ type operator struct {
 	control     net.Listener
 	controlPath string
 	admin       *http.Server
+	cancelAdmin context.CancelFunc // ends the admin requests in progress
 }
 
 // startOperator opens the control socket and the admin listener that cfg
@@ -48,9 +49,12 @@ func startOperator(cfg *config.Config, rec *monitor.Recorder, bus *monitor.Bus, 
 			ops.stop(log)
 			return nil, fmt.Errorf("[admin] address %q: %w", a.Address, err)
 		}
-		_ = bus // watch: the web view's Handler(bus, rec.Snapshot) goes beside admin.Handler
-		h := admin.Handler(admin.Config{Recorder: rec, State: state, Token: a.Token, User: a.User, Password: a.Password})
-		ops.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		h := admin.Handler(admin.Config{Recorder: rec, Bus: bus, State: state, Token: a.Token, User: a.User, Password: a.Password})
+		// The web view's event streams never go idle: stop ends them by
+		// cancelling their requests' base context.
+		base, cancel := context.WithCancel(context.Background())
+		ops.cancelAdmin = cancel
+		ops.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return base }}
 		go func() {
 			if err := ops.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener failed", "err", err)
@@ -71,6 +75,7 @@ func (o *operator) stop(log *slog.Logger) {
 		o.control = nil
 	}
 	if o.admin != nil {
+		o.cancelAdmin()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if err := o.admin.Shutdown(ctx); err != nil {
