@@ -28,6 +28,7 @@ type txState struct {
 	refusal   int              // the code of a refused DATA, while the transaction stays open
 	refuser   string           // and the plugin that refused it
 	queuedBy  string           // the queue plugin that took the message
+	rcpt      string           // the recipient the rcpt hooks are asked about
 }
 
 // event returns an Event of kind with the connection's fields set. Call it
@@ -55,6 +56,9 @@ func (s *Session) decided(d hooks.Decision, rep hooks.Reply) {
 	if s.cfg.Bus != nil {
 		e := s.event(monitor.KindHook)
 		e.Hook, e.Plugin, e.Code, e.Reply = d.Hook.String(), d.Plugin, d.Result.Code.String(), rep.String()
+		if d.Hook == hooks.HookRcptPre || d.Hook == hooks.HookRcpt {
+			e.Rcpt = s.txs.rcpt // the view strikes a refused recipient through
+		}
 		s.publish(e)
 	}
 }

@@ -521,6 +521,7 @@ func (s *Session) Rcpt(arg string) hooks.Reply {
 		return s.finish(hooks.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Msg: "Too many recipients"})
 	}
 	rcpt := r.Rcpt + s.cfg.RcptSuffix
+	s.txs.rcpt = rcpt
 	if rep := s.reply(s.cfg.Chain.RcptPre(s.ctx, c, tx, &rcpt)); rep.Code != 0 && !rep.Positive() {
 		return s.finish(rep)
 	}
