@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-mta/sluice/queue/queuetest"
 )
 
 // A real Postfix (private config, queue and data directories, loopback
@@ -257,23 +259,7 @@ relay_transport = error:no outbound mail in this test
 local_transport = discard:
 biff = no
 %[2]s`, dir, extra))
-	writeFile(t, filepath.Join(dir, "etc"), "master.cf", smtpAddr+` inet n - n - - smtpd
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`)
+	writeFile(t, filepath.Join(dir, "etc"), "master.cf", queuetest.MasterCF(smtpAddr))
 	postfix := func(args ...string) ([]byte, error) {
 		return exec.Command("postfix", append([]string{"-c", filepath.Join(dir, "etc")}, args...)...).CombinedOutput()
 	}

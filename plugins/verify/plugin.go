@@ -311,31 +311,11 @@ func (p *Plugin) ask(ctx context.Context, rcpt string) answer {
 func (p *Plugin) result(rcpt string, a answer, how string) hooks.Result {
 	switch a.verdict {
 	case unknown:
-		r := hooks.Result{Code: hooks.Deny, ReplyCode: 550, Enhanced: [3]int{5, 1, 1}, Msg: a.text,
-			Detail: fmt.Sprintf("verify %s %s: %d", how, p.target, a.code)}
-		if a.code >= 550 && a.code <= 553 {
-			r.ReplyCode = a.code
-		}
-		if a.enhanced[0] == 5 {
-			r.Enhanced = a.enhanced
-		}
-		if r.Msg == "" {
-			r.Msg = "<" + rcpt + ">: Recipient address rejected: User unknown"
-		}
-		return r
+		return refusal(hooks.Deny, [3]int{5, 1, 1}, 550, 553, a, "<"+rcpt+">: Recipient address rejected: User unknown",
+			fmt.Sprintf("verify %s %s: %d", how, p.target, a.code))
 	case refusedNow:
-		r := hooks.Result{Code: hooks.DenySoft, ReplyCode: 450, Enhanced: [3]int{4, 1, 1}, Msg: a.text,
-			Detail: fmt.Sprintf("verify %s %s: %d", how, p.target, a.code)}
-		if a.code >= 450 && a.code <= 452 {
-			r.ReplyCode = a.code
-		}
-		if a.enhanced[0] == 4 {
-			r.Enhanced = a.enhanced
-		}
-		if r.Msg == "" {
-			r.Msg = "<" + rcpt + ">: Recipient address rejected: try again later"
-		}
-		return r
+		return refusal(hooks.DenySoft, [3]int{4, 1, 1}, 450, 452, a, "<"+rcpt+">: Recipient address rejected: try again later",
+			fmt.Sprintf("verify %s %s: %d", how, p.target, a.code))
 	case unreachable:
 		err := fmt.Errorf("verify: cannot ask %s about <%s>: %w", p.target, rcpt, a.err)
 		if p.accept {
@@ -346,6 +326,23 @@ func (p *Plugin) result(rcpt string, a answer, how string) hooks.Result {
 			Msg: "<" + rcpt + ">: Recipient address verification failed: the mailbox server is unreachable; try again later", Err: err}
 	}
 	return hooks.Result{}
+}
+
+// refusal is a refusal with the downstream's words: its reply code when
+// it lies in [low, high], its enhanced code when of enhanced's class, and
+// its text, else the defaults (enhanced, low, msg).
+func refusal(code hooks.Code, enhanced [3]int, low, high int, a answer, msg, detail string) hooks.Result {
+	r := hooks.Result{Code: code, ReplyCode: low, Enhanced: enhanced, Msg: a.text, Detail: detail}
+	if a.code >= low && a.code <= high {
+		r.ReplyCode = a.code
+	}
+	if a.enhanced[0] == enhanced[0] {
+		r.Enhanced = a.enhanced
+	}
+	if r.Msg == "" {
+		r.Msg = msg
+	}
+	return r
 }
 
 // Cached values: "ok", or "no", the code, the enhanced code and the text,

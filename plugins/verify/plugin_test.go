@@ -16,6 +16,7 @@ import (
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/plugins/verify"
 	"github.com/sluice-mta/sluice/queue/queuetest"
+	"github.com/sluice-mta/sluice/scanner/scannertest"
 	"github.com/sluice-mta/sluice/state/statetest"
 )
 
@@ -225,32 +226,7 @@ func TestUnreachable(t *testing.T) {
 // defers the recipient once timeout is over. The silent listener stands
 // in for a hung server, which no real program here can be made to be.
 func TestTimeout(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	p := build(t, fmt.Sprintf("host = %q\ntimeout = \"300ms\"", l.Addr()))
+	p := build(t, fmt.Sprintf("host = %q\ntimeout = \"300ms\"", scannertest.Silent(t)))
 	s := chain(t, p)
 	start := time.Now()
 	hookstest.Expect(t, s.Rcpt("alice@example.test"), 450, "4.4.1", "unreachable")

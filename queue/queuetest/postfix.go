@@ -283,24 +283,7 @@ smtputf8_enable = %[5]s
 smtpd_discard_ehlo_keywords = %[6]s
 `, dir, MailDomain, uid, gid, smtputf8, strings.Join(discard, ", ")),
 		// chroot n everywhere: the temporary directory is no chroot.
-		"master.cf": p.Addr + ` inet n - n - - smtpd
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-virtual   unix  -       n       n       -       -       virtual
-postlog   unix-dgram n  -       n       -       1       postlogd
-`,
+		"master.cf": MasterCF(p.Addr),
 	}
 	for name, content := range files {
 		path := filepath.Join(dir, "etc", name)
@@ -493,4 +476,28 @@ func waitGreeting(network, addr string, timeout time.Duration, exited chan error
 		time.Sleep(10 * time.Millisecond)
 	}
 	return fmt.Errorf("no 220 greeting on %s within %v: %v", addr, timeout, last)
+}
+
+// MasterCF is the master.cf of a private Postfix instance whose smtpd
+// listens on addr, with chroot off for every service (a temporary
+// directory is no chroot) and every service a test instance needs.
+func MasterCF(addr string) string {
+	return addr + ` inet n - n - - smtpd
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+virtual   unix  -       n       n       -       -       virtual
+postlog   unix-dgram n  -       n       -       1       postlogd
+`
 }
