@@ -268,7 +268,7 @@ func TestFloodKeepsMemoryBoundedAndServesAWellBehavedClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	head, body, _ := bytes.Cut(got, []byte("\r\n\r\n"))
-	if !bytes.HasPrefix(got, []byte("Received: from good.example ([127.0.200.1])\r\n")) ||
+	if !bytes.HasPrefix(got, []byte("Received: from client.example.org ([127.0.200.1])\r\n")) ||
 		!bytes.HasSuffix(got, []byte(message)) || len(got)-len(message) != bytes.Index(got, []byte("From: Alice")) {
 		t.Fatalf("stored message is not a Received header and the message byte for byte:\n%q\n%q", head, body)
 	}
