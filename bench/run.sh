@@ -16,7 +16,9 @@
 #   sessions default to 20)
 # Then the extra checks (EXTRAS=0 skips them): one 100 MiB message (Sluice's RSS
 # growth), 10,000 idle connections (RSS and the next client's greeting time),
-# and the chain's per-plugin cost (go test -bench BenchmarkChainRcptDeclined).
+# the chain's per-plugin cost (go test -bench BenchmarkChainRcptDeclined) and
+# what smtpd stats, /metrics and the live view cost a message (go test -bench
+# BenchmarkServerLoopback/1k-many, without and with them).
 #
 # Per receiver and shape: a fresh start; a warm-up (a fixed small run, then one
 # of about WARM seconds that also sizes the timed runs); RUNS timed smtp-source
@@ -70,6 +72,21 @@ if [ -z "${SLUICE_BENCH_INSIDE:-}" ]; then
     awk '/^BenchmarkChainRcptDeclined/ {for (i = 1; i < NF; i++) {if ($(i+1) == "ns/op") ns = $i; if ($(i+1) == "allocs/op") a = $i}}
          END {if (ns != "") printf "chain ns_per_op=%s ns_per_plugin=%.1f allocs_per_op=%s\n", ns, ns / 10, a}' \
       "$OUT/chain-bench.txt" > "$OUT/extras.txt"
+    # What the operator's figures cost a message: the in-process server
+    # benchmark without them, with the Recorder (smtpd stats, /metrics:
+    # always on) and with the live view's event Bus too; the median of 5.
+    say "stats: go test -bench 'BenchmarkServerLoopback/1k-many(-recorder|-monitor)?' ./server/"
+    go test -run '^$' -bench 'BenchmarkServerLoopback/1k-many(-recorder|-monitor)?$' -benchmem -count 5 ./server/ \
+      > "$OUT/stats-bench.txt" 2>&1
+    awk 'function med(a, n,   i, j, t) {for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((n + 1) / 2)]}
+         /^BenchmarkServerLoopback\/1k-many/ {
+           m = $1; sub(/-[0-9]+$/, "", m); sub(/^BenchmarkServerLoopback\/1k-many-?/, "", m); if (m == "") m = "base"
+           for (i = 1; i < NF; i++) {if ($(i+1) == "ns/op") ns[m, ++n[m]] = $i; if ($(i+1) == "allocs/op") al[m] = $i}}
+         END {if (n["base"] && n["recorder"] && n["monitor"]) {
+           for (k in n) {delete v; for (i = 1; i <= n[k]; i++) v[i] = ns[k, i]; md[k] = med(v, n[k])}
+           printf "stats base_ns=%s recorder_ns=%s monitor_ns=%s base_allocs=%s recorder_allocs=%s monitor_allocs=%s\n",
+             md["base"], md["recorder"], md["monitor"], al["base"], al["recorder"], al["monitor"]}}' \
+      "$OUT/stats-bench.txt" >> "$OUT/extras.txt"
   fi
   if [ "${NETNS:-1}" = 1 ]; then
     [ "$(id -u)" = 0 ] || { echo "bench: unshare --net needs root (or run with NETNS=0)" >&2; exit 1; }

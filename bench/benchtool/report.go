@@ -80,7 +80,7 @@ var shapeTitles = map[string]string{
 func cmdReport(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ExitOnError)
 	tsv := fs.String("tsv", "", "results.tsv")
-	extras := fs.String("extras", "", "extras.txt (big, idle, chain)")
+	extras := fs.String("extras", "", "extras.txt (big, idle, chain, stats)")
 	ref := fs.String("ref", "sluice", "the receiver the ratios are taken against")
 	header := fs.String("header", "", "a line printed first (run settings)")
 	fs.Parse(args)
@@ -193,6 +193,17 @@ func targets(cells map[string]map[string]row, shapes []string, ex map[string]map
 	if c := ex["chain"]; c != nil {
 		ns := atof(c["ns_per_plugin"])
 		line(ns < 1000 && c["allocs_per_op"] == "0", "a declining plugin costs < 1 µs and 0 allocs: %.1f ns, %s allocs per call (BenchmarkChainRcptDeclined, 10 plugins)", ns, c["allocs_per_op"])
+	}
+	if s := ex["stats"]; s != nil {
+		base, rec, mon := atof(s["base_ns"]), atof(s["recorder_ns"]), atof(s["monitor_ns"])
+		if base > 0 {
+			fmt.Printf("\nThe operator's figures, per message (BenchmarkServerLoopback/1k-many, median of 5; loopback noise is a few %%):\n")
+			fmt.Printf("  without them %.1f µs, %s allocs\n", base/1000, s["base_allocs"])
+			fmt.Printf("  Recorder (smtpd stats, /metrics; always on): %.1f µs (%+.1f µs, %+.1f%%), %s allocs\n",
+				rec/1000, (rec-base)/1000, 100*(rec-base)/base, s["recorder_allocs"])
+			fmt.Printf("  Recorder and the live view's Bus ([admin] set): %.1f µs (%+.1f µs, %+.1f%%), %s allocs\n",
+				mon/1000, (mon-base)/1000, 100*(mon-base)/base, s["monitor_allocs"])
+		}
 	}
 }
 
