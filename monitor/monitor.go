@@ -30,7 +30,7 @@ const (
 	ResultAccepted = "accepted" // queued: the client got 250
 	ResultDeferred = "deferred" // refused for now (4xx)
 	ResultRefused  = "refused"  // refused for good (5xx)
-	ResultAborted  = "aborted"  // the client left or reset before the end of data
+	ResultAborted  = "aborted"  // the client left or reset before the end of data, with a recipient accepted
 )
 
 // Event is one thing that happened on a connection. Only the fields its

@@ -20,15 +20,17 @@ import (
 // txState is what a Session keeps of the transaction in progress for its
 // summary line; its slice is reused from one transaction to the next.
 type txState struct {
-	open      bool
-	inMail    bool // MAIL's hooks run: their decisions belong to the transaction it may open
-	start     time.Time
-	decisions []hooks.Decision // every decision but Declined, in order
-	decider   string           // the plugin whose refusal is the last reply, "" for the server's own
-	refusal   int              // the code of a refused DATA, while the transaction stays open
-	refuser   string           // and the plugin that refused it
-	queuedBy  string           // the queue plugin that took the message
-	rcpt      string           // the recipient the rcpt hooks are asked about
+	open        bool
+	inMail      bool // MAIL's hooks run: their decisions belong to the transaction it may open
+	start       time.Time
+	decisions   []hooks.Decision // every decision but Declined, in order
+	decider     string           // the plugin whose refusal is the last reply, "" for the server's own
+	refusal     int              // the code of a refused DATA, while the transaction stays open
+	refuser     string           // and the plugin that refused it
+	rcptRefusal hooks.Reply      // the last refused RCPT's reply
+	rcptRefuser string           // and the plugin that refused it, "" for the server
+	queuedBy    string           // the queue plugin that took the message
+	rcpt        string           // the recipient the rcpt hooks are asked about
 }
 
 // event returns an Event of kind with the connection's fields set. Call it
@@ -68,6 +70,7 @@ func (s *Session) txBegin(tx *transaction.Transaction) {
 	s.txs.open = true
 	s.txs.start = time.Now()
 	s.txs.refusal, s.txs.refuser, s.txs.queuedBy = 0, "", ""
+	s.txs.rcptRefusal, s.txs.rcptRefuser = hooks.Reply{}, ""
 	if r := s.cfg.Recorder; r != nil {
 		r.TxStarted()
 	}
@@ -99,9 +102,16 @@ func (s *Session) txEnd(tx *transaction.Transaction, rep hooks.Reply) {
 	}
 	s.txs.open = false
 	plugin, code := s.txs.decider, rep.Code
-	if code == 0 && s.txs.refusal != 0 {
+	switch {
+	case code != 0:
+	case s.txs.refusal != 0:
 		// No message after a refused DATA: the refusal ended it.
 		plugin, code = s.txs.refuser, s.txs.refusal
+	case len(tx.Recipients) == 0 && s.txs.rcptRefusal.Code != 0:
+		// Every recipient was refused, and the client gave up: the
+		// message was refused (or deferred) at RCPT, as Postfix's
+		// "NOQUEUE: reject: RCPT" counts it, not abandoned.
+		plugin, code, rep = s.txs.rcptRefuser, s.txs.rcptRefusal.Code, s.txs.rcptRefusal
 	}
 	result := resultOf(code)
 	switch result {

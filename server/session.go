@@ -508,6 +508,15 @@ func (s *Session) tooBig() hooks.Reply {
 // parsing, the recipient limit, rcpt_pre and rcpt; an accepted recipient
 // is added to the transaction and told to the rcpt_ok observers.
 func (s *Session) Rcpt(arg string) hooks.Reply {
+	s.txs.decider = ""
+	rep := s.rcpt(arg)
+	if s.tx != nil && rep.Code >= 400 {
+		s.txs.rcptRefusal, s.txs.rcptRefuser = rep, s.txs.decider
+	}
+	return rep
+}
+
+func (s *Session) rcpt(arg string) hooks.Reply {
 	tx := s.tx
 	if tx == nil {
 		return s.finish(replyBadSequence("Need MAIL before RCPT"))

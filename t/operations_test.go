@@ -42,9 +42,11 @@ token = "s3cret"
 // opsTraffic sends what the operations tests count: on one raw
 // connection a message to one good and one refused recipient (accepted),
 // a message over max_message_size (refused by the server, 552), a
-// transaction whose only recipient is refused and that the client resets
-// (aborted), with an AUTH attempt; then one message with swaks
-// (accepted). 5 RCPT commands in all, 2 messages in the Maildir.
+// transaction whose only recipient rcptok refuses and that the client
+// resets (refused by rcptok, 550), one with a good recipient that the
+// client resets (aborted), an AUTH attempt; then one message with swaks
+// (accepted). 6 RCPT commands in all, 5 transactions, 2 messages in the
+// Maildir.
 func opsTraffic(t *testing.T, s *smtpd) {
 	t.Helper()
 	c := rawDial(t, s.Addr("mx"))
@@ -60,7 +62,10 @@ func opsTraffic(t *testing.T, s *smtpd) {
 	c.expect("DATA", "354 ")
 	c.expect("Subject: big\r\n\r\n"+strings.Repeat("x", 3000)+"\r\n.", "552 ")
 	c.expect("MAIL FROM:<a@example.org>", "250 ")
-	c.expect("RCPT TO:<d@elsewhere.test>", "5")
+	c.expect("RCPT TO:<d@elsewhere.test>", "550 5.7.1 ")
+	c.expect("RSET", "250 ")
+	c.expect("MAIL FROM:<a@example.org>", "250 ")
+	c.expect("RCPT TO:<f@example.test>", "250 ")
 	c.expect("RSET", "250 ")
 	c.expect("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "5")
 	c.expect("QUIT", "221 ")
@@ -107,13 +112,14 @@ func TestStatsCountWhatWasSent(t *testing.T) {
 	s := startSmtpd(t, opsConfig)
 	opsTraffic(t, s)
 	snap := statsJSON(t, s)
-	if snap.ConnectionsTotal != 2 || snap.Transactions != 4 {
-		t.Errorf("connections_total %d, transactions %d; want 2 and 4", snap.ConnectionsTotal, snap.Transactions)
+	if snap.ConnectionsTotal != 2 || snap.Transactions != 5 {
+		t.Errorf("connections_total %d, transactions %d; want 2 and 5", snap.ConnectionsTotal, snap.Transactions)
 	}
 	want := []monitor.Outcome{
 		{Result: "aborted", Count: 1},
 		{Result: "accepted", Count: 2},
 		{Result: "refused", Code: "552", Count: 1},
+		{Result: "refused", Plugin: "rcptok", Code: "550", Count: 1},
 	}
 	if len(snap.Messages) != len(want) {
 		t.Fatalf("messages %+v, want %+v", snap.Messages, want)
@@ -128,7 +134,7 @@ func TestStatsCountWhatWasSent(t *testing.T) {
 		name string
 		n    uint64
 	}{
-		{snap.Hooks, "rcpt", 5}, {snap.Plugins, "rcptok/rcpt", 5},
+		{snap.Hooks, "rcpt", 6}, {snap.Plugins, "rcptok/rcpt", 6},
 		{snap.Hooks, "queue", 2}, {snap.Plugins, "maildir/queue", 2},
 	} {
 		l := latency(c.list, c.name)
@@ -145,7 +151,7 @@ func TestStatsCountWhatWasSent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("smtpd stats: %v\n%s", err, out)
 	}
-	for _, re := range []string{`connections: 0 open, 2 total`, `transactions: 4`, `refused\s+-\s+552\s+1`, `accepted\s+-\s+-\s+2`, `rcptok/rcpt\s+5\s`} {
+	for _, re := range []string{`connections: 0 open, 2 total`, `transactions: 5`, `refused\s+-\s+552\s+1`, `refused\s+rcptok\s+550\s+1`, `aborted\s+-\s+-\s+1`, `accepted\s+-\s+-\s+2`, `rcptok/rcpt\s+6\s`} {
 		if !regexp.MustCompile(re).Match(out) {
 			t.Errorf("smtpd stats does not match %q:\n%s", re, out)
 		}
@@ -153,14 +159,15 @@ func TestStatsCountWhatWasSent(t *testing.T) {
 
 	// The summary lines: one per transaction, with what decided.
 	log := s.Log()
-	if n := strings.Count(log, "msg=transaction "); n != 4 {
-		t.Errorf("%d summary lines, want 4:\n%s", n, log)
+	if n := strings.Count(log, "msg=transaction "); n != 5 {
+		t.Errorf("%d summary lines, want 5:\n%s", n, log)
 	}
 	for _, want := range []string{
 		`client=127.0.0.1 client_name="" helo=client.example.org tls="" user="" from=a@example.org rcpts=1 size=`,
 		`decisions="rcptok/rcpt=OK rcptok/rcpt=DENY maildir/queue=OK" queue_plugin=maildir queue_id=`,
 		`result=refused code=552`,
-		`result=aborted`,
+		`from=a@example.org rcpts=0 size=0 decisions="rcptok/rcpt=DENY" queue_plugin="" queue_id="" result=refused code=550`,
+		`from=a@example.org rcpts=1 size=0 decisions="rcptok/rcpt=OK" queue_plugin="" queue_id="" result=aborted duration=`,
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("no summary line with %q:\n%s", want, log)
@@ -252,12 +259,13 @@ func TestMetricsAndHealth(t *testing.T) {
 	}{
 		{"sluice_connections_total", nil, 2},
 		{"sluice_connections_open", nil, 0},
-		{"sluice_transactions_total", nil, 4},
+		{"sluice_transactions_total", nil, 5},
 		{"sluice_messages_total", map[string]string{"result": "accepted", "plugin": "", "code": ""}, 2},
 		{"sluice_messages_total", map[string]string{"result": "refused", "plugin": "", "code": "552"}, 1},
+		{"sluice_messages_total", map[string]string{"result": "refused", "plugin": "rcptok", "code": "550"}, 1},
 		{"sluice_messages_total", map[string]string{"result": "aborted", "plugin": "", "code": ""}, 1},
-		{"sluice_hook_duration_seconds", map[string]string{"hook": "rcpt"}, 5},
-		{"sluice_plugin_duration_seconds", map[string]string{"plugin": "rcptok", "hook": "rcpt"}, 5},
+		{"sluice_hook_duration_seconds", map[string]string{"hook": "rcpt"}, 6},
+		{"sluice_plugin_duration_seconds", map[string]string{"plugin": "rcptok", "hook": "rcpt"}, 6},
 		{"sluice_plugin_duration_seconds", map[string]string{"plugin": "maildir", "hook": "queue"}, 2},
 	} {
 		if got, ok := value(c.name, c.labels); !ok || got != c.want {

@@ -82,8 +82,8 @@ func publishSessions(bus *monitor.Bus) {
 	}))
 	p(ev(c, func(e *monitor.Event) { e.Kind = monitor.KindDisconnect }))
 
-	// Every recipient refused, and the client left: the server calls the
-	// transaction aborted, the view shows the refusal.
+	// Every recipient refused, and the client left: the transaction ends
+	// refused, with the last RCPT's reply.
 	c = monitor.Event{Listener: "mx", Conn: "c6", Remote: "192.0.2.66:40004"}
 	p(ev(c, func(e *monitor.Event) { e.Kind = monitor.KindConnect }))
 	p(ev(c, func(e *monitor.Event) { e.Kind, e.Helo = monitor.KindHelo, "stranger.example" }))
@@ -91,7 +91,9 @@ func publishSessions(bus *monitor.Bus) {
 	p(ev(c, func(e *monitor.Event) {
 		e.Kind, e.Tx, e.Hook, e.Plugin, e.Code, e.Rcpt, e.Reply = monitor.KindHook, "t1", "rcpt", "rcptok", "DENY", "dave@elsewhere.example", "550 5.7.1 relaying denied"
 	}))
-	p(ev(c, func(e *monitor.Event) { e.Kind, e.Tx, e.Result = monitor.KindTxEnd, "t1", monitor.ResultAborted }))
+	p(ev(c, func(e *monitor.Event) {
+		e.Kind, e.Tx, e.Result, e.Plugin, e.Reply = monitor.KindTxEnd, "t1", monitor.ResultRefused, "rcptok", "550 5.7.1 relaying denied"
+	}))
 	p(ev(c, func(e *monitor.Event) { e.Kind = monitor.KindDisconnect }))
 
 	// Deferred at connect and disconnected.

@@ -263,11 +263,6 @@
         row.result = ev.result || "closed";
         row.reply = ev.reply || "";
         if (ev.rcpts && ev.rcpts.length) row.rcpts = ev.rcpts.slice();
-        // A client that leaves after every recipient was refused ends an
-        // "aborted" transaction: what the operator wants to see is the
-        // refusal.
-        const denial = lastDenial(row);
-        if (row.result === "aborted" && row.rcpts.length === 0 && denial) refusedBy(row, denial);
         render(row);
         break;
       }
