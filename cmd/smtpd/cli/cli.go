@@ -115,6 +115,25 @@ func usage(w io.Writer) {
 // configFlag parses the -config flag of serve (the command run without a
 // name) and check. ok is false when the command must stop with exit code
 // code: 0 after -h (the usage was asked for), 2 on a bad argument.
+// parseFlags parses a command's flags; with cmd ("smtpd stats") it also
+// refuses arguments that are not flags. It returns the exit code and false
+// when the command should stop there: 0 after -h, 2 after a mistake (the
+// usage printed).
+func parseFlags(fs *flag.FlagSet, args []string, cmd string, stderr io.Writer) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if cmd != "" && fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", cmd, fs.Arg(0))
+		fs.Usage()
+		return 2, false
+	}
+	return 0, true
+}
+
 func configFlag(name string, args []string, stderr io.Writer) (path string, code int, ok bool) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -129,20 +148,12 @@ func configFlag(name string, args []string, stderr io.Writer) (path string, code
 		fmt.Fprintf(stderr, "\nflags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return "", 0, false
-		}
-		return "", 2, false
+	cmd := "smtpd " + name
+	if name == "serve" {
+		cmd = "smtpd"
 	}
-	if fs.NArg() > 0 {
-		cmd := "smtpd " + name
-		if name == "serve" {
-			cmd = "smtpd"
-		}
-		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", cmd, fs.Arg(0))
-		fs.Usage()
-		return "", 2, false
+	if code, ok := parseFlags(fs, args, cmd, stderr); !ok {
+		return "", code, false
 	}
 	return *p, 0, true
 }

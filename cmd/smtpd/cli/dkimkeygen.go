@@ -27,16 +27,8 @@ func dkimKeygen(args []string, stdout, stderr io.Writer) int {
 			"plugin and prints the DNS TXT record that publishes its public key.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "smtpd dkim-keygen: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return 2
+	if code, ok := parseFlags(fs, args, "smtpd dkim-keygen", stderr); !ok {
+		return code
 	}
 	if *domain == "" || *selector == "" {
 		fmt.Fprintf(stderr, "smtpd dkim-keygen: -domain and -selector are required\n")

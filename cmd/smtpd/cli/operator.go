@@ -96,16 +96,8 @@ func stats(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "usage: smtpd stats [-config FILE | -socket PATH] [-json]\n\nPrints a running smtpd's figures since start: connections, transactions,\nmessages by result, plugin and code, latency per hook and per plugin.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "smtpd stats: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return 2
+	if code, ok := parseFlags(fs, args, "smtpd stats", stderr); !ok {
+		return code
 	}
 	path := *socket
 	if path == "" {

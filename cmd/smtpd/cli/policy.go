@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"github.com/sluice-mta/sluice/policyd/wire"
@@ -47,11 +46,8 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, args, "", stderr); !ok {
+		return code
 	}
 	if *test {
 		return policyTest(*address, fs.Args(), stdout, stderr)

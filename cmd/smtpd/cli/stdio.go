@@ -33,16 +33,8 @@ func stdio(args []string, lookupEnv func(string) (string, bool), stderr io.Write
 		fmt.Fprintf(stderr, "usage: smtpd stdio [-config FILE] [-listener NAME]\n\nServes one SMTP connection on stdin and stdout (under tcpserver or inetd).\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "smtpd stdio: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return 2
+	if code, ok := parseFlags(fs, args, "smtpd stdio", stderr); !ok {
+		return code
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "smtpd stdio: %v\n", err)
