@@ -1,7 +1,6 @@
 package hooks_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/internal/logbuf"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -73,26 +73,9 @@ func newChain(t testing.TB, opts hooks.Options, instances ...hooks.Instance) *ho
 }
 
 // bufLogger returns a logger writing text records to the returned buffer.
-func bufLogger() (*slog.Logger, *syncBuffer) {
-	var b syncBuffer
+func bufLogger() (*slog.Logger, *logbuf.Buffer) {
+	var b logbuf.Buffer
 	return slog.New(slog.NewTextHandler(&b, nil)), &b
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func runRcpt(ch *hooks.Chain) hooks.Decision {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/internal/logbuf"
 )
 
 // replyConn records what the server wrote to a connection it refused.
@@ -133,7 +134,7 @@ func TestConnectionRatePerIPv6Prefix(t *testing.T) {
 // The concurrency caps answer with their own text, and a refusal under a
 // flood is logged once per client, with a count.
 func TestRefusalsAreLoggedOncePerClient(t *testing.T) {
-	var logged syncBuffer
+	var logged logbuf.Buffer
 	l := overloadListener(t, ListenerConfig{MaxConnectionsPerIP: 1, MaxConnectionRatePerIP: -1}, &logged)
 	first := &replyConn{fakeConn: fakeConn{remote: netip.MustParseAddrPort("192.0.2.1:1")}}
 	if l.admit(first, nil) == nil {
@@ -163,23 +164,6 @@ func TestRefusalsAreLoggedOncePerClient(t *testing.T) {
 		!strings.Contains(refusals[1], "client=192.0.2.2 refused=1") {
 		t.Fatalf("want one WARN line per client for 1001 refusals, got:\n%s", strings.Join(refusals, "\n"))
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var _ net.Conn = (*replyConn)(nil)
