@@ -11,12 +11,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/servertest"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -120,27 +120,13 @@ func benchServer(b testing.TB, mode string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := server.New(server.Config{SpoolDir: b.TempDir(), Logger: log, Recorder: rec, Bus: bus, Listeners: []server.ListenerConfig{{
+	srv := servertest.Serve(b, server.Config{SpoolDir: b.TempDir(), Logger: log, Recorder: rec, Bus: bus, Listeners: []server.ListenerConfig{{
 		Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch,
 		MaxConnections: 10000, MaxConnectionsPerIP: 10000,
 		// The rate check runs for every connection (no loopback
 		// exemption), with a limit no run reaches: its cost is measured.
 		MaxConnectionRatePerIP: 1 << 30, ConnectionRateExceptions: []netip.Prefix{},
 	}}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
 	return srv.Addr("mx").String()
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/servertest"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -55,21 +56,7 @@ func startOverload(t *testing.T, q *spoolQueue, mutate func(*server.Config)) *se
 		Limits: server.Limits{MaxMessageBytes: 64 << 10},
 	}}}
 	mutate(&cfg)
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
+	srv := servertest.Serve(t, cfg)
 	return srv
 }
 

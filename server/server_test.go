@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/servertest"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -55,23 +56,7 @@ func startServer(t *testing.T, opts hooks.Options, limiter *server.AuthLimiter, 
 	if mutate != nil {
 		mutate(&lc)
 	}
-	srv, err := server.New(server.Config{Listeners: []server.ListenerConfig{lc}, SpoolDir: t.TempDir(), Logger: log, AuthLimiter: limiter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	srv := servertest.Serve(t, server.Config{Listeners: []server.ListenerConfig{lc}, SpoolDir: t.TempDir(), Logger: log, AuthLimiter: limiter})
 	return &testServer{addr: srv.Addr("mx").String(), queue: q, srv: srv}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-mta/sluice/plugins/earlytalker"
 	_ "github.com/sluice-mta/sluice/plugins/rcptok"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/servertest"
 )
 
 const delay = 200 * time.Millisecond
@@ -34,26 +35,10 @@ func serve(t *testing.T, settings string) (string, *hookstest.QueueRecorder) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{
+	srv := servertest.Serve(t, server.Config{
 		Listeners: []server.ListenerConfig{{Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch, GreetingDelay: delay}},
 		SpoolDir:  t.TempDir(),
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
 	})
 	return srv.Addr("mx").String(), q
 }
