@@ -186,7 +186,10 @@ func (s Snapshot) Count(result string) uint64 {
 
 // The buckets of a Histogram: exact below 8 ns, then 8 per power of two
 // (each at most 1/8 of its lower bound wide) up to 2^40 ns (18 minutes);
-// longer durations fall in the last.
+// longer durations fall in the last. Bucket i holds the durations above
+// BucketLow(i) up to and including BucketLow(i+1) (bucket 0 holds 0 and
+// 1 ns), so a count of the buckets below i is the count of observations
+// <= BucketLow(i): Prometheus' "le".
 const (
 	subBits  = 3
 	subCount = 1 << subBits
@@ -215,7 +218,8 @@ func bucketOf(ns uint64) int {
 	return subCount + (e-subBits)*subCount + int((ns>>(e-subBits))&(subCount-1))
 }
 
-// BucketLow returns the smallest duration bucket i holds.
+// BucketLow returns bucket i's lower edge: the bucket holds the durations
+// above it, up to and including BucketLow(i+1).
 func BucketLow(i int) time.Duration {
 	if i < subCount {
 		return time.Duration(i)
@@ -229,7 +233,7 @@ func BucketLow(i int) time.Duration {
 func (h *Histogram) Observe(d time.Duration) {
 	ns := max(int64(d), 0)
 	h.sum.Add(uint64(ns))
-	h.buckets[bucketOf(uint64(ns))].Add(1)
+	h.buckets[bucketOf(uint64(max(ns-1, 0)))].Add(1)
 	for {
 		m := h.max.Load()
 		if ns <= m || h.max.CompareAndSwap(m, ns) {
@@ -284,11 +288,11 @@ func quantile(b []uint64, n uint64, q float64, most time.Duration) time.Duration
 			if i == len(b)-1 { // open-ended
 				return most
 			}
-			low := BucketLow(i)
+			low, high := BucketLow(i), BucketLow(i+1)
 			if i < subCount {
-				return min(low, most)
+				return min(high, most)
 			}
-			return min(low+(BucketLow(i+1)-low)/2, most)
+			return min(low+(high-low)/2, most)
 		}
 	}
 	return most

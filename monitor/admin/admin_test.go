@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/monitor/admin"
@@ -94,4 +95,38 @@ func TestHealthzFollowsTheServerState(t *testing.T) {
 			t.Errorf("state %s: /healthz %d %q, want %d %q", c.state, code, body, c.code, c.state+"\n")
 		}
 	}
+}
+
+// A duration exactly at a bucket's bound counts in that bound's "le", as
+// Prometheus defines le (less than or equal); one nanosecond more does not.
+func TestMetricsBucketsIncludeTheirBound(t *testing.T) {
+	r := monitor.NewRecorder()
+	h := r.Histogram("rcpt", "")
+	h.Observe(1024 * time.Nanosecond) // the first bound, 1.024 µs
+	h.Observe(1025 * time.Nanosecond)
+	h.Observe(4096 * time.Nanosecond) // the second, 4.096 µs
+	code, body, _ := get(t, admin.Handler(admin.Config{Recorder: r}), "/metrics", nil)
+	if code != 200 {
+		t.Fatalf("GET /metrics = %d\n%s", code, body)
+	}
+	for _, want := range []string{
+		`sluice_hook_duration_seconds_bucket{hook="rcpt",le="1.024e-06"} 1` + "\n",
+		`sluice_hook_duration_seconds_bucket{hook="rcpt",le="4.096e-06"} 3` + "\n",
+		`sluice_hook_duration_seconds_count{hook="rcpt"} 3` + "\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(body, "rcpt"))
+		}
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
