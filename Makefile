@@ -79,8 +79,14 @@ UNITDIR    ?= $(PREFIX)/lib/systemd/system
 INSTALL    ?= install
 
 # install uses bin/smtpd as it is (built if missing), so that `make build`
-# as yourself, then `sudo make install`, needs no Go in root's PATH.
+# as yourself, then `sudo make install`, needs no Go in root's PATH. A
+# binary older than a source file (a `git pull` without `make build`) is
+# refused rather than installed; STALE_OK=1 installs it anyway.
 install: $(BIN)
+	@newer=$$(find . -path ./var -prune -o \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer $(BIN) -print 2>/dev/null | head -1); \
+	if [ -n "$$newer" ] && [ -z "$(STALE_OK)" ]; then \
+		echo "make install: $(BIN) is older than $$newer: run 'make build' first (as yourself; root needs no Go), or STALE_OK=1 to install it as it is" >&2; exit 1; \
+	fi
 	$(INSTALL) -d -m 755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/sluice
 	$(INSTALL) -m 755 $(BIN) $(DESTDIR)$(BINDIR)/smtpd
 	sed -e 's|/usr/local/bin/smtpd|$(BINDIR)/smtpd|g' -e 's|/etc/sluice/|$(SYSCONFDIR)/sluice/|g' \

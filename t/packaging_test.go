@@ -476,3 +476,36 @@ func TestNotifiesSystemdOfItsState(t *testing.T) {
 	}
 	s.stop()
 }
+
+// `sudo make install` after a `git pull` without `make build` would put
+// the old binary in place: make install refuses a binary older than the
+// sources, naming what to run, and STALE_OK=1 overrides.
+func TestMakeInstallRefusesAStaleBinary(t *testing.T) {
+	old := filepath.Join(t.TempDir(), "smtpd")
+	if err := os.WriteFile(old, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	long := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(old, long, long); err != nil {
+		t.Fatal(err)
+	}
+	dest := t.TempDir()
+	cmd := exec.Command("make", "-s", "--no-print-directory", "install", "DESTDIR="+dest, "BIN="+old)
+	cmd.Dir = rootDir
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "make install: "+old+" is older than ./") ||
+		!strings.Contains(string(out), "run 'make build' first") {
+		t.Fatalf("make install with a binary from 2001: err %v, want a refusal naming 'make build'\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "usr/local/bin/smtpd")); err == nil {
+		t.Fatalf("the refused install put the binary in place")
+	}
+	cmd = exec.Command("make", "-s", "--no-print-directory", "install", "DESTDIR="+dest, "BIN="+old, "STALE_OK=1")
+	cmd.Dir = rootDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install STALE_OK=1: %v\n%s", err, out)
+	}
+	if got := readFile(t, filepath.Join(dest, "usr/local/bin/smtpd")); got != "#!/bin/sh\n" {
+		t.Fatalf("STALE_OK=1 installed %q", got)
+	}
+}
