@@ -78,13 +78,12 @@ func (s *Spool) unreserve() {
 }
 
 func (s *Spool) toFile() error {
-	f, err := os.CreateTemp(s.dir, "spool-*")
+	// Unlinked from the start: the data lives as long as the descriptor,
+	// and nothing is left behind if the process dies.
+	f, err := createUnlinked(s.dir)
 	if err != nil {
 		return fmt.Errorf("spool: create a temporary file in %q: %w", s.dir, err)
 	}
-	// Unlinked at once: the data lives as long as the descriptor, and
-	// nothing is left behind if the process dies.
-	os.Remove(f.Name())
 	if _, err := f.Write(s.mem.Bytes()); err != nil {
 		f.Close()
 		return fmt.Errorf("spool: write to the temporary file: %w", err)

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package transaction
+
+const oTmpfile = 0
