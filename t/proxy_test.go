@@ -152,7 +152,10 @@ path = %q
 
 // sendFrom sends msg (header and body, CRLF line ends) from sender to
 // bob@example.test with go-smtp's client, connecting from the client
-// address local (any 127.0.0.0/8 address is loopback on Linux).
+// address local (any 127.0.0.0/8 address is loopback on Linux). The
+// message is sent once DATA's 250 is read, as an MTA's queue counts it: a
+// server that is stopping answers the QUIT after it with 421 (Service
+// shutting down), and a client that retried then would send it twice.
 func sendFrom(addr, local, sender, msg string) error {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 10 * time.Second}
 	nc, err := d.Dial("tcp", addr)
@@ -168,7 +171,8 @@ func sendFrom(addr, local, sender, msg string) error {
 	if err := c.SendMail(sender, []string{"bob@example.test"}, strings.NewReader(msg)); err != nil {
 		return fmt.Errorf("sending: %w", err)
 	}
-	return c.Quit()
+	c.Quit()
+	return nil
 }
 
 // subjectMessage is a small message whose Subject and Message-ID name it.
