@@ -207,7 +207,12 @@ type Histogram struct {
 	buckets [BucketCount]atomic.Uint64
 }
 
+// bucketOf returns the bucket that holds a duration of ns nanoseconds:
+// the i with BucketLow(i) < ns <= BucketLow(i+1), bucket 0 for 0 and 1.
 func bucketOf(ns uint64) int {
+	if ns > 0 {
+		ns-- // the upper edge is in the bucket, the lower is not
+	}
 	if ns < subCount {
 		return int(ns)
 	}
@@ -233,7 +238,7 @@ func BucketLow(i int) time.Duration {
 func (h *Histogram) Observe(d time.Duration) {
 	ns := max(int64(d), 0)
 	h.sum.Add(uint64(ns))
-	h.buckets[bucketOf(uint64(max(ns-1, 0)))].Add(1)
+	h.buckets[bucketOf(uint64(ns))].Add(1)
 	for {
 		m := h.max.Load()
 		if ns <= m || h.max.CompareAndSwap(m, ns) {

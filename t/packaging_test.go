@@ -28,14 +28,20 @@ import (
 // binary under test, and returns make's output.
 func makeTarget(t *testing.T, target, destdir string, vars ...string) string {
 	t.Helper()
-	args := append([]string{"-s", "--no-print-directory", target, "DESTDIR=" + destdir, "BIN=" + smtpdBin}, vars...)
-	cmd := exec.Command("make", args...)
+	out, err := runMake(target, destdir, append([]string{"BIN=" + smtpdBin}, vars...)...)
+	if err != nil {
+		t.Fatalf("make %s DESTDIR=%s %s: %v\n%s", target, destdir, strings.Join(vars, " "), err, out)
+	}
+	return out
+}
+
+// runMake runs `make TARGET DESTDIR=destdir VARS...` in the repository and
+// returns its output and exit error.
+func runMake(target, destdir string, vars ...string) (string, error) {
+	cmd := exec.Command("make", append([]string{"-s", "--no-print-directory", target, "DESTDIR=" + destdir}, vars...)...)
 	cmd.Dir = rootDir
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("make %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return string(out), err
 }
 
 // tree lists every file and directory under root as "MODE PATH" (PATH
@@ -490,19 +496,15 @@ func TestMakeInstallRefusesAStaleBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	dest := t.TempDir()
-	cmd := exec.Command("make", "-s", "--no-print-directory", "install", "DESTDIR="+dest, "BIN="+old)
-	cmd.Dir = rootDir
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "make install: "+old+" is older than ./") ||
-		!strings.Contains(string(out), "run 'make build' first") {
+	out, err := runMake("install", dest, "BIN="+old)
+	if err == nil || !strings.Contains(out, "make install: "+old+" is older than ./") ||
+		!strings.Contains(out, "run 'make build' first") {
 		t.Fatalf("make install with a binary from 2001: err %v, want a refusal naming 'make build'\n%s", err, out)
 	}
 	if _, err := os.Stat(filepath.Join(dest, "usr/local/bin/smtpd")); err == nil {
 		t.Fatalf("the refused install put the binary in place")
 	}
-	cmd = exec.Command("make", "-s", "--no-print-directory", "install", "DESTDIR="+dest, "BIN="+old, "STALE_OK=1")
-	cmd.Dir = rootDir
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := runMake("install", dest, "BIN="+old, "STALE_OK=1"); err != nil {
 		t.Fatalf("make install STALE_OK=1: %v\n%s", err, out)
 	}
 	if got := readFile(t, filepath.Join(dest, "usr/local/bin/smtpd")); got != "#!/bin/sh\n" {

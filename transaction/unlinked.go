@@ -1,10 +1,6 @@
 package transaction
 
-import (
-	"errors"
-	"os"
-	"syscall"
-)
+import "os"
 
 // createUnlinked returns a read-write file in dir that has no name: on
 // Linux an O_TMPFILE file, which never has one, so a process killed at any
@@ -16,14 +12,11 @@ func createUnlinked(dir string) (*os.File, error) {
 		dir = os.TempDir()
 	}
 	if oTmpfile != 0 {
-		f, err := os.OpenFile(dir, oTmpfile|os.O_RDWR, 0o600)
-		if err == nil {
+		if f, err := os.OpenFile(dir, oTmpfile|os.O_RDWR, 0o600); err == nil {
 			return f, nil
 		}
-		var errno syscall.Errno
-		if !errors.As(err, &errno) || (errno != syscall.EOPNOTSUPP && errno != syscall.EISDIR && errno != syscall.EINVAL) {
-			return nil, err
-		}
+		// No O_TMPFILE here (EOPNOTSUPP, or EISDIR from a kernel that
+		// predates it), or dir is unusable, which CreateTemp then reports.
 	}
 	f, err := os.CreateTemp(dir, "spool-*")
 	if err != nil {
