@@ -33,8 +33,8 @@ type conn struct {
 	// watchdog's read in stuck.
 	tmu       sync.Mutex
 	transport net.Conn // the socket, or TLS over it
-	br        *bufio.Reader
-	out       []byte // replies not yet written
+	in        input    // what the client sent, not yet consumed
+	out       []byte   // replies not yet written
 	sess      *Session
 	key       netip.Addr // what MaxConnectionsPerIP counted this connection as
 	log       *slog.Logger
@@ -54,9 +54,10 @@ type conn struct {
 	dataBytes  int64              // message bytes read since then
 	pending    string             // a command line read ahead (it ended a BDAT sequence)
 	rc         syscall.RawConn    // the plain TCP socket, to wait for input without a buffer (nil under TLS)
-	inputReady func(uintptr) bool // c.ready, made once
-	peek       [1]byte
-	dot        dotReader // the DATA reader, reused from message to message
+	inputReady func(uintptr) bool // c.in.readFD, made once
+	dot        dotReader          // the DATA reader, reused from message to message
+	// The read and write deadlines last set on the transport (zero: unknown).
+	readDeadline, writeDeadline time.Time
 }
 
 // readBufferSize is the read buffer per connection: it bounds a command
@@ -78,10 +79,9 @@ func newConn(l *listener, transport net.Conn, sess *Session, log *slog.Logger, c
 	c := &conn{l: l, raw: raw, transport: transport, sess: sess, log: log, cancel: cancel}
 	if sc, ok := raw.(syscall.Conn); ok && transport == raw {
 		c.rc, _ = sc.SyscallConn()
-		c.inputReady = c.ready
+		c.inputReady = c.in.readFD
 	}
-	c.br = lineReaders.Get().(*bufio.Reader)
-	c.br.Reset(clientReader{c})
+	c.in.src = clientReader{c}
 	c.working.Store(time.Now().UnixNano()) // the connect hook runs before any read
 	return c
 }
@@ -139,7 +139,7 @@ func (c *conn) command(line string) {
 	if s.Ended() {
 		return
 	}
-	if s.refusedData && c.br.Buffered() > 0 {
+	if s.refusedData && c.in.buffered() > 0 {
 		// The client sent its message without waiting for 354 (RFC 2920
 		// forbids it): the body would run as commands.
 		c.reply(s.pipelinedMessage())
@@ -224,9 +224,9 @@ func (c *conn) endData() { c.inData = false }
 // the TLS session (CVE-2011-0411 class): it is thrown away first, as
 // Postfix does.
 func (c *conn) startTLS() {
-	if n := c.br.Buffered(); n > 0 {
+	if n := c.in.buffered(); n > 0 {
 		c.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
-		c.br.Discard(n)
+		c.in.drop()
 	}
 	if err := c.flush(); err != nil {
 		c.abort()
@@ -252,10 +252,11 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 		return false
 	}
 	tc.SetDeadline(time.Time{})
+	c.readDeadline, c.writeDeadline = time.Time{}, time.Time{}
 	c.tmu.Lock()
 	c.transport = tc
 	c.tmu.Unlock()
-	c.br.Reset(clientReader{c})
+	c.in.drop()
 	st := tc.ConnectionState()
 	c.sess.conn.TLS = &st
 	c.sess.tlsStarted()
@@ -272,7 +273,8 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 func (c *conn) watchEarlyTalker(d time.Duration) {
 	end := time.Now().Add(d)
 	c.transport.SetReadDeadline(end)
-	if _, err := c.br.Peek(1); err == nil {
+	c.readDeadline = end
+	if _, err := c.in.peek(1); err == nil {
 		c.sess.conn.EarlyTalker = true
 		c.log.Info("client talked before the greeting", "greeting_delay", d.String())
 		t := time.NewTimer(time.Until(end))
@@ -284,11 +286,6 @@ func (c *conn) watchEarlyTalker(d time.Duration) {
 	}
 }
 
-// lineReaders are the connections' read buffers: a connection that waits
-// for its client's next command holds none (see waitInput), so 10,000
-// idle connections cost no 40 MB of buffers.
-var lineReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
-
 // readLine reads the next command line, CRLF included, writing the
 // replies kept back before it waits.
 func (c *conn) readLine() (string, error) {
@@ -299,7 +296,7 @@ func (c *conn) readLine() (string, error) {
 			return "", errShuttingDown
 		}
 	}
-	if c.br.Buffered() == 0 {
+	if c.in.buffered() == 0 {
 		if err := c.flush(); err != nil {
 			return "", err
 		}
@@ -307,8 +304,8 @@ func (c *conn) readLine() (string, error) {
 			return "", err
 		}
 	}
-	c.fill()
-	line, err := c.br.ReadSlice('\n')
+	c.setReadDeadline()
+	line, err := c.in.readSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) || len(line) > c.l.cfg.MaxLineLength {
 		return "", errLineTooLong
 	}
@@ -320,34 +317,19 @@ func (c *conn) readLine() (string, error) {
 
 var errShuttingDown = errors.New("server shutting down")
 
-// inputReady is waitInput's test, run by the poller: readable, closed
-// or failed, it goes on (the read that follows reports which); only
-// "nothing yet" (EAGAIN) waits, and the poller wakes the connection when
-// input comes. A method value made once per connection: a closure per
-// wait would be an allocation per command.
-func (c *conn) ready(fd uintptr) bool {
-	_, _, err := syscall.Recvfrom(int(fd), c.peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
-}
-
 // waitInput waits, within the read deadline, until the client has sent
-// something, holding no read buffer meanwhile: the buffer goes back to
-// lineReaders and a buffer is taken again once there is input. Only on a
-// plain TCP socket (TLS keeps buffers of its own); elsewhere the read
-// itself waits.
+// something and reads it, holding no read buffer while it waits (see
+// input.readFD). Only on a plain TCP socket (TLS keeps buffers of its
+// own); elsewhere the read itself waits.
 func (c *conn) waitInput() error {
-	if c.rc == nil || c.transport != c.raw || c.br.Buffered() > 0 {
+	if c.rc == nil || c.transport != c.raw || c.in.buffered() > 0 {
 		return nil
 	}
-	c.fill()
-	c.br.Reset(nil)
-	lineReaders.Put(c.br)
-	c.br = nil
+	c.setReadDeadline()
+	c.in.release()
 	c.working.Store(0)
 	err := c.rc.Read(c.inputReady)
 	c.working.Store(time.Now().UnixNano())
-	c.br = lineReaders.Get().(*bufio.Reader)
-	c.br.Reset(clientReader{c})
 	return err
 }
 
@@ -355,13 +337,13 @@ func (c *conn) waitInput() error {
 // within the read deadline. The client's end of stream is never the end
 // of a message: it is io.ErrUnexpectedEOF here.
 func (c *conn) more(have int) error {
-	if have == 0 && c.br.Buffered() == 0 {
+	if have == 0 && c.in.buffered() == 0 {
 		if err := c.flush(); err != nil {
 			return err
 		}
 	}
-	c.fill()
-	_, err := c.br.Peek(have + 1)
+	c.setReadDeadline()
+	_, err := c.in.peek(have + 1)
 	if errors.Is(err, io.EOF) {
 		return io.ErrUnexpectedEOF
 	}
@@ -371,33 +353,38 @@ func (c *conn) more(have int) error {
 // consume drops n message bytes from the buffer, counted for the data
 // rate.
 func (c *conn) consume(n int) {
-	c.br.Discard(n)
+	c.in.discard(n)
 	c.dataBytes += int64(n)
 }
 
 // skip reads and drops n message bytes (a refused BDAT chunk).
 func (c *conn) skip(n int64) error {
 	for n > 0 {
-		if c.br.Buffered() == 0 {
+		if c.in.buffered() == 0 {
 			if err := c.more(0); err != nil {
 				return err
 			}
 		}
-		k := int(min(n, int64(c.br.Buffered())))
+		k := int(min(n, int64(c.in.buffered())))
 		c.consume(k)
 		n -= int64(k)
 	}
 	return nil
 }
 
-// fill sets the deadline for the next read from the client: the idle
-// timeout, refreshed on every read.
+// setReadDeadline sets the deadline for the next read from the client:
+// the idle timeout, refreshed on every read.
 //
 // Inside a message the deadline also enforces the minimum data rate: the
 // client may take MinDataRateGrace plus one second per MinDataRate bytes it
 // has sent, so a slow-drip client cannot hold a connection for ever while
 // an honest slow one is never cut off mid-message by a fixed deadline.
-func (c *conn) fill() {
+//
+// A deadline is a runtime timer moved on every command: one that would
+// move later by less than a 64th of the timeout is left where it is (the
+// client may find the idle timeout that much shorter), one that moves
+// earlier always is.
+func (c *conn) setReadDeadline() {
 	now := time.Now()
 	deadline := now.Add(c.l.cfg.ReadTimeout)
 	if c.inData && c.l.cfg.MinDataRate > 0 {
@@ -406,7 +393,16 @@ func (c *conn) fill() {
 			deadline = rate
 		}
 	}
-	c.transport.SetReadDeadline(deadline)
+	if moveDeadline(c.readDeadline, deadline, c.l.cfg.ReadTimeout) {
+		c.readDeadline = deadline
+		c.transport.SetReadDeadline(deadline)
+	}
+}
+
+// moveDeadline tells whether a deadline set at last should move to next:
+// not when next is later by less than a 64th of timeout.
+func moveDeadline(last, next time.Time, timeout time.Duration) bool {
+	return last.IsZero() || !next.After(last) || next.Sub(last) >= timeout>>6
 }
 
 // readFailed answers a failed command read: 500 for a line too long, 421
@@ -458,7 +454,10 @@ func (c *conn) flush() error {
 		return nil
 	}
 	if d := c.l.cfg.WriteTimeout; d > 0 {
-		c.raw.SetWriteDeadline(time.Now().Add(d))
+		if next := time.Now().Add(d); moveDeadline(c.writeDeadline, next, d) {
+			c.writeDeadline = next
+			c.raw.SetWriteDeadline(next)
+		}
 	}
 	_, err := c.transport.Write(c.out)
 	if cap(c.out) > 4*flushAt {
@@ -480,10 +479,7 @@ func (c *conn) close() {
 		c.flush()
 		c.closed.Store(true)
 		c.transport.Close()
-		if c.br != nil && c.br.Buffered() == 0 {
-			c.br.Reset(nil)
-			lineReaders.Put(c.br)
-		}
+		c.in.drop()
 		c.sess.Close()
 		c.cancel()
 		c.l.forget(c)

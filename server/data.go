@@ -68,7 +68,7 @@ func (d *dotReader) readStrict(p []byte) (int, error) {
 	c := d.c
 	n := 0
 	for n < len(p) && !d.done {
-		buf, _ := c.br.Peek(c.br.Buffered())
+		buf := c.in.bytes()
 		undecided := d.lineStart && (string(buf) == "." || string(buf) == ".\r")
 		if len(buf) == 0 || undecided {
 			if n > 0 {
@@ -140,7 +140,7 @@ func (d *dotReader) readNormalize(p []byte) (int, error) {
 	c := d.c
 	n := 0
 	for n+2 <= len(p) && !d.done { // room for a CRLF
-		buf, _ := c.br.Peek(c.br.Buffered())
+		buf := c.in.bytes()
 		if len(buf) == 0 || d.lineStart && buf[0] == '.' && (len(buf) == 1 || len(buf) == 2 && buf[1] == '\r') {
 			if n > 0 {
 				break
@@ -245,12 +245,12 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		}
 	}
 	c := r.c
-	buf, _ := c.br.Peek(c.br.Buffered())
+	buf := c.in.bytes()
 	if len(buf) == 0 {
 		if err := c.more(0); err != nil {
 			return 0, err
 		}
-		buf, _ = c.br.Peek(c.br.Buffered())
+		buf = c.in.bytes()
 	}
 	if int64(len(buf)) > r.left {
 		buf = buf[:r.left]

@@ -277,6 +277,27 @@ func TestConnectHookDenyAnswers554AndCloses(t *testing.T) {
 	c.closed()
 }
 
+// TestIdleTimeoutCountsFromTheLastCommand: the read deadline moves with
+// every command (the loop leaves it in place only for moves smaller than
+// a 64th of the timeout), so a client that keeps talking is never cut off
+// and one that stops is, a timeout after its last command.
+func TestIdleTimeoutCountsFromTheLastCommand(t *testing.T) {
+	const timeout = 400 * time.Millisecond
+	ts := start(t, func(l *server.ListenerConfig) { l.ReadTimeout = timeout })
+	c := dial(t, ts.addr)
+	c.expect("", "220 ")
+	for range 8 { // 800 ms in all: twice the timeout
+		time.Sleep(timeout / 4)
+		c.expect("NOOP", "250 ")
+	}
+	last := time.Now()
+	c.expect("", "421 4.4.2 Timeout")
+	if idle := time.Since(last); idle < timeout-timeout/64 || idle > timeout+timeout/2 {
+		t.Fatalf("closed %v after the last command; want about %v", idle, timeout)
+	}
+	c.closed()
+}
+
 type connectFunc func() hooks.Result
 
 func (f connectFunc) Connect(context.Context, *connection.Connection) hooks.Result { return f() }
