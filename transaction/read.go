@@ -2,6 +2,7 @@ package transaction
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -171,6 +172,9 @@ func classify(b []byte, complete, inField bool) (lineKind, int) {
 
 type headerReader struct {
 	t       *Transaction
+	// sizeHint and fieldsHint size the index when the whole header was
+	// in the reader's buffer at the start (0: unknown).
+	sizeHint, fieldsHint int
 	h       *Header
 	l       HeaderLimits
 	total   int64 // header bytes read, for MaxBytes
@@ -194,6 +198,14 @@ func isReadError(err error) bool {
 }
 
 func (p *headerReader) read(r *bufio.Reader) error {
+	// Have the reader fill its buffer, for headerSize. Its error is the
+	// one the first ReadSlice below would return (Peek hands it over).
+	if _, err := r.Peek(1); err == io.EOF {
+		return nil // an empty message
+	} else if isReadError(err) {
+		return err
+	}
+	p.sizeHint, p.fieldsHint = headerSize(r)
 	for {
 		// Read until the line's kind is known.
 		var data []byte
@@ -264,6 +276,33 @@ func (p *headerReader) read(r *bufio.Reader) error {
 	}
 }
 
+// headerRoom is the room left in a header's buffer sized to a header
+// read whole, for the fields added to it: a Received field is about 250
+// bytes.
+const headerRoom = 512
+
+// headerSize returns the size of the header and its number of fields
+// (lines that do not start with white space) when the whole header,
+// blank line included, is in r's buffer already; else 0, 0.
+func headerSize(r *bufio.Reader) (size, fields int) {
+	buf, _ := r.Peek(r.Buffered())
+	for off := 0; off < len(buf); {
+		i := bytes.IndexByte(buf[off:], '\n')
+		if i < 0 {
+			return 0, 0
+		}
+		line := buf[off : off+i+1]
+		off += i + 1
+		if len(line) == 1 || len(line) == 2 && line[0] == '\r' {
+			return off, fields
+		}
+		if line[0] != ' ' && line[0] != '\t' {
+			fields++
+		}
+	}
+	return 0, 0
+}
+
 // count adds n bytes to the header's size.
 func (p *headerReader) count(n int) error {
 	p.total += int64(n)
@@ -300,10 +339,16 @@ func (p *headerReader) text(b []byte, name int) error {
 	}
 	if name >= 0 {
 		if h.fields == nil {
-			// Room for a common header at once, rather than a dozen
-			// reallocations on the way.
-			h.fields = make([]field, 0, 32)
-			h.buf = make([]byte, 0, min(4<<10, p.l.IndexBytes))
+			// Room for the header at once, rather than a dozen
+			// reallocations on the way: its size when it was all
+			// buffered, with room for the fields the server and plugins
+			// add (Received); else for a common header.
+			size, n := 4<<10, 32
+			if p.sizeHint > 0 {
+				size, n = p.sizeHint+headerRoom, min(p.fieldsHint, p.l.IndexFields)+4
+			}
+			h.fields = make([]field, 0, n)
+			h.buf = make([]byte, 0, min(size, p.l.IndexBytes))
 		}
 		h.fields = append(h.fields, field{off: uint32(len(h.buf)), name: uint32(name)})
 	}
