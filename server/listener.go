@@ -62,7 +62,7 @@ func (l *listener) serve() error {
 			continue
 		}
 		if c := l.admit(raw, nil); c != nil {
-			go c.serve()
+			l.srv.start(c)
 		}
 	}
 }
@@ -193,3 +193,52 @@ func addrPort(a net.Addr) netip.AddrPort {
 // errTooManyFiles is accept's error when the process is out of file
 // descriptors: a reason to wait, not to stop listening.
 var errTooManyFiles = syscall.EMFILE
+
+// maxIdleWorkers and workerIdle bound the goroutines kept for the next
+// connection (see Server.start): a few stacks of a few KiB, for a second.
+const (
+	maxIdleWorkers = 64
+	workerIdle     = time.Second
+)
+
+// start serves c on a goroutine that has served a connection before and
+// waits for the next, or on a new one. A new goroutine starts with a small
+// stack that grows (copied each time) as the session runs hooks and reads
+// a message; one that served a connection has it grown already, which is
+// most of the cost of a connection per message on short sessions.
+func (s *Server) start(c *conn) {
+	select {
+	case s.work <- c:
+	default:
+		go s.worker(c)
+	}
+}
+
+// worker serves c, then waits up to workerIdle for another connection
+// from start, as one of at most maxIdleWorkers waiting workers; it ends
+// when none comes, or at shutdown.
+func (s *Server) worker(c *conn) {
+	var idle *time.Timer
+	for {
+		c.serve()
+		if s.idleWorkers.Add(1) > maxIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		if idle == nil {
+			idle = time.NewTimer(workerIdle)
+		} else {
+			idle.Reset(workerIdle)
+		}
+		select {
+		case c = <-s.work:
+			s.idleWorkers.Add(-1)
+		case <-idle.C:
+			s.idleWorkers.Add(-1)
+			return
+		case <-s.ctx.Done():
+			s.idleWorkers.Add(-1)
+			return
+		}
+	}
+}

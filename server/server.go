@@ -223,6 +223,8 @@ type Server struct {
 	serving     atomic.Bool // every listener accepts
 	spooling    *spoolGate  // nil: no cap
 	budget      *transaction.Budget
+	work        chan *conn   // new connections for the waiting workers (start)
+	idleWorkers atomic.Int32 // workers waiting on work
 }
 
 // New checks the configuration and prepares the spool directory. Nothing
@@ -241,7 +243,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AuthLimiter == nil {
 		cfg.AuthLimiter = &AuthLimiter{}
 	}
-	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, authLimiter: cfg.AuthLimiter,
+	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, work: make(chan *conn), authLimiter: cfg.AuthLimiter,
 		bus: cfg.Bus, recorder: cfg.Recorder}
 	switch {
 	case cfg.MaxSpooling == 0:
