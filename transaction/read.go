@@ -171,16 +171,16 @@ func classify(b []byte, complete, inField bool) (lineKind, int) {
 }
 
 type headerReader struct {
-	t       *Transaction
+	t *Transaction
 	// sizeHint and fieldsHint size the index when the whole header was
 	// in the reader's buffer at the start (0: unknown).
 	sizeHint, fieldsHint int
-	h       *Header
-	l       HeaderLimits
-	total   int64 // header bytes read, for MaxBytes
-	indexed int   // bytes of the parsed fields, for IndexBytes
-	inField bool  // a field has started, parsed or not
-	past    bool  // past the index: header text goes to h.rest
+	h                    *Header
+	l                    HeaderLimits
+	total                int64 // header bytes read, for MaxBytes
+	indexed              int   // bytes of the parsed fields, for IndexBytes
+	inField              bool  // a field has started, parsed or not
+	past                 bool  // past the index: header text goes to h.rest
 	// start keeps the first bytes of a line while its kind is unknown
 	// (at most maxNameScan and one read's worth).
 	start []byte
