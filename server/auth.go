@@ -9,6 +9,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/command"
 )
 
 // AUTH (RFC 4954): PLAIN through go-sasl's server, LOGIN of our own
@@ -51,7 +52,7 @@ func (s *Session) Auth(arg string) hooks.Reply {
 		return s.finish(replyBadSequence("AUTH is not allowed during a mail transaction"))
 	}
 	mech, initial, hasInitial := strings.Cut(arg, " ")
-	ex := &saslExchange{mech: asciiUpper(mech)}
+	ex := &saslExchange{mech: command.Upper(mech)}
 	switch ex.mech {
 	case sasl.Plain:
 		ex.server = sasl.NewPlainServer(func(authzid, user, password string) error {

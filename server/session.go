@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/command"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -334,7 +335,7 @@ func (s *Session) Command(line string) hooks.Reply {
 	if s.sasl != nil {
 		return s.authResponse(text)
 	}
-	verb, arg := parseCommand(text)
+	verb, arg := command.Split(text)
 	if s.refusedData {
 		// A client that sent its message after a refused DATA without
 		// waiting for the reply: each line would run as a command.
@@ -389,7 +390,7 @@ func (s *Session) helo(verb, arg string) hooks.Reply {
 	if arg == "" {
 		return s.finish(replySyntax("Syntax: " + verb + " hostname"))
 	}
-	host, ok := heloName(arg)
+	host, ok := command.HeloName(arg)
 	if !ok {
 		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Invalid " + verb + " hostname: control characters, separators or bytes that are not UTF-8"})
 	}
@@ -470,7 +471,7 @@ func (s *Session) Mail(arg string) hooks.Reply {
 	case s.cfg.RequireAuth && c.AuthUser == "":
 		return s.finish(hooks.Reply{Code: 530, Enhanced: [3]int{5, 7, 0}, Msg: "Authentication required"})
 	}
-	m, err := ParseMailArg(arg, s.dsn)
+	m, err := command.ParseMail(arg, s.dsn)
 	if err != nil {
 		return s.finish(addrReply(err))
 	}
@@ -522,7 +523,7 @@ func (s *Session) rcpt(arg string) hooks.Reply {
 		return s.finish(replyBadSequence("Need MAIL before RCPT"))
 	}
 	c := s.conn
-	r, err := ParseRcptArg(arg, tx.Params.UTF8, !c.Relay && c.AuthUser == "", s.dsn)
+	r, err := command.ParseRcpt(arg, tx.Params.UTF8, !c.Relay && c.AuthUser == "", s.dsn)
 	if err != nil {
 		return s.finish(addrReply(err))
 	}
@@ -632,7 +633,7 @@ func (s *Session) stopSpooling() {
 // gets a reply at once, and it closes: the chunk cannot be told from
 // commands.
 func (s *Session) Bdat(arg string) hooks.Reply {
-	size, last, ok := parseBdat(arg)
+	size, last, ok := command.ParseBdat(arg)
 	if !ok {
 		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "Syntax: BDAT size [LAST]; closing connection", Close: true})
 	}
@@ -790,7 +791,7 @@ func (s *Session) Close() {
 
 // addrReply turns a parser refusal into its reply.
 func addrReply(err error) hooks.Reply {
-	if ae, ok := err.(*AddrError); ok {
+	if ae, ok := err.(*command.Error); ok {
 		return hooks.Reply{Code: ae.Code, Enhanced: ae.Enhanced, Msg: ae.Msg}
 	}
 	return hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error"}
