@@ -27,6 +27,7 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -185,7 +186,7 @@ type Config struct {
 	Logger   *slog.Logger
 	// AuthLimiter counts failed AUTH attempts across every listener; nil
 	// means the defaults (5 failures per IP or user in 15 minutes).
-	AuthLimiter *AuthLimiter
+	AuthLimiter *authlimit.Limiter
 	// Bus receives what happens on every connection (monitor.Event); nil
 	// turns the feed off, at no cost.
 	Bus *monitor.Bus
@@ -217,7 +218,7 @@ type Server struct {
 	startMu   sync.Mutex // orders Serve's wg.Add before Shutdown's wg.Wait
 	wg        sync.WaitGroup
 
-	authLimiter *AuthLimiter
+	authLimiter *authlimit.Limiter
 	bus         *monitor.Bus
 	recorder    *monitor.Recorder
 	serving     atomic.Bool // every listener accepts
@@ -239,7 +240,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if cfg.AuthLimiter == nil {
-		cfg.AuthLimiter = &AuthLimiter{}
+		cfg.AuthLimiter = &authlimit.Limiter{}
 	}
 	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, authLimiter: cfg.AuthLimiter,
 		bus: cfg.Bus, recorder: cfg.Recorder}

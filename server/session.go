@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/server/command"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -102,7 +103,7 @@ type SessionConfig struct {
 	AuthPlaintextLoopback bool
 	// AuthLimiter counts failed AUTHs; nil means one of the session's own
 	// with the default limits.
-	AuthLimiter *AuthLimiter
+	AuthLimiter *authlimit.Limiter
 	// Greeting replaces the default 220 text (Hostname and "ESMTP Sluice
 	// ready").
 	Greeting string
@@ -196,7 +197,7 @@ func NewSession(ctx context.Context, c *connection.Connection, cfg SessionConfig
 		cfg.Now = time.Now
 	}
 	if cfg.AuthLimiter == nil {
-		cfg.AuthLimiter = &AuthLimiter{}
+		cfg.AuthLimiter = &authlimit.Limiter{}
 	}
 	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID), dsn: cfg.Chain.CarriesDSN(),
 		xclient: inPrefixes(c.RemoteIP(), cfg.XClientHosts)}

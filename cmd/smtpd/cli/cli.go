@@ -49,6 +49,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/state"
 )
 
@@ -265,7 +266,7 @@ func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *mon
 			b.close(log)
 		}
 	}()
-	limiter := &server.AuthLimiter{
+	limiter := &authlimit.Limiter{
 		MaxFailures: cfg.AuthMaxFailures, Window: cfg.AuthFailureWindow.Duration, Delay: cfg.AuthFailureDelay.Duration,
 		Logger: log,
 	}
