@@ -28,6 +28,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server/authlimit"
+	"github.com/sluice-mta/sluice/server/overload"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -221,8 +222,8 @@ type Server struct {
 	authLimiter *authlimit.Limiter
 	bus         *monitor.Bus
 	recorder    *monitor.Recorder
-	serving     atomic.Bool // every listener accepts
-	spooling    *spoolGate  // nil: no cap
+	serving     atomic.Bool    // every listener accepts
+	spooling    *overload.Gate // nil: no cap
 	budget      *transaction.Budget
 }
 
@@ -246,9 +247,9 @@ func New(cfg Config) (*Server, error) {
 		bus: cfg.Bus, recorder: cfg.Recorder}
 	switch {
 	case cfg.MaxSpooling == 0:
-		s.spooling = &spoolGate{max: DefaultMaxSpooling}
+		s.spooling = overload.NewGate(DefaultMaxSpooling)
 	case cfg.MaxSpooling > 0:
-		s.spooling = &spoolGate{max: int64(cfg.MaxSpooling)}
+		s.spooling = overload.NewGate(int64(cfg.MaxSpooling))
 	}
 	switch {
 	case cfg.SpoolMemoryBudget == 0:
@@ -266,9 +267,9 @@ func New(cfg Config) (*Server, error) {
 		lc.setDefaults()
 		l := &listener{srv: s, cfg: lc, conns: map[*conn]struct{}{}, perIP: map[netip.Addr]int{},
 			log: s.log.With("listener", lc.Name)}
-		l.refusals = newRefusalLog(l.log)
+		l.refusals = overload.NewRefusalLog(l.log)
 		if lc.MaxConnectionRatePerIP > 0 {
-			l.rates = newRateTable(lc.MaxConnectionRatePerIP, lc.ConnectionRateWindow, rateTableSize)
+			l.rates = overload.NewRateTable(lc.MaxConnectionRatePerIP, lc.ConnectionRateWindow, overload.RateTableSize)
 		}
 		l.chain.Store(lc.Chain)
 		s.listeners = append(s.listeners, l)

@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/server/command"
+	"github.com/sluice-mta/sluice/server/overload"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -124,8 +125,8 @@ type SessionConfig struct {
 
 	// spooling caps the messages received at once (the server's
 	// MaxSpooling); nil: no cap. refusals logs the refusals at the cap.
-	spooling *spoolGate
-	refusals *refusalLog
+	spooling *overload.Gate
+	refusals *overload.RefusalLog
 	// XClientHosts are the clients that may send XCLIENT (see
 	// ListenerConfig); the client's address when the session starts
 	// decides.
@@ -607,10 +608,10 @@ func (s *Session) startSpooling() bool {
 	if s.spooling {
 		return true
 	}
-	if !s.cfg.spooling.enter() {
+	if !s.cfg.spooling.Enter() {
 		if s.cfg.refusals != nil {
 			ip := s.conn.RemoteIP()
-			s.cfg.refusals.refused(ip, netip.AddrPortFrom(ip, 0), reasonSpooling)
+			s.cfg.refusals.Refused(ip, netip.AddrPortFrom(ip, 0), reasonSpooling)
 		}
 		return false
 	}
@@ -623,7 +624,7 @@ func (s *Session) startSpooling() bool {
 func (s *Session) stopSpooling() {
 	if s.spooling {
 		s.spooling = false
-		s.cfg.spooling.leave()
+		s.cfg.spooling.Leave()
 	}
 }
 
