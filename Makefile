@@ -46,13 +46,17 @@ test: deps vet
 
 TESTFUZZTIME ?= 5000x
 FUZZMIN ?= 10s
-SERVER_FUZZ := FuzzSession FuzzDataStream FuzzParseMailArg FuzzParseRcptArg
+SERVER_FUZZ := FuzzSession FuzzDataStream
+COMMAND_FUZZ := FuzzParseMail FuzzParseRcpt
 
 # Longer fuzzing: make fuzz FUZZTIME=10m. A failing input lands in
 # testdata/fuzz/<Target>/: commit it as a regression seed.
 fuzz:
 	@for f in $(SERVER_FUZZ); do \
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./server/ || exit 1; \
+	done
+	@for f in $(COMMAND_FUZZ); do \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./server/command/ || exit 1; \
 	done
 	$(GO) test -run '^$$' -fuzz '^FuzzReadHeader$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./transaction/
 	$(GO) test -run '^$$' -fuzz '^FuzzWrite7Bit$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./queue/

@@ -26,6 +26,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/command"
 )
 
 // Dunno is the action for a request no plugin refused: Postfix goes on
@@ -168,7 +169,7 @@ func (c *Checker) Check(ctx context.Context, req wire.Request) Verdict {
 	if n, err := strconv.ParseInt(req["size"], 10, 64); err == nil && n > 0 {
 		arg += " SIZE=" + strconv.FormatInt(n, 10)
 	}
-	if _, err := server.ParseMailArg(arg, false); err != nil {
+	if _, err := command.ParseMail(arg, false); err != nil {
 		unparsed(addrReply(err))
 		return v
 	}
@@ -181,7 +182,7 @@ func (c *Checker) Check(ctx context.Context, req wire.Request) Verdict {
 	rcpt := req["recipient"]
 	if state == "RCPT" || (len(tx.Recipients) == 0 && rcpt != "") {
 		arg := "TO:<" + rcpt + ">"
-		if _, err := server.ParseRcptArg(arg, tx.Params.UTF8, false, false); err != nil {
+		if _, err := command.ParseRcpt(arg, tx.Params.UTF8, false, false); err != nil {
 			unparsed(addrReply(err))
 			return v
 		}
@@ -216,7 +217,7 @@ var rcptDefault = hooks.ReplyFor(hooks.HookRcpt, hooks.Result{})
 
 // addrReply is the reply to a refused address, for the log.
 func addrReply(err error) hooks.Reply {
-	if ae, ok := err.(*server.AddrError); ok {
+	if ae, ok := err.(*command.Error); ok {
 		return hooks.Reply{Code: ae.Code, Enhanced: ae.Enhanced, Msg: ae.Msg}
 	}
 	return hooks.Reply{Code: 501, Msg: err.Error()}

@@ -9,6 +9,8 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/authlimit"
+	"github.com/sluice-mta/sluice/server/command"
 )
 
 // AUTH (RFC 4954): PLAIN through go-sasl's server, LOGIN of our own
@@ -51,7 +53,7 @@ func (s *Session) Auth(arg string) hooks.Reply {
 		return s.finish(replyBadSequence("AUTH is not allowed during a mail transaction"))
 	}
 	mech, initial, hasInitial := strings.Cut(arg, " ")
-	ex := &saslExchange{mech: asciiUpper(mech)}
+	ex := &saslExchange{mech: command.Upper(mech)}
 	switch ex.mech {
 	case sasl.Plain:
 		ex.server = sasl.NewPlainServer(func(authzid, user, password string) error {
@@ -124,10 +126,10 @@ func (s *Session) saslStep(ex *saslExchange, response []byte) hooks.Reply {
 // lockoutReply is the 535 of the brute-force limiter.
 var lockoutReply = hooks.Reply{Code: 535, Enhanced: [3]int{5, 7, 8}, Msg: "Too many failed authentication attempts; closing connection", Close: true}
 
-// verify checks one set of credentials under the brute-force limiter (see
-// AuthLimiter): a client IP past the limit is refused unchecked; a user
-// name past it waits the delay, then is checked, and a wrong password
-// closes the connection. authzid is PLAIN's authorization identity: it
+// verify checks one set of credentials under the brute-force limiter
+// (see authlimit.Limiter): a client IP past the limit is refused
+// unchecked; a user name past it waits the delay, then is checked, and a
+// wrong password closes the connection. authzid is PLAIN's authorization identity: it
 // must be empty or the user name. Every failure is logged at WARN with the
 // client's IP, the user name and the mechanism, never the password. It
 // returns nil on success (ex.result holds the 235) or an *authOutcome.
@@ -138,12 +140,12 @@ func (s *Session) verify(ex *saslExchange, authzid, user, password string) error
 	ip := ipAddr.String()
 	limit := lim.Check(ipAddr, user)
 	switch limit {
-	case AuthIPLimited:
+	case authlimit.IPLimited:
 		s.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "ip")
 		return s.lockout(true)
-	case AuthUserLimited:
-		s.log.Info("AUTH delayed: too many failures for the user", "mech", mech, "ip", ip, "user", user, "delay", lim.delay().String())
-		s.pause(lim.delay())
+	case authlimit.UserLimited:
+		s.log.Info("AUTH delayed: too many failures for the user", "mech", mech, "ip", ip, "user", user, "delay", lim.EffectiveDelay().String())
+		s.pause(lim.EffectiveDelay())
 	}
 	var rep hooks.Reply
 	if authzid != "" && authzid != user {
@@ -173,7 +175,7 @@ func (s *Session) verify(ex *saslExchange, authzid, user, password string) error
 	if rep.Code/100 == 5 {
 		reached := lim.Fail(ipAddr, user)
 		switch {
-		case limit == AuthUserLimited:
+		case limit == authlimit.UserLimited:
 			// One guess per connection for a user past the limit; it has
 			// had its delay.
 			s.log.Warn("AUTH refused: too many failures", "mech", mech, "ip", ip, "user", user, "limit", "user")
@@ -190,7 +192,7 @@ func (s *Session) verify(ex *saslExchange, authzid, user, password string) error
 // the delay when wait is set.
 func (s *Session) lockout(wait bool) error {
 	if wait {
-		s.pause(s.cfg.AuthLimiter.delay())
+		s.pause(s.cfg.AuthLimiter.EffectiveDelay())
 	}
 	return &authOutcome{lockoutReply}
 }

@@ -7,9 +7,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
-	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,6 +16,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -49,7 +47,7 @@ func (c *client) startTLS() string {
 	return c.expect("EHLO a.example", "250")
 }
 
-func submission(t *testing.T, limiter *server.AuthLimiter) *testServer {
+func submission(t *testing.T, limiter *authlimit.Limiter) *testServer {
 	ts, _ := authServer(t, limiter, func(l *server.ListenerConfig) {
 		l.TLS = testTLSConfig(t)
 		l.RequireTLS, l.RequireAuth = true, true
@@ -59,7 +57,7 @@ func submission(t *testing.T, limiter *server.AuthLimiter) *testServer {
 
 // authServer is start with the passwords plugin, the given limiter (nil:
 // the default one) and a log the test can read.
-func authServer(t *testing.T, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig)) (*testServer, *hookstest.LogBuffer) {
+func authServer(t *testing.T, limiter *authlimit.Limiter, mutate func(*server.ListenerConfig)) (*testServer, *hookstest.LogBuffer) {
 	t.Helper()
 	logs := &hookstest.LogBuffer{}
 	return startServer(t, hooks.Options{Logger: logs.Logger()}, limiter, mutate, hooks.Instance{Name: "passwords", Plugin: passwords{}}), logs
@@ -173,7 +171,7 @@ func TestAuthLoginExchange(t *testing.T) {
 // refused unchecked, even with the right password, for any user.
 func TestAuthBruteForceIsLockedOut(t *testing.T) {
 	const delay = 150 * time.Millisecond
-	ts, logs := authServer(t, &server.AuthLimiter{Delay: delay}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	ts, logs := authServer(t, &authlimit.Limiter{Delay: delay}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
 	c := tlsSession(t, "127.0.0.1", ts.addr)
 	var guesses []string
 	for i := 1; i <= 4; i++ {
@@ -216,7 +214,7 @@ func TestAuthBruteForceIsLockedOut(t *testing.T) {
 // disconnected, the right one waits the delay and succeeds.
 func TestAuthUserLockoutSlowsButNeverLocksOutTheOwner(t *testing.T) {
 	const delay = 150 * time.Millisecond
-	ts, logs := authServer(t, &server.AuthLimiter{Delay: delay}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	ts, logs := authServer(t, &authlimit.Limiter{Delay: delay}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
 	attacker := tlsSession(t, "127.0.0.1", ts.addr)
 	for _, u := range []string{"alice", "Alice", "ALICE", "alice"} {
 		attacker.expect(plain("", u, "Guess-pw"), invalid)
@@ -257,7 +255,7 @@ func TestAuthUserLockoutSlowsButNeverLocksOutTheOwner(t *testing.T) {
 // earlier failures are forgotten; the failures of the IP she logged in
 // from are not.
 func TestAuthSuccessClearsTheUsersCountNotTheIPs(t *testing.T) {
-	ts, _ := authServer(t, &server.AuthLimiter{Delay: 50 * time.Millisecond}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	ts, _ := authServer(t, &authlimit.Limiter{Delay: 50 * time.Millisecond}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
 	// Four failures for alice from 127.0.0.2, one short of the limit.
 	c := tlsSession(t, "127.0.0.2", ts.addr)
 	for i := 0; i < 4; i++ {
@@ -280,7 +278,7 @@ func TestAuthSuccessClearsTheUsersCountNotTheIPs(t *testing.T) {
 // identity other than the user is a logged, counted failure; a PLAIN
 // message that does not decode is answered 501 and logged at INFO.
 func TestAuthIdentityMismatchAndMalformedAreLogged(t *testing.T) {
-	ts, logs := authServer(t, &server.AuthLimiter{Delay: 50 * time.Millisecond}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
+	ts, logs := authServer(t, &authlimit.Limiter{Delay: 50 * time.Millisecond}, func(l *server.ListenerConfig) { l.TLS = testTLSConfig(t) })
 	c := tlsSession(t, "127.0.0.1", ts.addr)
 	c.expect("AUTH PLAIN "+b64("alice\x00s3cret"), "501 5.5.2 Malformed PLAIN response")
 	c.expect("AUTH PLAIN", "334 ")
@@ -295,56 +293,6 @@ func TestAuthIdentityMismatchAndMalformedAreLogged(t *testing.T) {
 		`level=WARN msg="AUTH failed" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice authzid=bob reply="535 5\.7\.8 Authorization identity must be empty or the user name"`,
 		`level=WARN msg="AUTH failed" listener=mx conn=\S+ mech=PLAIN ip=127\.0\.0\.1 user=alice reply=`,
 	}, "s3cret", "wrong-pw", "no-nul")
-}
-
-// TestAuthLimiterGroupsIPv6By64: one IPv6 host holds a whole /64; an
-// IPv4-mapped address is its IPv4 one.
-func TestAuthLimiterGroupsIPv6By64(t *testing.T) {
-	l := &server.AuthLimiter{}
-	for i := 0; i < 5; i++ {
-		l.Fail(netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%x", i+1)), "")
-		l.Fail(netip.MustParseAddr("::ffff:192.0.2.7"), "")
-	}
-	for ip, want := range map[string]server.AuthLimit{
-		"2001:db8:1:2:ffff:ffff:ffff:ffff": server.AuthIPLimited,
-		"2001:db8:1:3::1":                  server.AuthAllowed,
-		"192.0.2.7":                        server.AuthIPLimited,
-		"::ffff:192.0.2.7":                 server.AuthIPLimited,
-		"192.0.2.8":                        server.AuthAllowed,
-	} {
-		if got := l.Check(netip.MustParseAddr(ip), "someone"); got != want {
-			t.Errorf("Check(%s) = %v, want %v", ip, got, want)
-		}
-	}
-}
-
-// TestAuthLimiterIsBounded: a table full of live windows drops the oldest;
-// it never grows past MaxTracked.
-func TestAuthLimiterIsBounded(t *testing.T) {
-	l := &server.AuthLimiter{MaxTracked: 100}
-	ip := netip.MustParseAddr("192.0.2.1")
-	for i := 0; i < 5; i++ {
-		l.Fail(ip, "victim")
-	}
-	if l.Check(netip.MustParseAddr("192.0.2.2"), "victim") != server.AuthUserLimited {
-		t.Fatal("five failures did not limit the user")
-	}
-	for i := 0; i < 10_000; i++ {
-		l.Fail(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), fmt.Sprint("user", i))
-		if n := l.Tracked(); n > 100 {
-			t.Fatalf("tracking %d keys, over MaxTracked 100", n)
-		}
-	}
-	if l.Check(ip, "victim") != server.AuthAllowed {
-		t.Error("the oldest windows were not the ones dropped")
-	}
-	last := netip.AddrFrom4([4]byte{10, 0, 39, 15}) // i = 9999
-	for i := 0; i < 4; i++ {
-		l.Fail(last, "")
-	}
-	if l.Check(last, "") != server.AuthIPLimited {
-		t.Error("the newest window was dropped")
-	}
 }
 
 // TestStartTLSAfterPlaintextAuthIsRefused: go-smtp cannot forget an AUTH
@@ -401,57 +349,6 @@ func TestPlaintextAuthOnlyWhereAllowedAndIdentityInLaterHooks(t *testing.T) {
 	c.expect("MAIL FROM:<alice@example.test>", "250")
 	if got := <-rec.seen; got != "alice PLAIN alice" {
 		t.Fatalf("mail hook saw %q, want the auth notes and AuthUser", got)
-	}
-}
-
-func TestCertificatesBySNIAndReload(t *testing.T) {
-	dir := t.TempDir()
-	writePair := func(name, host string) server.CertPair {
-		cert, key := selfSignedPEM(t, host)
-		p := server.CertPair{Cert: filepath.Join(dir, name+".pem"), Key: filepath.Join(dir, name+".key")}
-		os.WriteFile(p.Cert, cert, 0o600)
-		os.WriteFile(p.Key, key, 0o600)
-		return p
-	}
-	a, b := writePair("a", "mx.a.example"), writePair("b", "mx.b.example")
-	certs, err := server.LoadCertificates([]server.CertPair{a, b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := certs.TLSConfig("1.2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := func(sni string) string {
-		t.Helper()
-		cs, ss := net.Pipe()
-		defer cs.Close()
-		go tls.Server(ss, cfg).Handshake()
-		tc := tls.Client(cs, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
-		if err := tc.Handshake(); err != nil {
-			t.Fatal(err)
-		}
-		return tc.ConnectionState().PeerCertificates[0].Subject.CommonName
-	}
-	if got := served("mx.b.example"); got != "mx.b.example" {
-		t.Fatalf("SNI mx.b.example got %s", got)
-	}
-	if got := served("other.example"); got != "mx.a.example" {
-		t.Fatalf("unknown SNI got %s, want the first pair", got)
-	}
-	writePair("a", "renewed.a.example")
-	if err := certs.Reload(); err != nil {
-		t.Fatal(err)
-	}
-	if got := served("other.example"); got != "renewed.a.example" {
-		t.Fatalf("after reload got %s", got)
-	}
-	os.WriteFile(a.Cert, []byte("garbage"), 0o600)
-	if err := certs.Reload(); err == nil {
-		t.Fatal("a broken certificate file reloaded without error")
-	}
-	if got := served("other.example"); got != "renewed.a.example" {
-		t.Fatalf("a failed reload replaced the certificate: %s", got)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/server/command"
 )
 
 // The message as the client sends it: after DATA's 354, lines up to the
@@ -363,7 +364,7 @@ func (r *chunkReader) nextChunk() error {
 	if err != nil {
 		return err
 	}
-	if verb, _ := parseCommand(strings.TrimRight(line, "\r\n")); verb != "BDAT" {
+	if verb, _ := command.Split(strings.TrimRight(line, "\r\n")); verb != "BDAT" {
 		r.c.log.Info("BDAT sequence ended by another command before BDAT LAST; message dropped", "command", verb)
 		r.pendingLine = line
 		return errInterrupted

@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/overload"
 )
 
 // listener accepts the connections of one address, applies the connection
@@ -30,8 +31,8 @@ type listener struct {
 	conns map[*conn]struct{}
 	perIP map[netip.Addr]int // by clientKey
 
-	rates    *rateTable // connections per client per window; nil: no limit
-	refusals *refusalLog
+	rates    *overload.RateTable // connections per client per window; nil: no limit
+	refusals *overload.RefusalLog
 }
 
 func (l *listener) shuttingDown() bool { return l.srv.stopping.Load() }
@@ -94,7 +95,7 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 	}
 	key := l.clientKey(remote.Addr().Unmap())
 	if reason := l.overLimit(key); reason != "" {
-		l.refusals.refused(key, remote, reason)
+		l.refusals.Refused(key, remote, reason)
 		reply := replyTooManyConnections
 		if reason == reasonRate {
 			reply = replyRateLimited

@@ -27,6 +27,8 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/authlimit"
+	"github.com/sluice-mta/sluice/server/overload"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -185,7 +187,7 @@ type Config struct {
 	Logger   *slog.Logger
 	// AuthLimiter counts failed AUTH attempts across every listener; nil
 	// means the defaults (5 failures per IP or user in 15 minutes).
-	AuthLimiter *AuthLimiter
+	AuthLimiter *authlimit.Limiter
 	// Bus receives what happens on every connection (monitor.Event); nil
 	// turns the feed off, at no cost.
 	Bus *monitor.Bus
@@ -217,11 +219,11 @@ type Server struct {
 	startMu   sync.Mutex // orders Serve's wg.Add before Shutdown's wg.Wait
 	wg        sync.WaitGroup
 
-	authLimiter *AuthLimiter
+	authLimiter *authlimit.Limiter
 	bus         *monitor.Bus
 	recorder    *monitor.Recorder
-	serving     atomic.Bool // every listener accepts
-	spooling    *spoolGate  // nil: no cap
+	serving     atomic.Bool    // every listener accepts
+	spooling    *overload.Gate // nil: no cap
 	budget      *transaction.Budget
 	work        chan *conn   // new connections for the waiting workers (start)
 	idleWorkers atomic.Int32 // workers waiting on work
@@ -241,15 +243,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if cfg.AuthLimiter == nil {
-		cfg.AuthLimiter = &AuthLimiter{}
+		cfg.AuthLimiter = &authlimit.Limiter{}
 	}
 	s := &Server{log: cfg.Logger, spoolDir: cfg.SpoolDir, ctx: ctx, cancel: cancel, work: make(chan *conn), authLimiter: cfg.AuthLimiter,
 		bus: cfg.Bus, recorder: cfg.Recorder}
 	switch {
 	case cfg.MaxSpooling == 0:
-		s.spooling = &spoolGate{max: DefaultMaxSpooling}
+		s.spooling = overload.NewGate(DefaultMaxSpooling)
 	case cfg.MaxSpooling > 0:
-		s.spooling = &spoolGate{max: int64(cfg.MaxSpooling)}
+		s.spooling = overload.NewGate(int64(cfg.MaxSpooling))
 	}
 	switch {
 	case cfg.SpoolMemoryBudget == 0:
@@ -267,9 +269,9 @@ func New(cfg Config) (*Server, error) {
 		lc.setDefaults()
 		l := &listener{srv: s, cfg: lc, conns: map[*conn]struct{}{}, perIP: map[netip.Addr]int{},
 			log: s.log.With("listener", lc.Name)}
-		l.refusals = newRefusalLog(l.log)
+		l.refusals = overload.NewRefusalLog(l.log)
 		if lc.MaxConnectionRatePerIP > 0 {
-			l.rates = newRateTable(lc.MaxConnectionRatePerIP, lc.ConnectionRateWindow, rateTableSize)
+			l.rates = overload.NewRateTable(lc.MaxConnectionRatePerIP, lc.ConnectionRateWindow, overload.RateTableSize)
 		}
 		l.chain.Store(lc.Chain)
 		s.listeners = append(s.listeners, l)

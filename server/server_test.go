@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/server/servertest"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -43,7 +44,7 @@ func start(t *testing.T, mutate func(*server.ListenerConfig), plugins ...hooks.I
 // is plugins, then a plugin accepting every recipient and a recording
 // queue, built with opts; opts.Logger gets the server's lines too, limiter
 // (nil: the default one) counts failed AUTHs.
-func startServer(t *testing.T, opts hooks.Options, limiter *server.AuthLimiter, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
+func startServer(t *testing.T, opts hooks.Options, limiter *authlimit.Limiter, mutate func(*server.ListenerConfig), plugins ...hooks.Instance) *testServer {
 	t.Helper()
 	log := opts.Logger
 	q := &hookstest.QueueRecorder{}

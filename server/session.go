@@ -13,6 +13,9 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/authlimit"
+	"github.com/sluice-mta/sluice/server/command"
+	"github.com/sluice-mta/sluice/server/overload"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -101,7 +104,7 @@ type SessionConfig struct {
 	AuthPlaintextLoopback bool
 	// AuthLimiter counts failed AUTHs; nil means one of the session's own
 	// with the default limits.
-	AuthLimiter *AuthLimiter
+	AuthLimiter *authlimit.Limiter
 	// Greeting replaces the default 220 text (Hostname and "ESMTP Sluice
 	// ready").
 	Greeting string
@@ -122,8 +125,8 @@ type SessionConfig struct {
 
 	// spooling caps the messages received at once (the server's
 	// MaxSpooling); nil: no cap. refusals logs the refusals at the cap.
-	spooling *spoolGate
-	refusals *refusalLog
+	spooling *overload.Gate
+	refusals *overload.RefusalLog
 	// XClientHosts are the clients that may send XCLIENT (see
 	// ListenerConfig); the client's address when the session starts
 	// decides.
@@ -195,7 +198,7 @@ func NewSession(ctx context.Context, c *connection.Connection, cfg SessionConfig
 		cfg.Now = time.Now
 	}
 	if cfg.AuthLimiter == nil {
-		cfg.AuthLimiter = &AuthLimiter{}
+		cfg.AuthLimiter = &authlimit.Limiter{}
 	}
 	return &Session{ctx: ctx, conn: c, cfg: cfg, log: cfg.Logger.With("conn", c.ID), dsn: cfg.Chain.CarriesDSN(),
 		xclient: inPrefixes(c.RemoteIP(), cfg.XClientHosts)}
@@ -334,7 +337,7 @@ func (s *Session) Command(line string) hooks.Reply {
 	if s.sasl != nil {
 		return s.authResponse(text)
 	}
-	verb, arg := parseCommand(text)
+	verb, arg := command.Split(text)
 	if s.refusedData {
 		// A client that sent its message after a refused DATA without
 		// waiting for the reply: each line would run as a command.
@@ -389,7 +392,7 @@ func (s *Session) helo(verb, arg string) hooks.Reply {
 	if arg == "" {
 		return s.finish(replySyntax("Syntax: " + verb + " hostname"))
 	}
-	host, ok := heloName(arg)
+	host, ok := command.HeloName(arg)
 	if !ok {
 		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Invalid " + verb + " hostname: control characters, separators or bytes that are not UTF-8"})
 	}
@@ -470,7 +473,7 @@ func (s *Session) Mail(arg string) hooks.Reply {
 	case s.cfg.RequireAuth && c.AuthUser == "":
 		return s.finish(hooks.Reply{Code: 530, Enhanced: [3]int{5, 7, 0}, Msg: "Authentication required"})
 	}
-	m, err := ParseMailArg(arg, s.dsn)
+	m, err := command.ParseMail(arg, s.dsn)
 	if err != nil {
 		return s.finish(addrReply(err))
 	}
@@ -522,7 +525,7 @@ func (s *Session) rcpt(arg string) hooks.Reply {
 		return s.finish(replyBadSequence("Need MAIL before RCPT"))
 	}
 	c := s.conn
-	r, err := ParseRcptArg(arg, tx.Params.UTF8, !c.Relay && c.AuthUser == "", s.dsn)
+	r, err := command.ParseRcpt(arg, tx.Params.UTF8, !c.Relay && c.AuthUser == "", s.dsn)
 	if err != nil {
 		return s.finish(addrReply(err))
 	}
@@ -605,10 +608,10 @@ func (s *Session) startSpooling() bool {
 	if s.spooling {
 		return true
 	}
-	if !s.cfg.spooling.enter() {
+	if !s.cfg.spooling.Enter() {
 		if s.cfg.refusals != nil {
 			ip := s.conn.RemoteIP()
-			s.cfg.refusals.refused(ip, netip.AddrPortFrom(ip, 0), reasonSpooling)
+			s.cfg.refusals.Refused(ip, netip.AddrPortFrom(ip, 0), reasonSpooling)
 		}
 		return false
 	}
@@ -621,7 +624,7 @@ func (s *Session) startSpooling() bool {
 func (s *Session) stopSpooling() {
 	if s.spooling {
 		s.spooling = false
-		s.cfg.spooling.leave()
+		s.cfg.spooling.Leave()
 	}
 }
 
@@ -632,7 +635,7 @@ func (s *Session) stopSpooling() {
 // gets a reply at once, and it closes: the chunk cannot be told from
 // commands.
 func (s *Session) Bdat(arg string) hooks.Reply {
-	size, last, ok := parseBdat(arg)
+	size, last, ok := command.ParseBdat(arg)
 	if !ok {
 		return s.finish(hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 4}, Msg: "Syntax: BDAT size [LAST]; closing connection", Close: true})
 	}
@@ -790,7 +793,7 @@ func (s *Session) Close() {
 
 // addrReply turns a parser refusal into its reply.
 func addrReply(err error) hooks.Reply {
-	if ae, ok := err.(*AddrError); ok {
+	if ae, ok := err.(*command.Error); ok {
 		return hooks.Reply{Code: ae.Code, Enhanced: ae.Enhanced, Msg: ae.Msg}
 	}
 	return hooks.Reply{Code: 501, Enhanced: [3]int{5, 5, 2}, Msg: "Syntax error"}

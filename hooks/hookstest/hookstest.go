@@ -41,6 +41,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -271,7 +272,7 @@ type Harness struct {
 	// AuthPlaintextLoopback allows AUTH without TLS from 127.0.0.1.
 	StartTLS, RequireTLS, RequireAuth, AuthPlaintextLoopback bool
 	// AuthLimiter counts failed AUTHs across the harness's sessions.
-	AuthLimiter *server.AuthLimiter
+	AuthLimiter *authlimit.Limiter
 	queue       *QueueRecorder
 	// spoolDir is the sessions' spool directory: spool files are
 	// unlinked at once, so sessions share it.
@@ -303,7 +304,7 @@ func NewWithOptions(t testing.TB, opts Options, plugins ...hooks.Instance) *Harn
 		opts.QueueTimeout = opts.Timeout
 	}
 	h := &Harness{t: t, Hostname: "mx.example.test", Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }, AuthLimiter: &server.AuthLimiter{},
+		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }, AuthLimiter: &authlimit.Limiter{},
 		spoolDir: t.TempDir()}
 	ch, err := hooks.NewChain(plugins, hooks.Options{Timeout: opts.Timeout, QueueTimeout: opts.QueueTimeout, Logger: slog.New(harnessHandler{h})})
 	if err != nil {

@@ -49,6 +49,8 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server"
+	"github.com/sluice-mta/sluice/server/authlimit"
+	"github.com/sluice-mta/sluice/server/certs"
 	"github.com/sluice-mta/sluice/state"
 )
 
@@ -205,7 +207,7 @@ type built struct {
 	server  server.Config
 	chains  map[string]*hooks.Chain
 	plugins map[string]any // every instance once, even when shared by listeners
-	certs   []*server.Certificates
+	certs   []*certs.Set
 	// authStore is the AUTH limiter's handle of the [state] store, nil
 	// without a [state] table.
 	authStore state.Store
@@ -265,7 +267,7 @@ func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *mon
 			b.close(log)
 		}
 	}()
-	limiter := &server.AuthLimiter{
+	limiter := &authlimit.Limiter{
 		MaxFailures: cfg.AuthMaxFailures, Window: cfg.AuthFailureWindow.Duration, Delay: cfg.AuthFailureDelay.Duration,
 		Logger: log,
 	}
@@ -338,14 +340,14 @@ func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *mon
 			}
 		}
 		if l.HasTLS() && l.StartTLS != "none" || l.ImplicitTLS {
-			certs, err := loadCertificates(l, log)
+			set, err := loadCertificates(l, log)
 			if err != nil {
 				return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
 			}
-			if lc.TLS, err = certs.TLSConfig(l.TLSMinVersion); err != nil {
+			if lc.TLS, err = set.TLSConfig(l.TLSMinVersion); err != nil {
 				return nil, fmt.Errorf("%s: listener %q: %w", cfg.Path(), l.Name, err)
 			}
-			b.certs = append(b.certs, certs)
+			b.certs = append(b.certs, set)
 			lc.ImplicitTLS = l.ImplicitTLS
 			lc.RequireTLS = l.StartTLS == "require"
 		}
@@ -355,17 +357,17 @@ func build(cfg *config.Config, log *slog.Logger, rec *monitor.Recorder, bus *mon
 	return b, nil
 }
 
-func loadCertificates(l config.Listener, log *slog.Logger) (*server.Certificates, error) {
+func loadCertificates(l config.Listener, log *slog.Logger) (*certs.Set, error) {
 	if len(l.TLSCertificates) == 0 {
 		log.Warn("listener uses a throwaway SELF-SIGNED certificate: for local testing only, clients cannot verify it",
 			"listener", l.Name, "hostname", l.Hostname)
-		return server.SelfSigned(l.Hostname)
+		return certs.SelfSigned(l.Hostname)
 	}
-	pairs := make([]server.CertPair, len(l.TLSCertificates))
+	pairs := make([]certs.Pair, len(l.TLSCertificates))
 	for i, p := range l.TLSCertificates {
-		pairs[i] = server.CertPair{Cert: p.Cert, Key: p.Key}
+		pairs[i] = certs.Pair{Cert: p.Cert, Key: p.Key}
 	}
-	return server.LoadCertificates(pairs)
+	return certs.Load(pairs)
 }
 
 // newLogger returns the logger of cfg's log_level and log_format, writing

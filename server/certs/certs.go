@@ -1,4 +1,9 @@
-package server
+// Package certs holds a TLS listener's certificates: read from PEM files,
+// the one served picked by the client's SNI name, read again on demand
+// (SIGHUP) without a restart; or a throwaway self-signed certificate made
+// in memory, for local testing. TLSConfig turns them into the
+// *tls.Config of a listener.
+package certs
 
 import (
 	"crypto/ecdsa"
@@ -15,27 +20,27 @@ import (
 	"time"
 )
 
-// CertPair names a certificate chain file and its private key file (PEM).
-type CertPair struct {
+// Pair names a certificate chain file and its private key file (PEM).
+type Pair struct {
 	Cert string
 	Key  string
 }
 
-// Certificates holds a listener's certificates, picked by SNI, and reloads
-// them from disk on demand (SIGHUP) without a restart.
-type Certificates struct {
-	pairs []CertPair
+// Set holds a listener's certificates, picked by SNI, and reloads them
+// from disk on demand (SIGHUP) without a restart.
+type Set struct {
+	pairs []Pair
 	self  string // hostname of a generated self-signed certificate, or ""
 	certs atomic.Pointer[[]tls.Certificate]
 }
 
-// LoadCertificates reads every pair. The first pair is the default when no
-// SNI name matches.
-func LoadCertificates(pairs []CertPair) (*Certificates, error) {
+// Load reads every pair. The first pair is the default when no SNI name
+// matches.
+func Load(pairs []Pair) (*Set, error) {
 	if len(pairs) == 0 {
 		return nil, errors.New("no certificate: give at least one cert/key pair")
 	}
-	c := &Certificates{pairs: pairs}
+	c := &Set{pairs: pairs}
 	if err := c.Reload(); err != nil {
 		return nil, err
 	}
@@ -44,7 +49,7 @@ func LoadCertificates(pairs []CertPair) (*Certificates, error) {
 
 // SelfSigned returns a throwaway self-signed certificate for hostname, made
 // in memory at start: for local testing only, clients cannot verify it.
-func SelfSigned(hostname string) (*Certificates, error) {
+func SelfSigned(hostname string) (*Set, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -64,14 +69,14 @@ func SelfSigned(hostname string) (*Certificates, error) {
 		return nil, err
 	}
 	leaf, _ := x509.ParseCertificate(der)
-	c := &Certificates{self: hostname}
+	c := &Set{self: hostname}
 	certs := []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}
 	c.certs.Store(&certs)
 	return c, nil
 }
 
 // Reload reads the files again. On error the certificates in use stay.
-func (c *Certificates) Reload() error {
+func (c *Set) Reload() error {
 	if c.self != "" {
 		return nil
 	}
@@ -89,10 +94,10 @@ func (c *Certificates) Reload() error {
 
 // SelfSignedFor returns the hostname a self-signed certificate was made
 // for, or "" for certificates from files.
-func (c *Certificates) SelfSignedFor() string { return c.self }
+func (c *Set) SelfSignedFor() string { return c.self }
 
 // get picks the certificate for the client's SNI name.
-func (c *Certificates) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+func (c *Set) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	certs := *c.certs.Load()
 	if hello.ServerName != "" {
 		for i := range certs {
@@ -106,7 +111,7 @@ func (c *Certificates) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error)
 
 // TLSConfig returns a server configuration using these certificates with
 // the given minimum version ("1.2" or "1.3"; "" means 1.2).
-func (c *Certificates) TLSConfig(minVersion string) (*tls.Config, error) {
+func (c *Set) TLSConfig(minVersion string) (*tls.Config, error) {
 	v := uint16(tls.VersionTLS12)
 	switch strings.TrimPrefix(minVersion, "TLS") {
 	case "", "1.2":

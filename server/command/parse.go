@@ -1,12 +1,13 @@
-package server
-
-// The one parser of the protocol loop: command lines (verb and argument),
-// HELO/EHLO names, BDAT arguments, and the arguments of MAIL and RCPT
-// (RFC 5321 4.1.2 and 4.1.1.11, RFC 6531 for SMTPUTF8, RFC 3461 for DSN).
+// Package command is the one parser of the SMTP protocol loop: command
+// lines (verb and argument), HELO/EHLO names, BDAT arguments, the
+// attributes of XCLIENT, and the arguments of MAIL and RCPT (RFC 5321
+// 4.1.2 and 4.1.1.11, RFC 6531 for SMTPUTF8, RFC 3461 for DSN).
 // Addresses are parsed strictly, for a front-end that hands them to
 // plugins and queues: no NUL, CR or stray 8-bit bytes, one '@', quotes
 // kept. Everything here is a hand-written, single-pass scanner over the
 // argument: linear time, no regexps, no allocation beyond the results.
+// A refusal is an *Error that carries the reply to give.
+package command
 
 import (
 	"fmt"
@@ -16,8 +17,8 @@ import (
 	"unicode/utf8"
 )
 
-// MailArg is a parsed MAIL FROM argument.
-type MailArg struct {
+// Mail is a parsed MAIL FROM argument.
+type Mail struct {
 	Sender string // reverse-path without brackets; "" for the null sender <>
 	Size   int64  // SIZE=, 0 when absent
 	Body   string // "7BIT", "8BITMIME" or ""
@@ -27,8 +28,8 @@ type MailArg struct {
 	EnvID  string // DSN ENVID= (xtext-decoded), "" when absent
 }
 
-// RcptArg is a parsed RCPT TO argument.
-type RcptArg struct {
+// Rcpt is a parsed RCPT TO argument.
+type Rcpt struct {
 	Rcpt string // forward-path without brackets, source route removed; "Postmaster" for <Postmaster>
 	// DSN parameters (RFC 3461), only with dsn set.
 	Notify    []string // NOTIFY=: nil, ["NEVER"] or SUCCESS, FAILURE, DELAY
@@ -36,16 +37,16 @@ type RcptArg struct {
 	ORcpt     string   // ORCPT= address, decoded
 }
 
-// AddrError is a refusal with the reply to give: Code 501/553/555,
+// Error is a refusal with the reply to give: Code 501/553/555,
 // Enhanced, Msg.
-type AddrError struct {
+type Error struct {
 	Code     int
 	Enhanced [3]int
 	Msg      string
 }
 
 // Error formats the refusal as the reply line would read (without CRLF).
-func (e *AddrError) Error() string {
+func (e *Error) Error() string {
 	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.Enhanced[0], e.Enhanced[1], e.Enhanced[2], e.Msg)
 }
 
@@ -62,15 +63,15 @@ const (
 	addrMaxORcpt  = 500 // ORCPT= as sent (RFC 3461 4.2)
 )
 
-func addrErr(code, class, subject, detail int, msg string) *AddrError {
-	return &AddrError{Code: code, Enhanced: [3]int{class, subject, detail}, Msg: msg}
+func addrErr(code, class, subject, detail int, msg string) *Error {
+	return &Error{Code: code, Enhanced: [3]int{class, subject, detail}, Msg: msg}
 }
 
-func addrBad(msg string) *AddrError { return addrErr(553, 5, 1, 3, msg) }
+func addrBad(msg string) *Error { return addrErr(553, 5, 1, 3, msg) }
 
-func addrParamErr(msg string) *AddrError { return addrErr(501, 5, 5, 4, msg) }
+func addrParamErr(msg string) *Error { return addrErr(501, 5, 5, 4, msg) }
 
-func addrUnsupported(key string) *AddrError {
+func addrUnsupported(key string) *Error {
 	return addrErr(555, 5, 5, 4, "Unsupported parameter "+addrEcho(key))
 }
 
@@ -83,12 +84,12 @@ func addrEcho(key string) string {
 	return strings.ToUpper(key)
 }
 
-// ParseMailArg parses what follows "MAIL " (e.g.
+// ParseMail parses what follows "MAIL " (e.g.
 // "FROM:<a@b.example> SIZE=100 BODY=8BITMIME"). RET and ENVID are
 // accepted only with dsn (the listener offers DSN); without it they are
 // unsupported parameters (555).
-func ParseMailArg(arg string, dsn bool) (MailArg, error) {
-	var m MailArg
+func ParseMail(arg string, dsn bool) (Mail, error) {
+	var m Mail
 	path, rest, err := addrSplit(arg, "FROM:", "Syntax: MAIL FROM:<address>")
 	if err != nil {
 		return m, err
@@ -103,12 +104,12 @@ func ParseMailArg(arg string, dsn bool) (MailArg, error) {
 		}
 	}
 	if err := addr8bit(arg, m.UTF8); err != nil {
-		return MailArg{}, err
+		return Mail{}, err
 	}
 	if path != "" { // "<>" is the null reverse-path
 		addr, _, err := addrParsePath(path, m.UTF8, false)
 		if err != nil {
-			return MailArg{}, err
+			return Mail{}, err
 		}
 		m.Sender = addr
 	}
@@ -116,35 +117,35 @@ func ParseMailArg(arg string, dsn bool) (MailArg, error) {
 	var seenSize, seenBody, seenUTF8, seenAuth, seenRet, seenEnvID bool
 	for _, p := range params {
 		if err := addrCheckParam(p, m.UTF8); err != nil {
-			return MailArg{}, err
+			return Mail{}, err
 		}
 		var seen *bool
 		switch strings.ToUpper(p.key) {
 		case "SIZE":
 			seen = &seenSize
 			if !p.hasValue || len(p.value) > addrMaxSize || !addrDigits(p.value) {
-				return MailArg{}, addrParamErr("Bad SIZE value")
+				return Mail{}, addrParamErr("Bad SIZE value")
 			}
 			n, err := strconv.ParseInt(p.value, 10, 64)
 			if err != nil {
-				return MailArg{}, addrParamErr("Bad SIZE value")
+				return Mail{}, addrParamErr("Bad SIZE value")
 			}
 			m.Size = n
 		case "BODY":
 			seen = &seenBody
 			switch {
 			case !p.hasValue:
-				return MailArg{}, addrParamErr("BODY requires a value")
+				return Mail{}, addrParamErr("BODY requires a value")
 			case addrEqualFold(p.value, "7BIT"):
 				m.Body = "7BIT"
 			case addrEqualFold(p.value, "8BITMIME"):
 				m.Body = "8BITMIME"
 			default:
-				return MailArg{}, addrErr(555, 5, 5, 4, "Unsupported BODY value")
+				return Mail{}, addrErr(555, 5, 5, 4, "Unsupported BODY value")
 			}
 		case "SMTPUTF8":
 			if p.hasValue {
-				return MailArg{}, addrParamErr("SMTPUTF8 takes no value")
+				return Mail{}, addrParamErr("SMTPUTF8 takes no value")
 			}
 			// An exact repeat of a parameter without a value says nothing
 			// new: Python's smtplib sends "SMTPUTF8 SMTPUTF8" from
@@ -153,7 +154,7 @@ func ParseMailArg(arg string, dsn bool) (MailArg, error) {
 			seen = &seenUTF8
 		case "RET":
 			if !dsn {
-				return MailArg{}, addrUnsupported(p.key)
+				return Mail{}, addrUnsupported(p.key)
 			}
 			seen = &seenRet
 			switch {
@@ -162,81 +163,81 @@ func ParseMailArg(arg string, dsn bool) (MailArg, error) {
 			case addrEqualFold(p.value, "HDRS"):
 				m.Ret = "HDRS"
 			default:
-				return MailArg{}, addrParamErr("Bad RET value: FULL or HDRS")
+				return Mail{}, addrParamErr("Bad RET value: FULL or HDRS")
 			}
 		case "ENVID":
 			if !dsn {
-				return MailArg{}, addrUnsupported(p.key)
+				return Mail{}, addrUnsupported(p.key)
 			}
 			seen = &seenEnvID
 			v, ok := addrXtext(p.value, false)
 			if !p.hasValue || !ok || len(v) > addrMaxEnvID || !addrPrintable(v) {
-				return MailArg{}, addrParamErr("Bad ENVID value")
+				return Mail{}, addrParamErr("Bad ENVID value")
 			}
 			m.EnvID = v
 		case "AUTH":
 			seen = &seenAuth
 			v, ok := addrXtext(p.value, m.UTF8)
 			if !p.hasValue || !ok {
-				return MailArg{}, addrParamErr("Bad AUTH value")
+				return Mail{}, addrParamErr("Bad AUTH value")
 			}
 			m.Auth = v
 		default:
-			return MailArg{}, addrUnsupported(p.key)
+			return Mail{}, addrUnsupported(p.key)
 		}
 		if *seen {
-			return MailArg{}, addrParamErr("Duplicate parameter " + addrEcho(p.key))
+			return Mail{}, addrParamErr("Duplicate parameter " + addrEcho(p.key))
 		}
 		*seen = true
 	}
 	return m, nil
 }
 
-// ParseRcptArg parses what follows "RCPT " (e.g. "TO:<b@c.example>"); utf8
+// ParseRcpt parses what follows "RCPT " (e.g. "TO:<b@c.example>"); utf8
 // is whether the transaction's MAIL had SMTPUTF8; strictRouting refuses %
 // and ! in the local part (for clients that are neither authenticated nor
 // relay clients); dsn accepts NOTIFY and ORCPT (the listener offers DSN).
-func ParseRcptArg(arg string, utf8, strictRouting, dsn bool) (RcptArg, error) {
+func ParseRcpt(arg string, utf8, strictRouting, dsn bool) (Rcpt, error) {
 	path, rest, err := addrSplit(arg, "TO:", "Syntax: RCPT TO:<address>")
 	if err != nil {
-		return RcptArg{}, err
+		return Rcpt{}, err
 	}
 	params := addrTokens(rest)
 	if err := addr8bit(arg, utf8); err != nil {
-		return RcptArg{}, err
+		return Rcpt{}, err
 	}
 	if path == "" {
-		return RcptArg{}, addrBad("Bad address syntax: empty recipient")
+		return Rcpt{}, addrBad("Bad address syntax: empty recipient")
 	}
 	addr, local, err := addrParsePath(path, utf8, true)
 	if err != nil {
-		return RcptArg{}, err
+		return Rcpt{}, err
 	}
 	if strictRouting && strings.ContainsAny(local, "%!") {
-		return RcptArg{}, addrErr(553, 5, 7, 1, "Source routing with % or ! is not accepted")
+		return Rcpt{}, addrErr(553, 5, 7, 1, "Source routing with % or ! is not accepted")
 	}
 	// DSN's NOTIFY and ORCPT are the only RCPT parameters Sluice knows,
 	// and only where DSN is offered.
-	r := RcptArg{Rcpt: addr}
+	r := Rcpt{Rcpt: addr}
 	var seenNotify, seenORcpt bool
 	for _, p := range params {
 		if err := addrCheckParam(p, utf8); err != nil {
-			return RcptArg{}, err
+			return Rcpt{}, err
 		}
 		switch {
 		case dsn && addrEqualFold(p.key, "NOTIFY"):
 			if seenNotify {
-				return RcptArg{}, addrParamErr("Duplicate parameter NOTIFY")
+				return Rcpt{}, addrParamErr("Duplicate parameter NOTIFY")
 			}
 			seenNotify = true
 			n, ok := addrNotify(p.value)
 			if !p.hasValue || !ok {
-				return RcptArg{}, addrParamErr("Bad NOTIFY value: NEVER, or SUCCESS, FAILURE and DELAY separated by commas")
+				return Rcpt{}, addrParamErr("Bad NOTIFY value: NEVER, or SUCCESS, FAILURE and DELAY separated by commas")
 			}
 			r.Notify = n
 		case dsn && addrEqualFold(p.key, "ORCPT"):
 			if seenORcpt {
-				return RcptArg{}, addrParamErr("Duplicate parameter ORCPT")
+				return Rcpt{}, addrParamErr("Duplicate parameter ORCPT")
 			}
 			seenORcpt = true
 			typ, v, err := addrORcpt(p.value, utf8)
@@ -244,11 +245,11 @@ func ParseRcptArg(arg string, utf8, strictRouting, dsn bool) (RcptArg, error) {
 				if err == nil {
 					err = addrParamErr("Bad ORCPT value")
 				}
-				return RcptArg{}, err
+				return Rcpt{}, err
 			}
 			r.ORcptType, r.ORcpt = typ, v
 		default:
-			return RcptArg{}, addrUnsupported(p.key)
+			return Rcpt{}, addrUnsupported(p.key)
 		}
 	}
 	return r, nil
@@ -754,17 +755,17 @@ func addrEqualFold(a, b string) bool {
 	return true
 }
 
-// parseCommand splits a command line (without its CRLF) into the verb,
+// Split splits a command line (without its CRLF) into the verb,
 // upper-cased, and its argument, with the spaces around it removed. Only
 // ASCII space and tab separate: a Unicode space is part of the argument.
-func parseCommand(line string) (verb, arg string) {
+func Split(line string) (verb, arg string) {
 	verb, arg, _ = strings.Cut(line, " ")
-	return asciiUpper(verb), strings.Trim(arg, " \t")
+	return Upper(verb), strings.Trim(arg, " \t")
 }
 
-// asciiUpper upper-cases ASCII letters only, allocating only when it
+// Upper upper-cases ASCII letters only, allocating only when it
 // changes something.
-func asciiUpper(s string) string {
+func Upper(s string) string {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; 'a' <= c && c <= 'z' {
 			b := []byte(s)
@@ -779,7 +780,7 @@ func asciiUpper(s string) string {
 	return s
 }
 
-// heloName returns the name HELO or EHLO gives: the first word of the
+// HeloName returns the name HELO or EHLO gives: the first word of the
 // argument (RFC 5321: Domain or address-literal; anything after it is
 // ignored, as Postfix does), and whether it may be used: at most 255
 // octets, with no byte that would reach the Received header and the logs
@@ -787,7 +788,7 @@ func asciiUpper(s string) string {
 // paragraph separators (U+2028, U+2029), bidirectional controls, and
 // bytes that are not UTF-8. Whether it is a well-formed domain is policy,
 // for a helo plugin to judge.
-func heloName(arg string) (string, bool) {
+func HeloName(arg string) (string, bool) {
 	name, _, _ := strings.Cut(arg, " ")
 	if len(name) > 255 || !utf8.ValidString(name) {
 		return name, false
@@ -808,10 +809,10 @@ func heloName(arg string) (string, bool) {
 	return name, true
 }
 
-// parseBdat parses BDAT's argument (RFC 3030 2): the chunk size in octets
+// ParseBdat parses BDAT's argument (RFC 3030 2): the chunk size in octets
 // and an optional LAST, any case. ok is false for anything else: the size
 // of the chunk that follows is then unknown.
-func parseBdat(arg string) (size int64, last, ok bool) {
+func ParseBdat(arg string) (size int64, last, ok bool) {
 	num, rest, _ := strings.Cut(arg, " ")
 	rest = strings.Trim(rest, " ")
 	switch {

@@ -1,4 +1,4 @@
-package server
+package command
 
 import (
 	"errors"
@@ -26,7 +26,7 @@ func addrWant(t *testing.T, err error, code int, enh [3]int) {
 		}
 		return
 	}
-	var ae *AddrError
+	var ae *Error
 	if !errors.As(err, &ae) {
 		t.Fatalf("want %d %v, got %v", code, enh, err)
 	}
@@ -38,14 +38,14 @@ func addrWant(t *testing.T, err error, code int, enh [3]int) {
 	}
 }
 
-func TestAddrErrorText(t *testing.T) {
-	e := &AddrError{Code: 553, Enhanced: [3]int{5, 1, 3}, Msg: "Bad address syntax"}
+func TestErrorText(t *testing.T) {
+	e := &Error{Code: 553, Enhanced: [3]int{5, 1, 3}, Msg: "Bad address syntax"}
 	if got, want := e.Error(), "553 5.1.3 Bad address syntax"; got != want {
 		t.Fatalf("Error() = %q, want %q", got, want)
 	}
 }
 
-func TestParseMailArg(t *testing.T) {
+func TestParseMail(t *testing.T) {
 	long64 := strings.Repeat("a", 64)
 	long65 := strings.Repeat("a", 65)
 	label63 := strings.Repeat("d", 63)
@@ -54,35 +54,35 @@ func TestParseMailArg(t *testing.T) {
 	tests := []struct {
 		name string
 		arg  string
-		want MailArg
+		want Mail
 		code int
 		enh  [3]int
 	}{
 		// Addresses.
-		{name: "plain", arg: "FROM:<a@b.example>", want: MailArg{Sender: "a@b.example"}},
-		{name: "keyword any case", arg: "from:<a@b.example>", want: MailArg{Sender: "a@b.example"}},
-		{name: "mixed case keyword", arg: "FrOm:<a@b.example>", want: MailArg{Sender: "a@b.example"}},
-		{name: "one space after colon", arg: "FROM: <a@b.example>", want: MailArg{Sender: "a@b.example"}},
+		{name: "plain", arg: "FROM:<a@b.example>", want: Mail{Sender: "a@b.example"}},
+		{name: "keyword any case", arg: "from:<a@b.example>", want: Mail{Sender: "a@b.example"}},
+		{name: "mixed case keyword", arg: "FrOm:<a@b.example>", want: Mail{Sender: "a@b.example"}},
+		{name: "one space after colon", arg: "FROM: <a@b.example>", want: Mail{Sender: "a@b.example"}},
 		{name: "two spaces after colon", arg: "FROM:  <a@b.example>", code: 501, enh: addrEnh552},
 		{name: "space before colon", arg: "FROM :<a@b.example>", code: 501, enh: addrEnh552},
-		{name: "null sender", arg: "FROM:<>", want: MailArg{}},
-		{name: "null sender with space", arg: "FROM: <>", want: MailArg{}},
-		{name: "null sender with params", arg: "FROM:<> SIZE=10 BODY=7BIT", want: MailArg{Size: 10, Body: "7BIT"}},
-		{name: "dotted local part", arg: "FROM:<first.last@b.example>", want: MailArg{Sender: "first.last@b.example"}},
-		{name: "atext specials", arg: "FROM:<a!#$%&'*+-/=?^_`{|}~z@b.example>", want: MailArg{Sender: "a!#$%&'*+-/=?^_`{|}~z@b.example"}},
-		{name: "domain case kept", arg: "FROM:<A@B.Example>", want: MailArg{Sender: "A@B.Example"}},
-		{name: "single label domain", arg: "FROM:<a@localhost>", want: MailArg{Sender: "a@localhost"}},
-		{name: "hyphen in label", arg: "FROM:<a@x-y.example>", want: MailArg{Sender: "a@x-y.example"}},
-		{name: "source route stripped", arg: "FROM:<@a.example,@b.example:u@c.example>", want: MailArg{Sender: "u@c.example"}},
-		{name: "one hop route stripped", arg: "FROM:<@a.example:u@c.example>", want: MailArg{Sender: "u@c.example"}},
+		{name: "null sender", arg: "FROM:<>", want: Mail{}},
+		{name: "null sender with space", arg: "FROM: <>", want: Mail{}},
+		{name: "null sender with params", arg: "FROM:<> SIZE=10 BODY=7BIT", want: Mail{Size: 10, Body: "7BIT"}},
+		{name: "dotted local part", arg: "FROM:<first.last@b.example>", want: Mail{Sender: "first.last@b.example"}},
+		{name: "atext specials", arg: "FROM:<a!#$%&'*+-/=?^_`{|}~z@b.example>", want: Mail{Sender: "a!#$%&'*+-/=?^_`{|}~z@b.example"}},
+		{name: "domain case kept", arg: "FROM:<A@B.Example>", want: Mail{Sender: "A@B.Example"}},
+		{name: "single label domain", arg: "FROM:<a@localhost>", want: Mail{Sender: "a@localhost"}},
+		{name: "hyphen in label", arg: "FROM:<a@x-y.example>", want: Mail{Sender: "a@x-y.example"}},
+		{name: "source route stripped", arg: "FROM:<@a.example,@b.example:u@c.example>", want: Mail{Sender: "u@c.example"}},
+		{name: "one hop route stripped", arg: "FROM:<@a.example:u@c.example>", want: Mail{Sender: "u@c.example"}},
 		{name: "route without colon", arg: "FROM:<@a.example,u@c.example>", code: 553, enh: addrEnh513},
 		{name: "route with bad hop", arg: "FROM:<@a.example,b.example:u@c.example>", code: 553, enh: addrEnh513},
 		{name: "route with empty hop", arg: "FROM:<@:u@c.example>", code: 553, enh: addrEnh513},
 		{name: "route with literal hop", arg: "FROM:<@[192.0.2.1]:u@c.example>", code: 553, enh: addrEnh513},
 		{name: "route without mailbox", arg: "FROM:<@a.example:>", code: 553, enh: addrEnh513},
-		{name: "quoted local part kept", arg: `FROM:<"john doe"@example.test>`, want: MailArg{Sender: `"john doe"@example.test`}},
-		{name: "quoted pair kept", arg: `FROM:<"a\"b"@example.test>`, want: MailArg{Sender: `"a\"b"@example.test`}},
-		{name: "quoted with bracket", arg: `FROM:<"a>b"@example.test> SIZE=1`, want: MailArg{Sender: `"a>b"@example.test`, Size: 1}},
+		{name: "quoted local part kept", arg: `FROM:<"john doe"@example.test>`, want: Mail{Sender: `"john doe"@example.test`}},
+		{name: "quoted pair kept", arg: `FROM:<"a\"b"@example.test>`, want: Mail{Sender: `"a\"b"@example.test`}},
+		{name: "quoted with bracket", arg: `FROM:<"a>b"@example.test> SIZE=1`, want: Mail{Sender: `"a>b"@example.test`, Size: 1}},
 		{name: "quoted relay trick", arg: `FROM:<"relay@evil.test"@example.test>`, code: 553, enh: addrEnh513},
 		{name: "quoted-pair relay trick", arg: `FROM:<"relay\@evil.test"@example.test>`, code: 553, enh: addrEnh513},
 		{name: "empty quoted", arg: `FROM:<""@example.test>`, code: 553, enh: addrEnh513},
@@ -103,18 +103,18 @@ func TestParseMailArg(t *testing.T) {
 		{name: "domain underscore", arg: "FROM:<a@x_y.example>", code: 553, enh: addrEnh513},
 		{name: "space in address", arg: "FROM:<a b@example.test>", code: 553, enh: addrEnh513},
 		{name: "backslash outside quotes", arg: `FROM:<a\b@example.test>`, code: 553, enh: addrEnh513},
-		{name: "label of 63", arg: "FROM:<a@" + label63 + ".example>", want: MailArg{Sender: "a@" + label63 + ".example"}},
+		{name: "label of 63", arg: "FROM:<a@" + label63 + ".example>", want: Mail{Sender: "a@" + label63 + ".example"}},
 		{name: "label of 64", arg: "FROM:<a@" + label64 + ".example>", code: 553, enh: addrEnh513},
-		{name: "local part of 64", arg: "FROM:<" + long64 + "@example.test>", want: MailArg{Sender: long64 + "@example.test"}},
+		{name: "local part of 64", arg: "FROM:<" + long64 + "@example.test>", want: Mail{Sender: long64 + "@example.test"}},
 		{name: "local part of 65", arg: "FROM:<" + long65 + "@example.test>", code: 501, enh: addrEnh513},
-		{name: "path of 256", arg: "FROM:<" + at254 + ">", want: MailArg{Sender: at254}},
+		{name: "path of 256", arg: "FROM:<" + at254 + ">", want: Mail{Sender: at254}},
 		{name: "path of 257", arg: "FROM:<" + at254 + "d>", code: 501, enh: addrEnh513},
 
 		// Address literals.
-		{name: "IPv4 literal", arg: "FROM:<a@[192.0.2.1]>", want: MailArg{Sender: "a@[192.0.2.1]"}},
-		{name: "IPv6 literal", arg: "FROM:<a@[IPv6:2001:db8::1]>", want: MailArg{Sender: "a@[IPv6:2001:db8::1]"}},
-		{name: "IPv6 tag any case", arg: "FROM:<a@[ipv6:2001:db8::1]>", want: MailArg{Sender: "a@[ipv6:2001:db8::1]"}},
-		{name: "IPv6 with IPv4 tail", arg: "FROM:<a@[IPv6:::ffff:192.0.2.1]>", want: MailArg{Sender: "a@[IPv6:::ffff:192.0.2.1]"}},
+		{name: "IPv4 literal", arg: "FROM:<a@[192.0.2.1]>", want: Mail{Sender: "a@[192.0.2.1]"}},
+		{name: "IPv6 literal", arg: "FROM:<a@[IPv6:2001:db8::1]>", want: Mail{Sender: "a@[IPv6:2001:db8::1]"}},
+		{name: "IPv6 tag any case", arg: "FROM:<a@[ipv6:2001:db8::1]>", want: Mail{Sender: "a@[ipv6:2001:db8::1]"}},
+		{name: "IPv6 with IPv4 tail", arg: "FROM:<a@[IPv6:::ffff:192.0.2.1]>", want: Mail{Sender: "a@[IPv6:::ffff:192.0.2.1]"}},
 		{name: "IPv4 with prefix", arg: "FROM:<a@[192.0.2.0/24]>", code: 553, enh: addrEnh513},
 		{name: "IPv4 out of range", arg: "FROM:<a@[192.0.2.256]>", code: 553, enh: addrEnh513},
 		{name: "IPv4 leading zero", arg: "FROM:<a@[192.0.2.01]>", code: 553, enh: addrEnh513},
@@ -137,8 +137,8 @@ func TestParseMailArg(t *testing.T) {
 		{name: "DEL", arg: "FROM:<a\x7f@example.test>", code: 501, enh: addrEnh552},
 		{name: "control in quotes", arg: "FROM:<\"a\x01\"@example.test>", code: 501, enh: addrEnh552},
 		{name: "UTF-8 without SMTPUTF8", arg: "FROM:<пользователь@пример.испытание>", code: 553, enh: addrEnh567},
-		{name: "UTF-8 with SMTPUTF8", arg: "FROM:<пользователь@пример.испытание> SMTPUTF8", want: MailArg{Sender: "пользователь@пример.испытание", UTF8: true}},
-		{name: "UTF-8 quoted with SMTPUTF8", arg: "FROM:<\"jöhn dœ\"@example.test> smtputf8", want: MailArg{Sender: "\"jöhn dœ\"@example.test", UTF8: true}},
+		{name: "UTF-8 with SMTPUTF8", arg: "FROM:<пользователь@пример.испытание> SMTPUTF8", want: Mail{Sender: "пользователь@пример.испытание", UTF8: true}},
+		{name: "UTF-8 quoted with SMTPUTF8", arg: "FROM:<\"jöhn dœ\"@example.test> smtputf8", want: Mail{Sender: "\"jöhn dœ\"@example.test", UTF8: true}},
 		{name: "Latin-1 byte without SMTPUTF8", arg: "FROM:<j\xf6hn@example.test>", code: 553, enh: addrEnh567},
 		{name: "invalid UTF-8 with SMTPUTF8", arg: "FROM:<j\xf6hn@example.test> SMTPUTF8", code: 553, enh: addrEnh567},
 		{name: "overlong UTF-8 with SMTPUTF8", arg: "FROM:<a\xc0\xaf@example.test> SMTPUTF8", code: 553, enh: addrEnh567},
@@ -160,13 +160,13 @@ func TestParseMailArg(t *testing.T) {
 		{name: "nested brackets", arg: "FROM:<<a@example.test>>", code: 501, enh: addrEnh552},
 		{name: "trailing word", arg: "FROM:<a@example.test> junk", code: 555, enh: addrEnh554},
 		{name: "trailing punctuation", arg: "FROM:<a@example.test> <b@example.test>", code: 501, enh: addrEnh554},
-		{name: "trailing space", arg: "FROM:<a@example.test> ", want: MailArg{Sender: "a@example.test"}},
+		{name: "trailing space", arg: "FROM:<a@example.test> ", want: Mail{Sender: "a@example.test"}},
 
 		// Parameters.
-		{name: "SIZE", arg: "FROM:<a@example.test> SIZE=12345", want: MailArg{Sender: "a@example.test", Size: 12345}},
-		{name: "size lower case", arg: "FROM:<a@example.test> size=1", want: MailArg{Sender: "a@example.test", Size: 1}},
-		{name: "SIZE zero", arg: "FROM:<a@example.test> SIZE=0", want: MailArg{Sender: "a@example.test"}},
-		{name: "SIZE 19 digits", arg: "FROM:<a@example.test> SIZE=9223372036854775807", want: MailArg{Sender: "a@example.test", Size: 9223372036854775807}},
+		{name: "SIZE", arg: "FROM:<a@example.test> SIZE=12345", want: Mail{Sender: "a@example.test", Size: 12345}},
+		{name: "size lower case", arg: "FROM:<a@example.test> size=1", want: Mail{Sender: "a@example.test", Size: 1}},
+		{name: "SIZE zero", arg: "FROM:<a@example.test> SIZE=0", want: Mail{Sender: "a@example.test"}},
+		{name: "SIZE 19 digits", arg: "FROM:<a@example.test> SIZE=9223372036854775807", want: Mail{Sender: "a@example.test", Size: 9223372036854775807}},
 		{name: "SIZE overflow", arg: "FROM:<a@example.test> SIZE=9223372036854775808", code: 501, enh: addrEnh554},
 		{name: "SIZE 20 digits", arg: "FROM:<a@example.test> SIZE=00000000000000000001", code: 501, enh: addrEnh554},
 		{name: "SIZE negative", arg: "FROM:<a@example.test> SIZE=-1", code: 501, enh: addrEnh554},
@@ -175,24 +175,24 @@ func TestParseMailArg(t *testing.T) {
 		{name: "SIZE without value", arg: "FROM:<a@example.test> SIZE", code: 501, enh: addrEnh554},
 		{name: "SIZE empty value", arg: "FROM:<a@example.test> SIZE=", code: 501, enh: addrEnh554},
 		{name: "SIZE twice", arg: "FROM:<a@example.test> SIZE=1 SIZE=2", code: 501, enh: addrEnh554},
-		{name: "BODY 7BIT", arg: "FROM:<a@example.test> BODY=7BIT", want: MailArg{Sender: "a@example.test", Body: "7BIT"}},
-		{name: "BODY 8BITMIME", arg: "FROM:<a@example.test> BODY=8BITMIME", want: MailArg{Sender: "a@example.test", Body: "8BITMIME"}},
-		{name: "BODY lower case", arg: "FROM:<a@example.test> body=8bitmime", want: MailArg{Sender: "a@example.test", Body: "8BITMIME"}},
+		{name: "BODY 7BIT", arg: "FROM:<a@example.test> BODY=7BIT", want: Mail{Sender: "a@example.test", Body: "7BIT"}},
+		{name: "BODY 8BITMIME", arg: "FROM:<a@example.test> BODY=8BITMIME", want: Mail{Sender: "a@example.test", Body: "8BITMIME"}},
+		{name: "BODY lower case", arg: "FROM:<a@example.test> body=8bitmime", want: Mail{Sender: "a@example.test", Body: "8BITMIME"}},
 		{name: "BODY BINARYMIME", arg: "FROM:<a@example.test> BODY=BINARYMIME", code: 555, enh: addrEnh554},
 		{name: "BODY other", arg: "FROM:<a@example.test> BODY=9BIT", code: 555, enh: addrEnh554},
 		{name: "BODY without value", arg: "FROM:<a@example.test> BODY", code: 501, enh: addrEnh554},
 		{name: "BODY twice", arg: "FROM:<a@example.test> BODY=7BIT BODY=8BITMIME", code: 501, enh: addrEnh554},
-		{name: "SMTPUTF8 ASCII", arg: "FROM:<a@example.test> SMTPUTF8", want: MailArg{Sender: "a@example.test", UTF8: true}},
+		{name: "SMTPUTF8 ASCII", arg: "FROM:<a@example.test> SMTPUTF8", want: Mail{Sender: "a@example.test", UTF8: true}},
 		{name: "SMTPUTF8 with value", arg: "FROM:<a@example.test> SMTPUTF8=1", code: 501, enh: addrEnh554},
 		// Python's smtplib sends it twice from send_message(mail_options=["SMTPUTF8"]); Postfix takes it.
-		{name: "SMTPUTF8 twice", arg: "FROM:<a@example.test> SMTPUTF8 SMTPUTF8", want: MailArg{Sender: "a@example.test", UTF8: true}},
+		{name: "SMTPUTF8 twice", arg: "FROM:<a@example.test> SMTPUTF8 SMTPUTF8", want: Mail{Sender: "a@example.test", UTF8: true}},
 		{name: "SMTPUTF8 twice, one with a value", arg: "FROM:<a@example.test> SMTPUTF8 SMTPUTF8=x", code: 501, enh: addrEnh554},
-		{name: "AUTH", arg: "FROM:<a@example.test> AUTH=a@example.test", want: MailArg{Sender: "a@example.test", Auth: "a@example.test"}},
-		{name: "AUTH null", arg: "FROM:<a@example.test> AUTH=<>", want: MailArg{Sender: "a@example.test", Auth: "<>"}},
-		{name: "AUTH xtext", arg: "FROM:<a@example.test> AUTH=a+2Bb+3Dc@example.test", want: MailArg{Sender: "a@example.test", Auth: "a+b=c@example.test"}},
-		{name: "AUTH xtext lower hex", arg: "FROM:<a@example.test> AUTH=a+2bb@example.test", want: MailArg{Sender: "a@example.test", Auth: "a+b@example.test"}},
-		{name: "AUTH xtext space", arg: "FROM:<a@example.test> AUTH=\"a+20b\"@example.test", want: MailArg{Sender: "a@example.test", Auth: "\"a b\"@example.test"}},
-		{name: "AUTH xtext UTF-8", arg: "FROM:<a@example.test> AUTH=j+C3+B6hn@example.test SMTPUTF8", want: MailArg{Sender: "a@example.test", Auth: "jöhn@example.test", UTF8: true}},
+		{name: "AUTH", arg: "FROM:<a@example.test> AUTH=a@example.test", want: Mail{Sender: "a@example.test", Auth: "a@example.test"}},
+		{name: "AUTH null", arg: "FROM:<a@example.test> AUTH=<>", want: Mail{Sender: "a@example.test", Auth: "<>"}},
+		{name: "AUTH xtext", arg: "FROM:<a@example.test> AUTH=a+2Bb+3Dc@example.test", want: Mail{Sender: "a@example.test", Auth: "a+b=c@example.test"}},
+		{name: "AUTH xtext lower hex", arg: "FROM:<a@example.test> AUTH=a+2bb@example.test", want: Mail{Sender: "a@example.test", Auth: "a+b@example.test"}},
+		{name: "AUTH xtext space", arg: "FROM:<a@example.test> AUTH=\"a+20b\"@example.test", want: Mail{Sender: "a@example.test", Auth: "\"a b\"@example.test"}},
+		{name: "AUTH xtext UTF-8", arg: "FROM:<a@example.test> AUTH=j+C3+B6hn@example.test SMTPUTF8", want: Mail{Sender: "a@example.test", Auth: "jöhn@example.test", UTF8: true}},
 		{name: "AUTH xtext 8-bit without SMTPUTF8", arg: "FROM:<a@example.test> AUTH=j+C3+B6hn@example.test", code: 501, enh: addrEnh554},
 		{name: "AUTH xtext invalid UTF-8", arg: "FROM:<a@example.test> AUTH=j+F6hn@example.test SMTPUTF8", code: 501, enh: addrEnh554},
 		{name: "AUTH xtext NUL", arg: "FROM:<a@example.test> AUTH=a+00b", code: 501, enh: addrEnh554},
@@ -201,11 +201,11 @@ func TestParseMailArg(t *testing.T) {
 		{name: "AUTH xtext truncated", arg: "FROM:<a@example.test> AUTH=a+2", code: 501, enh: addrEnh554},
 		{name: "AUTH xtext bad hex", arg: "FROM:<a@example.test> AUTH=a+GG", code: 501, enh: addrEnh554},
 		{name: "AUTH without value", arg: "FROM:<a@example.test> AUTH", code: 501, enh: addrEnh554},
-		{name: "AUTH of 256", arg: "FROM:<a@example.test> AUTH=" + strings.Repeat("+41", 256), want: MailArg{Sender: "a@example.test", Auth: strings.Repeat("A", 256)}},
+		{name: "AUTH of 256", arg: "FROM:<a@example.test> AUTH=" + strings.Repeat("+41", 256), want: Mail{Sender: "a@example.test", Auth: strings.Repeat("A", 256)}},
 		{name: "AUTH of 257", arg: "FROM:<a@example.test> AUTH=" + strings.Repeat("A", 257), code: 501, enh: addrEnh554},
 		{name: "AUTH twice", arg: "FROM:<a@example.test> AUTH=<> AUTH=<>", code: 501, enh: addrEnh554},
-		{name: "all parameters", arg: "FROM:<a@example.test> SIZE=100 BODY=8BITMIME SMTPUTF8 AUTH=<>", want: MailArg{Sender: "a@example.test", Size: 100, Body: "8BITMIME", UTF8: true, Auth: "<>"}},
-		{name: "several spaces between", arg: "FROM:<a@example.test>  SIZE=100   BODY=7BIT", want: MailArg{Sender: "a@example.test", Size: 100, Body: "7BIT"}},
+		{name: "all parameters", arg: "FROM:<a@example.test> SIZE=100 BODY=8BITMIME SMTPUTF8 AUTH=<>", want: Mail{Sender: "a@example.test", Size: 100, Body: "8BITMIME", UTF8: true, Auth: "<>"}},
+		{name: "several spaces between", arg: "FROM:<a@example.test>  SIZE=100   BODY=7BIT", want: Mail{Sender: "a@example.test", Size: 100, Body: "7BIT"}},
 		{name: "RET", arg: "FROM:<a@example.test> RET=HDRS", code: 555, enh: addrEnh554},
 		{name: "ENVID", arg: "FROM:<a@example.test> ENVID=abc", code: 555, enh: addrEnh554},
 		{name: "unknown flag", arg: "FROM:<a@example.test> XFOO", code: 555, enh: addrEnh554},
@@ -217,19 +217,19 @@ func TestParseMailArg(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseMailArg(tt.arg, false)
+			got, err := ParseMail(tt.arg, false)
 			addrWant(t, err, tt.code, tt.enh)
 			if tt.code == 0 && got != tt.want {
-				t.Fatalf("ParseMailArg(%q) = %+v, want %+v", tt.arg, got, tt.want)
+				t.Fatalf("ParseMail(%q) = %+v, want %+v", tt.arg, got, tt.want)
 			}
-			if tt.code != 0 && got != (MailArg{}) {
+			if tt.code != 0 && got != (Mail{}) {
 				t.Fatalf("refusal returned a partial result %+v", got)
 			}
 		})
 	}
 }
 
-func TestParseRcptArg(t *testing.T) {
+func TestParseRcpt(t *testing.T) {
 	tests := []struct {
 		name   string
 		arg    string
@@ -284,12 +284,12 @@ func TestParseRcptArg(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseRcptArg(tt.arg, tt.utf8, tt.strict, false)
+			got, err := ParseRcpt(tt.arg, tt.utf8, tt.strict, false)
 			addrWant(t, err, tt.code, tt.enh)
 			if tt.code == 0 && got.Rcpt != tt.want {
-				t.Fatalf("ParseRcptArg(%q) = %q, want %q", tt.arg, got.Rcpt, tt.want)
+				t.Fatalf("ParseRcpt(%q) = %q, want %q", tt.arg, got.Rcpt, tt.want)
 			}
-			if tt.code != 0 && !reflect.DeepEqual(got, RcptArg{}) {
+			if tt.code != 0 && !reflect.DeepEqual(got, Rcpt{}) {
 				t.Fatalf("refusal returned a partial result %+v", got)
 			}
 		})
@@ -307,10 +307,10 @@ func TestParseAddrLinear(t *testing.T) {
 		"FROM:<a@b> AUTH=" + strings.Repeat("+41", 1<<16),
 	}
 	for _, s := range long {
-		if _, err := ParseMailArg(s, false); err == nil {
+		if _, err := ParseMail(s, false); err == nil {
 			t.Fatalf("accepted a %d-byte argument", len(s))
 		}
-		if _, err := ParseRcptArg("TO:"+s[len("FROM:"):], true, false, false); err == nil {
+		if _, err := ParseRcpt("TO:"+s[len("FROM:"):], true, false, false); err == nil {
 			t.Fatalf("accepted a %d-byte argument", len(s))
 		}
 	}
@@ -349,7 +349,7 @@ func addrClean(s string, allow8 bool) bool {
 	return !allow8 || utf8.ValidString(s)
 }
 
-func FuzzParseMailArg(f *testing.F) {
+func FuzzParseMail(f *testing.F) {
 	for _, s := range []string{
 		"FROM:<a@b.example>",
 		"FROM:<> SIZE=100 BODY=8BITMIME SMTPUTF8 AUTH=<>",
@@ -362,44 +362,44 @@ func FuzzParseMailArg(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, arg string) {
-		m, err := ParseMailArg(arg, false)
+		m, err := ParseMail(arg, false)
 		if err != nil {
-			var ae *AddrError
+			var ae *Error
 			if !errors.As(err, &ae) || (ae.Code != 501 && ae.Code != 553 && ae.Code != 555) {
-				t.Fatalf("ParseMailArg(%q): unexpected error %v", arg, err)
+				t.Fatalf("ParseMail(%q): unexpected error %v", arg, err)
 			}
-			if m != (MailArg{}) {
-				t.Fatalf("ParseMailArg(%q): refusal with result %+v", arg, m)
+			if m != (Mail{}) {
+				t.Fatalf("ParseMail(%q): refusal with result %+v", arg, m)
 			}
 			return
 		}
 		for _, s := range []string{m.Sender, m.Body, m.Auth} {
 			if !addrClean(s, m.UTF8) {
-				t.Fatalf("ParseMailArg(%q) = %+v: forbidden byte in %q", arg, m, s)
+				t.Fatalf("ParseMail(%q) = %+v: forbidden byte in %q", arg, m, s)
 			}
 		}
 		if m.Sender != "" && !addrOneAt(m.Sender) {
-			t.Fatalf("ParseMailArg(%q): sender %q is not one mailbox", arg, m.Sender)
+			t.Fatalf("ParseMail(%q): sender %q is not one mailbox", arg, m.Sender)
 		}
 		if m.Size < 0 {
-			t.Fatalf("ParseMailArg(%q): negative size %d", arg, m.Size)
+			t.Fatalf("ParseMail(%q): negative size %d", arg, m.Size)
 		}
 		if m.Body != "" && m.Body != "7BIT" && m.Body != "8BITMIME" {
-			t.Fatalf("ParseMailArg(%q): body %q", arg, m.Body)
+			t.Fatalf("ParseMail(%q): body %q", arg, m.Body)
 		}
 		// The canonical sender parses again to itself.
 		again := "FROM:<" + m.Sender + ">"
 		if m.UTF8 {
 			again += " SMTPUTF8"
 		}
-		m2, err := ParseMailArg(again, false)
+		m2, err := ParseMail(again, false)
 		if err != nil || m2.Sender != m.Sender {
-			t.Fatalf("ParseMailArg(%q) = %q, but %q gives %q, %v", arg, m.Sender, again, m2.Sender, err)
+			t.Fatalf("ParseMail(%q) = %q, but %q gives %q, %v", arg, m.Sender, again, m2.Sender, err)
 		}
 	})
 }
 
-func FuzzParseRcptArg(f *testing.F) {
+func FuzzParseRcpt(f *testing.F) {
 	for _, s := range []string{
 		"TO:<b@c.example>",
 		"TO:<Postmaster>",
@@ -413,33 +413,33 @@ func FuzzParseRcptArg(f *testing.F) {
 		f.Add(s, false, true)
 	}
 	f.Fuzz(func(t *testing.T, arg string, utf8, strict bool) {
-		r, err := ParseRcptArg(arg, utf8, strict, false)
+		r, err := ParseRcpt(arg, utf8, strict, false)
 		if err != nil {
-			var ae *AddrError
+			var ae *Error
 			if !errors.As(err, &ae) || (ae.Code != 501 && ae.Code != 553 && ae.Code != 555) {
-				t.Fatalf("ParseRcptArg(%q): unexpected error %v", arg, err)
+				t.Fatalf("ParseRcpt(%q): unexpected error %v", arg, err)
 			}
-			if !reflect.DeepEqual(r, RcptArg{}) {
-				t.Fatalf("ParseRcptArg(%q): refusal with result %+v", arg, r)
+			if !reflect.DeepEqual(r, Rcpt{}) {
+				t.Fatalf("ParseRcpt(%q): refusal with result %+v", arg, r)
 			}
 			return
 		}
 		if !addrClean(r.Rcpt, utf8) {
-			t.Fatalf("ParseRcptArg(%q, %v) = %q: forbidden byte", arg, utf8, r.Rcpt)
+			t.Fatalf("ParseRcpt(%q, %v) = %q: forbidden byte", arg, utf8, r.Rcpt)
 		}
 		if r.Rcpt != "Postmaster" && !addrOneAt(r.Rcpt) {
-			t.Fatalf("ParseRcptArg(%q): %q is not one mailbox", arg, r.Rcpt)
+			t.Fatalf("ParseRcpt(%q): %q is not one mailbox", arg, r.Rcpt)
 		}
 		if strict && r.Rcpt != "Postmaster" {
 			local := r.Rcpt[:strings.LastIndexByte(r.Rcpt, '@')]
 			if strings.ContainsAny(local, "%!") {
-				t.Fatalf("ParseRcptArg(%q, strict): %q routes with %% or !", arg, r.Rcpt)
+				t.Fatalf("ParseRcpt(%q, strict): %q routes with %% or !", arg, r.Rcpt)
 			}
 		}
 		// The canonical recipient parses again to itself.
-		r2, err := ParseRcptArg("TO:<"+r.Rcpt+">", utf8, strict, false)
+		r2, err := ParseRcpt("TO:<"+r.Rcpt+">", utf8, strict, false)
 		if err != nil || !reflect.DeepEqual(r2, r) {
-			t.Fatalf("ParseRcptArg(%q) = %q, but it does not parse to itself: %q, %v", arg, r.Rcpt, r2.Rcpt, err)
+			t.Fatalf("ParseRcpt(%q) = %q, but it does not parse to itself: %q, %v", arg, r.Rcpt, r2.Rcpt, err)
 		}
 	})
 }

@@ -1,4 +1,8 @@
-package server
+// Package authlimit is the brute-force limiter of SMTP AUTH: it counts
+// failed attempts per client IP and per user name within a window, in
+// memory or in a shared state store, and says whether the next attempt
+// may be checked, must wait, or is refused unchecked.
+package authlimit
 
 import (
 	"container/list"
@@ -16,7 +20,7 @@ import (
 	"github.com/sluice-mta/sluice/state"
 )
 
-// AuthLimiter counts failed AUTH attempts per client IP and per user name
+// Limiter counts failed AUTH attempts per client IP and per user name
 // within a window, against password guessing. One limiter is shared by
 // every listener of a server, so a client cannot spread its guesses over
 // ports.
@@ -49,7 +53,7 @@ import (
 // outage neither locks anybody out, nor lets guessing go on unlimited, nor
 // makes every AUTH wait for the store's timeout; the error is logged once
 // per outage, not per attempt.
-type AuthLimiter struct {
+type Limiter struct {
 	// MaxFailures is how many failures a client IP or a user name may have
 	// within Window: the failure that reaches it gets 535 after Delay and
 	// the connection is closed; after it the IP is refused and the user
@@ -97,19 +101,19 @@ type failWindow struct {
 	n     int
 }
 
-// AuthLimit is what the limiter lets an AUTH attempt do.
-type AuthLimit int
+// Limit is what the limiter lets an AUTH attempt do.
+type Limit int
 
 const (
-	// AuthAllowed: check the credentials as usual.
-	AuthAllowed AuthLimit = iota
-	// AuthUserLimited: the user name is past the limit: wait Delay, then
+	// Allowed: check the credentials as usual.
+	Allowed Limit = iota
+	// UserLimited: the user name is past the limit: wait Delay, then
 	// check; a wrong password gets the lockout 535 and the connection is
 	// closed at once.
-	AuthUserLimited
-	// AuthIPLimited: the client IP is past the limit: wait Delay, answer
+	UserLimited
+	// IPLimited: the client IP is past the limit: wait Delay, answer
 	// the lockout 535 and close, without checking the credentials.
-	AuthIPLimited
+	IPLimited
 )
 
 const defaultMaxTracked = 100_000
@@ -122,7 +126,7 @@ const storeTimeout = 5 * time.Second
 // the store keeps failing and answering in turn.
 const storeLogEvery = time.Minute
 
-func (l *AuthLimiter) settings() (max int, win time.Duration, tracked int) {
+func (l *Limiter) settings() (max int, win time.Duration, tracked int) {
 	max, win, tracked = l.MaxFailures, l.Window, l.MaxTracked
 	if max <= 0 {
 		max = 5
@@ -155,7 +159,7 @@ func userKey(user string) string {
 }
 
 // over reports whether key has used up its failures. l.mu is held.
-func (l *AuthLimiter) over(key string, now time.Time, max int, win time.Duration) bool {
+func (l *Limiter) over(key string, now time.Time, max int, win time.Duration) bool {
 	e := l.windows[key]
 	if e == nil {
 		return false
@@ -166,20 +170,20 @@ func (l *AuthLimiter) over(key string, now time.Time, max int, win time.Duration
 
 // Check says what an AUTH attempt from ip for user may do now. The IP's
 // limit comes first.
-func (l *AuthLimiter) Check(ip netip.Addr, user string) AuthLimit {
+func (l *Limiter) Check(ip netip.Addr, user string) Limit {
 	max, win, _ := l.settings()
 	switch {
 	case l.isOver(ipKey(ip), max, win):
-		return AuthIPLimited
+		return IPLimited
 	case user != "" && l.isOver(userKey(user), max, win):
-		return AuthUserLimited
+		return UserLimited
 	}
-	return AuthAllowed
+	return Allowed
 }
 
 // isOver reports whether key has used up its failures: in the store when
 // there is one and it answers, else in memory.
-func (l *AuthLimiter) isOver(key string, max int, win time.Duration) bool {
+func (l *Limiter) isOver(key string, max int, win time.Duration) bool {
 	if l.useStore() {
 		n, err := l.storeGet(key)
 		l.storeResult(err)
@@ -193,7 +197,7 @@ func (l *AuthLimiter) isOver(key string, max int, win time.Duration) bool {
 }
 
 // storeGet reads key's counter from the store; a missing key is 0.
-func (l *AuthLimiter) storeGet(key string) (int64, error) {
+func (l *Limiter) storeGet(key string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	v, ok, err := l.Store.Get(ctx, key)
@@ -210,7 +214,7 @@ func (l *AuthLimiter) storeGet(key string) (int64, error) {
 // Fail records a failed attempt from ip for user (an empty user counts
 // for the IP only) and reports whether the IP or the user name has now
 // reached the limit.
-func (l *AuthLimiter) Fail(ip netip.Addr, user string) bool {
+func (l *Limiter) Fail(ip netip.Addr, user string) bool {
 	max, win, tracked := l.settings()
 	keys := []string{ipKey(ip)}
 	if user != "" {
@@ -238,7 +242,7 @@ func (l *AuthLimiter) Fail(ip netip.Addr, user string) bool {
 
 // failMemory counts a failure for each key in memory and returns the
 // counts.
-func (l *AuthLimiter) failMemory(keys []string, win time.Duration, tracked int) []int {
+func (l *Limiter) failMemory(keys []string, win time.Duration, tracked int) []int {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -269,7 +273,7 @@ func (l *AuthLimiter) failMemory(keys []string, win time.Duration, tracked int) 
 
 // Succeed clears user's count after a successful AUTH. The IP's count
 // stays.
-func (l *AuthLimiter) Succeed(user string) {
+func (l *Limiter) Succeed(user string) {
 	if user == "" {
 		return
 	}
@@ -289,7 +293,7 @@ func (l *AuthLimiter) Succeed(user string) {
 
 // useStore reports whether to ask the store: there is one, and it has not
 // failed within StoreRetry.
-func (l *AuthLimiter) useStore() bool {
+func (l *Limiter) useStore() bool {
 	if l.Store == nil {
 		return false
 	}
@@ -300,7 +304,7 @@ func (l *AuthLimiter) useStore() bool {
 
 // storeResult logs a store error once per outage (and at most once a
 // minute), and the store's first answer after one.
-func (l *AuthLimiter) storeResult(err error) {
+func (l *Limiter) storeResult(err error) {
 	l.storeMu.Lock()
 	defer l.storeMu.Unlock()
 	log := l.Logger
@@ -328,26 +332,28 @@ func (l *AuthLimiter) storeResult(err error) {
 
 // Tracked returns how many IPs and user names are being counted in
 // memory.
-func (l *AuthLimiter) Tracked() int {
+func (l *Limiter) Tracked() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.windows)
 }
 
 // drop forgets one window. l.mu is held.
-func (l *AuthLimiter) drop(e *list.Element) {
+func (l *Limiter) drop(e *list.Element) {
 	delete(l.windows, e.Value.(*failWindow).key)
 	l.order.Remove(e)
 }
 
-func (l *AuthLimiter) storeRetry() time.Duration {
+func (l *Limiter) storeRetry() time.Duration {
 	if l.StoreRetry <= 0 {
 		return 5 * time.Second
 	}
 	return l.StoreRetry
 }
 
-func (l *AuthLimiter) delay() time.Duration {
+// EffectiveDelay is Delay, or its default of 2s when Delay is not set:
+// how long a limited attempt waits.
+func (l *Limiter) EffectiveDelay() time.Duration {
 	if l.Delay <= 0 {
 		return 2 * time.Second
 	}
