@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
+	"github.com/sluice-mta/sluice/server/input"
 )
 
 // conn is the protocol loop of one connection: it reads a bounded line,
@@ -32,9 +33,9 @@ type conn struct {
 	// own goroutine without a lock; tmu orders the change with the
 	// watchdog's read in stuck.
 	tmu       sync.Mutex
-	transport net.Conn // the socket, or TLS over it
-	in        input    // what the client sent, not yet consumed
-	out       []byte   // replies not yet written
+	transport net.Conn     // the socket, or TLS over it
+	in        input.Buffer // what the client sent, not yet consumed
+	out       []byte       // replies not yet written
 	sess      *Session
 	key       netip.Addr // what MaxConnectionsPerIP counted this connection as
 	log       *slog.Logger
@@ -55,15 +56,13 @@ type conn struct {
 	pending    string             // a command line read ahead (it ended a BDAT sequence)
 	rc         syscall.RawConn    // the plain TCP socket, to wait for input without a buffer (nil under TLS)
 	inputReady func(uintptr) bool // c.in.readFD, made once
-	dot        dotReader          // the DATA reader, reused from message to message
+	dot        input.Dot          // the DATA reader, reused from message to message
 	// The read and write deadlines last set on the transport (zero: unknown).
 	readDeadline, writeDeadline time.Time
 }
 
-// readBufferSize is the read buffer per connection: it bounds a command
-// line's memory (MaxLineLength must fit) and keeps 10,000 idle connections
-// cheap; message data streams through it in pieces.
-const readBufferSize = 4 << 10
+// readBufferSize is the read buffer per connection: MaxLineLength must fit.
+const readBufferSize = input.Size
 
 // flushAt is how many bytes of replies are kept back at most while
 // pipelined commands are answered.
@@ -79,9 +78,9 @@ func newConn(l *listener, transport net.Conn, sess *Session, log *slog.Logger, c
 	c := &conn{l: l, raw: raw, transport: transport, sess: sess, log: log, cancel: cancel}
 	if sc, ok := raw.(syscall.Conn); ok && transport == raw {
 		c.rc, _ = sc.SyscallConn()
-		c.inputReady = c.in.readFD
+		c.inputReady = c.in.ReadFD
 	}
-	c.in.src = clientReader{c}
+	c.in.Src = clientReader{c}
 	c.working.Store(time.Now().UnixNano()) // the connect hook runs before any read
 	return c
 }
@@ -139,7 +138,7 @@ func (c *conn) command(line string) {
 	if s.Ended() {
 		return
 	}
-	if s.refusedData && c.in.buffered() > 0 {
+	if s.refusedData && c.in.Buffered() > 0 {
 		// The client sent its message without waiting for 354 (RFC 2920
 		// forbids it): the body would run as commands.
 		c.reply(s.pipelinedMessage())
@@ -159,12 +158,13 @@ func (c *conn) command(line string) {
 func (c *conn) readMessage() {
 	c.startData()
 	defer c.endData()
-	d := newDotReader(c)
+	d := &c.dot
+	d.Reset(c, c.l.cfg.BareNewline == BareNewlineNormalize)
 	rep := c.sess.Message(d)
-	if !rep.Close && !d.done {
+	if !rep.Close && !d.Done() {
 		// An early reply (a size limit, a refusal at the end of the
 		// header): the rest of the message is read and dropped.
-		if err := d.drain(); err != nil {
+		if err := d.Drain(); err != nil {
 			rep = c.sess.messageReadFailure(err)
 		}
 	}
@@ -190,26 +190,29 @@ func (c *conn) readChunks() {
 		c.reply(s.chunkRefused())
 		return
 	}
-	r := &chunkReader{c: c, s: s, size: ch.size, left: ch.size, last: ch.last, normalize: c.l.cfg.BareNewline == BareNewlineNormalize}
+	var ended *hooks.Reply
+	size := ch.size
+	r := input.NewChunks(c, ch.size, ch.last, c.l.cfg.BareNewline == BareNewlineNormalize, func() (int64, bool, error) {
+		n, last, err := c.nextChunk(size, &ended)
+		size = n
+		return n, last, err
+	})
 	rep := s.Message(r)
-	if !rep.Close && r.left > 0 {
-		if err := c.skip(r.left); err != nil {
+	if !rep.Close && r.Left() > 0 {
+		if err := c.skip(r.Left()); err != nil {
 			rep = s.messageReadFailure(err)
 		}
 	}
 	if rep.Code != 0 {
-		if !r.last && !rep.Close {
+		if !r.Last() && !rep.Close {
 			// Chunks the client pipelined after this one get the same
 			// answer, their bytes dropped (RFC 3030 4).
 			s.bdatFailed = &rep
 		}
 		c.reply(rep)
 	}
-	switch {
-	case r.pendingReply != nil:
-		c.reply(*r.pendingReply)
-	case r.pendingLine != "":
-		c.pending = r.pendingLine
+	if ended != nil {
+		c.reply(*ended)
 	}
 }
 
@@ -224,9 +227,9 @@ func (c *conn) endData() { c.inData = false }
 // the TLS session (CVE-2011-0411 class): it is thrown away first, as
 // Postfix does.
 func (c *conn) startTLS() {
-	if n := c.in.buffered(); n > 0 {
+	if n := c.in.Buffered(); n > 0 {
 		c.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
-		c.in.drop()
+		c.in.Drop()
 	}
 	if err := c.flush(); err != nil {
 		c.abort()
@@ -256,7 +259,7 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 	c.tmu.Lock()
 	c.transport = tc
 	c.tmu.Unlock()
-	c.in.drop()
+	c.in.Drop()
 	st := tc.ConnectionState()
 	c.sess.conn.TLS = &st
 	c.sess.tlsStarted()
@@ -274,7 +277,7 @@ func (c *conn) watchEarlyTalker(d time.Duration) {
 	end := time.Now().Add(d)
 	c.transport.SetReadDeadline(end)
 	c.readDeadline = end
-	if _, err := c.in.peek(1); err == nil {
+	if _, err := c.in.Peek(1); err == nil {
 		c.sess.conn.EarlyTalker = true
 		c.log.Info("client talked before the greeting", "greeting_delay", d.String())
 		t := time.NewTimer(time.Until(end))
@@ -296,7 +299,7 @@ func (c *conn) readLine() (string, error) {
 			return "", errShuttingDown
 		}
 	}
-	if c.in.buffered() == 0 {
+	if c.in.Buffered() == 0 {
 		if err := c.flush(); err != nil {
 			return "", err
 		}
@@ -305,7 +308,7 @@ func (c *conn) readLine() (string, error) {
 		}
 	}
 	c.setReadDeadline()
-	line, err := c.in.readSlice('\n')
+	line, err := c.in.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) || len(line) > c.l.cfg.MaxLineLength {
 		return "", errLineTooLong
 	}
@@ -322,51 +325,57 @@ var errShuttingDown = errors.New("server shutting down")
 // input.readFD). Only on a plain TCP socket (TLS keeps buffers of its
 // own); elsewhere the read itself waits.
 func (c *conn) waitInput() error {
-	if c.rc == nil || c.transport != c.raw || c.in.buffered() > 0 {
+	if c.rc == nil || c.transport != c.raw || c.in.Buffered() > 0 {
 		return nil
 	}
 	c.setReadDeadline()
-	c.in.release()
+	c.in.Release()
 	c.working.Store(0)
 	err := c.rc.Read(c.inputReady)
 	c.working.Store(time.Now().UnixNano())
 	return err
 }
 
-// more waits until the buffer holds more than have bytes of a message,
+// Bytes, More and Consume make the connection the input.Source of the
+// message readers.
+
+// Bytes returns the message bytes buffered.
+func (c *conn) Bytes() []byte { return c.in.Bytes() }
+
+// More waits until the buffer holds more than have bytes of a message,
 // within the read deadline. The client's end of stream is never the end
 // of a message: it is io.ErrUnexpectedEOF here.
-func (c *conn) more(have int) error {
-	if have == 0 && c.in.buffered() == 0 {
+func (c *conn) More(have int) error {
+	if have == 0 && c.in.Buffered() == 0 {
 		if err := c.flush(); err != nil {
 			return err
 		}
 	}
 	c.setReadDeadline()
-	_, err := c.in.peek(have + 1)
+	_, err := c.in.Peek(have + 1)
 	if errors.Is(err, io.EOF) {
 		return io.ErrUnexpectedEOF
 	}
 	return err
 }
 
-// consume drops n message bytes from the buffer, counted for the data
+// Consume drops n message bytes from the buffer, counted for the data
 // rate.
-func (c *conn) consume(n int) {
-	c.in.discard(n)
+func (c *conn) Consume(n int) {
+	c.in.Discard(n)
 	c.dataBytes += int64(n)
 }
 
 // skip reads and drops n message bytes (a refused BDAT chunk).
 func (c *conn) skip(n int64) error {
 	for n > 0 {
-		if c.in.buffered() == 0 {
-			if err := c.more(0); err != nil {
+		if c.in.Buffered() == 0 {
+			if err := c.More(0); err != nil {
 				return err
 			}
 		}
-		k := int(min(n, int64(c.in.buffered())))
-		c.consume(k)
+		k := int(min(n, int64(c.in.Buffered())))
+		c.Consume(k)
 		n -= int64(k)
 	}
 	return nil
@@ -479,7 +488,7 @@ func (c *conn) close() {
 		c.flush()
 		c.closed.Store(true)
 		c.transport.Close()
-		c.in.drop()
+		c.in.Drop()
 		c.sess.Close()
 		c.cancel()
 		c.l.forget(c)

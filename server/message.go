@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
+	"github.com/sluice-mta/sluice/server/input"
 	"github.com/sluice-mta/sluice/transaction"
 )
 
@@ -196,7 +197,7 @@ func (s *Session) readFailure(err error) hooks.Reply {
 		return hooks.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Msg: fmt.Sprintf("Message size exceeds the limit of %d bytes", s.MaxMessageBytes())}
 	case errors.Is(err, transaction.ErrHeaderTooLong):
 		return hooks.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Msg: "Message header section too long"}
-	case errors.Is(err, errBareNewline):
+	case errors.Is(err, input.ErrBareNewline):
 		s.log.Warn("bare CR or LF in the message; closing", "policy", "reject")
 		return hooks.Reply{Code: 554, Enhanced: [3]int{5, 5, 2}, Msg: "Message contains a bare CR or LF: lines must end with CRLF; closing connection", Close: true}
 	case errors.Is(err, errInterrupted):

@@ -1,4 +1,4 @@
-package server
+package input
 
 import (
 	"bufio"
@@ -9,62 +9,70 @@ import (
 	"syscall"
 )
 
-// input is a connection's read buffer. It does bufio.Reader's job for the
-// few calls the loop makes (peek, readSlice, discard), and one thing
-// bufio.Reader cannot: it can be filled by a read(2) that the poller runs
-// (readFD), so that waiting for the client's next command and reading it
-// is one system call, not a peek to learn that input came and then a read.
+// Buffer is a connection's read buffer. It does bufio.Reader's job for the
+// few calls the protocol loop makes (Peek, ReadSlice, Discard), and one
+// thing bufio.Reader cannot: it can be filled by a read(2) that the poller
+// runs (ReadFD), so that waiting for the client's next command and reading
+// it is one system call, not a peek to learn that input came and then a
+// read.
 //
 // It holds a pooled buffer only while it has bytes or a read is under
 // way: a connection waiting for its client holds none, so 10,000 idle
 // connections cost no 40 MB of buffers.
-type input struct {
-	buf  *[readBufferSize]byte // nil while the connection holds no buffer
-	r, w int                   // buf[r:w] is what was read and not yet consumed
-	src  io.Reader             // where fill reads from
-	err  error                 // a read error that came with bytes, reported on the next fill
+type Buffer struct {
+	// Src is where the buffer reads from, but in ReadFD.
+	Src  io.Reader
+	buf  *[Size]byte // nil while the connection holds no buffer
+	r, w int         // buf[r:w] is what was read and not yet consumed
+	err  error       // a read error that came with bytes, reported on the next fill
 }
 
-var inputBuffers = sync.Pool{New: func() any { return new([readBufferSize]byte) }}
+// Size is the buffer's size: it bounds a command line's memory and keeps
+// 10,000 idle connections cheap; message data streams through it in
+// pieces.
+const Size = 4 << 10
+
+var inputBuffers = sync.Pool{New: func() any { return new([Size]byte) }}
 
 // take makes sure the input holds a buffer.
-func (in *input) take() {
+func (in *Buffer) take() {
 	if in.buf == nil {
-		in.buf = inputBuffers.Get().(*[readBufferSize]byte)
+		in.buf = inputBuffers.Get().(*[Size]byte)
 		in.r, in.w = 0, 0
 	}
 }
 
-// release gives the buffer back to the pool when it holds nothing.
-func (in *input) release() {
+// Release gives the buffer back to the pool when it holds nothing.
+func (in *Buffer) Release() {
 	if in.buf != nil && in.r == in.w {
 		inputBuffers.Put(in.buf)
 		in.buf = nil
 	}
 }
 
-// drop forgets what is buffered and gives the buffer back.
-func (in *input) drop() {
+// Drop forgets what is buffered and gives the buffer back.
+func (in *Buffer) Drop() {
 	in.r, in.w = 0, 0
-	in.release()
+	in.Release()
 }
 
-func (in *input) buffered() int { return in.w - in.r }
+// Buffered returns how many bytes are buffered.
+func (in *Buffer) Buffered() int { return in.w - in.r }
 
-// bytes returns what is buffered, without consuming it.
-func (in *input) bytes() []byte {
+// Bytes returns what is buffered, without consuming it.
+func (in *Buffer) Bytes() []byte {
 	if in.buf == nil {
 		return nil
 	}
 	return in.buf[in.r:in.w]
 }
 
-// discard consumes n buffered bytes (at most buffered()).
-func (in *input) discard(n int) { in.r += n }
+// Discard consumes n buffered bytes (at most Buffered()).
+func (in *Buffer) Discard(n int) { in.r += n }
 
-// fill reads once from src after what is buffered, moving it to the
+// fill reads once from Src after what is buffered, moving it to the
 // front first. It returns bufio.ErrBufferFull when there is no room.
-func (in *input) fill() error {
+func (in *Buffer) fill() error {
 	if in.err != nil {
 		err := in.err
 		in.err = nil
@@ -79,7 +87,7 @@ func (in *input) fill() error {
 		return bufio.ErrBufferFull
 	}
 	for range 100 { // as bufio: a reader that keeps returning nothing is broken
-		n, err := in.src.Read(in.buf[in.w:])
+		n, err := in.Src.Read(in.buf[in.w:])
 		in.w += n
 		if n > 0 {
 			in.err = err
@@ -92,24 +100,24 @@ func (in *input) fill() error {
 	return io.ErrNoProgress
 }
 
-// peek returns the next n bytes without consuming them, reading as needed;
+// Peek returns the next n bytes without consuming them, reading as needed;
 // with fewer, the error says why.
-func (in *input) peek(n int) ([]byte, error) {
-	if n > readBufferSize {
-		return in.bytes(), bufio.ErrBufferFull
+func (in *Buffer) Peek(n int) ([]byte, error) {
+	if n > Size {
+		return in.Bytes(), bufio.ErrBufferFull
 	}
-	for in.buffered() < n {
+	for in.Buffered() < n {
 		if err := in.fill(); err != nil {
-			return in.bytes(), err
+			return in.Bytes(), err
 		}
 	}
 	return in.buf[in.r : in.r+n], nil
 }
 
-// readSlice reads up to and including the first delim, as
+// ReadSlice reads up to and including the first delim, as
 // bufio.Reader.ReadSlice: the slice is valid until the next read, and
 // bufio.ErrBufferFull means the buffer filled first.
-func (in *input) readSlice(delim byte) ([]byte, error) {
+func (in *Buffer) ReadSlice(delim byte) ([]byte, error) {
 	seen := 0 // bytes after r already searched
 	for {
 		if in.buf != nil {
@@ -119,26 +127,26 @@ func (in *input) readSlice(delim byte) ([]byte, error) {
 				return line, nil
 			}
 		}
-		seen = in.buffered()
-		if seen == readBufferSize {
+		seen = in.Buffered()
+		if seen == Size {
 			line := in.buf[in.r:in.w]
 			in.r = in.w
 			return line, bufio.ErrBufferFull
 		}
 		if err := in.fill(); err != nil {
-			line := in.bytes()
+			line := in.Bytes()
 			in.r = in.w
 			return line, err
 		}
 	}
 }
 
-// readFD is the poller's read: one read(2) on the socket fd into the free
+// ReadFD is the poller's read: one read(2) on the socket fd into the free
 // room. It reports false when there was nothing to read yet (the buffer
 // goes back to the pool meanwhile when empty, and the poller waits for
 // input); otherwise true, with the bytes buffered or the end of stream or
 // error kept for the next fill.
-func (in *input) readFD(fd uintptr) bool {
+func (in *Buffer) ReadFD(fd uintptr) bool {
 	in.take()
 	if in.r > 0 {
 		in.w = copy(in.buf[:], in.buf[in.r:in.w])
@@ -153,7 +161,7 @@ func (in *input) readFD(fd uintptr) bool {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			in.release()
+			in.Release()
 			return false
 		case err != nil:
 			in.err = os.NewSyscallError("read", err)
