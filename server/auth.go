@@ -11,6 +11,7 @@ import (
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/server/command"
+	"github.com/sluice-mta/sluice/server/saslogin"
 )
 
 // AUTH (RFC 4954): PLAIN through go-sasl's server, LOGIN of our own
@@ -60,7 +61,7 @@ func (s *Session) Auth(arg string) hooks.Reply {
 			return s.verify(ex, authzid, user, password)
 		})
 	case sasl.Login:
-		ex.server = &loginServer{verify: func(user, password string) error { return s.verify(ex, "", user, password) }}
+		ex.server = saslogin.New(func(user, password string) error { return s.verify(ex, "", user, password) })
 	default:
 		return s.finish(hooks.Reply{Code: 504, Enhanced: [3]int{5, 5, 4}, Msg: "Unsupported authentication mechanism"})
 	}
@@ -205,33 +206,4 @@ func (s *Session) pause(d time.Duration) {
 	case <-t.C:
 	case <-s.ctx.Done():
 	}
-}
-
-// loginServer is the server side of the LOGIN mechanism
-// (draft-murchison-sasl-login), which go-sasl only has as a client.
-type loginServer struct {
-	verify func(user, password string) error
-	user   string
-	step   int
-}
-
-// Next implements sasl.Server. An initial response, when given, is the
-// user name.
-func (s *loginServer) Next(response []byte) ([]byte, bool, error) {
-	switch s.step {
-	case 0:
-		s.step = 1
-		if response == nil {
-			return []byte("Username:"), false, nil
-		}
-		fallthrough
-	case 1:
-		s.user = string(response)
-		s.step = 2
-		return []byte("Password:"), false, nil
-	case 2:
-		s.step = 3
-		return nil, true, s.verify(s.user, string(response))
-	}
-	return nil, true, sasl.ErrUnexpectedClientResponse
 }

@@ -100,7 +100,7 @@ func (l *listener) admit(raw net.Conn, info *ClientInfo) *conn {
 		if reason == reasonRate {
 			reply = replyRateLimited
 		}
-		refuse(raw, reply)
+		overload.Refuse(raw, reply)
 		return nil
 	}
 	transport := raw

@@ -2,17 +2,13 @@ package server
 
 import (
 	"bufio"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
-	"time"
 
-	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/server/input"
 	"github.com/sluice-mta/sluice/transaction"
@@ -121,7 +117,7 @@ func (s *Session) message(tx *transaction.Transaction, r io.Reader) hooks.Reply 
 	}
 	tx.Size = limited.n
 
-	line := s.receivedLine(tx)
+	line := tx.Received(s.conn, s.cfg.ReceivedAuthUser, s.cfg.Now())
 	if rep := s.reply(s.cfg.Chain.ReceivedLine(s.ctx, s.conn, tx, &line)); rep.Code != 0 && !rep.Positive() {
 		return rep
 	}
@@ -217,72 +213,4 @@ func (s *Session) readFailure(err error) hooks.Reply {
 func (s *Session) spoolFailure(err error) hooks.Reply {
 	s.log.Error("spooling the message failed", "err", err)
 	return hooks.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Msg: "Local error in processing; try again later"}
-}
-
-// receivedLine builds the core's Received header value (RFC 5321 4.4).
-func (s *Session) receivedLine(tx *transaction.Transaction) string {
-	c := s.conn
-	b := make([]byte, 0, 256) // built with appends, not fmt: it is made for every message
-	b = append(b, "from "...)
-	b = append(b, orUnknown(c.Helo)...)
-	b = append(b, " ("...)
-	if c.RemoteHost != "" { // a name the launcher, a plugin or XCLIENT gave
-		b = append(b, c.RemoteHost...)
-		b = append(b, ' ')
-	}
-	b = append(b, '[')
-	b = c.RemoteIP().AppendTo(b)
-	b = append(b, "])"...)
-	if c.TLS != nil {
-		b = append(b, "\r\n\t(using "...)
-		b = append(b, strings.Replace(tls.VersionName(c.TLS.Version), "TLS ", "TLSv", 1)...)
-		b = append(b, " with cipher "...)
-		b = append(b, tls.CipherSuiteName(c.TLS.CipherSuite)...)
-		b = append(b, ')')
-	}
-	if c.AuthUser != "" {
-		if s.cfg.ReceivedAuthUser {
-			b = append(b, "\r\n\t(authenticated as "...)
-			b = append(b, c.AuthUser...)
-			b = append(b, ')')
-		} else {
-			b = append(b, "\r\n\t(authenticated)"...)
-		}
-	}
-	b = append(b, "\r\n\tby "...)
-	b = append(b, c.Hostname...)
-	b = append(b, " (Sluice) with "...)
-	b = append(b, withProtocol(c)...)
-	b = append(b, " id "...)
-	b = append(b, tx.ID...)
-	if len(tx.Recipients) == 1 {
-		b = append(b, "\r\n\tfor <"...)
-		b = append(b, tx.Recipients[0]...)
-		b = append(b, '>')
-	}
-	b = append(b, "; "...)
-	b = s.cfg.Now().AppendFormat(b, time.RFC1123Z)
-	return string(b)
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
-}
-
-// withProtocol names the protocol as RFC 3848 registers it.
-func withProtocol(c *connection.Connection) string {
-	p := "SMTP"
-	if c.ESMTP {
-		p = "ESMTP"
-		if c.TLS != nil {
-			p += "S"
-		}
-		if c.AuthUser != "" {
-			p += "A"
-		}
-	}
-	return p
 }

@@ -1,9 +1,7 @@
 package server
 
 import (
-	"net"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"github.com/sluice-mta/sluice/hooks"
@@ -37,10 +35,6 @@ const (
 // DefaultConnectionRateExceptions are the clients the connection rate
 // limit leaves alone by default: loopback.
 var DefaultConnectionRateExceptions = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
-
-// refuseWriteTimeout bounds the write of a refusal to a connection that
-// is not a socket (ServeConn's); a socket gets one non-blocking write.
-const refuseWriteTimeout = time.Second
 
 // Why a connection or a message was refused, as logged.
 const (
@@ -78,34 +72,7 @@ func (l *listener) overLimit(key netip.Addr) string {
 
 // rateExempt reports whether the client key is in ConnectionRateExceptions.
 func (l *listener) rateExempt(key netip.Addr) bool {
-	for _, p := range l.cfg.ConnectionRateExceptions {
-		if p.Contains(key) {
-			return true
-		}
-	}
-	return false
-}
-
-// refuse answers a connection refused at a limit with 421 4.7.0 and closes
-// it, on the caller's goroutine: no session, no hook, no buffer and no
-// goroutine per refused connection. On a socket the reply is one
-// non-blocking write: a fresh socket's send buffer takes it whole, and
-// were it full the reply would be dropped rather than the accept loop
-// kept waiting.
-func refuse(c net.Conn, reply []byte) {
-	if sc, ok := c.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			rc.Write(func(fd uintptr) bool {
-				syscall.Write(int(fd), reply)
-				return true // written or not, never wait
-			})
-			c.Close()
-			return
-		}
-	}
-	c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
-	c.Write(reply)
-	c.Close()
+	return inPrefixes(key, l.cfg.ConnectionRateExceptions)
 }
 
 // Spooling returns how many messages the server is receiving now.

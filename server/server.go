@@ -127,48 +127,29 @@ type ListenerConfig struct {
 }
 
 func (c *ListenerConfig) setDefaults() {
-	if c.ReadTimeout <= 0 {
-		c.ReadTimeout = 5 * time.Minute
-	}
-	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = time.Minute
-	}
-	if c.MinDataRate == 0 {
+	setDefault(&c.ReadTimeout, 5*time.Minute)
+	setDefault(&c.WriteTimeout, time.Minute)
+	if c.MinDataRate == 0 { // negative: no minimum
 		c.MinDataRate = 500
 	}
-	if c.MinDataRateGrace <= 0 {
-		c.MinDataRateGrace = time.Minute
-	}
-	if c.MaxLineLength <= 0 {
-		c.MaxLineLength = 2048
-	}
-	if c.MaxLineLength > readBufferSize {
-		c.MaxLineLength = readBufferSize
-	}
-	if c.MaxConnections <= 0 {
-		c.MaxConnections = 1000
-	}
-	if c.MaxConnectionsPerIP <= 0 {
-		c.MaxConnectionsPerIP = 20
-	}
-	if c.MaxConnectionRatePerIP == 0 {
+	setDefault(&c.MinDataRateGrace, time.Minute)
+	setDefault(&c.MaxLineLength, 2048)
+	c.MaxLineLength = min(c.MaxLineLength, readBufferSize)
+	setDefault(&c.MaxConnections, 1000)
+	setDefault(&c.MaxConnectionsPerIP, 20)
+	if c.MaxConnectionRatePerIP == 0 { // negative: no rate limit
 		c.MaxConnectionRatePerIP = DefaultMaxConnectionRatePerIP
 	}
-	if c.ConnectionRateWindow <= 0 {
-		c.ConnectionRateWindow = DefaultConnectionRateWindow
-	}
+	setDefault(&c.ConnectionRateWindow, DefaultConnectionRateWindow)
 	if c.ConnectionRateExceptions == nil {
 		c.ConnectionRateExceptions = DefaultConnectionRateExceptions
 	}
-	if c.IPv6Prefix <= 0 || c.IPv6Prefix > 128 {
-		c.IPv6Prefix = 64
+	if c.IPv6Prefix > 128 {
+		c.IPv6Prefix = 0
 	}
-	if c.MaxErrors <= 0 {
-		c.MaxErrors = DefaultMaxErrors
-	}
-	if c.MaxJunkCommands <= 0 {
-		c.MaxJunkCommands = DefaultMaxJunkCommands
-	}
+	setDefault(&c.IPv6Prefix, 64)
+	setDefault(&c.MaxErrors, DefaultMaxErrors)
+	setDefault(&c.MaxJunkCommands, DefaultMaxJunkCommands)
 	if c.BareNewline == "" {
 		c.BareNewline = BareNewlineReject
 		if c.RequireAuth {
@@ -177,6 +158,13 @@ func (c *ListenerConfig) setDefaults() {
 	}
 	c.Limits.MaxErrors, c.Limits.MaxJunkCommands = c.MaxErrors, c.MaxJunkCommands
 	c.Limits = c.Limits.withDefaults()
+}
+
+// setDefault sets *v to def when it is zero or less: unset.
+func setDefault[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }
 
 // Config is the whole server.
@@ -413,7 +401,7 @@ func (s *Server) ServeConn(name string, nc net.Conn, info ClientInfo) error {
 	s.startMu.Lock()
 	if s.stopping.Load() {
 		s.startMu.Unlock()
-		refuse(nc, replyTooManyConnections)
+		overload.Refuse(nc, replyTooManyConnections)
 		return nil
 	}
 	s.wg.Add(1)

@@ -58,24 +58,12 @@ const (
 )
 
 func (l Limits) withDefaults() Limits {
-	if l.MaxMessageBytes <= 0 {
-		l.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	if l.MaxRecipients <= 0 {
-		l.MaxRecipients = DefaultMaxRecipients
-	}
-	if l.MaxHeaderBytes <= 0 {
-		l.MaxHeaderBytes = DefaultMaxHeaderBytes
-	}
-	if l.SpoolMemory <= 0 {
-		l.SpoolMemory = transaction.DefaultSpoolMemory
-	}
-	if l.MaxErrors <= 0 {
-		l.MaxErrors = DefaultMaxErrors
-	}
-	if l.MaxJunkCommands <= 0 {
-		l.MaxJunkCommands = DefaultMaxJunkCommands
-	}
+	setDefault(&l.MaxMessageBytes, DefaultMaxMessageBytes)
+	setDefault(&l.MaxRecipients, DefaultMaxRecipients)
+	setDefault(&l.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setDefault(&l.SpoolMemory, transaction.DefaultSpoolMemory)
+	setDefault(&l.MaxErrors, DefaultMaxErrors)
+	setDefault(&l.MaxJunkCommands, DefaultMaxJunkCommands)
 	return l
 }
 

@@ -1,16 +1,19 @@
 // Package overload holds the bookkeeping of the server's overload limits,
 // none of which knows about connections or sessions: RateTable counts each
 // client's connections in fixed windows, RefusalLog logs refusals at most
-// once per client per minute with a count, and Gate caps how many messages
-// are received at once. The server decides what to refuse with them.
+// once per client per minute with a count, Gate caps how many messages
+// are received at once, and Refuse answers a refused connection. The
+// server decides what to refuse with them.
 package overload
 
 import (
 	"container/list"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -179,4 +182,30 @@ func (g *Gate) Inside() int {
 		return 0
 	}
 	return int(g.n.Load())
+}
+
+// refuseWriteTimeout bounds the write of a refusal to a connection that
+// is not a socket (ServeConn's); a socket gets one non-blocking write.
+const refuseWriteTimeout = time.Second
+
+// Refuse answers a connection refused at a limit with 421 4.7.0 and closes
+// it, on the caller's goroutine: no session, no hook, no buffer and no
+// goroutine per refused connection. On a socket the reply is one
+// non-blocking write: a fresh socket's send buffer takes it whole, and
+// were it full the reply would be dropped rather than the accept loop
+// kept waiting.
+func Refuse(c net.Conn, reply []byte) {
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rc.Write(func(fd uintptr) bool {
+				syscall.Write(int(fd), reply)
+				return true // written or not, never wait
+			})
+			c.Close()
+			return
+		}
+	}
+	c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
+	c.Write(reply)
+	c.Close()
 }
