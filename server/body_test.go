@@ -2,8 +2,10 @@ package server_test
 
 import (
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-mta/sluice/server"
 )
@@ -109,5 +111,54 @@ func TestBodyBareNewlineRejected(t *testing.T) {
 	}
 	if n := len(ts.queue.Messages()); n != 0 {
 		t.Fatalf("%d messages queued", n)
+	}
+}
+
+// The final dot in a write of its own, after the size limit's early
+// reply: the drain reads it alone and the session goes on (it used to
+// take the dot's io.EOF for a read error and close with 421).
+func TestBodyFinalDotAloneAfterAnEarlyReply(t *testing.T) {
+	ts := start(t, func(lc *server.ListenerConfig) { lc.Limits.MaxMessageBytes = 2000 })
+	c := dial(t, ts.addr)
+	c.startData()
+	c.send("Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", 500))
+	time.Sleep(100 * time.Millisecond) // the server has read all of it
+	c.send(".\r\n")
+	c.expect("", "552 5.3.4")
+	c.expect("NOOP", "250")
+}
+
+// A message of exactly the size limit is accepted under both bare-newline
+// policies, by DATA and by BDAT, and a BDAT message without a final CRLF
+// gets one. The size check reads one byte past the limit into a one-byte
+// buffer: under normalize the DATA reader used to read nothing into it
+// for ever (421), and BDAT dropped the CRLF it adds.
+func TestMessageExactlyAtTheLimit(t *testing.T) {
+	const msg = "Subject: x\r\n\r\nhello\r\n"
+	for _, policy := range []server.BareNewline{server.BareNewlineReject, server.BareNewlineNormalize} {
+		t.Run(string(policy)+"/DATA", func(t *testing.T) {
+			ts := start(t, func(lc *server.ListenerConfig) {
+				lc.BareNewline, lc.Limits.MaxMessageBytes = policy, int64(len(msg))
+			})
+			c := dial(t, ts.addr)
+			c.startData()
+			c.send(msg + ".\r\n")
+			c.expect("", "250 2.0.0 Ok: queued")
+			if m := ts.queue.Messages(); len(m) != 1 || !strings.HasSuffix(string(m[0].Data), "\r\n"+msg) {
+				t.Fatalf("queued %q", m)
+			}
+		})
+		t.Run(string(policy)+"/BDAT", func(t *testing.T) {
+			const chunk = "Subject: x\r\n\r\nhello" // no final CRLF
+			ts := start(t, func(lc *server.ListenerConfig) {
+				lc.BareNewline, lc.Limits.MaxMessageBytes = policy, int64(len(chunk))
+			})
+			c := bdatStart(t, ts)
+			c.send("BDAT " + strconv.Itoa(len(chunk)) + " LAST\r\n" + chunk)
+			c.expect("", "250 2.0.0 Ok: queued")
+			if m := ts.queue.Messages(); len(m) != 1 || !strings.HasSuffix(string(m[0].Data), "\r\n"+chunk+"\r\n") {
+				t.Fatalf("queued %q; want it to end with the chunk and a CRLF", m)
+			}
+		})
 	}
 }

@@ -21,8 +21,8 @@ import (
 // errTooBig is returned by sizeLimit once more than the limit was read.
 var errTooBig = errors.New("message exceeds the size limit")
 
-// sizeLimit reads from r and fails with errTooBig past max bytes; exactly
-// max bytes pass.
+// sizeLimit reads from r and fails with errTooBig past max bytes of the
+// client's; exactly max bytes pass.
 type sizeLimit struct {
 	r    io.Reader
 	n    int64
@@ -34,16 +34,25 @@ func (l *sizeLimit) Read(p []byte) (int, error) {
 	if l.over {
 		return 0, errTooBig
 	}
-	if room := l.max + 1 - l.n; int64(len(p)) > room {
+	if room := l.max + 1 + l.added() - l.n; int64(len(p)) > room {
 		p = p[:room]
 	}
 	n, err := l.r.Read(p)
 	l.n += int64(n)
-	if l.n > l.max {
+	if l.n-l.added() > l.max {
 		l.over = true
 		return n, errTooBig
 	}
 	return n, err
+}
+
+// added is how many bytes the reader added to what the client sent (the
+// CRLF that ends a BDAT message without one): they do not count.
+func (l *sizeLimit) added() int64 {
+	if a, ok := l.r.(interface{ Added() int64 }); ok {
+		return a.Added()
+	}
+	return 0
 }
 
 // messageReaders are the read buffers of Message, shared by the

@@ -111,6 +111,9 @@ func (in *Buffer) Peek(n int) ([]byte, error) {
 			return in.Bytes(), err
 		}
 	}
+	if n == 0 {
+		return nil, nil // and no buffer taken for it
+	}
 	return in.buf[in.r : in.r+n], nil
 }
 

@@ -88,29 +88,6 @@ func (s source) Consume(n int) {
 	s.in.Discard(n)
 }
 
-// knownBug skips a test of a bug found in the package and not fixed
-// yet, unless INPUT_KNOWN_BUGS is set: the test fails until the bug is
-// fixed, then the knownBug call goes.
-func knownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("INPUT_KNOWN_BUGS") == "" {
-		t.Skip("known bug (INPUT_KNOWN_BUGS=1 runs it): " + bug)
-	}
-}
-
-const (
-	// Dot.Drain returns the io.EOF of the Read that takes the final dot
-	// when that Read returns no bytes: the final dot came on its own after
-	// the bytes before it were read.
-	bugDrainEOF = "Dot.Drain reports io.EOF when the final dot is read on its own"
-	// Read with a 1-byte p under normalize returns 0, nil for ever (room
-	// for a CRLF is wanted even for a plain byte), and Chunks drops the
-	// CRLF it adds to a message not ending in one when p is shorter than 2.
-	// Peek(0) slices the nil buffer of a Buffer that holds none.
-	bugPeekZero  = "Buffer.Peek(0) panics when no buffer is held"
-	bugShortRead = "Dot and Chunks: Read with len(p) == 1 makes no progress under normalize; Chunks drops its added CRLF"
-)
-
 // rest returns what is left to read from in: buffered and not yet read
 // from its Src.
 func rest(in *input.Buffer) (string, error) {
@@ -338,7 +315,6 @@ func TestBufferPeekMoreThanSize(t *testing.T) {
 // Peek(0) is nothing and no error, as bufio's, also before the buffer
 // holds anything.
 func TestBufferPeekZero(t *testing.T) {
-	knownBug(t, bugPeekZero)
 	in := &input.Buffer{Src: strings.NewReader("abc")}
 	defer func() {
 		if p := recover(); p != nil {
@@ -590,9 +566,6 @@ func TestDot(t *testing.T) {
 		for _, mode := range srcModes {
 			for _, size := range readSizes {
 				t.Run(fmt.Sprintf("%s/%s/read%d", tc.name, mode.name, size), func(t *testing.T) {
-					if size == 1 && tc.normalize {
-						knownBug(t, bugShortRead)
-					}
 					in := &input.Buffer{Src: mode.wrap(strings.NewReader(tc.in))}
 					var d input.Dot
 					d.Reset(source{t, in}, tc.normalize)
@@ -690,29 +663,23 @@ func TestDotDrain(t *testing.T) {
 		first     int // bytes read before Drain
 		wantErr   error
 		rest      string
-		bug       string
 	}{
-		{"at once", "a\r\n..b\r\n" + strings.Repeat("x", 3*input.Size) + "\r\n.\r\nQUIT\r\n", false, 0, nil, "QUIT\r\n", ""},
-		{"after a part", "a\r\n..b\r\n" + strings.Repeat("x", 3*input.Size) + "\r\n.\r\nQUIT\r\n", false, 5, nil, "QUIT\r\n", ""},
-		{"normalize", "a\n.\r\nb\r.\r\n.\r\nQUIT\r\n", true, 2, nil, "QUIT\r\n", ""},
-		{"after the end", "a\r\n.\r\nQUIT\r\n", false, 100, nil, "QUIT\r\n", ""},
+		{"at once", "a\r\n..b\r\n" + strings.Repeat("x", 3*input.Size) + "\r\n.\r\nQUIT\r\n", false, 0, nil, "QUIT\r\n"},
+		{"after a part", "a\r\n..b\r\n" + strings.Repeat("x", 3*input.Size) + "\r\n.\r\nQUIT\r\n", false, 5, nil, "QUIT\r\n"},
+		{"normalize", "a\n.\r\nb\r.\r\n.\r\nQUIT\r\n", true, 2, nil, "QUIT\r\n"},
+		{"after the end", "a\r\n.\r\nQUIT\r\n", false, 100, nil, "QUIT\r\n"},
 		// The reader stopped right before the final dot, as the server's
-		// does when the client sent the dot in a write of its own.
-		{"final dot on its own", "a\r\n.\r\nQUIT\r\n", false, 3, nil, "QUIT\r\n", bugDrainEOF},
-		{"normalize final dot on its own", "a\r\n.\r\nQUIT\r\n", true, 3, nil, "QUIT\r\n", bugDrainEOF},
-		{"bare LF", "a\r\nb\nc\r\n.\r\n", false, 0, input.ErrBareNewline, "", ""},
-		{"end of stream", "a\r\nb\r\n", false, 0, io.ErrUnexpectedEOF, "", ""},
-		{"normalize end of stream", "a\r\nb\n.\r\n", true, 0, io.ErrUnexpectedEOF, "", ""},
+		// does when the client sent the dot in a write of its own (Drain
+		// then read it alone and returned its io.EOF).
+		{"final dot on its own", "a\r\n.\r\nQUIT\r\n", false, 3, nil, "QUIT\r\n"},
+		{"normalize final dot on its own", "a\r\n.\r\nQUIT\r\n", true, 3, nil, "QUIT\r\n"},
+		{"bare LF", "a\r\nb\nc\r\n.\r\n", false, 0, input.ErrBareNewline, ""},
+		{"end of stream", "a\r\nb\r\n", false, 0, io.ErrUnexpectedEOF, ""},
+		{"normalize end of stream", "a\r\nb\n.\r\n", true, 0, io.ErrUnexpectedEOF, ""},
 	}
 	for _, tc := range cases {
 		for _, mode := range srcModes {
 			t.Run(tc.name+"/"+mode.name, func(t *testing.T) {
-				if tc.bug != "" {
-					knownBug(t, tc.bug)
-				}
-				if mode.name == "onebyte" && tc.wantErr == nil {
-					knownBug(t, bugDrainEOF) // one byte at a time the final dot is read on its own
-				}
 				in := &input.Buffer{Src: mode.wrap(strings.NewReader(tc.in))}
 				var d input.Dot
 				d.Reset(source{t, in}, tc.normalize)
@@ -770,16 +737,6 @@ type chunksCase struct {
 	rest      string // what follows the chunks, when no error
 }
 
-// addsCRLF reports whether the reader adds a CRLF to the message.
-func (tc chunksCase) addsCRLF() bool {
-	var n int64
-	for _, s := range tc.steps {
-		n += s.size
-	}
-	n = min(n, int64(len(tc.data)))
-	return tc.wantErr == nil && n > 0 && !strings.HasSuffix(tc.data[:n], "\r\n")
-}
-
 var chunksCases = []chunksCase{
 	{name: "one chunk", data: "ab\r\nQUIT\r\n", steps: []step{{4, true, nil}}, want: "ab\r\n", rest: "QUIT\r\n"},
 	{name: "two chunks", data: "ab\r\ncd\r\nQUIT\r\n", steps: []step{{4, false, nil}, {4, true, nil}}, want: "ab\r\ncd\r\n", rest: "QUIT\r\n"},
@@ -830,9 +787,6 @@ func TestChunks(t *testing.T) {
 		for _, mode := range srcModes {
 			for _, size := range readSizes {
 				t.Run(fmt.Sprintf("%s/%s/read%d", tc.name, mode.name, size), func(t *testing.T) {
-					if size == 1 && (tc.normalize || tc.addsCRLF()) {
-						knownBug(t, bugShortRead)
-					}
 					in := &input.Buffer{Src: mode.wrap(strings.NewReader(tc.data))}
 					calls := 0
 					next := func() (int64, bool, error) {
@@ -934,4 +888,28 @@ func trunc(b []byte) string {
 		return string(b)
 	}
 	return fmt.Sprintf("%s...(%d bytes)...%s", b[:80], len(b)-160, b[len(b)-80:])
+}
+
+// next is asked once: after its error every Read repeats it, since in the
+// server next reads the client's next command off the wire.
+func TestChunksNextErrorSticks(t *testing.T) {
+	in := &input.Buffer{Src: strings.NewReader("abQUIT\r\n")}
+	interrupted := errors.New("interrupted")
+	calls := 0
+	r := input.NewChunks(source{t, in}, 2, false, false, func() (int64, bool, error) {
+		calls++
+		return 0, false, interrupted
+	})
+	p := make([]byte, 8)
+	if n, err := r.Read(p); string(p[:n]) != "ab" || err != nil {
+		t.Fatalf("Read = %q, %v; want \"ab\"", p[:n], err)
+	}
+	for range 3 {
+		if n, err := r.Read(p); n != 0 || !errors.Is(err, interrupted) {
+			t.Fatalf("Read = %d, %v; want next's error", n, err)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("next called %d times, want once", calls)
+	}
 }

@@ -34,6 +34,7 @@ type Dot struct {
 	lineStart bool // after a CRLF the client sent
 	pendingCR bool // a CR ended what was read so far: what follows decides
 	done      bool // the final dot was read
+	spill     spill
 }
 
 // Reset readies d for a new message read from c; normalize chooses the
@@ -47,9 +48,39 @@ func (d *Dot) Done() bool { return d.done }
 
 func (d *Dot) Read(p []byte) (int, error) {
 	if d.normalize {
-		return d.readNormalize(p)
+		return d.spill.read(p, d.readNormalize)
 	}
 	return d.readStrict(p)
+}
+
+// spill serves a reader that needs room for two bytes (a CRLF it makes
+// of a bare line end) to a caller with room for one: it reads two and
+// keeps the second for the next call. Without it a one-byte Read (the
+// size limit's check of a message exactly at the limit) would read
+// nothing for ever.
+type spill struct {
+	b  byte
+	ok bool
+}
+
+func (sp *spill) read(p []byte, read func([]byte) (int, error)) (int, error) {
+	switch {
+	case len(p) == 0:
+		return 0, nil
+	case sp.ok:
+		p[0], sp.ok = sp.b, false
+		return 1, nil
+	case len(p) >= 2:
+		return read(p)
+	}
+	var two [2]byte
+	n, err := read(two[:])
+	if n == 2 {
+		sp.b, sp.ok = two[1], true
+		n, err = 1, nil // an error comes again on the next read
+	}
+	p[0] = two[0]
+	return n, err
 }
 
 // readStrict reads under the reject policy: whole lines at a time, each of
@@ -194,6 +225,9 @@ func (d *Dot) Drain() error {
 	var buf [4 << 10]byte
 	for !d.done {
 		if _, err := d.Read(buf[:]); err != nil {
+			if err == io.EOF { // the final dot, read on its own
+				return nil
+			}
 			return err
 		}
 	}
@@ -215,6 +249,9 @@ type Chunks struct {
 	tail      [2]byte // the last two bytes given out
 	given     int64
 	eof       bool
+	added     int64 // bytes given out that the client did not send (a final CRLF)
+	err       error // next's error: the message ended with it
+	spill     spill
 }
 
 // NewChunks returns the message whose first chunk is size bytes (the last
@@ -223,21 +260,41 @@ func NewChunks(c Source, size int64, last, normalize bool, next func() (size int
 	return &Chunks{c: c, next: next, left: size, last: last, normalize: normalize}
 }
 
-// Left returns how many bytes of the current chunk are still unread.
+// Left returns how many bytes of the current chunk are still unread from
+// the client (what the server skips after an early reply).
 func (r *Chunks) Left() int64 { return r.left }
+
+// Added returns how many bytes Read gave out that the client did not send:
+// 2 once the CRLF that a message without one gets is given out, else 0.
+// A size limit counts the client's bytes.
+func (r *Chunks) Added() int64 { return r.added }
 
 // Last reports whether the current chunk is the last.
 func (r *Chunks) Last() bool { return r.last }
 
 func (r *Chunks) Read(p []byte) (int, error) {
-	if r.eof {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if r.normalize || r.spill.ok {
+		return r.spill.read(p, r.read)
+	}
+	return r.read(p) // a plain copy: one byte is room enough
+}
+
+func (r *Chunks) read(p []byte) (int, error) {
+	switch {
+	case r.eof:
 		return 0, io.EOF
+	case r.err != nil:
+		return 0, r.err // next is asked once: it reads the client's next command
 	}
 	for r.left == 0 {
 		if r.last {
 			return r.end(p)
 		}
 		if err := r.nextChunk(); err != nil {
+			r.err = err
 			return 0, err
 		}
 	}
@@ -342,8 +399,13 @@ func (r *Chunks) end(p []byte) (int, error) {
 	bareCR := r.pendingCR // under normalize, a line end of its own
 	r.pendingCR = false
 	r.eof = true
-	if r.given == 0 && !bareCR || r.tail == [2]byte{'\r', '\n'} && !bareCR || len(p) < 2 {
+	if r.given == 0 && !bareCR || r.tail == [2]byte{'\r', '\n'} && !bareCR {
 		return 0, io.EOF
+	}
+	r.added = 2
+	if len(p) == 1 { // the CR now, the LF on the next Read
+		p[0], r.spill = '\r', spill{b: '\n', ok: true}
+		return 1, nil
 	}
 	p[0], p[1] = '\r', '\n'
 	return 2, nil
