@@ -5,7 +5,7 @@ CONFIG  ?= config/smtpd.toml
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 FUZZTIME ?= 60s
 
-.PHONY: all build run test deps vet fuzz bench clean install uninstall
+.PHONY: all build run test deps vet fuzz bench bench-ab clean install uninstall
 
 all: build
 
@@ -66,6 +66,12 @@ fuzz:
 # make bench BENCH_QUICK=1 takes a few minutes; PEERS="..." SHAPES="..." pick.
 bench:
 	bash bench/run.sh
+
+# Two builds side by side with smtp-sink, interleaved (bench/ab.sh):
+# make bench-ab A=ce17e1b [B=HEAD] (B defaults to the work tree).
+bench-ab:
+	@test -n "$(A)" || { echo "make bench-ab A=REVISION [B=REVISION]"; exit 2; }
+	bash bench/ab.sh $(A) $(B)
 
 # Installs smtpd, the sample production config and the systemd units
 # (docs/install.md). Everything goes under $(DESTDIR) (empty: the live
