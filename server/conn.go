@@ -389,20 +389,24 @@ func (c *conn) skip(n int64) error {
 // has sent, so a slow-drip client cannot hold a connection for ever while
 // an honest slow one is never cut off mid-message by a fixed deadline.
 //
-// A deadline is a runtime timer moved on every command: one that would
-// move later by less than a 64th of the timeout is left where it is (the
-// client may find the idle timeout that much shorter), one that moves
-// earlier always is.
+// A deadline is a runtime timer moved on every command: an idle deadline
+// that would move later by less than a 64th of the timeout is left where
+// it is (the client may find the idle timeout that much shorter). One
+// that moves earlier always moves, and so do the minimum data rate's and
+// every deadline once the server is shutting down (listener.wakeIdle sets
+// the deadline of the connections it finds idle to now; one that has
+// since opened a transaction must get its own back).
 func (c *conn) setReadDeadline() {
 	now := time.Now()
 	deadline := now.Add(c.l.cfg.ReadTimeout)
+	exact := c.l.shuttingDown() // wakeIdle may have set a deadline of its own: replace it
 	if c.inData && c.l.cfg.MinDataRate > 0 {
 		allowed := c.l.cfg.MinDataRateGrace + time.Duration(float64(c.dataBytes)/float64(c.l.cfg.MinDataRate)*float64(time.Second))
 		if rate := c.dataStart.Add(allowed); rate.Before(deadline) {
-			deadline = rate
+			deadline, exact = rate, true // the client's allowance, to the byte
 		}
 	}
-	if moveDeadline(c.readDeadline, deadline, c.l.cfg.ReadTimeout) {
+	if exact || moveDeadline(c.readDeadline, deadline, c.l.cfg.ReadTimeout) {
 		c.readDeadline = deadline
 		c.transport.SetReadDeadline(deadline)
 	}

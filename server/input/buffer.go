@@ -50,9 +50,10 @@ func (in *Buffer) Release() {
 	}
 }
 
-// Drop forgets what is buffered and gives the buffer back.
+// Drop forgets what is buffered, and a read error kept with it, and gives
+// the buffer back.
 func (in *Buffer) Drop() {
-	in.r, in.w = 0, 0
+	in.r, in.w, in.err = 0, 0, nil
 	in.Release()
 }
 
