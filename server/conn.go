@@ -76,7 +76,17 @@ func newConn(l *listener, transport net.Conn, sess *Session, log *slog.Logger, c
 		raw = tc.NetConn()
 	}
 	c := &conn{l: l, raw: raw, transport: transport, sess: sess, log: log, cancel: cancel}
-	if sc, ok := raw.(syscall.Conn); ok && transport == raw {
+	// The poller's read (input.Buffer.ReadFD) reads the socket itself:
+	// only for the net package's own sockets, never for a net.Conn of the
+	// caller's (ServeConn) whose Read might do more than read the socket.
+	var sc syscall.Conn
+	switch t := raw.(type) {
+	case *net.TCPConn:
+		sc = t
+	case *net.UnixConn:
+		sc = t
+	}
+	if sc != nil && transport == raw {
 		c.rc, _ = sc.SyscallConn()
 		c.inputReady = c.in.ReadFD
 	}
