@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -27,6 +28,51 @@ func (r Reply) String() string {
 		b.WriteString(r.Msg)
 	}
 	return b.String()
+}
+
+// AppendWire appends r as the client gets it, CRLF included. A Msg
+// holding "\n" is a multi-line reply (EHLO's): every line gets the code
+// (and the enhanced code, RFC 2034), with "-" after it on all lines but
+// the last. Built with appends, not fmt: it runs for every reply.
+func (r Reply) AppendWire(b []byte) []byte {
+	e := r.Enhanced
+	msg := r.Msg
+	for {
+		line, rest, more := cutLine(msg)
+		b = strconv.AppendInt(b, int64(r.Code), 10)
+		switch {
+		case more:
+			b = append(b, '-')
+		case e != [3]int{} || line != "" || r.Code == 334: // "334 " is an empty SASL challenge
+			b = append(b, ' ')
+		}
+		if e != [3]int{} {
+			b = strconv.AppendInt(b, int64(e[0]), 10)
+			b = append(b, '.')
+			b = strconv.AppendInt(b, int64(e[1]), 10)
+			b = append(b, '.')
+			b = strconv.AppendInt(b, int64(e[2]), 10)
+			if line != "" {
+				b = append(b, ' ')
+			}
+		}
+		b = append(b, line...)
+		b = append(b, '\r', '\n')
+		if !more {
+			return b
+		}
+		msg = rest
+	}
+}
+
+// cutLine cuts s at its first "\n".
+func cutLine(s string) (line, rest string, more bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
 }
 
 // Positive reports a 2xx or 3xx reply.

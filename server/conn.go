@@ -460,7 +460,7 @@ func (c *conn) reply(rep hooks.Reply) {
 	if c.trace != nil {
 		c.trace.Debug("reply", "code", rep.Code)
 	}
-	c.out = appendReply(c.out, rep)
+	c.out = rep.AppendWire(c.out)
 	if rep.Close {
 		c.flush()
 		c.closed.Store(true)
@@ -542,51 +542,6 @@ func (c *conn) stuck(since time.Duration) {
 	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	t.Write([]byte("421 4.3.0 Local error in processing; closing connection\r\n"))
 	c.abort()
-}
-
-// appendReply appends rep as the client gets it, CRLF included. A Msg
-// holding "\n" is a multi-line reply (EHLO's): every line gets the code
-// (and the enhanced code, RFC 2034), with "-" after it on all lines but
-// the last. Built with appends, not fmt: it runs for every reply.
-func appendReply(b []byte, rep hooks.Reply) []byte {
-	e := rep.Enhanced
-	msg := rep.Msg
-	for {
-		line, rest, more := cutLine(msg)
-		b = strconv.AppendInt(b, int64(rep.Code), 10)
-		switch {
-		case more:
-			b = append(b, '-')
-		case e != [3]int{} || line != "" || rep.Code == 334: // "334 " is an empty SASL challenge
-			b = append(b, ' ')
-		}
-		if e != [3]int{} {
-			b = strconv.AppendInt(b, int64(e[0]), 10)
-			b = append(b, '.')
-			b = strconv.AppendInt(b, int64(e[1]), 10)
-			b = append(b, '.')
-			b = strconv.AppendInt(b, int64(e[2]), 10)
-			if line != "" {
-				b = append(b, ' ')
-			}
-		}
-		b = append(b, line...)
-		b = append(b, '\r', '\n')
-		if !more {
-			return b
-		}
-		msg = rest
-	}
-}
-
-// cutLine cuts s at its first "\n".
-func cutLine(s string) (line, rest string, more bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }
 
 // traceCommand logs a command line for the listener's trace, without
