@@ -55,7 +55,7 @@ type conn struct {
 	dataBytes  int64              // message bytes read since then
 	pending    string             // a command line read ahead (it ended a BDAT sequence)
 	rc         syscall.RawConn    // the plain TCP socket, to wait for input without a buffer (nil under TLS)
-	inputReady func(uintptr) bool // c.in.readFD, made once
+	inputReady func(uintptr) bool // c.in.ReadFD, made once
 	dot        input.Dot          // the DATA reader, reused from message to message
 	// The read and write deadlines last set on the transport (zero: unknown).
 	readDeadline, writeDeadline time.Time
@@ -201,11 +201,8 @@ func (c *conn) readChunks() {
 		return
 	}
 	var ended *hooks.Reply
-	size := ch.size
-	r := input.NewChunks(c, ch.size, ch.last, c.l.cfg.BareNewline == BareNewlineNormalize, func() (int64, bool, error) {
-		n, last, err := c.nextChunk(size, &ended)
-		size = n
-		return n, last, err
+	r := input.NewChunks(c, ch.size, ch.last, c.l.cfg.BareNewline == BareNewlineNormalize, func(done int64) (int64, bool, error) {
+		return c.nextChunk(done, &ended)
 	})
 	rep := s.Message(r)
 	if !rep.Close && r.Left() > 0 {
@@ -313,11 +310,11 @@ func (c *conn) readLine() (string, error) {
 		if err := c.flush(); err != nil {
 			return "", err
 		}
-		if err := c.waitInput(); err != nil {
-			return "", err
-		}
 	}
 	c.setReadDeadline()
+	if err := c.waitInput(); err != nil {
+		return "", err
+	}
 	line, err := c.in.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) || len(line) > c.l.cfg.MaxLineLength {
 		return "", errLineTooLong
@@ -330,15 +327,15 @@ func (c *conn) readLine() (string, error) {
 
 var errShuttingDown = errors.New("server shutting down")
 
-// waitInput waits, within the read deadline, until the client has sent
-// something and reads it, holding no read buffer while it waits (see
-// input.readFD). Only on a plain TCP socket (TLS keeps buffers of its
-// own); elsewhere the read itself waits.
+// waitInput waits, within the read deadline (set by the caller), until
+// the client has sent something and reads it, holding no read buffer while
+// it waits (see input.Buffer.ReadFD). Only on a plain TCP socket with
+// nothing buffered (TLS keeps buffers of its own); elsewhere the read
+// itself waits.
 func (c *conn) waitInput() error {
 	if c.rc == nil || c.transport != c.raw || c.in.Buffered() > 0 {
 		return nil
 	}
-	c.setReadDeadline()
 	c.in.Release()
 	c.working.Store(0)
 	err := c.rc.Read(c.inputReady)

@@ -231,14 +231,14 @@ func (s *Server) worker(c *conn) {
 		} else {
 			idle.Reset(workerIdle)
 		}
+		c = nil
 		select {
 		case c = <-s.work:
-			s.idleWorkers.Add(-1)
 		case <-idle.C:
-			s.idleWorkers.Add(-1)
-			return
 		case <-s.ctx.Done():
-			s.idleWorkers.Add(-1)
+		}
+		s.idleWorkers.Add(-1)
+		if c == nil {
 			return
 		}
 	}

@@ -71,6 +71,17 @@ func (in *Buffer) Bytes() []byte {
 // Discard consumes n buffered bytes (at most Buffered()).
 func (in *Buffer) Discard(n int) { in.r += n }
 
+// room takes a buffer if the input holds none, moves what is buffered to
+// its front, and returns the free space after it.
+func (in *Buffer) room() []byte {
+	in.take()
+	if in.r > 0 {
+		in.w = copy(in.buf[:], in.buf[in.r:in.w])
+		in.r = 0
+	}
+	return in.buf[in.w:]
+}
+
 // fill reads once from Src after what is buffered, moving it to the
 // front first. It returns bufio.ErrBufferFull when there is no room.
 func (in *Buffer) fill() error {
@@ -79,16 +90,12 @@ func (in *Buffer) fill() error {
 		in.err = nil
 		return err
 	}
-	in.take()
-	if in.r > 0 {
-		in.w = copy(in.buf[:], in.buf[in.r:in.w])
-		in.r = 0
-	}
-	if in.w == len(in.buf) {
+	free := in.room()
+	if len(free) == 0 {
 		return bufio.ErrBufferFull
 	}
 	for range 100 { // as bufio: a reader that keeps returning nothing is broken
-		n, err := in.Src.Read(in.buf[in.w:])
+		n, err := in.Src.Read(free)
 		in.w += n
 		if n > 0 {
 			in.err = err
@@ -151,16 +158,12 @@ func (in *Buffer) ReadSlice(delim byte) ([]byte, error) {
 // input); otherwise true, with the bytes buffered or the end of stream or
 // error kept for the next fill.
 func (in *Buffer) ReadFD(fd uintptr) bool {
-	in.take()
-	if in.r > 0 {
-		in.w = copy(in.buf[:], in.buf[in.r:in.w])
-		in.r = 0
-	}
-	if in.w == len(in.buf) {
+	free := in.room()
+	if len(free) == 0 {
 		return true
 	}
 	for {
-		n, err := syscall.Read(int(fd), in.buf[in.w:])
+		n, err := syscall.Read(int(fd), free)
 		switch {
 		case err == syscall.EINTR:
 			continue

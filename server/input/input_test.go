@@ -789,7 +789,7 @@ func TestChunks(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/%s/read%d", tc.name, mode.name, size), func(t *testing.T) {
 					in := &input.Buffer{Src: mode.wrap(strings.NewReader(tc.data))}
 					calls := 0
-					next := func() (int64, bool, error) {
+					next := func(int64) (int64, bool, error) {
 						calls++
 						if calls >= len(tc.steps) {
 							t.Fatalf("next called %d times, after the last chunk", calls)
@@ -838,7 +838,7 @@ func TestChunks(t *testing.T) {
 func TestChunksLeftLast(t *testing.T) {
 	in := &input.Buffer{Src: strings.NewReader("abcdefgQUIT\r\n")}
 	calls := 0
-	r := input.NewChunks(source{t, in}, 5, false, false, func() (int64, bool, error) {
+	r := input.NewChunks(source{t, in}, 5, false, false, func(int64) (int64, bool, error) {
 		calls++
 		return 2, true, nil
 	})
@@ -896,7 +896,7 @@ func TestChunksNextErrorSticks(t *testing.T) {
 	in := &input.Buffer{Src: strings.NewReader("abQUIT\r\n")}
 	interrupted := errors.New("interrupted")
 	calls := 0
-	r := input.NewChunks(source{t, in}, 2, false, false, func() (int64, bool, error) {
+	r := input.NewChunks(source{t, in}, 2, false, false, func(int64) (int64, bool, error) {
 		calls++
 		return 0, false, interrupted
 	})

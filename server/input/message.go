@@ -236,13 +236,15 @@ func (d *Dot) Drain() error {
 
 // Chunks is a BDAT message: the chunks of a BDAT sequence one after the
 // other, io.EOF after the last. When a chunk that is not the last is used
-// up, it calls Next for the next one (the server answers the chunk and
-// reads the next BDAT command); Next's error ends the message. A message
+// up, it calls next with that chunk's size for the next one (the server
+// answers the chunk and reads the next BDAT command); next's error ends
+// the message. A message
 // that does not end with CRLF gets one.
 type Chunks struct {
 	c         Source
-	next      func() (size int64, last bool, err error)
-	left      int64 // of the current chunk, still to read
+	next      func(done int64) (size int64, last bool, err error)
+	size      int64 // of the current chunk
+	left      int64 // of it, still to read
 	last      bool  // the current chunk is the last
 	normalize bool
 	pendingCR bool    // a CR ended what was read so far
@@ -255,9 +257,10 @@ type Chunks struct {
 }
 
 // NewChunks returns the message whose first chunk is size bytes (the last
-// one when last) read from c; next gives the size of each chunk after it.
-func NewChunks(c Source, size int64, last, normalize bool, next func() (size int64, last bool, err error)) *Chunks {
-	return &Chunks{c: c, next: next, left: size, last: last, normalize: normalize}
+// one when last) read from c; next, told the size of the chunk just read,
+// gives the size of the one after it.
+func NewChunks(c Source, size int64, last, normalize bool, next func(done int64) (size int64, last bool, err error)) *Chunks {
+	return &Chunks{c: c, next: next, size: size, left: size, last: last, normalize: normalize}
 }
 
 // Left returns how many bytes of the current chunk are still unread from
@@ -413,10 +416,10 @@ func (r *Chunks) end(p []byte) (int, error) {
 
 // nextChunk moves to the next chunk.
 func (r *Chunks) nextChunk() error {
-	size, last, err := r.next()
+	size, last, err := r.next(r.size)
 	if err != nil {
 		return err
 	}
-	r.left, r.last = size, last
+	r.size, r.left, r.last = size, size, last
 	return nil
 }
