@@ -167,7 +167,9 @@ func (d *Downstream) okReply() error {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + d.opts.QueuedAs}
 }
 
-// LMTPData gives each recipient its own status.
+// LMTPData gives each recipient its own status. The message is recorded
+// before any status is set: go-smtp writes each status to the client as
+// it is set, and a test reads Messages as soon as it has its reply.
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	m, err := s.read(r)
 	if err != nil {
@@ -175,16 +177,20 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	}
 	var ok []string
 	for _, rcpt := range s.to {
+		if s.d.opts.DataErr[rcpt] == nil {
+			ok = append(ok, rcpt)
+		}
+	}
+	if len(ok) > 0 {
+		m.To = ok
+		s.d.record(m)
+	}
+	for _, rcpt := range s.to {
 		if e := s.d.opts.DataErr[rcpt]; e != nil {
 			status.SetStatus(rcpt, e)
 			continue
 		}
 		status.SetStatus(rcpt, s.d.okReply())
-		ok = append(ok, rcpt)
-	}
-	if len(ok) > 0 {
-		m.To = ok
-		s.d.record(m)
 	}
 	return nil
 }
