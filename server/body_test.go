@@ -162,3 +162,31 @@ func TestMessageExactlyAtTheLimit(t *testing.T) {
 		})
 	}
 }
+
+// TestBdatEndingInABareCRCountsTheClientsBytes: under normalize, a last
+// chunk that ends in a bare CR gets its LF added, and only that LF is not
+// the client's: a message one byte over the limit is refused, one exactly
+// at it is queued with the CR made a line end.
+func TestBdatEndingInABareCRCountsTheClientsBytes(t *testing.T) {
+	const msg = "Subject: x\r\n\r\nhello\r" // ends in a bare CR
+	for _, tc := range []struct {
+		limit int
+		reply string
+	}{
+		{len(msg) - 1, "552 5.3.4 Message size exceeds the limit of 19 bytes"},
+		{len(msg), "250 2.0.0 Ok: queued"},
+	} {
+		ts := start(t, func(lc *server.ListenerConfig) {
+			lc.BareNewline, lc.Limits.MaxMessageBytes = server.BareNewlineNormalize, int64(tc.limit)
+		})
+		c := bdatStart(t, ts)
+		// Two chunks, so that the total, not one chunk's size, meets the limit.
+		c.send("BDAT 10\r\n" + msg[:10] + "BDAT 10 LAST\r\n" + msg[10:])
+		c.expect("", "250 2.0.0 10 octets received")
+		c.expect("", tc.reply)
+		m := ts.queue.Messages()
+		if tc.reply[0] == '5' && len(m) != 0 || tc.reply[0] == '2' && (len(m) != 1 || !strings.HasSuffix(string(m[0].Data), "\r\nSubject: x\r\n\r\nhello\r\n")) {
+			t.Fatalf("limit %d: queued %q", tc.limit, m)
+		}
+	}
+}

@@ -268,7 +268,9 @@ func NewChunks(c Source, size int64, last, normalize bool, next func(done int64)
 func (r *Chunks) Left() int64 { return r.left }
 
 // Added returns how many bytes Read gave out that the client did not send:
-// 2 once the CRLF that a message without one gets is given out, else 0.
+// once the message's end is given out, 2 for the CRLF that a message
+// without one gets, 1 for the LF after a bare CR at its end (normalize),
+// else 0.
 // A size limit counts the client's bytes.
 func (r *Chunks) Added() int64 { return r.added }
 
@@ -406,6 +408,9 @@ func (r *Chunks) end(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	r.added = 2
+	if bareCR {
+		r.added = 1 // the CR is the client's, only the LF is added
+	}
 	if len(p) == 1 { // the CR now, the LF on the next Read
 		p[0], r.spill = '\r', spill{b: '\n', ok: true}
 		return 1, nil
