@@ -242,16 +242,12 @@ func (c *conn) startTLS() {
 		c.abort()
 		return
 	}
-	if !c.handshake(tls.Server(c.transport, c.l.cfg.TLS)) {
-		return
-	}
-	st := c.transport.(*tls.Conn).ConnectionState()
-	c.sess.TLSStarted(&st)
+	c.handshake(tls.Server(c.transport, c.l.cfg.TLS))
 }
 
-// handshake runs the TLS handshake on tc and makes it the transport. On
-// failure it closes the connection (never go on in plaintext) and returns
-// false.
+// handshake runs the TLS handshake on tc, makes it the transport and
+// tells the session (TLSStarted). On failure it closes the connection
+// (never go on in plaintext) and returns false.
 func (c *conn) handshake(tc *tls.Conn) bool {
 	if d := c.l.cfg.ReadTimeout; d > 0 {
 		tc.SetDeadline(time.Now().Add(d))
@@ -266,10 +262,8 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 	c.tmu.Lock()
 	c.transport = tc
 	c.tmu.Unlock()
-	c.in.Drop()
 	st := tc.ConnectionState()
-	c.sess.conn.TLS = &st
-	c.sess.tlsStarted()
+	c.sess.TLSStarted(&st)
 	c.log.Info("TLS started", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
 	return true
 }

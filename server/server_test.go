@@ -16,6 +16,7 @@ import (
 	"github.com/sluice-mta/sluice/connection"
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/hooks/hookstest"
+	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server"
 	"github.com/sluice-mta/sluice/server/authlimit"
 	"github.com/sluice-mta/sluice/server/servertest"
@@ -353,6 +354,49 @@ func TestStartTLSResetsTheSession(t *testing.T) {
 	msgs := ts.queue.Messages()
 	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "with ESMTPS id") {
 		t.Fatalf("queued: %q", msgs)
+	}
+}
+
+// TestStartTLSIsOneMonitorEvent: the monitor's page and `smtpd watch`
+// show one "tls" event per handshake, STARTTLS or implicit TLS.
+func TestStartTLSIsOneMonitorEvent(t *testing.T) {
+	for _, implicit := range []bool{false, true} {
+		bus := monitor.NewBus(100)
+		ch, err := hooks.NewChain([]hooks.Instance{{Name: "rcpt", Plugin: acceptRcpt{}}}, hooks.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := servertest.Serve(t, server.Config{SpoolDir: t.TempDir(), Bus: bus, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Listeners: []server.ListenerConfig{{Name: "mx", Address: "127.0.0.1:0", Hostname: "mx.example.test", Chain: ch,
+				TLS: testTLSConfig(t), ImplicitTLS: implicit}}})
+		var c *client
+		if implicit {
+			tc, err := tls.Dial("tcp", srv.Addr("mx").String(), &tls.Config{InsecureSkipVerify: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tc.Close() })
+			c = &client{t: t, conn: tc, r: bufio.NewReader(tc)}
+			c.expect("", "220 ")
+		} else {
+			c = dial(t, srv.Addr("mx").String())
+			c.expect("", "220 ")
+			c.expect("EHLO a.example", "250")
+			c.expect("STARTTLS", "220 2.0.0")
+			tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+			if err := tc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			c.conn, c.r = tc, bufio.NewReader(tc)
+		}
+		c.expect("EHLO a.example", "250") // the handshake's event is out before this reply
+		var kinds []string
+		for _, e := range bus.Recent() {
+			kinds = append(kinds, e.Kind)
+		}
+		if n := strings.Count(strings.Join(kinds, " "), monitor.KindTLS); n != 1 {
+			t.Errorf("implicit TLS %v: events %v hold %d %q, want 1", implicit, kinds, n, monitor.KindTLS)
+		}
 	}
 }
 
