@@ -29,7 +29,11 @@ type listener struct {
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
-	perIP map[netip.Addr]int // by clientKey
+	// admitted counts the connections that passed the caps, from the check
+	// on (conns has them only once their loop exists): concurrent admits
+	// cannot all pass MaxConnections.
+	admitted int
+	perIP    map[netip.Addr]int // by clientKey
 
 	rates    *overload.RateTable // connections per client per window; nil: no limit
 	refusals *overload.RefusalLog
@@ -151,6 +155,7 @@ func (l *listener) forget(c *conn) {
 	l.mu.Lock()
 	if _, ok := l.conns[c]; ok {
 		delete(l.conns, c)
+		l.admitted--
 		if l.perIP[key]--; l.perIP[key] <= 0 {
 			delete(l.perIP, key)
 		}

@@ -61,11 +61,12 @@ func (l *listener) overLimit(key netip.Addr) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
-	case len(l.conns) >= l.cfg.MaxConnections:
+	case l.admitted >= l.cfg.MaxConnections:
 		return reasonConnections
 	case l.perIP[key] >= l.cfg.MaxConnectionsPerIP:
 		return reasonConnectionsPerIP
 	}
+	l.admitted++
 	l.perIP[key]++
 	return ""
 }

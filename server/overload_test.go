@@ -1,9 +1,12 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -218,4 +221,38 @@ func TestSpoolMemoryBudgetSpillsAndIsReleased(t *testing.T) {
 	d.send("Subject: d\r\n\r\n" + strings.Repeat(chunk, 900) + ".\r\n")
 	d.expect("", "552 5.3.4")
 	released(t, srv, "a message too big")
+}
+
+// TestMaxConnectionsHoldsForConnectionsAdmittedAtOnce: connections admitted
+// at the same moment (a PROXY listener admits each on its own goroutine,
+// ServeConn may be called from many) never get past MaxConnections.
+func TestMaxConnectionsHoldsForConnectionsAdmittedAtOnce(t *testing.T) {
+	const max, clients = 3, 40
+	ts := start(t, func(l *server.ListenerConfig) { l.MaxConnections, l.MaxConnectionsPerIP = max, clients })
+	var ready sync.WaitGroup
+	ready.Add(1)
+	greeted := make(chan bool, clients)
+	for i := range clients {
+		cs, ss := net.Pipe()
+		t.Cleanup(func() { cs.Close() })
+		go func() {
+			ready.Wait()
+			remote := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 25)
+			ts.srv.ServeConn("mx", ss, server.ClientInfo{Remote: remote})
+		}()
+		go func() {
+			line, _ := bufio.NewReader(cs).ReadString('\n')
+			greeted <- strings.HasPrefix(line, "220 ")
+		}()
+	}
+	ready.Done()
+	n := 0
+	for range clients {
+		if <-greeted {
+			n++
+		}
+	}
+	if n != max {
+		t.Fatalf("%d of %d clients admitted at once were greeted, want MaxConnections = %d", n, clients, max)
+	}
 }
