@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -30,7 +31,6 @@ type Pair struct {
 // from disk on demand (SIGHUP) without a restart.
 type Set struct {
 	pairs []Pair
-	self  string // hostname of a generated self-signed certificate, or ""
 	certs atomic.Pointer[[]tls.Certificate]
 }
 
@@ -50,34 +50,56 @@ func Load(pairs []Pair) (*Set, error) {
 // SelfSigned returns a throwaway self-signed certificate for hostname, made
 // in memory at start: for local testing only, clients cannot verify it.
 func SelfSigned(hostname string) (*Set, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := SelfSignedPEM(hostname, 365*24*time.Hour)
 	if err != nil {
 		return nil, err
 	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	c := &Set{}
+	certs := []tls.Certificate{cert}
+	c.certs.Store(&certs)
+	return c, nil
+}
+
+// SelfSignedPEM makes a self-signed server certificate for hostname, valid
+// from an hour ago for validFor, and returns it and its key as PEM: what
+// SelfSigned serves, and what a test writes to files for Load.
+func SelfSignedPEM(hostname string, validFor time.Duration) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		return nil, nil, err
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: hostname, Organization: []string{"Sluice self-signed, for testing only"}},
 		DNSNames:     []string{hostname},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		NotAfter:     time.Now().Add(validFor),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	leaf, _ := x509.ParseCertificate(der)
-	c := &Set{self: hostname}
-	certs := []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}
-	c.certs.Store(&certs)
-	return c, nil
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), nil
 }
 
-// Reload reads the files again. On error the certificates in use stay.
+// Reload reads the files again. On error the certificates in use stay. A
+// self-signed Set has no files and keeps its certificate.
 func (c *Set) Reload() error {
-	if c.self != "" {
+	if len(c.pairs) == 0 {
 		return nil
 	}
 	var certs []tls.Certificate
@@ -91,10 +113,6 @@ func (c *Set) Reload() error {
 	c.certs.Store(&certs)
 	return nil
 }
-
-// SelfSignedFor returns the hostname a self-signed certificate was made
-// for, or "" for certificates from files.
-func (c *Set) SelfSignedFor() string { return c.self }
 
 // get picks the certificate for the client's SNI name.
 func (c *Set) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {

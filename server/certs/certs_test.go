@@ -1,14 +1,7 @@
 package certs_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,35 +11,13 @@ import (
 	"github.com/sluice-mta/sluice/server/certs"
 )
 
-// selfSignedPEM returns a PEM certificate and key for host.
-func selfSignedPEM(t *testing.T, host string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: host},
-		DNSNames:     []string{host},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-}
-
 func TestSetBySNIAndReload(t *testing.T) {
 	dir := t.TempDir()
 	writePair := func(name, host string) certs.Pair {
-		cert, key := selfSignedPEM(t, host)
+		cert, key, err := certs.SelfSignedPEM(host, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
 		p := certs.Pair{Cert: filepath.Join(dir, name+".pem"), Key: filepath.Join(dir, name+".key")}
 		os.WriteFile(p.Cert, cert, 0o600)
 		os.WriteFile(p.Key, key, 0o600)
