@@ -61,9 +61,6 @@ type conn struct {
 	readDeadline, writeDeadline time.Time
 }
 
-// readBufferSize is the read buffer per connection: MaxLineLength must fit.
-const readBufferSize = input.Size
-
 // flushAt is how many bytes of replies are kept back at most while
 // pipelined commands are answered.
 const flushAt = 4 << 10
@@ -262,6 +259,7 @@ func (c *conn) handshake(tc *tls.Conn) bool {
 	c.tmu.Lock()
 	c.transport = tc
 	c.tmu.Unlock()
+	c.rc = nil // TLS keeps buffers of its own: the poller's read is for the plain socket
 	st := tc.ConnectionState()
 	c.sess.TLSStarted(&st)
 	c.log.Info("TLS started", "version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite))
@@ -327,7 +325,7 @@ var errShuttingDown = errors.New("server shutting down")
 // nothing buffered (TLS keeps buffers of its own); elsewhere the read
 // itself waits.
 func (c *conn) waitInput() error {
-	if c.rc == nil || c.transport != c.raw || c.in.Buffered() > 0 {
+	if c.rc == nil || c.in.Buffered() > 0 {
 		return nil
 	}
 	c.in.Release()

@@ -25,6 +25,7 @@ var errTooBig = errors.New("message exceeds the size limit")
 // client's; exactly max bytes pass.
 type sizeLimit struct {
 	r    io.Reader
+	adds interface{ Added() int64 } // r, when it adds bytes of its own (input.Chunks)
 	n    int64
 	max  int64
 	over bool
@@ -49,10 +50,10 @@ func (l *sizeLimit) Read(p []byte) (int, error) {
 // added is how many bytes the reader added to what the client sent (the
 // CRLF that ends a BDAT message without one): they do not count.
 func (l *sizeLimit) added() int64 {
-	if a, ok := l.r.(interface{ Added() int64 }); ok {
-		return a.Added()
+	if l.adds == nil {
+		return 0
 	}
-	return 0
+	return l.adds.Added()
 }
 
 // messageReaders are the read buffers of Message, shared by the
@@ -89,7 +90,8 @@ func (s *Session) Message(r io.Reader) hooks.Reply {
 func (s *Session) message(tx *transaction.Transaction, r io.Reader) hooks.Reply {
 	limited := &s.limit // the Session's own: one allocation less per message
 	*limited = sizeLimit{r: r, max: s.MaxMessageBytes()}
-	defer func() { limited.r = nil }()
+	limited.adds, _ = r.(interface{ Added() int64 })
+	defer func() { limited.r, limited.adds = nil, nil }()
 	br := messageReaders.Get().(*bufio.Reader)
 	br.Reset(limited)
 	defer func() {

@@ -28,6 +28,7 @@ import (
 	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/monitor"
 	"github.com/sluice-mta/sluice/server/authlimit"
+	"github.com/sluice-mta/sluice/server/input"
 	"github.com/sluice-mta/sluice/server/overload"
 	"github.com/sluice-mta/sluice/transaction"
 )
@@ -134,7 +135,7 @@ func (c *ListenerConfig) setDefaults() {
 	}
 	setDefault(&c.MinDataRateGrace, time.Minute)
 	setDefault(&c.MaxLineLength, 2048)
-	c.MaxLineLength = min(c.MaxLineLength, readBufferSize)
+	c.MaxLineLength = min(c.MaxLineLength, input.Size) // a line fits the connection's read buffer
 	setDefault(&c.MaxConnections, 1000)
 	setDefault(&c.MaxConnectionsPerIP, 20)
 	if c.MaxConnectionRatePerIP == 0 { // negative: no rate limit
@@ -144,10 +145,9 @@ func (c *ListenerConfig) setDefaults() {
 	if c.ConnectionRateExceptions == nil {
 		c.ConnectionRateExceptions = DefaultConnectionRateExceptions
 	}
-	if c.IPv6Prefix > 128 {
-		c.IPv6Prefix = 0
+	if c.IPv6Prefix <= 0 || c.IPv6Prefix > 128 {
+		c.IPv6Prefix = 64
 	}
-	setDefault(&c.IPv6Prefix, 64)
 	setDefault(&c.MaxErrors, DefaultMaxErrors)
 	setDefault(&c.MaxJunkCommands, DefaultMaxJunkCommands)
 	if c.BareNewline == "" {

@@ -28,7 +28,12 @@ func (t *Transaction) Received(c *connection.Connection, showAuthUser bool, now 
 	b = append(b, "])"...)
 	if c.TLS != nil {
 		b = append(b, "\r\n\t(using "...)
-		b = append(b, strings.Replace(tls.VersionName(c.TLS.Version), "TLS ", "TLSv", 1)...)
+		version := tls.VersionName(c.TLS.Version) // "TLS 1.3": written "TLSv1.3", as Postfix does
+		if v, ok := strings.CutPrefix(version, "TLS "); ok {
+			b = append(b, "TLSv"...)
+			version = v
+		}
+		b = append(b, version...)
 		b = append(b, " with cipher "...)
 		b = append(b, tls.CipherSuiteName(c.TLS.CipherSuite)...)
 		b = append(b, ')')

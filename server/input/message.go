@@ -59,8 +59,8 @@ func (d *Dot) Read(p []byte) (int, error) {
 // size limit's check of a message exactly at the limit) would read
 // nothing for ever.
 type spill struct {
-	b  byte
-	ok bool
+	two [2]byte // the read of two; two[1] is kept when ok
+	ok  bool
 }
 
 func (sp *spill) read(p []byte, read func([]byte) (int, error)) (int, error) {
@@ -68,18 +68,17 @@ func (sp *spill) read(p []byte, read func([]byte) (int, error)) (int, error) {
 	case len(p) == 0:
 		return 0, nil
 	case sp.ok:
-		p[0], sp.ok = sp.b, false
+		p[0], sp.ok = sp.two[1], false
 		return 1, nil
 	case len(p) >= 2:
 		return read(p)
 	}
-	var two [2]byte
-	n, err := read(two[:])
+	n, err := read(sp.two[:])
 	if n == 2 {
-		sp.b, sp.ok = two[1], true
+		sp.ok = true
 		n, err = 1, nil // an error comes again on the next read
 	}
-	p[0] = two[0]
+	p[0] = sp.two[0]
 	return n, err
 }
 
@@ -222,16 +221,8 @@ func (d *Dot) readNormalize(p []byte) (int, error) {
 
 // Drain reads and drops the rest of the message after an early reply.
 func (d *Dot) Drain() error {
-	var buf [4 << 10]byte
-	for !d.done {
-		if _, err := d.Read(buf[:]); err != nil {
-			if err == io.EOF { // the final dot, read on its own
-				return nil
-			}
-			return err
-		}
-	}
-	return nil
+	_, err := io.Copy(io.Discard, d)
+	return err
 }
 
 // Chunks is a BDAT message: the chunks of a BDAT sequence one after the
@@ -250,9 +241,8 @@ type Chunks struct {
 	pendingCR bool    // a CR ended what was read so far
 	tail      [2]byte // the last two bytes given out
 	given     int64
-	eof       bool
 	added     int64 // bytes given out that the client did not send (a final CRLF)
-	err       error // next's error: the message ended with it
+	err       error // io.EOF after the end, or next's error: the message ended with it
 	spill     spill
 }
 
@@ -288,10 +278,7 @@ func (r *Chunks) Read(p []byte) (int, error) {
 }
 
 func (r *Chunks) read(p []byte) (int, error) {
-	switch {
-	case r.eof:
-		return 0, io.EOF
-	case r.err != nil:
+	if r.err != nil {
 		return 0, r.err // next is asked once: it reads the client's next command
 	}
 	for r.left == 0 {
@@ -403,7 +390,7 @@ func (r *Chunks) end(p []byte) (int, error) {
 	}
 	bareCR := r.pendingCR // under normalize, a line end of its own
 	r.pendingCR = false
-	r.eof = true
+	r.err = io.EOF
 	if r.given == 0 && !bareCR || r.tail == [2]byte{'\r', '\n'} && !bareCR {
 		return 0, io.EOF
 	}
@@ -412,7 +399,7 @@ func (r *Chunks) end(p []byte) (int, error) {
 		r.added = 1 // the CR is the client's, only the LF is added
 	}
 	if len(p) == 1 { // the CR now, the LF on the next Read
-		p[0], r.spill = '\r', spill{b: '\n', ok: true}
+		p[0], r.spill = '\r', spill{two: [2]byte{'\r', '\n'}, ok: true}
 		return 1, nil
 	}
 	p[0], p[1] = '\r', '\n'
