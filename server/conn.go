@@ -57,6 +57,11 @@ type conn struct {
 	rc         syscall.RawConn    // the plain TCP socket, to wait for input without a buffer (nil under TLS)
 	inputReady func(uintptr) bool // c.in.ReadFD, made once
 	dot        input.Dot          // the DATA reader, reused from message to message
+	chunks     input.Chunks       // the BDAT reader, likewise
+	nextChunks input.NextChunk    // c.nextChunk, made once
+	// endedBy is the reply to a BDAT command that ended its sequence
+	// (Code 0: none), written after the message's own.
+	endedBy hooks.Reply
 	// The read and write deadlines last set on the transport (zero: unknown).
 	readDeadline, writeDeadline time.Time
 }
@@ -88,6 +93,7 @@ func newConn(l *listener, transport net.Conn, sess *Session, log *slog.Logger, c
 		c.inputReady = c.in.ReadFD
 	}
 	c.in.Src = clientReader{c}
+	c.nextChunks = c.nextChunk
 	c.working.Store(time.Now().UnixNano()) // the connect hook runs before any read
 	return c
 }
@@ -197,10 +203,9 @@ func (c *conn) readChunks() {
 		c.reply(s.chunkRefused())
 		return
 	}
-	var ended *hooks.Reply
-	r := input.NewChunks(c, ch.size, ch.last, c.l.cfg.BareNewline == BareNewlineNormalize, func(done int64) (int64, bool, error) {
-		return c.nextChunk(done, &ended)
-	})
+	r := &c.chunks
+	r.Reset(c, ch.size, ch.last, c.l.cfg.BareNewline == BareNewlineNormalize, c.nextChunks)
+	c.endedBy = hooks.Reply{}
 	rep := s.Message(r)
 	if !rep.Close && r.Left() > 0 {
 		if err := c.skip(r.Left()); err != nil {
@@ -215,8 +220,8 @@ func (c *conn) readChunks() {
 		}
 		c.reply(rep)
 	}
-	if ended != nil {
-		c.reply(*ended)
+	if c.endedBy.Code != 0 {
+		c.reply(c.endedBy)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"io"
 	"strings"
 
-	"github.com/sluice-mta/sluice/hooks"
 	"github.com/sluice-mta/sluice/server/command"
 )
 
@@ -33,8 +32,8 @@ var errInterrupted = errors.New("BDAT sequence interrupted by another command")
 // nextChunk answers the BDAT chunk just read and reads the next command:
 // a BDAT goes on with the message (its size and whether it is the last);
 // another command ends it (errInterrupted), kept in c.pending for the
-// loop, or in *ended when it is a BDAT whose reply ends the sequence.
-func (c *conn) nextChunk(size int64, ended **hooks.Reply) (int64, bool, error) {
+// loop, or in c.endedBy when it is a BDAT whose reply ends the sequence.
+func (c *conn) nextChunk(size int64) (int64, bool, error) {
 	s := c.sess
 	c.reply(s.chunkReceived(size))
 	line, err := c.readLine()
@@ -50,7 +49,7 @@ func (c *conn) nextChunk(size int64, ended **hooks.Reply) (int64, bool, error) {
 		return 0, false, errInterrupted
 	}
 	if rep := s.Command(line); rep.Code != 0 {
-		*ended = &rep
+		c.endedBy = rep
 		return 0, false, errInterrupted
 	}
 	return s.chunk.size, s.chunk.last, nil

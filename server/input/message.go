@@ -233,7 +233,7 @@ func (d *Dot) Drain() error {
 // that does not end with CRLF gets one.
 type Chunks struct {
 	c         Source
-	next      func(done int64) (size int64, last bool, err error)
+	next      NextChunk
 	size      int64 // of the current chunk
 	left      int64 // of it, still to read
 	last      bool  // the current chunk is the last
@@ -246,11 +246,23 @@ type Chunks struct {
 	spill     spill
 }
 
+// NextChunk is told the size of the chunk just read and gives the size
+// of the next one and whether it is the last; its error ends the message.
+type NextChunk func(done int64) (size int64, last bool, err error)
+
 // NewChunks returns the message whose first chunk is size bytes (the last
 // one when last) read from c; next, told the size of the chunk just read,
 // gives the size of the one after it.
-func NewChunks(c Source, size int64, last, normalize bool, next func(done int64) (size int64, last bool, err error)) *Chunks {
-	return &Chunks{c: c, next: next, size: size, left: size, last: last, normalize: normalize}
+func NewChunks(c Source, size int64, last, normalize bool, next NextChunk) *Chunks {
+	r := new(Chunks)
+	r.Reset(c, size, last, normalize, next)
+	return r
+}
+
+// Reset makes r a new message, as NewChunks does, so that a connection
+// reuses one Chunks from message to message.
+func (r *Chunks) Reset(c Source, size int64, last, normalize bool, next NextChunk) {
+	*r = Chunks{c: c, next: next, size: size, left: size, last: last, normalize: normalize}
 }
 
 // Left returns how many bytes of the current chunk are still unread from
