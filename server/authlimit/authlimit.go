@@ -5,7 +5,6 @@
 package authlimit
 
 import (
-	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-mta/sluice/internal/fixedwindow"
 	"github.com/sluice-mta/sluice/state"
 )
 
@@ -90,15 +90,8 @@ type Limiter struct {
 	lastLogged time.Time
 	retryAt    time.Time // while storeDown, the store is skipped until then
 
-	mu      sync.Mutex
-	windows map[string]*list.Element // of *failWindow, in order
-	order   list.List                // oldest window first: start never decreases
-}
-
-type failWindow struct {
-	key   string
-	start time.Time
-	n     int
+	mu       sync.Mutex
+	failures fixedwindow.Counter[string] // by ipKey and userKey
 }
 
 // Limit is what the limiter lets an AUTH attempt do.
@@ -158,16 +151,6 @@ func userKey(user string) string {
 	return "auth:user:" + hex.EncodeToString(sum[:16])
 }
 
-// over reports whether key has used up its failures. l.mu is held.
-func (l *Limiter) over(key string, now time.Time, max int, win time.Duration) bool {
-	e := l.windows[key]
-	if e == nil {
-		return false
-	}
-	w := e.Value.(*failWindow)
-	return now.Sub(w.start) < win && w.n >= max
-}
-
 // Check says what an AUTH attempt from ip for user may do now. The IP's
 // limit comes first.
 func (l *Limiter) Check(ip netip.Addr, user string) Limit {
@@ -193,7 +176,7 @@ func (l *Limiter) isOver(key string, max int, win time.Duration) bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.over(key, time.Now(), max, win)
+	return l.failures.Count(key, time.Now(), win) >= max
 }
 
 // storeGet reads key's counter from the store; a missing key is 0.
@@ -246,27 +229,9 @@ func (l *Limiter) failMemory(keys []string, win time.Duration, tracked int) []in
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.windows == nil {
-		l.windows = map[string]*list.Element{}
-	}
-	// Windows are in the order they started: the expired ones are at the
-	// front.
-	for e := l.order.Front(); e != nil && now.Sub(e.Value.(*failWindow).start) >= win; e = l.order.Front() {
-		l.drop(e)
-	}
 	counts := make([]int, len(keys))
 	for i, k := range keys {
-		e := l.windows[k]
-		if e == nil {
-			for len(l.windows) >= tracked {
-				l.drop(l.order.Front())
-			}
-			e = l.order.PushBack(&failWindow{key: k, start: now})
-			l.windows[k] = e
-		}
-		w := e.Value.(*failWindow)
-		w.n++
-		counts[i] = w.n
+		counts[i] = l.failures.Add(k, now, win, tracked)
 	}
 	return counts
 }
@@ -286,9 +251,7 @@ func (l *Limiter) Succeed(user string) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if e := l.windows[key]; e != nil {
-		l.drop(e)
-	}
+	l.failures.Forget(key)
 }
 
 // useStore reports whether to ask the store: there is one, and it has not
@@ -335,13 +298,7 @@ func (l *Limiter) storeResult(err error) {
 func (l *Limiter) Tracked() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.windows)
-}
-
-// drop forgets one window. l.mu is held.
-func (l *Limiter) drop(e *list.Element) {
-	delete(l.windows, e.Value.(*failWindow).key)
-	l.order.Remove(e)
+	return l.failures.Len()
 }
 
 func (l *Limiter) storeRetry() time.Duration {

@@ -7,7 +7,6 @@
 package overload
 
 import (
-	"container/list"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -15,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sluice-mta/sluice/internal/fixedwindow"
 )
 
 // RateTableSize caps the clients a listener's rate table tracks (about
@@ -40,20 +41,13 @@ type RateTable struct {
 	size   int
 
 	mu      sync.Mutex
-	clients map[netip.Addr]*list.Element // of *rateWindow
-	order   list.List                    // oldest window first
-}
-
-type rateWindow struct {
-	key   netip.Addr
-	start time.Time
-	n     int
+	clients fixedwindow.Counter[netip.Addr]
 }
 
 // NewRateTable allows max connections per client per window, and tracks
 // at most size clients.
 func NewRateTable(max int, window time.Duration, size int) *RateTable {
-	return &RateTable{max: max, window: window, size: size, clients: map[netip.Addr]*list.Element{}}
+	return &RateTable{max: max, window: window, size: size}
 }
 
 // Allow counts a connection from key at now and reports whether it is
@@ -61,33 +55,14 @@ func NewRateTable(max int, window time.Duration, size int) *RateTable {
 func (t *RateTable) Allow(key netip.Addr, now time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	// The windows are in the order they started: expired ones first.
-	for e := t.order.Front(); e != nil && now.Sub(e.Value.(*rateWindow).start) >= t.window; e = t.order.Front() {
-		t.drop(e)
-	}
-	e := t.clients[key]
-	if e == nil {
-		for len(t.clients) >= t.size {
-			t.drop(t.order.Front())
-		}
-		e = t.order.PushBack(&rateWindow{key: key, start: now})
-		t.clients[key] = e
-	}
-	w := e.Value.(*rateWindow)
-	w.n++
-	return w.n <= t.max
-}
-
-func (t *RateTable) drop(e *list.Element) {
-	delete(t.clients, e.Value.(*rateWindow).key)
-	t.order.Remove(e)
+	return t.clients.Add(key, now, t.window, t.size) <= t.max
 }
 
 // Tracked returns how many clients the table counts.
 func (t *RateTable) Tracked() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.clients)
+	return t.clients.Len()
 }
 
 // RefusalLog logs refusals at WARN, one line per client per
