@@ -122,9 +122,31 @@ func (c *client) query(ctx context.Context, name string, qtype uint16) (answer, 
 // exchange sends m over UDP, and again over TCP when the answer is
 // truncated.
 func exchange(ctx context.Context, m *dns.Msg, addr string) (*dns.Msg, error) {
-	r, _, err := (&dns.Client{Net: "udp"}).ExchangeContext(ctx, m, addr)
+	r, err := exchangeOver(ctx, "udp", m, addr)
 	if err == nil && r.Truncated {
-		r, _, err = (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, addr)
+		r, err = exchangeOver(ctx, "tcp", m, addr)
+	}
+	return r, err
+}
+
+// exchangeOver asks m of addr over network within ctx. miekg/dns reads
+// only ctx's deadline, and caps it at its own 2s read timeout: the
+// client's Timeout is set to the deadline, and ctx's end (a disconnect)
+// closes the socket, so a query waiting for its answer ends at once.
+func exchangeOver(ctx context.Context, network string, m *dns.Msg, addr string) (*dns.Msg, error) {
+	cl := &dns.Client{Net: network}
+	if d, ok := ctx.Deadline(); ok {
+		cl.Timeout = max(time.Until(d), time.Millisecond)
+	}
+	conn, err := cl.DialContext(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	defer context.AfterFunc(ctx, func() { conn.Close() })()
+	r, _, err := cl.ExchangeWithConnContext(ctx, m, conn)
+	if err != nil && ctx.Err() != nil {
+		err = ctx.Err()
 	}
 	return r, err
 }
