@@ -34,7 +34,13 @@ func (l *listener) admitProxied(raw net.Conn) {
 		return
 	}
 	if c := l.admit(nc, info); c != nil {
-		c.serve()
+		// A waiting worker's stack is grown already (see Server.start);
+		// without one, this goroutine serves and then waits as a worker.
+		select {
+		case l.srv.work <- c:
+		default:
+			l.srv.worker(c)
+		}
 	}
 }
 
