@@ -38,13 +38,19 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 // startTLS runs STARTTLS and a new EHLO; it returns the EHLO reply.
 func (c *client) startTLS() string {
 	c.t.Helper()
+	c.handshakeTLS()
+	return c.expect("EHLO a.example", "250")
+}
+
+// handshakeTLS runs STARTTLS and the handshake, and goes on over TLS.
+func (c *client) handshakeTLS() {
+	c.t.Helper()
 	c.expect("STARTTLS", "220 2.0.0")
 	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
 	if err := tc.Handshake(); err != nil {
 		c.t.Fatal(err)
 	}
 	c.conn, c.r = tc, bufio.NewReader(tc)
-	return c.expect("EHLO a.example", "250")
 }
 
 func submission(t *testing.T, limiter *authlimit.Limiter) *testServer {
@@ -317,12 +323,7 @@ func TestAuthRightAfterStartTLSNeedsEHLO(t *testing.T) {
 	c := dial(t, ts.addr)
 	c.expect("", "220 ")
 	c.expect("EHLO a.example", "250")
-	c.expect("STARTTLS", "220 2.0.0")
-	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.handshakeTLS()
 	c.expect(plain("", "alice", "s3cret"), "503 5.5.1 Send EHLO first")
 	c.expect("EHLO a.example", "250")
 	c.expect(plain("", "alice", "s3cret"), "235 2.7.0")

@@ -335,12 +335,7 @@ func TestStartTLSResetsTheSession(t *testing.T) {
 	c := dial(t, ts.addr)
 	c.expect("", "220 ")
 	c.expect("EHLO a.example", "250")
-	c.expect("STARTTLS", "220 2.0.0")
-	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.handshakeTLS()
 	c.expect("MAIL FROM:<a@a.example>", "503 5.5.1 Send EHLO")
 	ehlo := c.expect("EHLO a.example", "250")
 	if strings.Contains(ehlo, "STARTTLS") {
@@ -382,12 +377,7 @@ func TestStartTLSIsOneMonitorEvent(t *testing.T) {
 			c = dial(t, srv.Addr("mx").String())
 			c.expect("", "220 ")
 			c.expect("EHLO a.example", "250")
-			c.expect("STARTTLS", "220 2.0.0")
-			tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
-			if err := tc.Handshake(); err != nil {
-				t.Fatal(err)
-			}
-			c.conn, c.r = tc, bufio.NewReader(tc)
+			c.handshakeTLS()
 		}
 		c.expect("EHLO a.example", "250") // the handshake's event is out before this reply
 		var kinds []string
